@@ -1,0 +1,3 @@
+//! Shared rings.
+#![no_std]
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Peer-writable memory accessors.
+#![no_std]

@@ -1,0 +1,2 @@
+//! Xen public ABI.
+#![no_std]

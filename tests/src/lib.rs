@@ -1,0 +1,1 @@
+//! Host-side test infrastructure shared by the workspace's integration tests.
