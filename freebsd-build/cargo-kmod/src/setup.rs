@@ -1,0 +1,178 @@
+//! Installing what the commands need on a fresh machine, saying what and why first.
+//!
+//! Only Debian (the CI machine) is set up automatically, and only as root; elsewhere the
+//! missing pieces are listed with the command that would provide them, so nothing is ever
+//! installed behind the user's back on a system we do not know.
+
+use std::path::Path;
+use std::process::Command;
+
+/// One Debian package and the reason the project needs it.
+#[derive(Debug, Clone, Copy)]
+struct Package {
+    name: &'static str,
+    why: &'static str,
+    /// A file whose presence shows the package (or an equivalent) is already there.
+    present_if: &'static str,
+}
+
+const KERNEL_TOOLCHAIN: &[Package] = &[
+    Package {
+        name: "rustc-web",
+        why: "a rustc whose standard library source is installable, for -Zbuild-std on the \
+              custom kernel targets (rustup cannot fetch rust-src here)",
+        present_if: "/usr/bin/rustc",
+    },
+    Package {
+        name: "cargo-web",
+        why: "the cargo matching rustc-web",
+        present_if: "/usr/bin/cargo",
+    },
+    Package {
+        name: "rust-web-src",
+        why: "core/alloc source that build-std compiles for the kernel targets",
+        present_if: "/usr/lib/rustlib/src/rust/library/core/Cargo.toml",
+    },
+];
+
+const XEN_HEADERS: &[Package] = &[
+    Package {
+        name: "libxen-dev",
+        why: "Xen's public interface headers, the input of the xen-sys bindings",
+        present_if: "/usr/include/xen/xen.h",
+    },
+    Package {
+        name: "libclang-dev",
+        why: "libclang, which bindgen uses to read the Xen headers",
+        present_if: "/usr/lib/llvm-14/lib/libclang.so",
+    },
+    Package {
+        name: "clang",
+        why: "clang's own headers (stddef.h ...) for bindgen",
+        present_if: "/usr/bin/clang",
+    },
+];
+
+const C_LAYOUT: &[Package] = &[Package {
+    name: "gcc-multilib",
+    why: "gcc -m32, to check the x86_32 ABI layouts against a C compiler",
+    present_if: "/usr/lib/gcc/x86_64-linux-gnu/12/32/libgcc.a",
+}];
+
+/// What a command needs set up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    pub kernel_toolchain: bool,
+    pub host_tests: bool,
+}
+
+impl Needs {
+    pub fn everything() -> Needs {
+        Needs {
+            kernel_toolchain: true,
+            host_tests: true,
+        }
+    }
+
+    fn packages(&self) -> Vec<Package> {
+        let mut packages = Vec::new();
+        // Every build runs the xen-sys build script, which needs the headers and bindgen.
+        packages.extend_from_slice(XEN_HEADERS);
+        if self.kernel_toolchain {
+            packages.extend_from_slice(KERNEL_TOOLCHAIN);
+        }
+        if self.host_tests {
+            packages.extend_from_slice(C_LAYOUT);
+        }
+        packages
+    }
+}
+
+/// Makes sure everything in `needs` is present, installing it on Debian as root when allowed.
+pub fn ensure(needs: &Needs, allow_install: bool) -> Result<(), String> {
+    let needs = Needs {
+        // A user-provided kernel toolchain (e.g. rustup nightly with rust-src on FreeBSD)
+        // replaces the Debian packages.
+        kernel_toolchain: needs.kernel_toolchain && !kernel_toolchain_overridden(),
+        ..*needs
+    };
+    ensure_packages(&needs.packages(), allow_install)
+}
+
+/// `KMOD_CARGO`/`KMOD_RUSTC` name a kernel toolchain of the user's choosing.
+pub fn kernel_toolchain_overridden() -> bool {
+    std::env::var_os("KMOD_CARGO").is_some()
+}
+
+fn ensure_packages(packages: &[Package], allow_install: bool) -> Result<(), String> {
+    let missing: Vec<Package> = packages
+        .iter()
+        .copied()
+        .filter(|package| !Path::new(package.present_if).exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|package| package.name).collect();
+    let is_debian = Path::new("/etc/debian_version").exists();
+    let is_root = effective_uid_is_root();
+    if !(allow_install && is_debian && is_root) {
+        let mut message = String::from("missing prerequisites:\n");
+        for package in &missing {
+            message += &format!("  {:<14} {}\n", package.name, package.why);
+        }
+        message += &if is_debian {
+            format!("install them with: apt-get install {}", names.join(" "))
+        } else {
+            "install the equivalents (on FreeBSD: pkg install xen-tools llvm; a Rust nightly \
+             with rust-src, named by KMOD_CARGO/KMOD_RUSTC) and run again"
+                .to_string()
+        };
+        return Err(message);
+    }
+    println!(
+        "cargo kmod: installing {} Debian package(s):",
+        missing.len()
+    );
+    for package in &missing {
+        println!("  {:<14} {}", package.name, package.why);
+    }
+    run_apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(names.iter());
+    run_apt(&install)?;
+    let still_missing: Vec<&str> = missing
+        .iter()
+        .filter(|package| !Path::new(package.present_if).exists())
+        .map(|package| package.present_if)
+        .collect();
+    if still_missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "apt-get reported success but these are still missing: {}",
+            still_missing.join(", ")
+        ))
+    }
+}
+
+fn run_apt(args: &[&str]) -> Result<(), String> {
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|error| format!("cannot run apt-get: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("apt-get {} failed ({status})", args.join(" ")))
+    }
+}
+
+fn effective_uid_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|output| output.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}

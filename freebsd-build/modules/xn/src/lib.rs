@@ -1,0 +1,10 @@
+//! xn.ko: the PV network frontend (FreeBSD's interface name xn<N>).
+//!
+//! The kernel-target static library behind `xn.ko`: it links the protocol cores with the
+//! FreeBSD glue. `cargo kmod build` builds it for amd64 and i386.
+#![cfg_attr(target_os = "none", no_std)]
+#![forbid(unsafe_code)]
+
+// Keep the KPI crate (and with it the kernel panic handler) linked into the library.
+pub use freebsd_kpi;
+pub use xen_netfront;
