@@ -1,6 +1,16 @@
-//! The base Xen module (`xen.ko`): platform detection, hypercalls, shared_info, xenstore, xenbus, console, /dev/xen/privcmd and /dev/xen/xenstore.
+//! The base Xen module (`xen.ko`): the hypercall seam every core uses ([`Hypervisor`]), its
+//! real implementation on x86 (`arch`), Xen errors ([`XenError`]), shared_info / vcpu_info
+//! access and HVM parameters.
 //!
-//! Part of the workspace layout described in `docs/ARCHITECTURE.md`; this crate's protocol
-//! logic arrives with its own issue. It is already built for both kernel targets so that the
-//! build and verification pipeline covers it from the start.
+//! The portable cores (event channels, grant tables, xenstore, the drivers) are generic over
+//! [`Hypervisor`]; in the kernel they get the real platform, on the host they get `xensim`.
 #![no_std]
+
+mod error;
+pub mod hypervisor;
+
+pub use error::XenError;
+pub use hypervisor::{
+    ConsoleIoOp, EventChannelOp, GrantTableOp, HvmOp, Hypervisor, MemoryOp, SchedOp, VcpuOp,
+    XenVersionOp,
+};
