@@ -620,7 +620,10 @@ pub fn full_fence() {
 }
 
 #[cfg(test)]
-#[expect(clippy::cast_possible_truncation, reason = "test patterns are deliberately truncated")]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "test patterns are deliberately truncated"
+)]
 mod tests {
     extern crate std;
     use super::*;
