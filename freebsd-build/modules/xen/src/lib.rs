@@ -13,3 +13,4 @@ pub use xen_kmod;
 pub use xen_ring;
 pub use xen_shmem;
 pub use xen_sys;
+pub use xen_xenbus;

@@ -1,0 +1,1 @@
+//! xenbus (arriving).
