@@ -96,7 +96,44 @@ pub fn ensure(needs: &Needs, allow_install: bool) -> Result<(), String> {
         kernel_toolchain: needs.kernel_toolchain && !kernel_toolchain_overridden(),
         ..*needs
     };
-    ensure_packages(&needs.packages(), allow_install)
+    ensure_packages(&needs.packages(), allow_install)?;
+    if needs.host_tests {
+        ensure_cargo_fuzz(allow_install)?;
+    }
+    Ok(())
+}
+
+/// The suite's short fuzz runs use cargo-fuzz on the installed nightly toolchain.
+fn ensure_cargo_fuzz(allow_install: bool) -> Result<(), String> {
+    let has = |args: &[&str]| {
+        Command::new("cargo")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !has(&["+nightly", "--version"]) {
+        return Err(
+            "the fuzz runs need a nightly toolchain: rustup toolchain install nightly".into(),
+        );
+    }
+    if has(&["+nightly", "fuzz", "--version"]) {
+        return Ok(());
+    }
+    if !allow_install {
+        return Err("missing cargo-fuzz (for the fuzz runs): cargo install cargo-fuzz".into());
+    }
+    println!("cargo kmod: installing cargo-fuzz from crates.io: it drives the suite's fuzz runs");
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "cargo-fuzz"])
+        .status()
+        .map_err(|error| format!("cannot run cargo install: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo install cargo-fuzz failed ({status})"))
+    }
 }
 
 /// `KMOD_CARGO`/`KMOD_RUSTC` name a kernel toolchain of the user's choosing.

@@ -62,6 +62,10 @@ fn steps(arches: &[Arch]) -> Vec<Step> {
             run: Box::new(|| run_libtest(&["test", "--workspace", "--no-fail-fast"])),
         },
     ];
+    steps.push(Step {
+        name: "fuzz".into(),
+        run: Box::new(fuzz_all),
+    });
     for &arch in arches {
         steps.push(Step {
             name: format!("kernel-build-{}", arch.name()),
@@ -130,6 +134,46 @@ fn parse_test_result(line: &str) -> Option<Tally> {
         passed: count("passed")?,
         failed: count("failed")?,
     })
+}
+
+/// Seconds each fuzz target runs in the suite (`KMOD_FUZZ_SECONDS` overrides).
+const DEFAULT_FUZZ_SECONDS: u64 = 10;
+
+/// Runs every target of `tests/fuzz` briefly with a fixed seed; each target is one check.
+fn fuzz_all() -> Tally {
+    let fuzz_dir = workspace_root().join("tests/fuzz");
+    let seconds = std::env::var("KMOD_FUZZ_SECONDS")
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_FUZZ_SECONDS);
+    let mut targets: Vec<String> = std::fs::read_dir(fuzz_dir.join("fuzz_targets"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .filter_map(|name| name.strip_suffix(".rs").map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    targets.sort();
+    if targets.is_empty() {
+        eprintln!("no fuzz targets under {}", fuzz_dir.display());
+        return Tally::one(false);
+    }
+    let mut tally = Tally::default();
+    for target in &targets {
+        println!("fuzzing {target} for {seconds}s");
+        let ok = Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target, "--fuzz-dir"])
+            .arg(&fuzz_dir)
+            .args(["--", "-seed=1", &format!("-max_total_time={seconds}")])
+            .current_dir(workspace_root())
+            .env_remove("CARGO_TARGET_DIR")
+            .status()
+            .is_ok_and(|status| status.success());
+        tally.add(Tally::one(ok));
+    }
+    tally
 }
 
 fn kernel_build(arch: Arch) -> Tally {
