@@ -36,9 +36,10 @@ pub struct Field {
     pub ty: Type,
 }
 
-/// A generated struct or union (its fields), after post-processing.
+/// A generated struct or union, after post-processing.
 #[derive(Clone, Debug)]
 pub struct Aggregate {
+    pub is_union: bool,
     pub fields: Vec<Field>,
 }
 
@@ -281,7 +282,13 @@ pub fn process(code: &str, width: Width) -> Processed {
                 };
                 aggregates.insert(
                     s.ident.to_string(),
-                    (Aggregate { fields }, parse_repr(&s.attrs)),
+                    (
+                        Aggregate {
+                            is_union: false,
+                            fields,
+                        },
+                        parse_repr(&s.attrs),
+                    ),
                 );
             }
             Item::Union(u) if u.generics.params.is_empty() => {
@@ -296,7 +303,13 @@ pub fn process(code: &str, width: Width) -> Processed {
                     .collect();
                 aggregates.insert(
                     u.ident.to_string(),
-                    (Aggregate { fields }, parse_repr(&u.attrs)),
+                    (
+                        Aggregate {
+                            is_union: true,
+                            fields,
+                        },
+                        parse_repr(&u.attrs),
+                    ),
                 );
             }
             Item::Type(t) if t.generics.params.is_empty() => {
@@ -385,6 +398,28 @@ pub fn process(code: &str, width: Width) -> Processed {
             _ => unreachable!("a repr fix sets exactly one of packed/align"),
         };
         attrs.insert(0, attr);
+    }
+
+    // 5. `FieldBytes` for every aggregate, so that `Pod` impls can prove the absence of
+    //    implicit padding at compile time.
+    for (name, (agg, _)) in &aggregates {
+        let sizes: Vec<String> = agg
+            .fields
+            .iter()
+            .map(|f| format!("::core::mem::size_of::<{}>()", f.ty.to_token_stream()))
+            .collect();
+        let expr = match (agg.is_union, sizes.is_empty()) {
+            (_, true) => "0".to_string(),
+            (false, false) => sizes.join(" + "),
+            (true, false) => sizes.iter().skip(1).fold(sizes[0].clone(), |acc, s| {
+                format!("crate::pod::min({acc}, {s})")
+            }),
+        };
+        let item: Item = syn::parse_str(&format!(
+            "impl crate::pod::FieldBytes for {name} {{ const FIELD_BYTES: usize = {expr}; }}"
+        ))
+        .expect("FieldBytes impl parses");
+        file.items.push(item);
     }
 
     let aggregates = aggregates

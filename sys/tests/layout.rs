@@ -216,6 +216,55 @@ mod tests {
             .contains(&("struct shared_info", "shared_info", 3136, 8)));
     }
 
+    /// The differences between the two layouts that the protocols depend on, as gcc and
+    /// rustc see them.
+    #[test]
+    fn known_width_differences() {
+        let expected: &[(&str, (usize, usize), (usize, usize))] = &[
+            // (key, x86_64 (a, b), x86_32 (a, b)); a/b = size/align or offset/size.
+            ("struct blkif_request", (112, 8), (108, 4)),
+            // The request header (operation, nr_segments, handle, id, sector_number).
+            ("struct blkif_request.seg", (24, 88), (20, 88)),
+            ("struct blkif_request.id", (8, 8), (4, 8)),
+            ("struct blkif_response", (16, 8), (12, 4)),
+            ("struct blkif_response.status", (10, 2), (10, 2)),
+            ("struct blkif_request_indirect", (64, 8), (64, 4)),
+            ("struct shared_info", (3136, 8), (2344, 4)),
+            ("struct gnttab_copy", (40, 8), (24, 4)),
+            ("struct netif_tx_request", (12, 4), (12, 4)),
+            ("struct hvm_start_info", (56, 8), (56, 4)),
+        ];
+        for (table, pick) in [(&X86_64, 0), (&X86_32, 1)] {
+            let c: BTreeMap<&str, (usize, usize)> = cached_gcc_layout(table)
+                .lines()
+                .filter_map(|l| {
+                    let mut p = l.split('\t');
+                    Some((
+                        p.next()?,
+                        (p.next()?.parse().ok()?, p.next()?.parse().ok()?),
+                    ))
+                })
+                .collect();
+            for &(key, x64, x32) in expected {
+                let want = if pick == 0 { x64 } else { x32 };
+                let rust = table.rust.iter().find(|e| e.0 == key).map(|e| (e.2, e.3));
+                assert_eq!(rust, Some(want), "{} Rust {key}", table.name);
+                assert_eq!(c.get(key).copied(), Some(want), "{} gcc {key}", table.name);
+            }
+        }
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<xen_sys::x86_64::blkif_request>(), 112);
+        assert_eq!(size_of::<xen_sys::x86_32::blkif_request>(), 108);
+        assert_eq!(offset_of!(xen_sys::x86_64::blkif_request, seg), 24);
+        assert_eq!(offset_of!(xen_sys::x86_32::blkif_request, seg), 20);
+        assert_eq!(size_of::<xen_sys::x86_64::blkif_response>(), 16);
+        assert_eq!(size_of::<xen_sys::x86_32::blkif_response>(), 12);
+        assert_eq!(size_of::<xen_sys::x86_64::shared_info>(), 3136);
+        assert_eq!(size_of::<xen_sys::x86_32::shared_info>(), 2344);
+        assert_eq!(size_of::<xen_sys::x86_64::gnttab_copy>(), 40);
+        assert_eq!(size_of::<xen_sys::x86_32::gnttab_copy>(), 24);
+    }
+
     #[test]
     fn comparator_reports_every_mismatch() {
         let gcc = cached_gcc_layout(&X86_32);
