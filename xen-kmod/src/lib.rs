@@ -1,16 +1,30 @@
 //! The base Xen module (`xen.ko`): the hypercall seam every core uses ([`Hypervisor`]), its
-//! real implementation on x86 (`arch`), Xen errors ([`XenError`]), shared_info / vcpu_info
-//! access and HVM parameters.
+//! real implementation on x86 ([`arch::XenPlatform`]), Xen errors ([`XenError`]), typed
+//! hypercall wrappers ([`HypervisorExt`]), `shared_info` / `vcpu_info` access ([`shared`]) and
+//! HVM parameters ([`hvm`]).
 //!
 //! The portable cores (event channels, grant tables, xenstore, the drivers) are generic over
-//! [`Hypervisor`]; in the kernel they get the real platform, on the host they get `xensim`.
+//! [`Hypervisor`]; in the kernel they get [`arch::XenPlatform`], on the host they get `xensim`.
+//!
+//! Unsafe code is confined to [`arch`] (assembly, MSR, the hypercall trap) and to
+//! [`shared::AtomicWord`] (atomic read-modify-write on a checked word of a `SharedMem`).
 #![no_std]
 
+#[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
+pub mod arch;
 mod error;
+pub mod ext;
+pub mod hvm;
 pub mod hypervisor;
+pub mod shared;
 
 pub use error::XenError;
+pub use ext::{GnttabError, HypervisorExt};
 pub use hypervisor::{
     ConsoleIoOp, EventChannelOp, GrantTableOp, HvmOp, Hypervisor, MemoryOp, SchedOp, VcpuOp,
     XenVersionOp,
 };
+
+/// `DOMID_SELF`: "the calling domain" in hypercall arguments (`xen.h`; a cast macro bindgen
+/// cannot translate).
+pub const DOMID_SELF: xen_sys::native::domid_t = 0x7FF0;
