@@ -220,7 +220,9 @@ mod tests {
     /// rustc see them.
     #[test]
     fn known_width_differences() {
-        let expected: &[(&str, (usize, usize), (usize, usize))] = &[
+        /// `(a, b)`: size and alignment, or offset and size.
+        type Pair = (usize, usize);
+        let expected: &[(&str, Pair, Pair)] = &[
             // (key, x86_64 (a, b), x86_32 (a, b)); a/b = size/align or offset/size.
             ("struct blkif_request", (112, 8), (108, 4)),
             // The request header (operation, nr_segments, handle, id, sector_number).
