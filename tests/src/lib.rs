@@ -1,1 +1,3 @@
 //! Host-side test infrastructure shared by the workspace's integration tests.
+
+pub mod xensim;
