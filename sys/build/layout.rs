@@ -14,7 +14,7 @@
 //! size of the enclosing type and the offsets of the following fields). Flexible array
 //! members have no `sizeof` in C: only their offset is compared (size printed as 0).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use quote::ToTokens;
@@ -55,6 +55,8 @@ struct Generator<'a> {
     types: usize,
     fields: usize,
     bitfield_units: usize,
+    /// Anonymous aggregates whose fields were reached through a named parent.
+    anonymous_reached: BTreeSet<String>,
 }
 
 impl Generator<'_> {
@@ -85,6 +87,9 @@ impl Generator<'_> {
         rust_offset: &str,
     ) {
         let aggregate = self.processed.aggregates[agg].clone();
+        if !self.c_spelling.contains_key(agg) {
+            self.anonymous_reached.insert(agg.to_string());
+        }
         for field in &aggregate.fields {
             let name = field.name.as_str();
             if name.starts_with("__bindgen_padding_") || name.starts_with("_bitfield_align_") {
@@ -171,6 +176,7 @@ pub fn generate(
         types: 0,
         fields: 0,
         bitfield_units: 0,
+        anonymous_reached: BTreeSet::new(),
     };
     for (rust_name, c_type) in c_spelling {
         if !processed.aggregates.contains_key(rust_name) {
@@ -233,6 +239,23 @@ pub fn generate(
         out,
         "pub const BITFIELD_UNITS_SKIPPED: usize = {};",
         g.bitfield_units
+    )
+    .unwrap();
+    let unreached: Vec<String> = processed
+        .aggregates
+        .keys()
+        .filter(|n| !c_spelling.contains_key(*n) && !g.anonymous_reached.contains(*n))
+        .map(|n| format!("{n:?}"))
+        .collect();
+    writeln!(
+        out,
+        "/// Anonymous structs/unions not reached from a named type (should be none)."
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "pub const UNREACHED: &[&str] = &[{}];",
+        unreached.join(", ")
     )
     .unwrap();
     writeln!(

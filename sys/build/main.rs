@@ -155,15 +155,16 @@ fn find_xen_headers() -> PathBuf {
         }
     }
     let tried: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
-    panic!(
-        "\n\nxen-sys: Xen public headers not found (looked for xen/xen.h and xen/io/ring.h in: {}).\n\
-         Install them, or point XEN_INCLUDE_DIR at the directory that contains `xen/`:\n\
-         \x20 Debian/Ubuntu: apt-get install libxen-dev          (headers in /usr/include/xen)\n\
-         \x20 FreeBSD:       pkg install xen-tools xen-kernel    (headers in /usr/local/include/xen)\n\
-         \x20 or a Xen source tree: XEN_INCLUDE_DIR=<xen>/xen/include/public is NOT enough; run\n\
-         \x20 `make -C tools/include` and use <xen>/tools/include\n",
+    eprintln!(
+        "\nerror: xen-sys: Xen public headers not found (looked for xen/xen.h and xen/io/ring.h \
+         in: {}).\n\
+         Install them, or set XEN_INCLUDE_DIR to the directory that contains `xen/`:\n\
+         \x20 Debian/Ubuntu: apt-get install libxen-dev        (headers in /usr/include/xen)\n\
+         \x20 FreeBSD:       pkg install xen-tools xen-kernel  (headers in /usr/local/include/xen)\n\
+         \x20 Xen source tree: make -C tools/include, then XEN_INCLUDE_DIR=<xen>/tools/include\n",
         tried.join(", ")
     );
+    std::process::exit(1);
 }
 
 /// Output of one bindgen run.

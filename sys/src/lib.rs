@@ -13,6 +13,25 @@
 //!   cannot drift from the headers.
 //! * [`ptr`]: the fixed-width guest pointer types.
 //!
+//! ```
+//! use core::mem::size_of;
+//! use xen_sys::consts::{BlkifOp, GntMapFlags, XsType};
+//! use xen_sys::{x86_32, x86_64};
+//!
+//! // Both layouts, whatever the compile target.
+//! assert_eq!(size_of::<x86_64::blkif_request>(), 112);
+//! assert_eq!(size_of::<x86_32::blkif_request>(), 108);
+//! // Typed constants, checked against the peer's raw values.
+//! assert_eq!(BlkifOp::try_from(x86_64::BLKIF_OP_WRITE as u8), Ok(BlkifOp::Write));
+//! assert!(BlkifOp::try_from(4u8).is_err()); // BLKIF_OP_RESERVED_1
+//! assert_eq!(u32::from(XsType::Read), x86_64::XS_READ);
+//! let flags = GntMapFlags::HOST_MAP | GntMapFlags::READONLY;
+//! assert_eq!(flags.bits(), x86_64::GNTMAP_host_map | x86_64::GNTMAP_readonly);
+//! // Guest pointers have the width's size.
+//! assert_eq!(size_of::<x86_32::GuestPtr<u8>>(), 4);
+//! assert_eq!(size_of::<x86_64::GuestPtr<u8>>(), 8);
+//! ```
+//!
 //! # Why both widths are generated on every host
 //!
 //! A 64-bit backend serves 32-bit frontends: the blkif and netif rings are laid out by the

@@ -33,6 +33,7 @@ mod tests {
         fields: usize,
         bitfield_units_skipped: usize,
         adjusted: &'static [(&'static str, &'static str)],
+        unreached: &'static [&'static str],
     }
 
     const X86_64: Table = Table {
@@ -46,6 +47,7 @@ mod tests {
         fields: table_x86_64::FIELDS,
         bitfield_units_skipped: table_x86_64::BITFIELD_UNITS_SKIPPED,
         adjusted: table_x86_64::ADJUSTED,
+        unreached: table_x86_64::UNREACHED,
     };
 
     const X86_32: Table = Table {
@@ -59,6 +61,7 @@ mod tests {
         fields: table_x86_32::FIELDS,
         bitfield_units_skipped: table_x86_32::BITFIELD_UNITS_SKIPPED,
         adjusted: table_x86_32::ADJUSTED,
+        unreached: table_x86_32::UNREACHED,
     };
 
     /// Builds the table's C program with gcc and runs it. Fails (never skips) if gcc is absent.
@@ -182,6 +185,11 @@ mod tests {
             cmp.mismatches.join("\n")
         );
         assert_eq!((cmp.types, cmp.fields), (table.types, table.fields));
+        assert!(
+            table.unreached.is_empty(),
+            "anonymous types whose fields are not checked: {:?}",
+            table.unreached
+        );
         // Guard against a silently shrinking table (e.g. a header dropped from the wrapper).
         assert!(
             cmp.types > 300 && cmp.fields > 850,
