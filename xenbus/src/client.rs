@@ -719,6 +719,10 @@ impl Client {
         for p in self.st.pending.values_mut() {
             if matches!(p.slot, Slot::Waiting) {
                 p.slot = Slot::Done(Err(Error::Transport(crate::error::TransportError::Closed)));
+                // A watch whose registration was still unanswered failed with it.
+                if let Follow::WatchAdd(w) = p.follow {
+                    self.st.watches.remove(&w.0);
+                }
             }
         }
         self.st.watches.retain(|_, w| !w.orphan);
@@ -787,5 +791,348 @@ impl ByteSource for &[u8] {
         }
         *self = tail;
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::XsError;
+    use crate::wire::{encode_error, encode_watch_event};
+    use alloc::vec;
+    use proptest::prelude::*;
+
+    /// Decodes everything the client has queued: (header, owned payload) per request.
+    fn sent(c: &mut Client) -> Vec<(Header, Vec<u8>)> {
+        let mut bytes = Vec::new();
+        c.flush(&mut bytes);
+        let mut r = FrameReader::new();
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let (used, h) = r.feed(rest).unwrap();
+            rest = &rest[used..];
+            if let Some(h) = h {
+                out.push((h, r.payload().to_vec()));
+            }
+        }
+        out
+    }
+
+    fn reply(h: &Header, r: &Reply) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.encode(h.ty, h.req_id, h.tx_id, &mut out).unwrap();
+        out
+    }
+
+    fn event(path: &str, token: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_watch_event(path, token, &mut out).unwrap();
+        out
+    }
+
+    fn small() -> Config {
+        Config {
+            max_in_flight: 4,
+            watch_queue_cap: 3,
+            max_watches: 2,
+        }
+    }
+
+    #[test]
+    fn replies_are_routed_by_req_id_in_any_order() {
+        let mut c = Client::new(Config::default());
+        let a = c.submit(&Request::Read { path: "/a" }, None).unwrap();
+        let b = c.submit(&Request::Directory { path: "/b" }, None).unwrap();
+        let tx = TxId::from_raw(9).unwrap();
+        let w = c
+            .submit(
+                &Request::Write {
+                    path: "/c",
+                    value: b"v",
+                },
+                Some(tx),
+            )
+            .unwrap();
+        let reqs = sent(&mut c);
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(reqs[2].0.tx_id, 9);
+        let mut stream = reply(&reqs[1].0, &Reply::Names(vec!["x".into()]));
+        encode_error(XsError::Acces, reqs[2].0.req_id, 9, &mut stream);
+        stream.extend(reply(&reqs[0].0, &Reply::Value(b"va".to_vec())));
+        c.receive(&stream).unwrap();
+        assert_eq!(c.take_reply(a), Some(Ok(Reply::Value(b"va".to_vec()))));
+        assert_eq!(c.take_reply(b), Some(Ok(Reply::Names(vec!["x".into()]))));
+        assert_eq!(c.take_reply(w), Some(Err(Error::Xs(XsError::Acces))));
+        assert_eq!(c.take_reply(a), None);
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(c.stats().replies, 3);
+    }
+
+    #[test]
+    fn unknown_or_duplicate_req_id_poisons() {
+        let mut c = Client::new(Config::default());
+        let a = c.submit(&Request::Read { path: "/a" }, None).unwrap();
+        let reqs = sent(&mut c);
+        let mut bogus = reqs[0].0;
+        bogus.req_id ^= 0xffff;
+        let e = ProtocolError::UnknownReqId(bogus.req_id);
+        assert_eq!(
+            c.receive(&reply(&bogus, &Reply::Value(vec![]))),
+            Err(Error::Broken(e))
+        );
+        assert_eq!(c.take_reply(a), Some(Err(Error::Broken(e))));
+        assert_eq!(
+            c.submit(&Request::Read { path: "/a" }, None),
+            Err(Error::Broken(e))
+        );
+        assert_eq!(c.output_len(), 0);
+        // A second reply to an answered (not yet taken) request poisons too.
+        let mut c = Client::new(Config::default());
+        c.submit(&Request::Read { path: "/a" }, None).unwrap();
+        let reqs = sent(&mut c);
+        let r = reply(&reqs[0].0, &Reply::Value(vec![]));
+        c.receive(&r).unwrap();
+        assert!(matches!(c.receive(&r), Err(Error::Broken(_))));
+    }
+
+    #[test]
+    fn submit_refuses_what_the_client_owns_and_caps_in_flight() {
+        let mut c = Client::new(small());
+        assert_eq!(
+            c.submit(
+                &Request::Watch {
+                    path: "/a",
+                    token: "t"
+                },
+                None
+            ),
+            Err(Error::Invalid(InvalidArg::Handle))
+        );
+        assert_eq!(
+            c.submit(&Request::TransactionEnd { commit: true }, None),
+            Err(Error::Invalid(InvalidArg::Handle))
+        );
+        assert_eq!(
+            c.submit(&Request::Read { path: "a//b" }, None),
+            Err(Error::Invalid(InvalidArg::Path))
+        );
+        for _ in 0..4 {
+            c.submit(&Request::Read { path: "/a" }, None).unwrap();
+        }
+        assert_eq!(
+            c.submit(&Request::Read { path: "/a" }, None),
+            Err(Error::Busy)
+        );
+        assert_eq!(c.watch("/w"), Err(Error::Busy));
+    }
+
+    /// Delivers `stream` to a fresh copy of the scenario split at `cut`, then byte by byte.
+    #[test]
+    fn split_delivery_at_every_byte_boundary() {
+        fn scenario() -> (Client, Vec<u8>, Vec<ReqId>, WatchId) {
+            let mut c = Client::new(Config::default());
+            let (w, wr) = c.watch("/local/domain/1/device").unwrap();
+            let r1 = c.submit(&Request::Read { path: "/big" }, None).unwrap();
+            let r2 = c.submit(&Request::GetPerms { path: "/p" }, None).unwrap();
+            let r3 = c.submit(&Request::TransactionStart, None).unwrap();
+            let reqs = sent(&mut c);
+            let token = token_for(w);
+            let mut s = reply(&reqs[0].0, &Reply::Ack);
+            s.extend(event("/local/domain/1/device", &token));
+            s.extend(reply(&reqs[1].0, &Reply::Value(vec![7; 3000])));
+            s.extend(event("/local/domain/1/device/vbd/768/state", &token));
+            s.extend(reply(
+                &reqs[2].0,
+                &Reply::Perms(vec![crate::perms::Perm::new(crate::perms::Access::Read, 3)]),
+            ));
+            s.extend(reply(&reqs[3].0, &Reply::TxId(17)));
+            (c, s, vec![wr, r1, r2, r3], w)
+        }
+        fn outcome(mut c: Client, ids: &[ReqId], w: WatchId) -> Vec<String> {
+            let mut v: Vec<String> = ids
+                .iter()
+                .map(|&id| alloc::format!("{:?}", c.take_reply(id)))
+                .collect();
+            while let Some(e) = c.next_event(w) {
+                v.push(e.path);
+            }
+            v
+        }
+        let (c, stream, ids, w) = scenario();
+        let mut whole = c;
+        whole.receive(&stream).unwrap();
+        let expected = outcome(whole, &ids, w);
+        assert_eq!(expected.len(), 6);
+        for cut in 0..=stream.len() {
+            let (mut c, _, ids, w) = scenario();
+            c.receive(&stream[..cut]).unwrap();
+            c.receive(&stream[cut..]).unwrap();
+            assert_eq!(outcome(c, &ids, w), expected, "cut at {cut}");
+        }
+        let (mut c, _, ids, w) = scenario();
+        for b in &stream {
+            c.receive(core::slice::from_ref(b)).unwrap();
+        }
+        assert_eq!(outcome(c, &ids, w), expected);
+    }
+
+    #[test]
+    fn watch_queue_cap_collapse_and_missed() {
+        let mut c = Client::new(small());
+        let (w, _) = c.watch("/fe").unwrap();
+        let t = token_for(w);
+        for _ in 0..10 {
+            c.receive(&event("/fe/state", &t)).unwrap();
+        }
+        let st = c.watch_stats(w).unwrap();
+        assert_eq!((st.queued, st.collapsed, st.dropped), (1, 9, 0));
+        for i in 0..10 {
+            c.receive(&event(&alloc::format!("/fe/n{i}"), &t)).unwrap();
+        }
+        let st = c.watch_stats(w).unwrap();
+        assert_eq!((st.queued, st.dropped), (3, 8));
+        assert_eq!(c.stats().dropped_events, 8);
+        let first = c.next_event(w).unwrap();
+        assert_eq!(first.path, "/fe/state");
+        assert!(first.missed);
+        assert!(!c.next_event(w).unwrap().missed);
+        // Outside the watched path, unknown token, malformed: dropped and counted.
+        c.receive(&event("/fex", &t)).unwrap();
+        c.receive(&event("/fe", "xb999")).unwrap();
+        c.receive(&event("/fe", "someone-else")).unwrap();
+        let mut bad = event("/fe", &t);
+        let n = bad.len();
+        bad[n - 1] = b'x'; // Token not NUL-terminated.
+        c.receive(&bad).unwrap();
+        assert_eq!(c.watch_stats(w).unwrap().rejected, 1);
+        assert_eq!(c.stats().stale_events, 2);
+        assert_eq!(c.stats().bad_events, 2);
+        assert!(c.broken().is_none());
+    }
+
+    #[test]
+    fn refused_watch_is_forgotten_and_unwatch_discards_events() {
+        let mut c = Client::new(small());
+        let (w, id) = c.watch("/x").unwrap();
+        let reqs = sent(&mut c);
+        let mut s = Vec::new();
+        encode_error(XsError::TooBig, reqs[0].0.req_id, 0, &mut s);
+        c.receive(&s).unwrap();
+        assert_eq!(c.take_reply(id), Some(Err(Error::Xs(XsError::TooBig))));
+        assert_eq!(c.watch_stats(w), None);
+        let (w, _) = c.watch("/y").unwrap();
+        c.receive(&event("/y", &token_for(w))).unwrap();
+        c.unwatch(w).unwrap();
+        assert_eq!(c.next_event(w), None);
+        c.receive(&event("/y", &token_for(w))).unwrap();
+        assert_eq!(c.stats().stale_events, 1);
+        assert_eq!(c.unwatch(w), Err(Error::Invalid(InvalidArg::Handle)));
+    }
+
+    #[test]
+    fn abandoned_requests_are_cleaned_up_when_the_reply_comes() {
+        let mut c = Client::new(Config::default());
+        let r = c.submit(&Request::TransactionStart, None).unwrap();
+        let (w, wr) = c.watch("/z").unwrap();
+        let reqs = sent(&mut c);
+        c.abandon(r);
+        c.abandon(wr);
+        assert!(!c.is_pending(r));
+        let mut s = reply(&reqs[0].0, &Reply::TxId(5));
+        s.extend(event("/z", &token_for(w)));
+        s.extend(reply(&reqs[1].0, &Reply::Ack));
+        c.receive(&s).unwrap();
+        assert_eq!(c.stats().abandoned_replies, 2);
+        assert_eq!(c.stats().stale_events, 1);
+        // The client aborts the orphaned transaction and removes the orphaned watch.
+        let cleanup = sent(&mut c);
+        assert_eq!(cleanup.len(), 2);
+        assert_eq!(
+            (cleanup[0].0.ty, cleanup[0].0.tx_id, cleanup[0].1.as_slice()),
+            (MsgType::TransactionEnd, 5, &b"F\0"[..])
+        );
+        assert_eq!(cleanup[1].0.ty, MsgType::Unwatch);
+        // Their replies are discarded silently.
+        let mut s = reply(&cleanup[0].0, &Reply::Ack);
+        s.extend(reply(&cleanup[1].0, &Reply::Ack));
+        c.receive(&s).unwrap();
+        assert_eq!(c.in_flight(), 0);
+        assert!(c.broken().is_none());
+    }
+
+    #[test]
+    fn reset_fails_outstanding_and_rewatches() {
+        let mut c = Client::new(Config::default());
+        let (w, wr) = c.watch("/a").unwrap();
+        let (w2, wr2) = c.watch("/b").unwrap();
+        let reqs = sent(&mut c);
+        c.receive(&reply(&reqs[0].0, &Reply::Ack)).unwrap();
+        assert_eq!(c.take_reply(wr), Some(Ok(Reply::Ack)));
+        let r = c.submit(&Request::Read { path: "/a" }, None).unwrap();
+        c.receive(&[1, 2, 3]).unwrap(); // Partial header.
+        c.reset();
+        assert_eq!(
+            c.take_reply(r),
+            Some(Err(Error::Transport(crate::error::TransportError::Closed)))
+        );
+        // The unanswered registration failed with the connection; the live watch is
+        // registered again.
+        assert_eq!(
+            c.take_reply(wr2),
+            Some(Err(Error::Transport(crate::error::TransportError::Closed)))
+        );
+        assert_eq!(c.watch_stats(w2), None);
+        let again = sent(&mut c);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0.ty, MsgType::Watch);
+        assert_eq!(
+            again[0].1,
+            alloc::format!("/a\0{}\0", token_for(w)).into_bytes()
+        );
+        c.receive(&event("/a", &token_for(w))).unwrap();
+        assert!(c.next_event(w).is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..8),
+        ) {
+            let mut c = Client::new(small());
+            let _ = c.submit(&Request::Read { path: "/a" }, None);
+            let _ = c.watch("/w");
+            let _ = c.submit(&Request::TransactionStart, None);
+            for ch in &chunks {
+                let _ = c.receive(ch);
+            }
+            for id in 0..8 {
+                let _ = c.take_reply(ReqId(id));
+            }
+            let _ = c.next_any_event();
+            prop_assert!(c.in_flight() <= 4);
+        }
+
+        #[test]
+        fn valid_headers_with_random_bodies_never_panic(
+            ty in 0u32..24, req_id in 0u32..6, body in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut c = Client::new(small());
+            let _ = c.submit(&Request::Read { path: "/a" }, None);
+            let _ = c.watch("/w");
+            let _ = c.submit(&Request::GetPerms { path: "/a" }, None);
+            let mut msg = Vec::new();
+            // CAST: body.len() < 64.
+            #[expect(clippy::cast_possible_truncation)]
+            let len = body.len() as u32;
+            for w in [ty, req_id, 0, len] {
+                msg.extend_from_slice(&w.to_le_bytes());
+            }
+            msg.extend_from_slice(&body);
+            let _ = c.receive(&msg);
+            for id in 0..6 {
+                let _ = c.take_reply(ReqId(id));
+            }
+        }
     }
 }
