@@ -4,7 +4,8 @@
 //! 1. runs bindgen over `include/xen-sys.h` with the matching clang target,
 //! 2. post-processes the output (`postprocess`): guest pointers become the width's
 //!    `GuestPtr<T>`, structs get `packed`/`align` attributes so that their layout is the
-//!    width's layout on *every* compile target, C doc comments are fenced as text,
+//!    width's layout on *every* compile target, every struct/union gets a `FieldBytes` impl
+//!    (for the compile-time padding proofs of `src/pod.rs`),
 //! 3. writes `OUT_DIR/<width>.rs` (included by `src/lib.rs`) and
 //!    `OUT_DIR/layout_<width>.rs` (a C program and the matching Rust table, used by the
 //!    layout tests in `tests/`, see `layout`).
@@ -200,6 +201,8 @@ fn run_bindgen(includes: &Includes, width: Width, c_naming: bool) -> Run {
         .layout_tests(true)
         .wrap_unsafe_ops(true)
         .generate_cstr(true)
+        // C comments would become rustdoc, where indented text is compiled as doctests.
+        .generate_comments(false)
         .c_naming(c_naming)
         .parse_callbacks(Box::new(CollectItems(Arc::clone(&collector))));
     let builder = if c_naming {

@@ -12,6 +12,9 @@
 //!   `TryFrom<u32>`, `bitflags` for flag sets), defined *from* the generated values so they
 //!   cannot drift from the headers.
 //! * [`ptr`]: the fixed-width guest pointer types.
+//! * [`pod`]: `xen_shmem::Pod` for the protocol structs (blkif, netif, console, xenstore,
+//!   grant entries, FIFO control block, `vcpu_info`/`shared_info`, PVH start info), each
+//!   proven free of implicit padding at compile time, and the sizes the protocols rely on.
 //!
 //! ```
 //! use core::mem::size_of;
