@@ -212,6 +212,8 @@ pub enum InvalidArg {
     Perms,
     /// The watch or transaction handle is not (or no longer) known.
     Handle,
+    /// A xenbus state change the state machine does not allow.
+    Transition,
 }
 
 /// Everything the client API can fail with.

@@ -55,6 +55,7 @@ pub mod perms;
 pub mod wire;
 
 pub use blocking::{Store, Transport, Tx, Xs};
+pub use bus::{Bus, Device, Driver, Role, XenStore, XenbusState};
 pub use client::{ByteSink, ByteSource, Client, Config, ReqId, TxId, WatchEvent, WatchId};
 pub use error::{Error, InvalidArg, ProtocolError, TransportError, XsError};
 pub use perms::{Access, DomId, Perm};

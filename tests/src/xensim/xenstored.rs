@@ -1895,3 +1895,361 @@ mod tests {
         assert_eq!(from_header, xen_xenbus::abi::XSD_ERROR_STRINGS);
     }
 }
+
+/// xenbus front/back pairs over the simulated xenstored.
+#[cfg(test)]
+mod xenbus_tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use xen_xenbus::bus::BusStats;
+    use xen_xenbus::{Bus, Device, Driver, Error, Role, Store, XenbusState as S};
+
+    type XsT = Xs<SimTransport>;
+    type Log = Rc<RefCell<Vec<String>>>;
+
+    const FE: DomId = 1;
+    const FE_DIR: &str = "/local/domain/1/device/vbd/768";
+    const BE_DIR: &str = "/local/domain/0/backend/vbd/1/768";
+
+    /// A blkfront-like frontend.
+    struct Front(Log);
+
+    impl Driver<XsT> for Front {
+        fn devtype(&self) -> &str {
+            "vbd"
+        }
+        fn probe(&mut self, xs: &mut XsT, dev: &mut Device) -> Result<(), Error> {
+            self.0.borrow_mut().push(format!("fe probe {}", dev.id()));
+            dev.switch_state(xs, S::Initialising)
+        }
+        fn otherend_changed(&mut self, xs: &mut XsT, dev: &mut Device, st: S) -> Result<(), Error> {
+            self.0.borrow_mut().push(format!("fe sees {st:?}"));
+            match st {
+                S::InitWait if matches!(dev.state(), S::Initialising | S::Closed) => {
+                    dev.switch_state(xs, S::Initialising)?;
+                    dev.write_node(xs, "ring-ref", "8")?;
+                    dev.write_node(xs, "event-channel", "5")?;
+                    dev.switch_state(xs, S::Initialised)
+                }
+                S::Connected if dev.state() == S::Initialised => {
+                    let sectors = dev.read_otherend_u64(xs, "sectors")?;
+                    self.0.borrow_mut().push(format!("fe connected {sectors}"));
+                    dev.switch_state(xs, S::Connected)
+                }
+                S::Closing | S::Closed if dev.state() != S::Closed => {
+                    dev.switch_state(xs, S::Closed)
+                }
+                _ => Ok(()),
+            }
+        }
+        fn remove(&mut self, _xs: &mut XsT, dev: &mut Device) {
+            self.0.borrow_mut().push(format!("fe remove {}", dev.id()));
+        }
+    }
+
+    /// A blkback-like backend.
+    struct Back(Log);
+
+    impl Driver<XsT> for Back {
+        fn devtype(&self) -> &str {
+            "vbd"
+        }
+        fn probe(&mut self, xs: &mut XsT, dev: &mut Device) -> Result<(), Error> {
+            let params = xs.read_string(&dev.node("params"))?;
+            self.0.borrow_mut().push(format!("be probe {params}"));
+            dev.write_node(xs, "sectors", "2048")?;
+            dev.write_node(xs, "feature-flush-cache", "1")?;
+            dev.switch_state(xs, S::InitWait)
+        }
+        fn otherend_changed(&mut self, xs: &mut XsT, dev: &mut Device, st: S) -> Result<(), Error> {
+            self.0.borrow_mut().push(format!("be sees {st:?}"));
+            match st {
+                S::Initialised | S::Connected if dev.state() == S::InitWait => {
+                    // Untrusted frontend values, validated.
+                    let ring = dev.read_otherend_u64(xs, "ring-ref")?;
+                    let port = dev.read_otherend_u64(xs, "event-channel")?;
+                    if ring == 0 || port == 0 {
+                        return Err(Error::BadValue);
+                    }
+                    dev.switch_state(xs, S::Connected)
+                }
+                S::Closing => dev.switch_state(xs, S::Closing),
+                S::Closed | S::Unknown => {
+                    dev.switch_state(xs, S::Closed)?;
+                    if xs.read_u64(&dev.node("online")) == Ok(1) {
+                        dev.switch_state(xs, S::InitWait)?;
+                    }
+                    Ok(())
+                }
+                S::Initialising if dev.state() == S::Closed => dev.switch_state(xs, S::InitWait),
+                _ => Ok(()),
+            }
+        }
+        fn remove(&mut self, _xs: &mut XsT, dev: &mut Device) {
+            self.0.borrow_mut().push(format!("be remove {}", dev.id()));
+        }
+    }
+
+    /// The toolstack's half of `xl block-attach`.
+    fn toolstack_attach(sim: &XenstoreSim) {
+        let mut d = sim.daemon();
+        let be = [Perm::new(Access::None, DOM0), Perm::new(Access::Read, FE)];
+        let fe = [Perm::new(Access::None, FE), Perm::new(Access::Read, DOM0)];
+        d.put(&format!("{BE_DIR}/frontend"), FE_DIR.as_bytes(), &be);
+        d.put(&format!("{BE_DIR}/frontend-id"), b"1", &be);
+        d.put(&format!("{BE_DIR}/params"), b"/dev/md0", &be);
+        d.put(&format!("{BE_DIR}/online"), b"1", &be);
+        d.put(&format!("{BE_DIR}/state"), b"1", &be);
+        d.put(&format!("{FE_DIR}/backend"), BE_DIR.as_bytes(), &fe);
+        d.put(&format!("{FE_DIR}/backend-id"), b"0", &fe);
+        d.put(&format!("{FE_DIR}/state"), b"1", &fe);
+        // `put` fires no watches; the buses' first scan finds the devices.
+    }
+
+    struct Pair {
+        sim: XenstoreSim,
+        fe_xs: XsT,
+        be_xs: XsT,
+        fe: Bus<XsT>,
+        be: Bus<XsT>,
+        log: Log,
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            let sim = XenstoreSim::new();
+            let mut fe_xs = sim.client(FE);
+            let mut be_xs = sim.client(DOM0);
+            toolstack_attach(&sim);
+            let log = Log::default();
+            let mut fe = Bus::new(Role::Frontend, FE);
+            fe.register(Box::new(Front(log.clone())));
+            let mut be = Bus::new(Role::Backend, DOM0);
+            be.register(Box::new(Back(log.clone())));
+            be.start(&mut be_xs).unwrap();
+            fe.start(&mut fe_xs).unwrap();
+            Pair {
+                sim,
+                fe_xs,
+                be_xs,
+                fe,
+                be,
+                log,
+            }
+        }
+
+        /// Runs both buses until nothing happens (bounded).
+        fn run(&mut self) {
+            for _ in 0..200 {
+                self.sim.settle();
+                let a = self.fe.poll(&mut self.fe_xs, 64).unwrap();
+                let b = self.be.poll(&mut self.be_xs, 64).unwrap();
+                if a + b == 0 {
+                    self.sim.settle();
+                    if !self.fe_xs.client().has_events() && !self.be_xs.client().has_events() {
+                        let a = self.fe.poll(&mut self.fe_xs, 64).unwrap();
+                        let b = self.be.poll(&mut self.be_xs, 64).unwrap();
+                        if a + b == 0 {
+                            return;
+                        }
+                    }
+                }
+            }
+            panic!("buses did not settle");
+        }
+
+        fn states(&self) -> (S, S) {
+            (
+                self.fe.device(FE_DIR).map_or(S::Unknown, Device::state),
+                self.be.device(BE_DIR).map_or(S::Unknown, Device::state),
+            )
+        }
+
+        fn node(&self, p: &str) -> String {
+            String::from_utf8_lossy(self.sim.daemon().value(p).unwrap_or(b"<none>")).into()
+        }
+    }
+
+    #[test]
+    fn front_and_back_walk_to_connected() {
+        let mut p = Pair::new();
+        p.run();
+        assert_eq!(p.states(), (S::Connected, S::Connected));
+        assert_eq!(p.node(&format!("{FE_DIR}/state")), "4");
+        assert_eq!(p.node(&format!("{BE_DIR}/state")), "4");
+        let log = p.log.borrow().clone();
+        assert!(log.contains(&"be probe /dev/md0".to_string()), "{log:?}");
+        assert!(log.contains(&"fe connected 2048".to_string()), "{log:?}");
+        let fe = p.fe.device(FE_DIR).unwrap();
+        assert_eq!((fe.otherend(), fe.otherend_id()), (BE_DIR, 0));
+        assert_eq!(fe.otherend_state(), S::Connected);
+        assert_eq!(p.be.device(BE_DIR).unwrap().otherend_id(), FE);
+    }
+
+    #[test]
+    fn teardown_and_reconnect() {
+        let mut p = Pair::new();
+        p.run();
+        // The backend is asked to close (e.g. the disk went away) but stays online.
+        let Pair { be, be_xs, .. } = &mut p;
+        be.with_device(be_xs, BE_DIR, |_, xs, dev| dev.switch_state(xs, S::Closing))
+            .unwrap()
+            .unwrap();
+        p.run();
+        // Frontend closed, backend went Closed and, being online, back to InitWait; the
+        // frontend reconnected from Closed.
+        assert_eq!(p.states(), (S::Connected, S::Connected));
+        let log = p.log.borrow().clone();
+        let tail: Vec<&String> = log.iter().skip_while(|l| *l != "fe sees Closing").collect();
+        assert!(!tail.is_empty(), "{log:?}");
+        assert!(tail.contains(&&"be sees Closed".to_string()), "{log:?}");
+        assert!(tail.contains(&&"fe sees InitWait".to_string()), "{log:?}");
+        assert_eq!(
+            log.iter().filter(|l| l.starts_with("fe connected")).count(),
+            2,
+            "{log:?}"
+        );
+        // Unplug: the toolstack removes both directories; both drivers see remove.
+        {
+            let mut d = p.sim.daemon();
+            d.execute_as(DOM0, &Request::Rm { path: BE_DIR }).unwrap();
+            d.execute_as(DOM0, &Request::Rm { path: FE_DIR }).unwrap();
+        }
+        p.run();
+        assert!(p.fe.device(FE_DIR).is_none());
+        assert!(p.be.device(BE_DIR).is_none());
+        let log = p.log.borrow().clone();
+        assert!(log.contains(&"fe remove 768".to_string()));
+        assert!(log.contains(&"be remove 768".to_string()));
+        // Both otherend watches were removed (only the root watches remain).
+        assert_eq!(p.sim.daemon().watch_count(DOM0), 1);
+        assert_eq!(p.sim.daemon().watch_count(FE), 1);
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused() {
+        let mut p = Pair::new();
+        p.run();
+        let Pair { fe, fe_xs, .. } = &mut p;
+        let r = fe.with_device(fe_xs, FE_DIR, |_, xs, dev| {
+            dev.switch_state(xs, S::Initialising)
+        });
+        assert_eq!(
+            r,
+            Some(Err(Error::Invalid(xen_xenbus::InvalidArg::Transition)))
+        );
+        assert_eq!(p.states().0, S::Connected);
+    }
+
+    #[test]
+    fn hostile_frontend_states_and_flood() {
+        let mut p = Pair::new();
+        p.run();
+        let mut evil = p.sim.client(FE);
+        let state = format!("{FE_DIR}/state");
+        // Garbage states read as Unknown (counted); the backend closes.
+        for junk in ["99", "abc", "-1", "4294967300", ""] {
+            evil.write_str(&state, junk).unwrap();
+            p.run();
+        }
+        let st: BusStats = p.be.stats();
+        assert!(st.bad_states >= 1, "{st:?}");
+        assert_eq!(
+            p.states().1,
+            S::InitWait,
+            "closed, then back to InitWait (online)"
+        );
+        // A flood of state rewrites: callbacks only on real changes, queue capped.
+        let before = p.be.stats().otherend_changes;
+        for i in 0..3000 {
+            evil.write_str(&state, if i % 2 == 0 { "1" } else { "3" })
+                .unwrap();
+        }
+        p.run();
+        let after = p.be.stats().otherend_changes;
+        assert!(
+            after - before <= 4,
+            "{} callbacks for 3000 writes",
+            after - before
+        );
+        // Neither side buffered them: the daemon's backlog quota and the client's per-watch
+        // collapsing absorbed the flood.
+        let cs = p.be_xs.client().stats();
+        let ds = p.sim.daemon().stats();
+        assert!(
+            cs.collapsed_events + cs.dropped_events + ds.events_dropped >= 2990,
+            "{cs:?} {ds:?}"
+        );
+        // The frontend's own state wins the last word, the backend is still consistent.
+        assert!(matches!(p.states().1, S::InitWait | S::Connected));
+    }
+
+    #[test]
+    fn bad_device_details_are_refused() {
+        let sim = XenstoreSim::new();
+        let mut xs = sim.client(DOM0);
+        let _fe = sim.connect(FE);
+        {
+            let mut d = sim.daemon();
+            let be = [Perm::new(Access::None, DOM0)];
+            // frontend path outside the frontend domain.
+            d.put(
+                "/local/domain/0/backend/vbd/1/1/frontend",
+                b"/local/domain/0/evil",
+                &be,
+            );
+            d.put("/local/domain/0/backend/vbd/1/1/frontend-id", b"1", &be);
+            // frontend-id disagreeing with the directory.
+            d.put(
+                "/local/domain/0/backend/vbd/1/2/frontend",
+                b"/local/domain/2/device/vbd/2",
+                &be,
+            );
+            d.put("/local/domain/0/backend/vbd/1/2/frontend-id", b"2", &be);
+            // Not a number.
+            d.put(
+                "/local/domain/0/backend/vbd/1/3/frontend",
+                b"/local/domain/1/device/vbd/3",
+                &be,
+            );
+            d.put("/local/domain/0/backend/vbd/1/3/frontend-id", b"one", &be);
+        }
+        let log = Log::default();
+        let mut bus = Bus::new(Role::Backend, DOM0);
+        bus.register(Box::new(Back(log.clone())));
+        bus.start(&mut xs).unwrap();
+        assert_eq!(bus.devices().count(), 0);
+        assert_eq!(bus.stats().refused, 3);
+        assert!(log.borrow().is_empty());
+    }
+
+    #[test]
+    fn device_cap() {
+        let sim = XenstoreSim::new();
+        let mut xs = sim.client(FE);
+        {
+            let mut d = sim.daemon();
+            let fe = [Perm::new(Access::None, FE)];
+            for i in 0..10 {
+                let dir = format!("/local/domain/1/device/vbd/{i}");
+                d.put(
+                    &format!("{dir}/backend"),
+                    b"/local/domain/0/backend/vbd/1/0",
+                    &fe,
+                );
+                d.put(&format!("{dir}/backend-id"), b"0", &fe);
+            }
+        }
+        let log = Log::default();
+        let mut bus = Bus::new(Role::Frontend, FE);
+        bus.set_max_devices(4);
+        bus.register(Box::new(Front(log.clone())));
+        bus.start(&mut xs).unwrap();
+        assert_eq!(bus.devices().count(), 4);
+        assert!(bus.stats().over_limit >= 6);
+        bus.stop(&mut xs);
+        assert_eq!(bus.devices().count(), 0);
+        assert_eq!(sim.daemon().watch_count(FE), 0);
+    }
+}
