@@ -12,7 +12,7 @@
 //! `vcpu_info` can be moved into guest memory with `VCPUOP_register_vcpu_info`.
 //!
 //! The FIFO ABI is refused with `ENOSYS` (as QEMU's Xen emulation does), so guests exercise
-//! their fallback to 2-level; [`super::FifoSupport`] is the switch, kept for a future FIFO model.
+//! their fallback to 2-level; [`super::hypervisor::FifoSupport`] is the switch, kept for a future FIFO model.
 //!
 //! Notifications go through the fault layer and the virtual-time queue: a send may be
 //! delivered at once, later, twice, or never, as the rules and the seeded generator decide.
@@ -378,7 +378,7 @@ impl State {
                 Ok(())
             }
             E::InitControl(_) | E::ExpandArray(_) | E::SetPriority(_) => match self.cfg.fifo {
-                super::FifoSupport::Refuse => Err(XenError::ENOSYS),
+                super::hypervisor::FifoSupport::Refuse => Err(XenError::ENOSYS),
             },
         }
     }
