@@ -87,6 +87,7 @@ unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
 
 /// A value of `T` with every byte zero (valid because `T` is [`Pod`]).
 #[must_use]
+#[inline]
 pub fn zeroed<T: Pod>() -> T {
     // SAFETY: `T: Pod` guarantees that every byte pattern, including all zeroes, is a valid `T`.
     unsafe { core::mem::zeroed() }
@@ -94,6 +95,7 @@ pub fn zeroed<T: Pod>() -> T {
 
 /// The bytes of a [`Pod`] value.
 #[must_use]
+#[inline]
 pub fn as_bytes<T: Pod>(value: &T) -> &[u8] {
     // SAFETY: `T: Pod` has no padding, so all `size_of::<T>()` bytes behind `value` are
     // initialised; the slice borrows `value`, so it lives no longer than it, and `T` has no
@@ -103,6 +105,7 @@ pub fn as_bytes<T: Pod>(value: &T) -> &[u8] {
 
 /// The bytes of a [`Pod`] value, writable: any bytes written leave a valid `T`.
 #[must_use]
+#[inline]
 pub fn as_bytes_mut<T: Pod>(value: &mut T) -> &mut [u8] {
     // SAFETY: as in `as_bytes`; additionally every byte pattern is a valid `T` (`T: Pod`), so
     // writes through the slice cannot produce an invalid value, and the exclusive borrow of
@@ -226,6 +229,7 @@ impl fmt::Debug for SharedMem<'_> {
 /// # Safety
 /// `addr` must be 4-aligned and lie in the containing-word span of some `SharedMem<'a>`
 /// (whose invariant then makes the word valid for atomic access for `'a`).
+#[inline]
 unsafe fn word<'a>(addr: *mut u8) -> &'a AtomicU32 {
     debug_assert!(addr.addr() % WORD == 0);
     // SAFETY: the caller guarantees alignment and validity for `'a`; all Rust accesses to this
@@ -234,13 +238,41 @@ unsafe fn word<'a>(addr: *mut u8) -> &'a AtomicU32 {
     unsafe { AtomicU32::from_ptr(addr.cast::<u32>()) }
 }
 
-/// A byte mask (in native memory order) selecting bytes `lo..hi` of a word.
-fn byte_mask(lo: usize, hi: usize) -> u32 {
-    let mut m = [0u8; WORD];
-    for b in &mut m[lo..hi] {
-        *b = 0xff;
+/// A checked byte range split at word boundaries: `head` bytes in the word containing
+/// `start` (starting `skip` bytes into it), then `words` whole words, then the rest.
+struct Span {
+    start: *mut u8,
+    skip: usize,
+    head: usize,
+    words: usize,
+}
+
+/// Stores `bytes` at byte `skip` of the word at `addr`, leaving its other bytes untouched.
+/// Does nothing if `bytes` is empty.
+///
+/// Two bounded atomic RMWs (no compare-exchange loop a peer could starve); neighbouring bytes,
+/// which may belong to the peer, are preserved exactly. The transient state (our bytes zero)
+/// is invisible to a correct peer, which does not read bytes we have not published yet.
+///
+/// # Safety
+/// If `bytes` is non-empty: `skip + bytes.len() <= 4`, and `addr` is 4-aligned and lies in the
+/// containing-word span of a live `SharedMem`.
+#[inline]
+unsafe fn store_partial(addr: *mut u8, skip: usize, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
     }
-    u32::from_ne_bytes(m)
+    let mut value = [0u8; WORD];
+    let mut mask = [0u8; WORD];
+    for (k, b) in bytes.iter().enumerate() {
+        value[skip + k] = *b;
+        mask[skip + k] = 0xff;
+    }
+    let mask = u32::from_ne_bytes(mask);
+    // SAFETY: guaranteed by the caller.
+    let w = unsafe { word(addr) };
+    w.fetch_and(!mask, Ordering::Relaxed);
+    w.fetch_or(u32::from_ne_bytes(value) & mask, Ordering::Relaxed);
 }
 
 impl<'a> SharedMem<'a> {
@@ -331,6 +363,7 @@ impl<'a> SharedMem<'a> {
         self.base.as_ptr()
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize) -> Result<(), Error> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
@@ -364,6 +397,7 @@ impl<'a> SharedMem<'a> {
     ///
     /// # Errors
     /// [`Error::OutOfBounds`] or [`Error::Misaligned`].
+    #[inline]
     pub fn u32_at(&self, offset: usize) -> Result<SharedU32<'a>, Error> {
         self.check(offset, WORD)?;
         let addr = self.base.as_ptr().wrapping_add(offset);
@@ -414,27 +448,52 @@ impl<'a> SharedMem<'a> {
         Ok(())
     }
 
+    /// Checks `offset..offset + len` and splits it into a partial head word, whole middle
+    /// words and a partial tail word.
+    #[inline]
+    fn span(&self, offset: usize, len: usize) -> Result<Span, Error> {
+        self.check(offset, len)?;
+        let start = self.base.as_ptr().wrapping_add(offset);
+        let skip = start.addr() % WORD;
+        let head = if skip == 0 { 0 } else { (WORD - skip).min(len) };
+        let words = (len - head) / WORD;
+        Ok(Span {
+            start,
+            skip,
+            head,
+            words,
+        })
+    }
+
     /// Copies `dst.len()` bytes starting at `offset` out of shared memory (relaxed atomic word
     /// loads; each shared byte is read exactly once).
     ///
     /// # Errors
     /// [`Error::OutOfBounds`]; nothing is copied then.
+    #[inline]
     pub fn copy_to_slice(&self, offset: usize, dst: &mut [u8]) -> Result<(), Error> {
-        self.check(offset, dst.len())?;
-        let start = self.base.as_ptr().wrapping_add(offset);
-        // Bytes of the first, possibly partial, word to skip.
-        let mut skip = start.addr() % WORD;
-        let mut addr = start.wrapping_sub(skip);
-        let mut done = 0;
-        while done < dst.len() {
-            // SAFETY: `addr` is 4-aligned and is the containing word of byte `start + done`,
-            // which is within the view (checked above), so it lies in our containing-word span.
-            let w = unsafe { word(addr) }.load(Ordering::Relaxed).to_ne_bytes();
-            let take = (WORD - skip).min(dst.len() - done);
-            dst[done..done + take].copy_from_slice(&w[skip..skip + take]);
-            done += take;
-            skip = 0;
+        let sp = self.span(offset, dst.len())?;
+        let (head, rest) = dst.split_at_mut(sp.head);
+        let (middle, tail) = rest.split_at_mut(sp.words * WORD);
+        if !head.is_empty() {
+            // SAFETY: the containing word of the first byte of the checked range is 4-aligned
+            // and lies in our containing-word span.
+            let w = unsafe { word(sp.start.wrapping_sub(sp.skip)) };
+            head.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes()[sp.skip..][..sp.head]);
+        }
+        let mut addr = sp.start.wrapping_add(sp.head);
+        for chunk in middle.chunks_exact_mut(WORD) {
+            // SAFETY: after the head, `addr` is 4-aligned and the whole word lies in the
+            // checked range.
+            let w = unsafe { word(addr) };
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
             addr = addr.wrapping_add(WORD);
+        }
+        if !tail.is_empty() {
+            // SAFETY: `addr` is 4-aligned and contains the first tail byte, which is in the
+            // checked range, so the word lies in our containing-word span.
+            let w = unsafe { word(addr) };
+            tail.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes()[..tail.len()]);
         }
         Ok(())
     }
@@ -444,22 +503,55 @@ impl<'a> SharedMem<'a> {
     ///
     /// # Errors
     /// [`Error::OutOfBounds`]; nothing is written then.
+    #[inline]
     pub fn copy_from_slice(&self, offset: usize, src: &[u8]) -> Result<(), Error> {
-        self.write_words(offset, src.len(), |i| src[i])
+        let sp = self.span(offset, src.len())?;
+        let (head, rest) = src.split_at(sp.head);
+        let (middle, tail) = rest.split_at(sp.words * WORD);
+        // SAFETY: the containing word of the first byte of the checked range is 4-aligned and
+        // lies in our containing-word span; `head` ends within that word.
+        unsafe { store_partial(sp.start.wrapping_sub(sp.skip), sp.skip, head) };
+        let mut addr = sp.start.wrapping_add(sp.head);
+        for chunk in middle.chunks_exact(WORD) {
+            let value = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            // SAFETY: after the head, `addr` is 4-aligned and the whole word lies in the
+            // checked range.
+            unsafe { word(addr) }.store(value, Ordering::Relaxed);
+            addr = addr.wrapping_add(WORD);
+        }
+        // SAFETY: `addr` is 4-aligned; if `tail` is non-empty its first byte is in the checked
+        // range, so the word lies in our span (an empty `tail` touches nothing).
+        unsafe { store_partial(addr, 0, tail) };
+        Ok(())
     }
 
     /// Sets `len` bytes at `offset` to `byte`.
     ///
     /// # Errors
     /// [`Error::OutOfBounds`]; nothing is written then.
+    #[inline]
     pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), Error> {
-        self.write_words(offset, len, |_| byte)
+        let sp = self.span(offset, len)?;
+        let bytes = [byte; WORD];
+        // SAFETY: as in `copy_from_slice`.
+        unsafe { store_partial(sp.start.wrapping_sub(sp.skip), sp.skip, &bytes[..sp.head]) };
+        let mut addr = sp.start.wrapping_add(sp.head);
+        for _ in 0..sp.words {
+            // SAFETY: as in `copy_from_slice`.
+            unsafe { word(addr) }.store(u32::from_ne_bytes(bytes), Ordering::Relaxed);
+            addr = addr.wrapping_add(WORD);
+        }
+        let tail = len - sp.head - sp.words * WORD;
+        // SAFETY: as in `copy_from_slice`.
+        unsafe { store_partial(addr, 0, &bytes[..tail]) };
+        Ok(())
     }
 
     /// Zero-fills `len` bytes at `offset`.
     ///
     /// # Errors
     /// [`Error::OutOfBounds`]; nothing is written then.
+    #[inline]
     pub fn zero(&self, offset: usize, len: usize) -> Result<(), Error> {
         self.fill(offset, len, 0)
     }
@@ -467,47 +559,7 @@ impl<'a> SharedMem<'a> {
     /// Zero-fills the whole view.
     pub fn zero_all(&self) {
         // Cannot fail: the range is the view itself.
-        let _ = self.write_words(0, self.len, |_| 0);
-    }
-
-    /// Stores bytes `byte_at(0..len)` at `offset` after checking the range.
-    fn write_words(
-        &self,
-        offset: usize,
-        len: usize,
-        byte_at: impl Fn(usize) -> u8,
-    ) -> Result<(), Error> {
-        self.check(offset, len)?;
-        let start = self.base.as_ptr().wrapping_add(offset);
-        let mut skip = start.addr() % WORD;
-        let mut addr = start.wrapping_sub(skip);
-        let mut done = 0;
-        while done < len {
-            let take = (WORD - skip).min(len - done);
-            let mut bytes = [0u8; WORD];
-            for (k, b) in bytes[skip..skip + take].iter_mut().enumerate() {
-                *b = byte_at(done + k);
-            }
-            let value = u32::from_ne_bytes(bytes);
-            // SAFETY: `addr` is 4-aligned and contains byte `start + done`, which is in the
-            // checked range, so it lies in our containing-word span.
-            let w = unsafe { word(addr) };
-            if take == WORD {
-                w.store(value, Ordering::Relaxed);
-            } else {
-                // Partial word: change only our bytes. Two bounded atomic RMWs (no CAS loop a
-                // peer could starve); the neighbouring bytes, which may belong to the peer, are
-                // preserved exactly. The transient state (our bytes zero) is invisible to a
-                // correct peer, which must not read bytes we have not yet published.
-                let mask = byte_mask(skip, skip + take);
-                w.fetch_and(!mask, Ordering::Relaxed);
-                w.fetch_or(value & mask, Ordering::Relaxed);
-            }
-            done += take;
-            skip = 0;
-            addr = addr.wrapping_add(WORD);
-        }
-        Ok(())
+        let _ = self.fill(0, self.len, 0);
     }
 
     /// Copies a `T` out of shared memory at `offset` (any alignment). The result is a local
@@ -515,6 +567,7 @@ impl<'a> SharedMem<'a> {
     ///
     /// # Errors
     /// [`Error::OutOfBounds`].
+    #[inline]
     pub fn read<T: Pod>(&self, offset: usize) -> Result<T, Error> {
         let mut value = zeroed::<T>();
         self.copy_to_slice(offset, as_bytes_mut(&mut value))?;
@@ -526,6 +579,7 @@ impl<'a> SharedMem<'a> {
     ///
     /// # Errors
     /// [`Error::OutOfBounds`]; nothing is written then.
+    #[inline]
     pub fn write<T: Pod>(&self, offset: usize, value: &T) -> Result<(), Error> {
         self.copy_from_slice(offset, as_bytes(value))
     }
@@ -556,6 +610,7 @@ impl fmt::Debug for SharedU32<'_> {
 }
 
 impl SharedU32<'_> {
+    #[inline]
     fn atomic(&self) -> &AtomicU32 {
         // SAFETY: type invariant: `addr` is 4-aligned within a `SharedMem<'a>` span, valid for
         // atomic access for `'a`, which outlives `self`.
@@ -567,6 +622,7 @@ impl SharedU32<'_> {
     /// # Panics
     /// If `order` is `Release` or `AcqRel` (as `AtomicU32::load`); never on peer data.
     #[must_use]
+    #[inline]
     pub fn load(&self, order: Ordering) -> u32 {
         self.atomic().load(order)
     }
@@ -575,6 +631,7 @@ impl SharedU32<'_> {
     ///
     /// # Panics
     /// If `order` is `Acquire` or `AcqRel` (as `AtomicU32::store`); never on peer data.
+    #[inline]
     pub fn store(&self, value: u32, order: Ordering) {
         self.atomic().store(value, order);
     }
@@ -582,23 +639,27 @@ impl SharedU32<'_> {
     /// `Acquire` load: later reads of shared memory see everything the peer wrote before its
     /// `Release` store of this word.
     #[must_use]
+    #[inline]
     pub fn load_acquire(&self) -> u32 {
         self.load(Ordering::Acquire)
     }
 
     /// `Relaxed` load.
     #[must_use]
+    #[inline]
     pub fn load_relaxed(&self) -> u32 {
         self.load(Ordering::Relaxed)
     }
 
     /// `Release` store: the peer, after an `Acquire` load that sees `value`, sees every earlier
     /// write of ours to shared memory.
+    #[inline]
     pub fn store_release(&self, value: u32) {
         self.store(value, Ordering::Release);
     }
 
     /// `Relaxed` store.
+    #[inline]
     pub fn store_relaxed(&self, value: u32) {
         self.store(value, Ordering::Relaxed);
     }
@@ -608,6 +669,7 @@ impl SharedU32<'_> {
 ///
 /// # Panics
 /// If `order` is `Relaxed` (as `core::sync::atomic::fence`).
+#[inline]
 pub fn fence(order: Ordering) {
     core::sync::atomic::fence(order);
 }
@@ -615,6 +677,7 @@ pub fn fence(order: Ordering) {
 /// A full (`SeqCst`) fence: Xen's `xen_mb()`. Between "store my index" and "load the peer's
 /// index" on both sides of a ring, it guarantees at least one side sees the other's store, which
 /// is what makes notification suppression free of lost wake-ups.
+#[inline]
 pub fn full_fence() {
     core::sync::atomic::fence(Ordering::SeqCst);
 }
