@@ -36,14 +36,16 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::abi::state as st;
 use crate::blocking::{Store, Transport, Xs};
 use crate::client::{WatchEvent, WatchId};
 use crate::error::{Error, InvalidArg, XsError};
 use crate::path::{check_path, is_within, PathKind};
 use crate::perms::DomId;
 
-/// `enum xenbus_state` (`io/xenbus.h`).
+/// The `xen-sys` enum of `io/xenbus.h`, which this type mirrors (adding the state machine).
+pub use xen_sys::consts::XenbusState as SysState;
+
+/// `enum xenbus_state` (`io/xenbus.h`), with the transition rules of [`Device::switch_state`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum XenbusState {
     /// 0: no state (node missing or unreadable).
@@ -80,24 +82,29 @@ impl XenbusState {
         XenbusState::Reconfigured,
     ];
 
-    /// The wire number.
-    pub const fn to_raw(self) -> u32 {
+    /// The `xen-sys` view of the same state.
+    pub const fn to_sys(self) -> SysState {
         match self {
-            XenbusState::Unknown => st::UNKNOWN,
-            XenbusState::Initialising => st::INITIALISING,
-            XenbusState::InitWait => st::INIT_WAIT,
-            XenbusState::Initialised => st::INITIALISED,
-            XenbusState::Connected => st::CONNECTED,
-            XenbusState::Closing => st::CLOSING,
-            XenbusState::Closed => st::CLOSED,
-            XenbusState::Reconfiguring => st::RECONFIGURING,
-            XenbusState::Reconfigured => st::RECONFIGURED,
+            XenbusState::Unknown => SysState::Unknown,
+            XenbusState::Initialising => SysState::Initialising,
+            XenbusState::InitWait => SysState::InitWait,
+            XenbusState::Initialised => SysState::Initialised,
+            XenbusState::Connected => SysState::Connected,
+            XenbusState::Closing => SysState::Closing,
+            XenbusState::Closed => SysState::Closed,
+            XenbusState::Reconfiguring => SysState::Reconfiguring,
+            XenbusState::Reconfigured => SysState::Reconfigured,
         }
+    }
+
+    /// The wire number (from `io/xenbus.h` via `xen-sys`).
+    pub const fn to_raw(self) -> u32 {
+        self.to_sys().value()
     }
 
     /// From the wire number.
     pub fn from_raw(v: u32) -> Option<XenbusState> {
-        Self::ALL.iter().copied().find(|s| s.to_raw() == v)
+        SysState::from_value(v).map(XenbusState::from)
     }
 
     /// Parses a `state` node's value: a decimal number, optionally surrounded by ASCII
@@ -132,6 +139,28 @@ impl XenbusState {
             (Closed, Initialising | InitWait) => true,
             _ => false,
         }
+    }
+}
+
+impl From<SysState> for XenbusState {
+    fn from(s: SysState) -> XenbusState {
+        match s {
+            SysState::Unknown => XenbusState::Unknown,
+            SysState::Initialising => XenbusState::Initialising,
+            SysState::InitWait => XenbusState::InitWait,
+            SysState::Initialised => XenbusState::Initialised,
+            SysState::Connected => XenbusState::Connected,
+            SysState::Closing => XenbusState::Closing,
+            SysState::Closed => XenbusState::Closed,
+            SysState::Reconfiguring => XenbusState::Reconfiguring,
+            SysState::Reconfigured => XenbusState::Reconfigured,
+        }
+    }
+}
+
+impl From<XenbusState> for SysState {
+    fn from(s: XenbusState) -> SysState {
+        s.to_sys()
     }
 }
 

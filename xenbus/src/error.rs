@@ -9,8 +9,8 @@
 
 use core::fmt;
 
-use crate::abi::XSD_ERROR_STRINGS;
 use crate::wire::MsgType;
+use xen_sys::consts::XsError as SysXsError;
 
 /// An error string from the daemon's `XS_ERROR` reply (`xsd_errors` in `io/xs_wire.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,7 +53,7 @@ pub enum XsError {
 }
 
 impl XsError {
-    /// Every known error, in `xsd_errors` order.
+    /// Every known error, in `xsd_errors` order (as `xen_sys::consts::XsError::ALL`).
     pub const ALL: [XsError; 16] = [
         XsError::Inval,
         XsError::Acces,
@@ -73,42 +73,68 @@ impl XsError {
         XsError::Perm,
     ];
 
+    /// The `xen-sys` entry of the `xsd_errors` table; `None` for [`XsError::Unknown`].
+    pub fn to_sys(self) -> Option<SysXsError> {
+        Some(match self {
+            XsError::Inval => SysXsError::Einval,
+            XsError::Acces => SysXsError::Eacces,
+            XsError::Exist => SysXsError::Eexist,
+            XsError::IsDir => SysXsError::Eisdir,
+            XsError::NoEnt => SysXsError::Enoent,
+            XsError::NoMem => SysXsError::Enomem,
+            XsError::NoSpc => SysXsError::Enospc,
+            XsError::Io => SysXsError::Eio,
+            XsError::NotEmpty => SysXsError::Enotempty,
+            XsError::NoSys => SysXsError::Enosys,
+            XsError::RoFs => SysXsError::Erofs,
+            XsError::Busy => SysXsError::Ebusy,
+            XsError::Again => SysXsError::Eagain,
+            XsError::IsConn => SysXsError::Eisconn,
+            XsError::TooBig => SysXsError::E2big,
+            XsError::Perm => SysXsError::Eperm,
+            XsError::Unknown => return None,
+        })
+    }
+
     /// The wire string (`"EACCES"`...). [`XsError::Unknown`] has none of its own and is sent as
     /// `"EIO"`, the catch-all the C daemon uses.
     pub fn as_str(self) -> &'static str {
-        match Self::ALL.iter().position(|&e| e == self) {
-            Some(i) => XSD_ERROR_STRINGS.get(i).copied().unwrap_or("EIO"),
-            None => "EIO",
-        }
+        self.to_sys().map_or("EIO", SysXsError::name)
     }
 
-    /// Parses a wire error string; `None` for a string outside the table.
+    /// Parses a wire error string (without its NUL); `None` for a string outside the table.
     pub fn from_wire(s: &[u8]) -> Option<XsError> {
-        XSD_ERROR_STRINGS
-            .iter()
-            .position(|known| known.as_bytes() == s)
-            .and_then(|i| Self::ALL.get(i).copied())
+        if s.last() == Some(&0) {
+            return None;
+        }
+        SysXsError::from_name(s).map(XsError::from)
     }
 
     /// The FreeBSD errno value (`sys/sys/errno.h`), for the kernel glue and `/dev/xen/xenstore`.
     pub fn freebsd_errno(self) -> i32 {
-        match self {
-            XsError::Perm => 1,
-            XsError::NoEnt => 2,
-            XsError::Io | XsError::Unknown => 5,
-            XsError::TooBig => 7,
-            XsError::NoMem => 12,
-            XsError::Acces => 13,
-            XsError::Busy => 16,
-            XsError::Exist => 17,
-            XsError::IsDir => 21,
-            XsError::Inval => 22,
-            XsError::NoSpc => 28,
-            XsError::RoFs => 30,
-            XsError::Again => 35,
-            XsError::IsConn => 56,
-            XsError::NotEmpty => 66,
-            XsError::NoSys => 78,
+        self.to_sys().map_or(5, SysXsError::freebsd_errno) // Unknown: EIO
+    }
+}
+
+impl From<SysXsError> for XsError {
+    fn from(e: SysXsError) -> XsError {
+        match e {
+            SysXsError::Einval => XsError::Inval,
+            SysXsError::Eacces => XsError::Acces,
+            SysXsError::Eexist => XsError::Exist,
+            SysXsError::Eisdir => XsError::IsDir,
+            SysXsError::Enoent => XsError::NoEnt,
+            SysXsError::Enomem => XsError::NoMem,
+            SysXsError::Enospc => XsError::NoSpc,
+            SysXsError::Eio => XsError::Io,
+            SysXsError::Enotempty => XsError::NotEmpty,
+            SysXsError::Enosys => XsError::NoSys,
+            SysXsError::Erofs => XsError::RoFs,
+            SysXsError::Ebusy => XsError::Busy,
+            SysXsError::Eagain => XsError::Again,
+            SysXsError::Eisconn => XsError::IsConn,
+            SysXsError::E2big => XsError::TooBig,
+            SysXsError::Eperm => XsError::Perm,
         }
     }
 }

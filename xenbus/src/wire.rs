@@ -14,121 +14,14 @@ use alloc::borrow::Cow;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::abi::{msg, HEADER_SIZE, PAYLOAD_MAX};
+use crate::abi::{HEADER_SIZE, PAYLOAD_MAX};
 use crate::error::{InvalidArg, ProtocolError, XsError};
 use crate::path::{check_name_bytes, check_path, check_path_bytes, PathKind};
 use crate::perms::{parse_decimal, parse_decimal_u64, push_decimal, DomId, Perm};
 
-/// `enum xsd_sockmsg_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum MsgType {
-    /// `XS_CONTROL` (`XS_DEBUG`).
-    Control,
-    /// `XS_DIRECTORY`.
-    Directory,
-    /// `XS_READ`.
-    Read,
-    /// `XS_GET_PERMS`.
-    GetPerms,
-    /// `XS_WATCH`.
-    Watch,
-    /// `XS_UNWATCH`.
-    Unwatch,
-    /// `XS_TRANSACTION_START`.
-    TransactionStart,
-    /// `XS_TRANSACTION_END`.
-    TransactionEnd,
-    /// `XS_INTRODUCE`.
-    Introduce,
-    /// `XS_RELEASE`.
-    Release,
-    /// `XS_GET_DOMAIN_PATH`.
-    GetDomainPath,
-    /// `XS_WRITE`.
-    Write,
-    /// `XS_MKDIR`.
-    Mkdir,
-    /// `XS_RM`.
-    Rm,
-    /// `XS_SET_PERMS`.
-    SetPerms,
-    /// `XS_WATCH_EVENT` (daemon → client only).
-    WatchEvent,
-    /// `XS_ERROR` (daemon → client only).
-    Error,
-    /// `XS_IS_DOMAIN_INTRODUCED`.
-    IsDomainIntroduced,
-    /// `XS_RESUME`.
-    Resume,
-    /// `XS_SET_TARGET`.
-    SetTarget,
-    /// `XS_RESET_WATCHES`.
-    ResetWatches,
-    /// `XS_DIRECTORY_PART`.
-    DirectoryPart,
-}
-
-impl MsgType {
-    /// Every type, for tests and tables.
-    pub const ALL: [MsgType; 22] = [
-        MsgType::Control,
-        MsgType::Directory,
-        MsgType::Read,
-        MsgType::GetPerms,
-        MsgType::Watch,
-        MsgType::Unwatch,
-        MsgType::TransactionStart,
-        MsgType::TransactionEnd,
-        MsgType::Introduce,
-        MsgType::Release,
-        MsgType::GetDomainPath,
-        MsgType::Write,
-        MsgType::Mkdir,
-        MsgType::Rm,
-        MsgType::SetPerms,
-        MsgType::WatchEvent,
-        MsgType::Error,
-        MsgType::IsDomainIntroduced,
-        MsgType::Resume,
-        MsgType::SetTarget,
-        MsgType::ResetWatches,
-        MsgType::DirectoryPart,
-    ];
-
-    /// The wire value.
-    pub const fn to_raw(self) -> u32 {
-        match self {
-            MsgType::Control => msg::CONTROL,
-            MsgType::Directory => msg::DIRECTORY,
-            MsgType::Read => msg::READ,
-            MsgType::GetPerms => msg::GET_PERMS,
-            MsgType::Watch => msg::WATCH,
-            MsgType::Unwatch => msg::UNWATCH,
-            MsgType::TransactionStart => msg::TRANSACTION_START,
-            MsgType::TransactionEnd => msg::TRANSACTION_END,
-            MsgType::Introduce => msg::INTRODUCE,
-            MsgType::Release => msg::RELEASE,
-            MsgType::GetDomainPath => msg::GET_DOMAIN_PATH,
-            MsgType::Write => msg::WRITE,
-            MsgType::Mkdir => msg::MKDIR,
-            MsgType::Rm => msg::RM,
-            MsgType::SetPerms => msg::SET_PERMS,
-            MsgType::WatchEvent => msg::WATCH_EVENT,
-            MsgType::Error => msg::ERROR,
-            MsgType::IsDomainIntroduced => msg::IS_DOMAIN_INTRODUCED,
-            MsgType::Resume => msg::RESUME,
-            MsgType::SetTarget => msg::SET_TARGET,
-            MsgType::ResetWatches => msg::RESET_WATCHES,
-            MsgType::DirectoryPart => msg::DIRECTORY_PART,
-        }
-    }
-
-    /// Parses a wire value; `None` for anything outside the enum (including the hole left by
-    /// the removed `XS_RESTRICT` and `XS_INVALID`).
-    pub fn from_raw(v: u32) -> Option<MsgType> {
-        MsgType::ALL.iter().copied().find(|t| t.to_raw() == v)
-    }
-}
+/// `enum xsd_sockmsg_type`, from `xen-sys` (so the whole project shares one type). Its
+/// `from_value` refuses the hole left by the removed `XS_RESTRICT` and `XS_INVALID`.
+pub use xen_sys::consts::XsType as MsgType;
 
 /// `struct xsd_sockmsg`, validated: the type is known and `len` ≤ `XENSTORE_PAYLOAD_MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +50,7 @@ impl Header {
         let mut b = [0u8; HEADER_SIZE];
         for (chunk, v) in
             b.chunks_exact_mut(4)
-                .zip([self.ty.to_raw(), self.req_id, self.tx_id, self.len])
+                .zip([self.ty.value(), self.req_id, self.tx_id, self.len])
         {
             chunk.copy_from_slice(&v.to_le_bytes());
         }
@@ -176,7 +69,7 @@ impl Header {
         if usize::try_from(len).map_or(true, |l| l > PAYLOAD_MAX) {
             return Err(ProtocolError::PayloadTooLong(len));
         }
-        let ty = MsgType::from_raw(raw_ty).ok_or(ProtocolError::UnknownType(raw_ty))?;
+        let ty = MsgType::from_value(raw_ty).ok_or(ProtocolError::UnknownType(raw_ty))?;
         Ok(Header {
             ty,
             req_id: word(b, 1),
@@ -980,11 +873,11 @@ mod tests {
         // XS_SET_TARGET + 2, XS_DIRECTORY_PART.
         for (i, t) in (0u32..).zip(MsgType::ALL.iter()) {
             let expect = if i < 20 { i } else { i + 1 };
-            assert_eq!(t.to_raw(), expect, "{t:?}");
-            assert_eq!(MsgType::from_raw(expect), Some(*t));
+            assert_eq!(t.value(), expect, "{t:?}");
+            assert_eq!(MsgType::from_value(expect), Some(*t));
         }
         for bad in [20, 23, 0xffff, u32::MAX] {
-            assert_eq!(MsgType::from_raw(bad), None);
+            assert_eq!(MsgType::from_value(bad), None);
         }
     }
 
@@ -1207,7 +1100,7 @@ mod tests {
     #[test]
     fn error_strings() {
         for (i, e) in XsError::ALL.iter().enumerate() {
-            assert_eq!(e.as_str(), crate::abi::XSD_ERROR_STRINGS[i]);
+            assert_eq!(e.as_str(), xen_sys::consts::XsError::ALL[i].name());
             let mut p = e.as_str().as_bytes().to_vec();
             p.push(0);
             assert_eq!(decode_error(&p), Ok(*e));
@@ -1473,7 +1366,7 @@ mod tests {
 
         #[test]
         fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
-            for ty in MsgType::ALL {
+            for &ty in MsgType::ALL {
                 let _ = Reply::decode(ty, &bytes);
                 let _ = Request::decode(ty, &bytes);
             }
@@ -1500,7 +1393,7 @@ mod tests {
                 prop_oneof![Just(0u8), Just(b'/'), Just(b'a'), Just(b'1'), any::<u8>()], 0..64),
         ) {
             // Bytes shaped like real payloads reach deeper into the decoders.
-            if let Some(t) = MsgType::from_raw(ty) {
+            if let Some(t) = MsgType::from_value(ty) {
                 let _ = Reply::decode(t, &payload);
                 let _ = Request::decode(t, &payload);
             }
