@@ -663,6 +663,44 @@ impl SharedU32<'_> {
     pub fn store_relaxed(&self, value: u32) {
         self.store(value, Ordering::Relaxed);
     }
+
+    /// Atomic OR (e.g. setting a bit Xen may set concurrently); returns the previous value.
+    #[inline]
+    pub fn fetch_or(&self, bits: u32, order: Ordering) -> u32 {
+        self.atomic().fetch_or(bits, order)
+    }
+
+    /// Atomic AND; returns the previous value.
+    #[inline]
+    pub fn fetch_and(&self, bits: u32, order: Ordering) -> u32 {
+        self.atomic().fetch_and(bits, order)
+    }
+
+    /// Atomic swap; returns the previous value.
+    #[inline]
+    pub fn swap(&self, value: u32, order: Ordering) -> u32 {
+        self.atomic().swap(value, order)
+    }
+
+    /// Atomic compare-and-exchange (strong). A peer can change the word at will, so callers
+    /// must bound any retry loop built on this (a hostile peer could otherwise starve it).
+    ///
+    /// # Errors
+    /// The current value, when it differs from `current`.
+    ///
+    /// # Panics
+    /// On invalid orderings, as `AtomicU32::compare_exchange`; never on peer data.
+    #[inline]
+    pub fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u32, u32> {
+        self.atomic()
+            .compare_exchange(current, new, success, failure)
+    }
 }
 
 /// A memory fence (`core::sync::atomic::fence`).
@@ -769,6 +807,18 @@ mod tests {
         let cell = m.u32_at(28).unwrap();
         cell.store_relaxed(9);
         assert_eq!(cell.load_relaxed(), 9);
+        assert_eq!(cell.fetch_or(0x30, Ordering::SeqCst), 9);
+        assert_eq!(cell.fetch_and(!1, Ordering::SeqCst), 0x39);
+        assert_eq!(cell.swap(5, Ordering::AcqRel), 0x38);
+        assert_eq!(
+            cell.compare_exchange(4, 6, Ordering::SeqCst, Ordering::SeqCst),
+            Err(5)
+        );
+        assert_eq!(
+            cell.compare_exchange(5, 6, Ordering::SeqCst, Ordering::SeqCst),
+            Ok(5)
+        );
+        assert_eq!(cell.load_acquire(), 6);
         m.zero_all();
         assert_eq!(m.read::<[u64; 4]>(0).unwrap(), [0; 4]);
     }
