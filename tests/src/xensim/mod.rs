@@ -3,10 +3,22 @@
 //! Everything here is deterministic: no wall clock, and randomness only from an explicitly
 //! seeded [`Rng`], so a failing test replays exactly.
 //!
+//! * [`hypervisor`]: the hypervisor core — [`SimHypervisor`] with several domains, each a
+//!   [`DomainHandle`] implementing `xen_kmod::Hypervisor`: guest memory, grant tables with
+//!   Xen's permission and pin semantics ([`grants`]), event channels delivered into
+//!   `shared_info` ([`events`]), a virtual clock and fault injection ([`faults`]).
 //! * [`xenstored`]: the xenstore daemon (tree, permissions, watches, transactions, quotas,
 //!   fault injection) speaking the wire protocol over each domain's interface ring.
 
 pub mod xenstored;
+
+// The hypervisor core: domains, memory, grant tables, event channels, fault injection.
+pub mod events;
+pub mod faults;
+pub mod grants;
+pub mod hypervisor;
+pub mod memory;
+pub use hypervisor::{DomainConfig, DomainHandle, SimConfig, SimHypervisor};
 
 /// A small seeded generator (xorshift64*) for simulation choices.
 #[derive(Debug, Clone)]
