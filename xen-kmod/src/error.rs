@@ -148,6 +148,40 @@ impl XenError {
     }
 }
 
+impl XenError {
+    /// The FreeBSD errno (`sys/errno.h`) with the same meaning, for returning to FreeBSD code
+    /// and user space. Xen uses Linux numbering, which differs from FreeBSD's for most values
+    /// above 34 and for `EAGAIN`/`EDEADLK`; errors FreeBSD has no equivalent for become `EIO`.
+    #[must_use]
+    pub const fn to_freebsd_errno(self) -> i32 {
+        match self.0.get() {
+            // Identical numbers: the historic UNIX errors 1..34, except those below.
+            n @ (1..=10 | 12..=34) => n,
+            11 => 35,  // EAGAIN
+            35 => 11,  // EDEADLK
+            36 => 63,  // ENAMETOOLONG
+            37 => 77,  // ENOLCK
+            38 => 78,  // ENOSYS
+            39 => 66,  // ENOTEMPTY
+            62 => 60,  // ETIME -> ETIMEDOUT
+            74 => 89,  // EBADMSG
+            75 => 84,  // EOVERFLOW
+            84 => 86,  // EILSEQ
+            88 => 38,  // ENOTSOCK
+            90 => 40,  // EMSGSIZE
+            95 => 45,  // EOPNOTSUPP
+            98 => 48,  // EADDRINUSE
+            99 => 49,  // EADDRNOTAVAIL
+            105 => 55, // ENOBUFS
+            106 => 56, // EISCONN
+            107 => 57, // ENOTCONN
+            110 => 60, // ETIMEDOUT
+            111 => 61, // ECONNREFUSED
+            _ => 5,    // EIO: no FreeBSD equivalent (ENODATA, unknown numbers)
+        }
+    }
+}
+
 impl fmt::Debug for XenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
@@ -248,6 +282,21 @@ mod tests {
         for e in XenError::ALL {
             assert_eq!(XenError::from_return(e.to_return()), Err(*e));
             assert!(e.name().is_some());
+        }
+    }
+
+    #[test]
+    fn freebsd_errnos() {
+        assert_eq!(XenError::EPERM.to_freebsd_errno(), 1);
+        assert_eq!(XenError::EINVAL.to_freebsd_errno(), 22);
+        assert_eq!(XenError::ENOMEM.to_freebsd_errno(), 12);
+        assert_eq!(XenError::EAGAIN.to_freebsd_errno(), 35);
+        assert_eq!(XenError::EDEADLK.to_freebsd_errno(), 11);
+        assert_eq!(XenError::ENOSYS.to_freebsd_errno(), 78);
+        assert_eq!(XenError::ENOTCONN.to_freebsd_errno(), 57);
+        assert_eq!(XenError::ENODATA.to_freebsd_errno(), 5);
+        for e in XenError::ALL {
+            assert!(e.to_freebsd_errno() > 0);
         }
     }
 
