@@ -6,8 +6,8 @@
 //! The portable cores (event channels, grant tables, xenstore, the drivers) are generic over
 //! [`Hypervisor`]; in the kernel they get [`arch::XenPlatform`], on the host they get `xensim`.
 //!
-//! Unsafe code is confined to [`arch`] (assembly, MSR, the hypercall trap) and to
-//! [`shared::AtomicWord`] (atomic read-modify-write on a checked word of a `SharedMem`).
+//! Unsafe code is confined to [`arch`] (assembly, MSR, the hypercall trap); shared memory is
+//! reached only through `xen-shmem`.
 #![no_std]
 
 #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]

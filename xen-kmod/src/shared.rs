@@ -4,7 +4,7 @@
 //! from any physical CPU, with locked bit operations. The guest must therefore touch these pages
 //! only with atomic operations, and never through a Rust reference (which would promise the
 //! compiler that nothing else changes the memory). Everything here goes through
-//! [`xen_shmem::SharedMem`] views plus the read-modify-write words of [`AtomicWord`].
+//! [`xen_shmem::SharedMem`] views and their atomic words ([`AtomicWord`]).
 //!
 //! # Where the memory comes from
 //!
@@ -17,28 +17,18 @@
 //!   [`VcpuInfo::new`].
 
 use core::mem::{offset_of, size_of};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 
-use xen_shmem::{Error as ShmemError, SharedMem};
+use xen_shmem::{Error as ShmemError, SharedMem, SharedU32};
 use xen_sys::native::{shared_info, vcpu_info, vcpu_time_info, xen_add_to_physmap, xen_ulong_t};
 
 use crate::{Hypervisor, MemoryOp, VcpuOp, XenError, DOMID_SELF};
 
-/// A 32-bit word of shared memory with atomic read-modify-write operations.
-///
-/// [`xen_shmem::SharedU32`] offers loads and stores only; event channels additionally need
-/// `fetch_or`/`fetch_and`/`swap`/`compare_exchange` (Xen sets bits concurrently; a
-/// load-modify-store would lose them). Same access discipline as `SharedMem`: 4 bytes, 4-aligned,
-/// atomic, so it is data-race free against Xen and against a simulated peer thread alike.
-/// (Candidate to move into xen-shmem as `SharedU32` RMW methods.)
-#[derive(Clone, Copy)]
-pub struct AtomicWord<'a>(&'a AtomicU32);
-
-impl core::fmt::Debug for AtomicWord<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_tuple("AtomicWord").field(&self.0.as_ptr()).finish()
-    }
-}
+/// A 32-bit word of shared memory with atomic read-modify-write operations: a thin wrapper
+/// over [`xen_shmem::SharedU32`] with the fixed orderings event channels need (`SeqCst`
+/// read-modify-writes, because Xen's side uses locked instructions, which are full barriers).
+#[derive(Clone, Copy, Debug)]
+pub struct AtomicWord<'a>(SharedU32<'a>);
 
 impl<'a> AtomicWord<'a> {
     /// The word at 4-aligned `offset` of `mem`.
@@ -46,14 +36,7 @@ impl<'a> AtomicWord<'a> {
     /// # Errors
     /// Out of bounds or misaligned offsets, as [`SharedMem::u32_at`].
     pub fn at(mem: &SharedMem<'a>, offset: usize) -> Result<Self, ShmemError> {
-        // Bounds and alignment (relative to the view *and* absolutely) are checked here.
-        let _checked = mem.u32_at(offset)?;
-        let ptr = mem.as_ptr().wrapping_add(offset).cast::<u32>();
-        // SAFETY: `u32_at` succeeded, so `offset..offset + 4` lies within `mem` and the address is
-        // 4-aligned. By the `SharedMem<'a>` invariant that memory is valid for atomic 4-byte
-        // accesses for `'a`, every Rust access to it is such an access, and no reference other
-        // than `&AtomicU32` exists — exactly the contract of `AtomicU32::from_ptr`.
-        Ok(AtomicWord(unsafe { AtomicU32::from_ptr(ptr) }))
+        mem.u32_at(offset).map(AtomicWord)
     }
 
     /// Atomic load.
@@ -77,7 +60,8 @@ impl<'a> AtomicWord<'a> {
     pub fn swap(&self, value: u32, order: Ordering) -> u32 {
         self.0.swap(value, order)
     }
-    /// Atomic compare-and-exchange (strong), `SeqCst` on both paths.
+    /// Atomic compare-and-exchange (strong), `SeqCst` on both paths. Callers bound their
+    /// retry loops: the other side may change the word at will.
     ///
     /// # Errors
     /// The current value when it differs from `current`.
