@@ -15,14 +15,13 @@
 //! the smaller of Xen's `max_nr_frames` and the reserved memory. Growth is serialised by a
 //! flag, not a lock: a second thread that finds the table growing spins briefly and retries.
 //!
-//! # Why entries are reached through `xen_shmem::Page`
+//! # Why entries are reached through `xen_shmem`
 //!
 //! Xen writes `GTF_reading`/`GTF_writing` into our entries at any time, so the frames are
-//! shared memory and are never touched through `&`/`&mut` of plain integers. Every access is a
-//! 4-byte atomic on the frame's `AtomicU32` words — the access model of `xen-shmem`, which both
-//! the kernel (Xen on another CPU) and `xensim` (another thread) satisfy. Ending access needs a
-//! compare-exchange, which `SharedMem` does not offer, hence the platform hands over the frames
-//! as `&[Page]` (an `AtomicU32` array) rather than as a `SharedMem`.
+//! shared memory and are never touched through `&`/`&mut` of plain integers. The platform hands
+//! them over as a [`SharedMem`] and every access is a 4-byte atomic on one of its words
+//! ([`xen_shmem::SharedU32`]: load, store, compare-exchange) — the access model the kernel
+//! (Xen on another CPU) and `xensim` (another thread) both satisfy.
 //!
 //! # Ending access without reusing a mapped page (XSA-396)
 //!
@@ -47,13 +46,13 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use xen_kmod::{GrantTableOp, Hypervisor, MemoryOp, XenError};
-use xen_shmem::Page;
+use xen_shmem::{SharedMem, SharedU32};
 use xen_sys::native as abi;
 
 use crate::refalloc::{RefStack, NIL};
 use crate::v1::{
     entry_word0, from_pfn, locate, split_word0, to_pfn, GntStatus, DOMID_SELF, ENTRIES_PER_FRAME,
-    GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, RESERVED_REFS,
+    GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, PAGE_SIZE, RESERVED_REFS,
 };
 
 /// How many times ending access retries a compare-exchange that lost a race with Xen before
@@ -65,17 +64,16 @@ const GROW_WAIT_SPINS: u32 = 1 << 16;
 
 /// Where the grant table's frames live; provided by the platform.
 pub trait TableFrames<'a> {
-    /// Memory reserved for the table, one [`Page`] per frame; its length bounds the table.
-    /// Frame `i` of Xen's table appears as `frames()[i]` once set up. Only 4-byte atomic
-    /// accesses are made to it.
-    fn frames(&self) -> &'a [Page];
+    /// Memory reserved for the table, 4096 bytes per frame; its length bounds the table.
+    /// Frame `i` of Xen's table appears at offset `i * 4096` once set up.
+    fn frames(&self) -> SharedMem<'a>;
 
-    /// PVH/HVM: the guest frame number behind `frames()[idx]`, at which
+    /// PVH/HVM: the guest frame number behind frame `idx` of [`TableFrames::frames`], at which
     /// `XENMEM_add_to_physmap` is to place frame `idx`. `None` selects the
     /// `GNTTABOP_setup_table` path and [`TableFrames::map_frames`].
     fn gfn(&self, idx: u32) -> Option<u64>;
 
-    /// Setup-table path: make `frames()[first..first + xen_frames.len()]` show the frames
+    /// Setup-table path: make frames `first..first + xen_frames.len()` of the region show the frames
     /// `GNTTABOP_setup_table` returned (`xen_frames[i]` is frame `first + i`).
     ///
     /// # Errors
@@ -213,7 +211,7 @@ fn bump(c: &AtomicU64) {
 pub struct GrantTable<'a, H: Hypervisor, F: TableFrames<'a>> {
     hv: H,
     src: F,
-    frames: &'a [Page],
+    frames: SharedMem<'a>,
     max_frames: u32,
     nr_frames: AtomicU32,
     growing: AtomicBool,
@@ -257,7 +255,7 @@ impl<'a, H: Hypervisor, F: TableFrames<'a>> GrantTable<'a, H, F> {
         if !status.is_ok() {
             return Err(GrantError::Status(status));
         }
-        let reserved = u32::try_from(frames.len()).unwrap_or(u32::MAX);
+        let reserved = u32::try_from(frames.len() / PAGE_SIZE).unwrap_or(u32::MAX);
         // Cap so that the reference count fits in u32 (and is never NIL).
         let max_frames = q
             .max_nr_frames
@@ -399,7 +397,7 @@ impl<'a, H: Hypervisor, F: TableFrames<'a>> GrantTable<'a, H, F> {
         Err(GrantError::NoFreeRefs)
     }
 
-    fn entry_words(&self, r: u32) -> Option<(&AtomicU32, &AtomicU32)> {
+    fn entry_words(&self, r: u32) -> Option<(SharedU32<'a>, SharedU32<'a>)> {
         if r >= self
             .nr_frames
             .load(Ordering::Acquire)
@@ -408,8 +406,11 @@ impl<'a, H: Hypervisor, F: TableFrames<'a>> GrantTable<'a, H, F> {
             return None;
         }
         let (frame, word) = locate(r);
-        let page = self.frames.get(frame)?;
-        Some((page.0.get(word)?, page.0.get(word + 1)?))
+        let off = frame.checked_mul(PAGE_SIZE)?.checked_add(word * 4)?;
+        Some((
+            self.frames.u32_at(off).ok()?,
+            self.frames.u32_at(off + 4).ok()?,
+        ))
     }
 
     /// Allows `domid` to map or copy the page `gfn`, read-only if `readonly`.

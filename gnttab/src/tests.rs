@@ -12,7 +12,7 @@ use xen_kmod::{
     EventChannelOp, GrantTableOp, HvmOp, Hypervisor, MemoryOp, SchedOp, VcpuOp, XenError,
     XenVersionOp,
 };
-use xen_shmem::Page;
+use xen_shmem::{Page, SharedMem};
 
 use crate::batch::{
     copy_grants, map_grants, map_grants_each, unmap_grants, CopyPtr, GrantCopy, MapGrant,
@@ -116,8 +116,8 @@ impl Hypervisor for Mock {
 struct Frames<'a>(&'a [Page]);
 
 impl<'a> TableFrames<'a> for Frames<'a> {
-    fn frames(&self) -> &'a [Page] {
-        self.0
+    fn frames(&self) -> SharedMem<'a> {
+        SharedMem::from_pages(self.0)
     }
     fn gfn(&self, idx: u32) -> Option<u64> {
         Some(0x1000 + u64::from(idx))

@@ -31,7 +31,7 @@ use xen_gnttab::v1::{
 };
 use xen_gnttab::{ForeignMemory, TableFrames};
 use xen_kmod::XenError;
-use xen_shmem::{Page, SharedMem};
+use xen_shmem::SharedMem;
 use xen_sys::x86_64 as abi;
 
 use super::faults::GrantOp;
@@ -532,8 +532,8 @@ impl<'a> SimTableFrames<'a> {
 }
 
 impl<'a> TableFrames<'a> for SimTableFrames<'a> {
-    fn frames(&self) -> &'a [Page] {
-        self.handle.grant_frames()
+    fn frames(&self) -> SharedMem<'a> {
+        SharedMem::from_pages(self.handle.grant_frames())
     }
     fn gfn(&self, idx: u32) -> Option<u64> {
         Some(GRANT_FRAME_GFN_BASE + u64::from(idx))
@@ -556,8 +556,8 @@ impl<'a> SimSetupTableFrames<'a> {
 }
 
 impl<'a> TableFrames<'a> for SimSetupTableFrames<'a> {
-    fn frames(&self) -> &'a [Page] {
-        self.handle.grant_frames()
+    fn frames(&self) -> SharedMem<'a> {
+        SharedMem::from_pages(self.handle.grant_frames())
     }
     fn gfn(&self, _idx: u32) -> Option<u64> {
         None
