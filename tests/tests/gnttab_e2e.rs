@@ -899,6 +899,127 @@ mod tests {
         );
     }
 
+    #[test]
+    fn fifo_abi_when_supported() {
+        use xen_tests::xensim::hypervisor::FifoSupport;
+        const P: u32 = 1 << 31;
+        const M: u32 = 1 << 30;
+        const L: u32 = 1 << 29;
+        let sim = SimHypervisor::new(SimConfig {
+            fifo: FifoSupport::Supported,
+            ..SimConfig::default()
+        });
+        let back = sim.create_domain(DomainConfig::dom0()).unwrap();
+        let front = sim.create_domain(DomainConfig::guest()).unwrap();
+        let cg = front.alloc_page().unwrap();
+        let ag = front.alloc_page().unwrap();
+        let mut ic = xabi::evtchn_init_control {
+            control_gfn: cg,
+            offset: 0,
+            vcpu: 0,
+            ..Default::default()
+        };
+        front
+            .event_channel_op(EventChannelOp::InitControl(&mut ic))
+            .unwrap();
+        assert_eq!(ic.link_bits, 17);
+        assert_eq!(
+            front.event_channel_op(EventChannelOp::InitControl(&mut ic)),
+            Err(XenError::EINVAL)
+        );
+        let mut ea = xabi::evtchn_expand_array { array_gfn: ag };
+        front
+            .event_channel_op(EventChannelOp::ExpandArray(&mut ea))
+            .unwrap();
+        let f1 = alloc_unbound(&front, back.domid());
+        let f2 = alloc_unbound(&front, back.domid());
+        let b1 = bind(&back, front.domid(), f1);
+        let b2 = bind(&back, front.domid(), f2);
+        let word = |p: u32| {
+            front
+                .page(ag)
+                .unwrap()
+                .load_acquire_u32(p as usize * 4)
+                .unwrap()
+        };
+        let set_word = |p: u32, v: u32| {
+            front
+                .page(ag)
+                .unwrap()
+                .store_release_u32(p as usize * 4, v)
+                .unwrap()
+        };
+        let cb = |off: usize| front.page(cg).unwrap().load_acquire_u32(off).unwrap();
+        let head7 = || cb(8 + 7 * 4);
+
+        send(&back, b1).unwrap();
+        assert_eq!(word(f1) & (P | L), P | L);
+        assert_eq!(head7(), f1);
+        assert_eq!(cb(0), 1 << 7, "READY bit of the default priority");
+        assert!(upcall_pending(&front));
+        send(&back, b2).unwrap();
+        assert_eq!(word(f1) & 0x1ffff, f2, "linked behind the tail");
+        assert_eq!(word(f2) & (P | L), P | L);
+        assert_eq!(head7(), f1);
+
+        // The guest consumes both (as Linux's consume_one_event does).
+        set_word(f1, 0);
+        front
+            .page(cg)
+            .unwrap()
+            .store_release_u32(8 + 7 * 4, f2)
+            .unwrap();
+        set_word(f2, 0);
+        front
+            .page(cg)
+            .unwrap()
+            .store_release_u32(8 + 7 * 4, 0)
+            .unwrap();
+        front.page(cg).unwrap().store_release_u32(0, 0).unwrap();
+        ack_upcall(&front);
+        // The old tail is no longer linked: the next event starts a new queue.
+        send(&back, b1).unwrap();
+        assert_eq!(head7(), f1);
+        assert!(upcall_pending(&front));
+
+        // Masked: pending but not linked, until unmasked.
+        set_word(f2, M);
+        send(&back, b2).unwrap();
+        assert_eq!(word(f2), M | P);
+        front
+            .event_channel_op(EventChannelOp::Unmask(&mut xabi::evtchn_unmask {
+                port: f2,
+            }))
+            .unwrap();
+        assert_eq!(word(f2) & (M | P | L), P | L);
+        assert_eq!(word(f1) & 0x1ffff, f2);
+        let mut sp = xabi::evtchn_set_priority {
+            port: f1,
+            priority: 16,
+        };
+        assert_eq!(
+            front.event_channel_op(EventChannelOp::SetPriority(&mut sp)),
+            Err(XenError::EINVAL)
+        );
+        sp.priority = 2;
+        front
+            .event_channel_op(EventChannelOp::SetPriority(&mut sp))
+            .unwrap();
+        // A port beyond the event array is lost (counted), not a crash.
+        let before = sim.stats().events_stale;
+        let mut v = xabi::evtchn_bind_virq {
+            virq: xabi::VIRQ_DOM_EXC,
+            vcpu: 0,
+            port: 0,
+        };
+        front
+            .event_channel_op(EventChannelOp::BindVirq(&mut v))
+            .unwrap();
+        assert!(v.port < 1024);
+        assert!(front.raise_virq(xabi::VIRQ_DOM_EXC, 0));
+        assert_eq!(sim.stats().events_stale, before);
+    }
+
     fn unsafe_free_status() -> xabi::evtchn_status {
         xabi::evtchn_status {
             dom: 0,

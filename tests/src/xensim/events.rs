@@ -11,8 +11,9 @@
 //! one (`shared_info` of 3136 bytes, 64-byte `vcpu_info`s, 64-bit selector words); a vCPU's
 //! `vcpu_info` can be moved into guest memory with `VCPUOP_register_vcpu_info`.
 //!
-//! The FIFO ABI is refused with `ENOSYS` (as QEMU's Xen emulation does), so guests exercise
-//! their fallback to 2-level; [`super::hypervisor::FifoSupport`] is the switch, kept for a future FIFO model.
+//! The FIFO ABI is refused with `ENOSYS` by default (as QEMU's Xen emulation does), so guests
+//! exercise their fallback to 2-level; [`super::hypervisor::FifoSupport::Supported`] switches
+//! on a simplified FIFO model ([`super::fifo`]).
 //!
 //! Notifications go through the fault layer and the virtual-time queue: a send may be
 //! delivered at once, later, twice, or never, as the rules and the seeded generator decide.
@@ -23,7 +24,7 @@ use xen_kmod::XenError;
 use xen_sys::x86_64 as abi;
 
 use super::faults::EventAction;
-use super::hypervisor::{State, Wake};
+use super::hypervisor::{FifoSupport, State, Wake};
 use super::memory::{Machine, Phys};
 
 /// Ports of the 2-level ABI with 64-bit selector words (64 × 64).
@@ -134,7 +135,7 @@ impl State {
             .then(|| (d.shared_info, vcpu as usize * VCPU_INFO_SIZE))
     }
 
-    /// Step 2 of the delivery: selector bit and upcall_pending.
+    /// Step 2 of the delivery: selector bit, then upcall_pending.
     fn mark_pending(&mut self, m: &Machine, dom: u16, port: u32, vcpu: u32) {
         let Some((mfn, off)) = self.vcpu_info_loc(dom, vcpu) else {
             return;
@@ -145,6 +146,16 @@ impl State {
         if sel.fetch_or(b, Ordering::SeqCst) & b != 0 {
             return;
         }
+        self.raise_upcall(m, dom, vcpu);
+    }
+
+    /// Sets `evtchn_upcall_pending` of `vcpu`; if it was clear, "kicks" the vCPU (counts an
+    /// upcall and queues the domain's hook).
+    pub(crate) fn raise_upcall(&mut self, m: &Machine, dom: u16, vcpu: u32) {
+        let Some((mfn, off)) = self.vcpu_info_loc(dom, vcpu) else {
+            return;
+        };
+        let Some(page) = m.page(mfn) else { return };
         // evtchn_upcall_pending is byte 0 of the vcpu_info: bit 0 of its (aligned) word.
         let (w, b) = bit(off + UPCALL_PENDING_OFFSET, 0);
         let Some(up) = page.0.get(w) else { return };
@@ -169,6 +180,11 @@ impl State {
             return;
         }
         let Some(p) = d.evt.get(port) else { return };
+        if d.fifo.is_some() {
+            self.stats.events_delivered += 1;
+            self.fifo_set_pending(m, dom, port, p.vcpu);
+            return;
+        }
         let Some(si) = m.page(d.shared_info) else {
             return;
         };
@@ -193,6 +209,10 @@ impl State {
         let Some(d) = self.domains.get(&dom) else {
             return;
         };
+        if d.fifo.is_some() {
+            self.fifo_clear_pending(m, dom, port);
+            return;
+        }
         let (w, b) = bit(EVTCHN_PENDING_OFFSET, port);
         if let Some(pending) = m.page(d.shared_info).and_then(|si| si.0.get(w)) {
             pending.fetch_and(!b, Ordering::SeqCst);
@@ -423,6 +443,10 @@ impl State {
             E::Unmask(u) => {
                 let d = self.domains.get(&caller).ok_or(XenError::ESRCH)?;
                 let p = d.evt.get(u.port).ok_or(XenError::EINVAL)?;
+                if d.fifo.is_some() {
+                    self.fifo_unmask(m, caller, u.port, p.vcpu);
+                    return Ok(());
+                }
                 let si = m.page(d.shared_info).ok_or(XenError::EFAULT)?;
                 let (mw, mb) = bit(EVTCHN_MASK_OFFSET, u.port);
                 let (pw, pb) = bit(EVTCHN_PENDING_OFFSET, u.port);
@@ -442,8 +466,17 @@ impl State {
                 self.close_all(m, dom, false);
                 Ok(())
             }
-            E::InitControl(_) | E::ExpandArray(_) | E::SetPriority(_) => match self.cfg.fifo {
-                super::hypervisor::FifoSupport::Refuse => Err(XenError::ENOSYS),
+            E::InitControl(c) => match self.cfg.fifo {
+                FifoSupport::Refuse => Err(XenError::ENOSYS),
+                FifoSupport::Supported => self.fifo_init_control(caller, c),
+            },
+            E::ExpandArray(e) => match self.cfg.fifo {
+                FifoSupport::Refuse => Err(XenError::ENOSYS),
+                FifoSupport::Supported => self.fifo_expand(caller, e.array_gfn),
+            },
+            E::SetPriority(p) => match self.cfg.fifo {
+                FifoSupport::Refuse => Err(XenError::ENOSYS),
+                FifoSupport::Supported => self.fifo_set_priority(caller, p.port, p.priority),
             },
         }
     }

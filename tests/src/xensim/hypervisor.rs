@@ -50,6 +50,7 @@ use super::events::{EventState, PortState};
 use super::faults::{
     BatchAbort, EventChaos, EventFault, Family, Faults, GrantFault, GrantOp, HypercallFault,
 };
+use super::fifo::FifoState;
 use super::grants::GrantState;
 use super::memory::{FrameAlloc, Machine, Phys, Physmap, FOREIGN_GFN_BASE};
 use super::Rng;
@@ -60,6 +61,8 @@ pub enum FifoSupport {
     /// Refused with `ENOSYS`, as by QEMU's Xen emulation: guests must fall back to 2-level.
     #[default]
     Refuse,
+    /// Offered (a simplified model, see [`super::fifo`]).
+    Supported,
 }
 
 /// Simulator-wide settings.
@@ -225,6 +228,7 @@ pub(crate) struct Domain {
     pub(crate) shared_info: usize,
     pub(crate) gnt: GrantState,
     pub(crate) evt: EventState,
+    pub(crate) fifo: Option<FifoState>,
     pub(crate) hvm_params: BTreeMap<u32, u64>,
     pub(crate) upcall_vectors: BTreeMap<u32, u8>,
     pub(crate) upcall_hook: Option<UpcallHook>,
@@ -373,6 +377,7 @@ impl SimHypervisor {
                     shared_info: si,
                     gnt: GrantState::new(gnt, max_frames, st.cfg.maptrack_limit),
                     evt: EventState::new(vcpus),
+                    fifo: None,
                     hvm_params: BTreeMap::new(),
                     upcall_vectors: BTreeMap::new(),
                     upcall_hook: None,
@@ -773,6 +778,9 @@ impl DomainHandle {
         let Some(d) = st.domains.get(&dom) else {
             return false;
         };
+        if st.is_fifo(dom) {
+            return st.fifo_is_pending(m, dom, port);
+        }
         let off =
             core::mem::offset_of!(abi::shared_info, evtchn_pending) / 4 + (port / 32) as usize;
         m.page(d.shared_info)

@@ -15,6 +15,7 @@ pub mod xenstored;
 // The hypervisor core: domains, memory, grant tables, event channels, fault injection.
 pub mod events;
 pub mod faults;
+pub mod fifo;
 pub mod grants;
 pub mod hypervisor;
 pub mod memory;
