@@ -32,6 +32,18 @@
 //!   deferred for [`ThrottleConfig::defer_ns`], counted in its [`PortStats`], then unmasked by
 //!   [`EventChannels::tick`] (any event that arrived meanwhile is delivered then, not lost).
 //!
+//! # Concurrency
+//!
+//! Every mutating method takes `&mut self`: the platform glue serialises access (FreeBSD: a
+//! spin mutex taken with interrupts disabled, per vCPU upcall and per ioctl). `poll` only
+//! *collects* events; handlers run after the lock is dropped. [`EventChannels::notify`] takes
+//! `&self`. Drivers that must notify from contexts where taking the core's lock is unwelcome
+//! can call `xen_kmod::HypervisorExt::evtchn_send` on their own bound port directly.
+//!
+//! When `poll` reports `more`, the upcall flag was already consumed, so Xen will not interrupt
+//! again for the remaining events: the caller must schedule another poll (a taskqueue, or the
+//! next loop iteration of a PVH guest's idle loop).
+//!
 //! # Memory
 //!
 //! `shared_info`, `vcpu_info`, the FIFO control blocks and event arrays are written by Xen at any
