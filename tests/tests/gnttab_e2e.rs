@@ -666,6 +666,232 @@ mod tests {
         assert_eq!(back.mappings(), 0);
     }
 
+    #[test]
+    fn simulator_level_errors() {
+        let sim = SimHypervisor::new(SimConfig {
+            machine_pages: 600,
+            ..SimConfig::default()
+        });
+        let a = sim.create_domain(DomainConfig::guest()).unwrap();
+        assert_eq!(a.domid(), 1);
+        assert_eq!(
+            sim.create_domain(DomainConfig {
+                domid: Some(1),
+                ..DomainConfig::guest()
+            })
+            .unwrap_err(),
+            xen_tests::xensim::hypervisor::SimError::DomidInUse(1)
+        );
+        assert_eq!(
+            sim.create_domain(DomainConfig {
+                domid: Some(0x7ff0),
+                ..DomainConfig::guest()
+            })
+            .unwrap_err(),
+            xen_tests::xensim::hypervisor::SimError::DomidInUse(0x7ff0)
+        );
+        let _b = sim.create_domain(DomainConfig::guest()).unwrap();
+        assert_eq!(
+            sim.create_domain(DomainConfig::guest()).unwrap_err(),
+            xen_tests::xensim::hypervisor::SimError::OutOfMemory
+        );
+        assert!(sim.domain(9).is_none());
+        // Unprivileged domains cannot query or set up other domains' tables.
+        let mut q = xabi::gnttab_query_size {
+            dom: 2,
+            ..Default::default()
+        };
+        a.grant_table_op(GrantTableOp::QuerySize(&mut q)).unwrap();
+        assert_eq!(GntStatus::from_raw(q.status), GntStatus::PermissionDenied);
+        // Grant table v2 is not offered.
+        let mut v = xabi::gnttab_set_version { version: 2 };
+        assert_eq!(
+            a.grant_table_op(GrantTableOp::SetVersion(&mut v)),
+            Err(XenError::EINVAL)
+        );
+        // Whole-hypercall faults.
+        sim.inject_hypercall_fault(xen_tests::xensim::faults::HypercallFault {
+            family: xen_tests::xensim::faults::Family::GrantTable,
+            caller: Some(a.domid()),
+            skip: 0,
+            times: 1,
+            error: XenError::EFAULT,
+        });
+        match GrantTable::new(a.clone(), SimTableFrames::new(&a), 1) {
+            Err(GrantError::Hypercall(XenError::EFAULT)) => {}
+            other => panic!("{other:?}"),
+        }
+        let t = table(&a);
+        assert_eq!(t.nr_frames(), 1);
+        // Unpopulated-space slots are handed out and come back.
+        let g = a.reserve_gfns(4).unwrap();
+        a.release_gfns(g, 4);
+        assert_eq!(a.reserve_gfns(4), Some(g));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Grant(bool),
+        Map(usize, bool),
+        Unmap(usize),
+        Revoke(usize),
+        Poll,
+        Copy(usize, bool),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => any::<bool>().prop_map(Op::Grant),
+            3 => (any::<usize>(), any::<bool>()).prop_map(|(i, ro)| Op::Map(i, ro)),
+            2 => any::<usize>().prop_map(Op::Unmap),
+            2 => any::<usize>().prop_map(Op::Revoke),
+            1 => Just(Op::Poll),
+            2 => (any::<usize>(), any::<bool>()).prop_map(|(i, w)| Op::Copy(i, w)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 64, ..Default::default() })]
+
+        /// Random grant/map/unmap/copy/revoke sequences between two simulated domains agree
+        /// with a model: a map succeeds iff the reference is granted (and writable when asked
+        /// to be), the granter's entry shows "in use" iff something maps it, a revoke defers
+        /// iff something maps it, and every deferral completes once the last mapping goes.
+        #[test]
+        fn grant_semantics_match_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+            let (_sim, front, back) = two_domains();
+            let t = table(&front);
+            let slots = SimForeignMemory::new(&back);
+            let bgfn = back.alloc_page().unwrap();
+            // Live grants: (ref, readonly). Revoked-but-deferred refs stay mappable by nobody new.
+            let mut grants: Vec<(GrantRef, bool)> = Vec::new();
+            let mut maps: Vec<(u32, ForeignMapping)> = Vec::new();
+            let mut deferred: Vec<u32> = Vec::new();
+            for o in ops {
+                match o {
+                    Op::Grant(ro) => {
+                        let gfn = front.alloc_page().unwrap_or(20);
+                        grants.push((t.grant(back.domid(), gfn, ro).unwrap(), ro));
+                    }
+                    Op::Map(i, ro) if !grants.is_empty() => {
+                        let (r, gro) = &grants[i % grants.len()];
+                        let res = ForeignMapping::map(&back, &slots, &[(front.domid(), r.raw())], ro);
+                        proptest::prop_assert_eq!(res.is_ok(), ro || !gro);
+                        if let Ok(m) = res {
+                            maps.push((r.raw(), m));
+                        }
+                    }
+                    Op::Unmap(i) if !maps.is_empty() => {
+                        let (_, m) = maps.swap_remove(i % maps.len());
+                        m.unmap(&back, &slots).unwrap();
+                    }
+                    Op::Revoke(i) if !grants.is_empty() => {
+                        let (r, _) = grants.swap_remove(i % grants.len());
+                        let raw = r.raw();
+                        let mapped = maps.iter().any(|(g, _)| *g == raw);
+                        match t.revoke(r) {
+                            Revoke::Done => {
+                                proptest::prop_assert!(!mapped);
+                                // Access ended: the reference cannot be mapped again.
+                                proptest::prop_assert!(ForeignMapping::map(
+                                    &back,
+                                    &slots,
+                                    &[(front.domid(), raw)],
+                                    true
+                                )
+                                .is_err());
+                            }
+                            Revoke::Deferred => {
+                                proptest::prop_assert!(mapped);
+                                deferred.push(raw);
+                            }
+                        }
+                    }
+                    Op::Copy(i, write) if !grants.is_empty() => {
+                        let (r, ro) = &grants[i % grants.len()];
+                        let g = CopyPtr::Grant { dom: front.domid(), gref: r.raw() };
+                        let l = CopyPtr::Local { gfn: bgfn };
+                        let mut c = if write { [GrantCopy::new(l, 0, g, 0, 8)] } else { [GrantCopy::new(g, 0, l, 0, 8)] };
+                        let res = copy_grants(&back, &mut c);
+                        proptest::prop_assert_eq!(res.is_ok(), !(write && *ro));
+                    }
+                    Op::Poll => {
+                        let mut n = 0;
+                        t.poll_deferred(|_| n += 1);
+                        let still: Vec<u32> = deferred
+                            .iter()
+                            .copied()
+                            .filter(|d| maps.iter().any(|(g, _)| g == d))
+                            .collect();
+                        proptest::prop_assert_eq!(n, deferred.len() - still.len());
+                        deferred = still;
+                    }
+                    _ => {}
+                }
+                for (r, _) in &grants {
+                    let mapped = maps.iter().any(|(g, _)| *g == r.raw());
+                    proptest::prop_assert_eq!(t.in_use(r), mapped);
+                }
+                proptest::prop_assert_eq!(back.mappings(), maps.len());
+            }
+            for (_, m) in maps.drain(..) {
+                m.unmap(&back, &slots).unwrap();
+            }
+            let mut n = 0;
+            t.poll_deferred(|_| n += 1);
+            proptest::prop_assert_eq!(n, deferred.len());
+            for (r, _) in grants {
+                proptest::prop_assert_eq!(t.revoke(r), Revoke::Done);
+            }
+            proptest::prop_assert_eq!(t.stats().deferred_pending, 0);
+        }
+    }
+
+    #[test]
+    fn gntdev_ilp32_layout() {
+        let (_sim, guest, dom0) = two_domains();
+        let gt = table(&guest);
+        let i = Abi::Ilp32;
+        let mut dev = Gntdev::new(
+            SimGntdev {
+                hv: guest.clone(),
+                table: &gt,
+                slots: SimForeignMemory::new(&guest),
+                sent: vec![],
+                bound: 0,
+            },
+            Limits::default(),
+        );
+        let mut user = User::new();
+        let f = dev.open();
+        // struct ioctl_gntdev_alloc_gref on i386: domid, flags, count, index (4-aligned u64 at
+        // 8), gref_ids (32-bit pointer at 16): 20 bytes.
+        let mut a = vec![0u8; 20];
+        a[0..2].copy_from_slice(&dom0.domid().to_le_bytes());
+        a[2..4].copy_from_slice(&1u16.to_le_bytes());
+        a[4..8].copy_from_slice(&3u32.to_le_bytes());
+        a[16..20].copy_from_slice(&u32::try_from(BASE + 16).unwrap().to_le_bytes());
+        dev.ioctl(f, i, i.alloc_gref(), &mut a, &mut user).unwrap();
+        let index = u64_at(&a, 8);
+        let ids: Vec<u32> = user.mem[16..28]
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(ids.iter().all(|&r| r >= 8));
+        // The 64-bit layout is refused for a 32-bit caller and vice versa.
+        assert_eq!(
+            dev.ioctl(f, i, Abi::Lp64.alloc_gref(), &mut [0; 24], &mut user),
+            Err(Errno::ENOSYS)
+        );
+        let mut d = vec![0u8; 12];
+        d[0..8].copy_from_slice(&index.to_le_bytes());
+        d[8..12].copy_from_slice(&3u32.to_le_bytes());
+        dev.ioctl(f, i, i.dealloc_gref(), &mut d, &mut user)
+            .unwrap();
+        assert_eq!(dev.stats().pages_allocated, 0);
+    }
+
     // ---- events ----
 
     #[test]
