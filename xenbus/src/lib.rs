@@ -10,6 +10,8 @@
 //! * [`blocking`]: a blocking layer over a [`blocking::Transport`] with a `wait_for_event`
 //!   hook, and the [`blocking::Store`] operations (read/write/mkdir/rm/directory/perms),
 //!   transactions with bounded retry on `EAGAIN`.
+//! * [`ring`]: [`RingTransport`], the xenstore interface ring (`xen-ring`) plus an
+//!   [`EventPort`] as a [`Transport`], for the kernel glue, the PVH guest and the simulator.
 //! * [`bus`]: xenbus: `XenbusState`, frontend and backend device trees, the state machine with
 //!   reconnect, otherend watching and the driver registration API.
 //!
@@ -52,6 +54,7 @@ pub mod client;
 pub mod error;
 pub mod path;
 pub mod perms;
+pub mod ring;
 pub mod wire;
 
 pub use blocking::{Store, Transport, Tx, Xs};
@@ -59,4 +62,5 @@ pub use bus::{Bus, Device, Driver, Role, XenStore, XenbusState};
 pub use client::{ByteSink, ByteSource, Client, Config, ReqId, TxId, WatchEvent, WatchId};
 pub use error::{Error, InvalidArg, ProtocolError, TransportError, XsError};
 pub use perms::{Access, DomId, Perm};
+pub use ring::{EventPort, RingTransport};
 pub use wire::{Header, MsgType, Reply, Request};

@@ -49,8 +49,8 @@ use xen_xenbus::abi::{ABS_PATH_MAX, RING_SIZE};
 use xen_xenbus::path::{check_path, is_within, parent, PathKind, INTRODUCE_DOMAIN, RELEASE_DOMAIN};
 use xen_xenbus::wire::{encode_error, encode_watch_event, FrameReader, Header, MsgType};
 use xen_xenbus::{
-    Access, Config, DomId, Perm, ProtocolError, Reply, Request, Transport, TransportError, Xs,
-    XsError,
+    Access, Config, DomId, EventPort, Perm, ProtocolError, Reply, Request, RingTransport,
+    TransportError, Xs, XsError,
 };
 
 use super::Rng;
@@ -1173,11 +1173,13 @@ impl XenstoreSim {
     /// Connects `domid` and returns its transport.
     pub fn connect(&self, domid: DomId) -> SimTransport {
         let ring = self.0.borrow_mut().connect(domid);
-        SimTransport {
-            domid,
+        RingTransport::new(
             ring,
-            daemon: self.0.clone(),
-        }
+            SimPort {
+                domid,
+                daemon: self.0.clone(),
+            },
+        )
     }
 
     /// Connects `domid` and returns a blocking client with default limits.
@@ -1200,34 +1202,29 @@ impl XenstoreSim {
     }
 }
 
-/// The guest end of a simulated xenstore connection: the interface ring, and the daemon to run
-/// while waiting.
+/// The simulator's store event channel: notifications are implicit (the daemon polls every
+/// ring when it runs) and waiting runs the daemon one round.
 #[derive(Debug)]
-pub struct SimTransport {
+pub struct SimPort {
     domid: DomId,
-    ring: Interface<'static>,
     daemon: Rc<RefCell<Xenstored>>,
 }
 
-impl SimTransport {
+impl SimPort {
     /// The domain this end belongs to.
     pub fn domid(&self) -> DomId {
         self.domid
     }
 }
 
-impl Transport for SimTransport {
-    fn send(&mut self, bytes: &[u8]) -> Result<usize, TransportError> {
-        self.ring.tx.write(bytes).map_err(|_| TransportError::Fault)
-    }
-
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
-        self.ring.rx.read(buf).map_err(|_| TransportError::Fault)
+impl EventPort for SimPort {
+    fn notify(&mut self) -> Result<(), TransportError> {
+        Ok(())
     }
 
     /// Runs the daemon one round; `Idle` when it has nothing to do (so a lost reply is a clean
     /// error instead of a hang).
-    fn wait_for_event(&mut self) -> Result<(), TransportError> {
+    fn wait(&mut self) -> Result<(), TransportError> {
         if self.daemon.borrow_mut().process() > 0 {
             Ok(())
         } else {
@@ -1236,10 +1233,14 @@ impl Transport for SimTransport {
     }
 }
 
+/// The guest end of a simulated xenstore connection: the same [`RingTransport`] the kernel
+/// uses, over the domain's interface page, with the daemon run while waiting.
+pub type SimTransport = RingTransport<'static, SimPort>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xen_xenbus::{Error, Store, WatchId};
+    use xen_xenbus::{Error, Store, Transport, WatchId};
 
     const DOMU: DomId = 1;
     const DOMV: DomId = 2;
