@@ -223,38 +223,50 @@ pub fn map_grants_each<H: Hypervisor + ?Sized>(
     tally.finish(0)
 }
 
-/// Maps all entries or none: if any entry fails, the ones that did map are unmapped again.
+/// Maps all entries or none: if any entry fails, the ones this call mapped are unmapped again.
+/// Entries that were already mapped when called (`handle` is `Some`) are left as they are.
 ///
 /// # Errors
-/// [`BatchError`]; afterwards no entry is mapped, except `stuck` ones whose unmap failed
-/// (their `handle` is still `Some`, and their slots must stay reserved).
+/// [`BatchError`]; afterwards no entry this call mapped is still mapped, except `stuck` ones
+/// whose unmap failed (their `handle` is still `Some`, and their slots must stay reserved).
 pub fn map_grants<H: Hypervisor + ?Sized>(hv: &H, ops: &mut [MapGrant]) -> Result<(), BatchError> {
+    // Which entries were mapped before (rare: only a caller retrying a partial batch has any).
+    let before: Option<alloc::vec::Vec<bool>> = ops
+        .iter()
+        .any(|o| o.handle.is_some())
+        .then(|| ops.iter().map(|o| o.handle.is_some()).collect());
     let Err(mut err) = map_grants_each(hv, ops) else {
         return Ok(());
     };
-    // Unwind exactly the entries that mapped.
+    // Unwind exactly the entries this call mapped, chunk by chunk.
     let mut handles = [const { None }; CHUNK];
+    let mut idx = [0usize; CHUNK];
     let mut stuck = 0;
+    let mut base = 0;
     for chunk in ops.chunks_mut(CHUNK) {
         let mut n = 0;
-        for op in chunk.iter_mut() {
+        for (i, op) in chunk.iter_mut().enumerate() {
+            let mapped_before = before
+                .as_ref()
+                .is_some_and(|b| b.get(base + i) == Some(&true));
+            if mapped_before {
+                continue;
+            }
             if let Some(h) = op.handle.take() {
                 handles[n] = Some(h);
+                idx[n] = i;
                 n += 1;
             }
         }
         let _ = unmap_grants(hv, &mut handles[..n]);
-        // Give back what could not be unmapped, in order.
-        let mut k = 0;
-        for op in chunk.iter_mut() {
-            if op.status.is_ok() {
-                op.handle = handles.get_mut(k).and_then(Option::take);
-                if op.handle.is_some() {
-                    stuck += 1;
-                }
-                k += 1;
+        // Give back what could not be unmapped, to the entry it came from.
+        for (h, &i) in handles[..n].iter_mut().zip(&idx[..n]) {
+            if let (Some(h), Some(op)) = (h.take(), chunk.get_mut(i)) {
+                op.handle = Some(h);
+                stuck += 1;
             }
         }
+        base += chunk.len();
     }
     err.stuck = stuck;
     Err(err)

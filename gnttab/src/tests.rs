@@ -312,6 +312,24 @@ fn failed_unwind_is_reported_not_forgotten() {
 }
 
 #[test]
+fn unwind_leaves_previously_mapped_entries_alone() {
+    let hv = Mock {
+        map_fail: vec![(7, GntStatus::GeneralError.to_raw())],
+        ..mock(1)
+    };
+    let mut ops: Vec<MapGrant> = (5..8)
+        .map(|g| MapGrant::new(1, g, u64::from(g) << 12, false))
+        .collect();
+    // Entry 0 mapped by an earlier call.
+    map_grants_each(&hv, &mut ops[..1]).unwrap();
+    let e = map_grants(&hv, &mut ops).unwrap_err();
+    assert_eq!((e.first_failed, e.stuck), (2, 0));
+    assert!(ops[0].handle.is_some(), "not ours to unwind");
+    assert!(ops[1].handle.is_none() && ops[2].handle.is_none());
+    assert_eq!(*hv.unmap_calls.lock().unwrap(), vec![6]);
+}
+
+#[test]
 fn big_batches_are_chunked() {
     let hv = mock(1);
     let mut ops: Vec<MapGrant> = (0..40)
