@@ -205,8 +205,9 @@ impl<T: Transport> Xs<T> {
     /// # Errors
     /// [`TransportError::TimedOut`] after [`Xs::max_waits`] waits, or a transport failure.
     pub fn wait_event(&mut self, w: Option<WatchId>) -> Result<(WatchId, WatchEvent), Error> {
-        let mut waits = 0;
-        loop {
+        // Every round (a pump that moved bytes, or a wait) counts: a daemon streaming events
+        // we drop (stale, malformed) must not keep us here forever.
+        for _ in 0..=self.max_waits {
             let ev = match w {
                 Some(w) => self.client.next_event(w).map(|e| (w, e)),
                 None => self.client.next_any_event(),
@@ -214,15 +215,11 @@ impl<T: Transport> Xs<T> {
             if let Some(ev) = ev {
                 return Ok(ev);
             }
-            if self.pump()? {
-                continue;
+            if !self.pump()? {
+                self.transport.wait_for_event()?;
             }
-            if waits >= self.max_waits {
-                return Err(Error::Transport(TransportError::TimedOut));
-            }
-            waits += 1;
-            self.transport.wait_for_event()?;
         }
+        Err(Error::Transport(TransportError::TimedOut))
     }
 
     /// Starts a transaction.
@@ -466,5 +463,61 @@ impl<T: Transport> Store for Xs<T> {
 impl<T: Transport> Store for Tx<'_, T> {
     fn call(&mut self, req: &Request<'_>) -> Result<Reply, Error> {
         self.xs.call(req, Some(self.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::encode_watch_event;
+
+    /// A daemon that answers nothing and streams events for a token nobody registered.
+    struct Chatty {
+        stream: Vec<u8>,
+        pos: usize,
+        waits: u32,
+    }
+
+    impl Transport for Chatty {
+        fn send(&mut self, bytes: &[u8]) -> Result<usize, TransportError> {
+            Ok(bytes.len())
+        }
+        fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+            let n = buf.len().min(7);
+            for b in buf.iter_mut().take(n) {
+                *b = self.stream[self.pos % self.stream.len()];
+                self.pos += 1;
+            }
+            Ok(n)
+        }
+        fn wait_for_event(&mut self) -> Result<(), TransportError> {
+            self.waits += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn endless_stale_events_cannot_pin_a_waiter() {
+        let mut stream = Vec::new();
+        encode_watch_event("/x", "nobody", &mut stream).unwrap();
+        let t = Chatty {
+            stream,
+            pos: 0,
+            waits: 0,
+        };
+        let mut xs = Xs::new(t, Config::default());
+        xs.set_max_waits(5);
+        assert_eq!(
+            xs.wait_event(None),
+            Err(Error::Transport(TransportError::TimedOut))
+        );
+        assert!(xs.client().stats().stale_events > 0);
+        // A request is abandoned after the bound, and the client stays usable.
+        assert_eq!(
+            xs.read("/a"),
+            Err(Error::Transport(TransportError::TimedOut))
+        );
+        assert_eq!(xs.client().in_flight(), 1);
+        assert!(xs.client().broken().is_none());
     }
 }
