@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::{setup, workspace_root, Options};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{link, setup, verify, workspace_root, Options};
 
 /// A FreeBSD architecture the modules are built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +53,7 @@ impl Arch {
     }
 
     /// ELF class and machine every object of this architecture must carry.
-    fn elf_identity(self) -> (u8, u16) {
+    pub(crate) fn elf_identity(self) -> (u8, u16) {
         const ELFCLASS32: u8 = 1;
         const ELFCLASS64: u8 = 2;
         const EM_386: u16 = 3;
@@ -63,7 +65,8 @@ impl Arch {
     }
 }
 
-/// A kernel module: `freebsd-build/modules/<name>/`, package `kmod-<name>`, library `lib<name>.a`.
+/// A kernel module: `freebsd-build/modules/<name>/`, package `kmod-<name>`, library `lib<name>.a`,
+/// C shim `<name>_kmod.c`, loadable module `<name>.ko`.
 #[derive(Debug, Clone)]
 pub struct Module {
     pub name: String,
@@ -77,9 +80,20 @@ impl Module {
     fn library_file(&self) -> String {
         format!("lib{}.a", self.name)
     }
+
+    /// The modules this one must declare a dependency on (`MODULE_DEPEND`): every driver
+    /// module needs the base module `xen`; `xen` needs only the kernel.
+    pub fn depends(&self) -> Vec<String> {
+        if self.name == "xen" {
+            Vec::new()
+        } else {
+            vec!["xen".to_string()]
+        }
+    }
 }
 
-/// Every module directory that has a manifest, sorted so output is stable.
+/// Every module directory that has a manifest, with `xen` first (the others depend on it) and
+/// the rest sorted, so output is stable.
 pub fn modules() -> Result<Vec<Module>, String> {
     let dir = workspace_root().join("freebsd-build/modules");
     let entries =
@@ -90,25 +104,44 @@ pub fn modules() -> Result<Vec<Module>, String> {
         .filter_map(|entry| entry.file_name().into_string().ok())
         .map(|name| Module { name })
         .collect();
-    modules.sort_by(|a, b| a.name.cmp(&b.name));
+    modules.sort_by(|a, b| (a.name != "xen", &a.name).cmp(&(b.name != "xen", &b.name)));
     Ok(modules)
 }
 
-/// One built (or failed) module library.
+/// One built (or failed) module.
 #[derive(Debug)]
-pub struct BuiltLibrary {
+pub struct BuiltModule {
     pub arch: Arch,
     pub module: String,
+    /// The `.ko` (or, when the build failed before it, the library).
     pub path: PathBuf,
-    pub outcome: Result<LibrarySummary, String>,
+    pub outcome: Result<ModuleSummary, String>,
+}
+
+/// What the checks of a module found.
+#[derive(Debug)]
+pub struct ModuleSummary {
+    pub library: LibrarySummary,
+    pub report: verify::Report,
 }
 
 /// What the check of a library found.
 #[derive(Debug)]
 pub struct LibrarySummary {
-    pub bytes: u64,
     pub objects: usize,
 }
+
+/// Profile settings of the kernel build, passed as `--config` so they apply to these builds
+/// only (the native Makefile passes the same):
+/// - fat LTO: each module's static library becomes one object with only the code reachable
+///   from its entry points (core's float formatting and parsing included only if used), and
+///   every Rust symbol internal;
+/// - compiler_builtins in one codegen unit per function, so `ld -r` pulls in only the
+///   helpers a module calls.
+pub const PROFILE_CONFIG: &[&str] = &[
+    "profile.release.lto=\"fat\"",
+    "profile.release.package.compiler_builtins.codegen-units=10000",
+];
 
 /// The kernel toolchain: which cargo to run, and the environment it needs.
 fn kernel_cargo() -> Command {
@@ -145,8 +178,8 @@ fn kernel_cargo() -> Command {
     command
 }
 
-/// Builds every module for `arch`; returns one entry per module.
-pub fn build_arch(arch: Arch, modules: &[Module]) -> Vec<BuiltLibrary> {
+/// Builds, links and verifies every module for `arch`; returns one entry per module.
+pub fn build_arch(arch: Arch, modules: &[Module]) -> Vec<BuiltModule> {
     let root = workspace_root();
     let spec = root
         .join("freebsd-build/targets")
@@ -158,9 +191,11 @@ pub fn build_arch(arch: Arch, modules: &[Module]) -> Vec<BuiltLibrary> {
         "-Zbuild-std=core,alloc",
         "-Zbuild-std-features=compiler-builtins-mem",
         "-Zjson-target-spec",
-        "--target",
     ]);
-    command.arg(&spec);
+    for setting in PROFILE_CONFIG {
+        command.args(["--config", setting]);
+    }
+    command.arg("--target").arg(&spec);
     for module in modules {
         command.arg("--package").arg(module.package());
     }
@@ -185,28 +220,76 @@ pub fn build_arch(arch: Arch, modules: &[Module]) -> Vec<BuiltLibrary> {
     if let Some(reason) = build_error {
         return failed_all(arch, modules, &out_dir, &reason);
     }
-    modules
-        .iter()
-        .map(|module| {
-            let from = built_dir.join(module.library_file());
-            let to = out_dir.join(module.library_file());
-            let outcome = fs::copy(&from, &to)
-                .map_err(|error| format!("cannot copy {}: {error}", from.display()))
-                .and_then(|_| check_library(&to, arch));
-            BuiltLibrary {
-                arch,
-                module: module.name.clone(),
-                path: to,
-                outcome,
+    // Copy, check and link every module in parallel (each step is a few short processes).
+    let linked: Vec<Result<(LibrarySummary, link::Linked), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = modules
+            .iter()
+            .map(|module| {
+                let from = built_dir.join(module.library_file());
+                let to = out_dir.join(module.library_file());
+                let out_dir = &out_dir;
+                scope.spawn(move || {
+                    fs::copy(&from, &to)
+                        .map_err(|error| format!("cannot copy {}: {error}", from.display()))?;
+                    let library = check_library(&to, arch)?;
+                    let linked = link::link_module(arch, &module.name, &to, out_dir)?;
+                    Ok((library, linked))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err("linking thread panicked".to_string()))
+            })
+            .collect()
+    });
+    // Verify in module order: `xen` first, so its exports are known when its dependents'
+    // undefined symbols are checked.
+    let mut exports: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut built = Vec::new();
+    for (module, linked) in modules.iter().zip(linked) {
+        let (path, outcome) = match linked {
+            Err(reason) => (out_dir.join(module.library_file()), Err(reason)),
+            Ok((library, linked)) => {
+                let outcome = fs::read(&linked.ko)
+                    .map_err(|error| format!("cannot read {}: {error}", linked.ko.display()))
+                    .and_then(|bytes| {
+                        // Its exports are what its dependents may use, verified or not.
+                        exports.insert(
+                            module.name.clone(),
+                            verify::exported_symbols(&bytes, arch).unwrap_or_default(),
+                        );
+                        let depends = module.depends();
+                        let expect = verify::Expectation {
+                            module: &module.name,
+                            arch,
+                            depends: &depends,
+                            kpi: &linked.kpi,
+                            exports: &exports,
+                        };
+                        verify::verify(&bytes, &expect).map_err(|failures| failures.join("\n"))
+                    })
+                    .map(|report| ModuleSummary { library, report });
+                (linked.ko, outcome)
             }
-        })
-        .collect()
+        };
+        built.push(BuiltModule {
+            arch,
+            module: module.name.clone(),
+            path,
+            outcome,
+        });
+    }
+    built
 }
 
-fn failed_all(arch: Arch, modules: &[Module], out_dir: &Path, reason: &str) -> Vec<BuiltLibrary> {
+fn failed_all(arch: Arch, modules: &[Module], out_dir: &Path, reason: &str) -> Vec<BuiltModule> {
     modules
         .iter()
-        .map(|module| BuiltLibrary {
+        .map(|module| BuiltModule {
             arch,
             module: module.name.clone(),
             path: out_dir.join(module.library_file()),
@@ -230,7 +313,6 @@ pub fn check_library(path: &Path, arch: Arch) -> Result<LibrarySummary, String> 
         return Err(format!("{} holds no ELF objects", path.display()));
     }
     Ok(LibrarySummary {
-        bytes: bytes.len() as u64,
         objects: objects.len(),
     })
 }
@@ -287,60 +369,91 @@ pub fn build_command(options: &Options) -> Result<(), String> {
     setup::ensure(
         &setup::Needs {
             kernel_toolchain: true,
+            modules: true,
             host_tests: false,
         },
         options.allow_install,
     )?;
     let modules = modules()?;
     let started = Instant::now();
-    let mut libraries = Vec::new();
+    let mut built = Vec::new();
     for &arch in &options.arches {
         println!(
             "cargo kmod: building {} module(s) for {}",
             modules.len(),
             arch.name()
         );
-        libraries.extend(build_arch(arch, &modules));
+        built.extend(build_arch(arch, &modules));
     }
-    print_table(&libraries);
-    let failures = libraries.iter().filter(|lib| lib.outcome.is_err()).count();
+    print_table(&built);
+    let failures = built
+        .iter()
+        .filter(|module| module.outcome.is_err())
+        .count();
     println!(
-        "{} libraries built and checked, {} failed, in {:.0?}",
-        libraries.len() - failures,
+        "{} modules built and verified, {} failed, in {:.0?}",
+        built.len() - failures,
         failures,
         started.elapsed()
     );
     if failures == 0 {
         Ok(())
     } else {
-        Err(format!("{failures} kernel-target libraries failed"))
+        Err(format!("{failures} kernel module(s) failed"))
     }
 }
 
-pub fn print_table(libraries: &[BuiltLibrary]) {
-    println!("arch   module      bytes  objects  library");
+/// The table of modules: size, what the verifier looked at, and the verdict; failures follow
+/// with one line per broken rule.
+pub fn print_table(built: &[BuiltModule]) {
+    println!(
+        "arch   module  lib objs  .ko bytes   text  relocs  insns  undef kpi+dep  depends      result"
+    );
     let root = workspace_root();
-    for library in libraries {
-        let shown = library
+    let mut failures = Vec::new();
+    for module in built {
+        let shown = module
             .path
             .strip_prefix(&root)
-            .unwrap_or(&library.path)
+            .unwrap_or(&module.path)
             .display();
-        match &library.outcome {
-            Ok(summary) => println!(
-                "{:<6} {:<6} {:>10} {:>8}  {shown}",
-                library.arch.name(),
-                library.module,
-                summary.bytes,
-                summary.objects
-            ),
-            Err(reason) => println!(
-                "{:<6} {:<6} {:>10} {:>8}  FAILED: {reason}",
-                library.arch.name(),
-                library.module,
-                "-",
-                "-"
-            ),
+        match &module.outcome {
+            Ok(summary) => {
+                let report = &summary.report;
+                println!(
+                    "{:<6} {:<6} {:>9} {:>10} {:>6} {:>7} {:>6}  {:>6}+{:<6} {:<12} verified  {shown}",
+                    module.arch.name(),
+                    module.module,
+                    summary.library.objects,
+                    report.bytes,
+                    report.text_bytes,
+                    report.relocations,
+                    report.instructions,
+                    report.undefined_kpi,
+                    report.undefined_from_modules,
+                    report.depends.join(","),
+                )
+            }
+            Err(reason) => {
+                println!(
+                    "{:<6} {:<6} {:>9} {:>10} {:>6} {:>7} {:>6}  {:>13} {:<12} FAILED    {shown}",
+                    module.arch.name(),
+                    module.module,
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-"
+                );
+                failures.push(reason.clone());
+            }
+        }
+    }
+    for failure in failures {
+        for line in failure.lines() {
+            println!("  {line}");
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `cargo kmod`: the project's user interface (see README.md).
 //!
-//! - `cargo kmod build` — sets up the kernel-target toolchain if it is missing, builds the
-//!   kernel-target static library of every module for amd64 and i386, checks each, prints a table.
+//! - `cargo kmod build` — sets up the kernel-target toolchain if it is missing, builds every
+//!   module for amd64 and i386 (Rust static library, C shim against FreeBSD's headers, linked
+//!   into `target/kmod/<arch>/<module>.ko`), verifies each `.ko` (`verify.rs`), prints a table.
 //! - `cargo kmod test` — sets up what the suite needs, then runs every check that exists (format,
 //!   clippy, unit/property/integration tests, kernel-target builds) and ends with
 //!   `N passed, M failed`, exiting non-zero on any failure.
@@ -9,16 +10,20 @@
 //! It is a plain host program (run through the `kmod` alias in `.cargo/config.toml`) so that
 //! the only thing a user needs before the first command is a Rust toolchain with cargo.
 
+mod elf;
+mod headers;
 mod kernel;
+mod link;
 mod setup;
 mod suite;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: cargo kmod <build|test|setup> [options]
 
-  build            build every module's kernel-target library for amd64 and i386
+  build            build and verify every module (.ko) for amd64 and i386
   test [FILTER]    run the whole suite (FILTER: only steps whose name contains it)
   setup            install what the other commands need, and nothing else
 

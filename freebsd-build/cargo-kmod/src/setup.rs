@@ -35,6 +35,20 @@ const KERNEL_TOOLCHAIN: &[Package] = &[
     },
 ];
 
+const MODULE_LINKING: &[Package] = &[
+    Package {
+        name: "binutils",
+        why: "objcopy, to make a module's symbols local except its export list (as FreeBSD's \
+              kmod.mk does) and to strip debug information",
+        present_if: "/usr/bin/objcopy",
+    },
+    Package {
+        name: "python3-pip",
+        why: "pip, to install PyPI's ziglang (FreeBSD 14 headers, clang and lld) into target/tools",
+        present_if: "/usr/lib/python3/dist-packages/pip/__init__.py",
+    },
+];
+
 const XEN_HEADERS: &[Package] = &[
     Package {
         name: "libxen-dev",
@@ -63,6 +77,8 @@ const C_LAYOUT: &[Package] = &[Package {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Needs {
     pub kernel_toolchain: bool,
+    /// Linking `.ko` files: binutils, and the ziglang package (FreeBSD headers, clang, lld).
+    pub modules: bool,
     pub host_tests: bool,
 }
 
@@ -70,6 +86,7 @@ impl Needs {
     pub fn everything() -> Needs {
         Needs {
             kernel_toolchain: true,
+            modules: true,
             host_tests: true,
         }
     }
@@ -80,6 +97,14 @@ impl Needs {
         packages.extend_from_slice(XEN_HEADERS);
         if self.kernel_toolchain {
             packages.extend_from_slice(KERNEL_TOOLCHAIN);
+        }
+        if self.modules {
+            packages.extend(
+                MODULE_LINKING
+                    .iter()
+                    // Any working `python3 -m pip` will do.
+                    .filter(|package| package.name != "python3-pip" || !python_has_pip()),
+            );
         }
         if self.host_tests {
             packages.extend_from_slice(C_LAYOUT);
@@ -97,10 +122,72 @@ pub fn ensure(needs: &Needs, allow_install: bool) -> Result<(), String> {
         ..*needs
     };
     ensure_packages(&needs.packages(), allow_install)?;
+    if needs.modules {
+        ensure_ziglang(allow_install)?;
+    }
     if needs.host_tests {
         ensure_cargo_fuzz(allow_install)?;
     }
     Ok(())
+}
+
+/// The PyPI package that carries FreeBSD 14's system headers (`_KERNEL` parts included) for
+/// x86_64 and x86, with clang and lld able to target FreeBSD; pinned so every machine compiles
+/// the shims against the same headers.
+const ZIGLANG: &str = "ziglang==0.17.0";
+
+fn python_has_pip() -> bool {
+    Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Installs `ziglang` into `target/tools/ziglang` (`pip install --target`: project-local,
+/// nothing outside the build tree changes) when it is not there.
+fn ensure_ziglang(allow_install: bool) -> Result<(), String> {
+    let dir = crate::link::ziglang_dir();
+    let marker = dir.join("ziglang-0.17.0.dist-info");
+    if marker.is_dir() || std::env::var_os("KMOD_ZIGLANG_DIR").is_some() {
+        return Ok(());
+    }
+    if !allow_install {
+        return Err(format!(
+            "missing {ZIGLANG} (FreeBSD 14 headers, clang and lld for the C shims and the .ko \
+             link): python3 -m pip install --target {} {ZIGLANG}",
+            dir.display()
+        ));
+    }
+    println!(
+        "cargo kmod: installing {ZIGLANG} from PyPI into {}: FreeBSD 14 headers, clang and lld \
+         to compile the modules' C shims and link the .ko files",
+        dir.display()
+    );
+    let install = |extra: &[&str]| {
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(extra)
+            .arg("--target")
+            .arg(&dir)
+            .arg(ZIGLANG)
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    // Debian's pip refuses to touch an "externally managed" Python unless told; with
+    // --target nothing of the system's changes, so saying so is safe.
+    if install(&[]) || install(&["--break-system-packages"]) {
+        Ok(())
+    } else {
+        Err(format!("pip install {ZIGLANG} failed"))
+    }
 }
 
 /// The suite's short fuzz runs use cargo-fuzz on the installed nightly toolchain.

@@ -1,7 +1,8 @@
 //! `cargo kmod test`: every check the project has, counted, ending with `N passed, M failed`.
 //!
 //! Each step contributes passes and failures: a single check (formatting, clippy) counts as
-//! one; a test run counts every test it reports; a kernel build counts every library. A step
+//! one; a test run counts every test it reports; a kernel build counts every module (its `.ko`
+//! built and verified). A step
 //! that cannot even start (a compile error) counts as one failure so it can never pass silently.
 
 use std::io::{BufRead, BufReader};
@@ -184,11 +185,12 @@ fn kernel_build(arch: Arch) -> Tally {
             return Tally::one(false);
         }
     };
-    let libraries = kernel::build_arch(arch, &modules);
-    kernel::print_table(&libraries);
+    // Each module counts once: built, linked into a .ko, and verified.
+    let built = kernel::build_arch(arch, &modules);
+    kernel::print_table(&built);
     let mut tally = Tally::default();
-    for library in &libraries {
-        tally.add(Tally::one(library.outcome.is_ok()));
+    for module in &built {
+        tally.add(Tally::one(module.outcome.is_ok()));
     }
     tally
 }

@@ -4,6 +4,15 @@
 //! the peer-memory accessors): every call into the kernel goes through here, each with a
 //! `// SAFETY:` argument. It is deliberately thin; protocol logic lives in the `no_std` cores.
 //!
+//! - [`module`]: the safe [`module::KernelModule`] trait and the `extern "C"` trampolines the
+//!   modules' C shims call on `MOD_LOAD`/`MOD_QUIESCE`/`MOD_UNLOAD`
+//!   ([`kernel_module!`]); errno ([`errno::Errno`]) only at that boundary.
+//! - [`tunable`]: loader tunables, parsed strictly, with a logged reason for a bad value.
+//! - [`print`]: `kprintln!` to the console and dmesg.
+//! - [`alloc`]: `malloc(9)` as the global allocator on the kernel targets.
+//! - `fake` (feature `fake-kpi`): `#[no_mangle] extern "C"` fakes of every kernel function
+//!   this crate calls, for host tests of the glue.
+//!
 //! On the kernel targets (`target_os = "none"`, see `freebsd-build/targets/`) this crate
 //! provides the `#[panic_handler]`: a Rust panic in a module becomes a FreeBSD `panic(9)` with
 //! the Rust message, because unwinding does not exist in the kernel and silently continuing
@@ -11,43 +20,40 @@
 //! input (they move the device to an error state), so this is reached only on our own bugs.
 #![no_std]
 
+pub mod alloc;
+pub mod errno;
+#[cfg(any(test, feature = "fake-kpi"))]
+pub mod fake;
+pub mod module;
+pub mod print;
+mod sys;
+pub mod tunable;
+
+pub use errno::Errno;
+
 #[cfg(target_os = "none")]
 mod panic_handler {
     use core::fmt::Write;
+
+    use crate::print::LineBuf;
 
     extern "C" {
         /// `void panic(const char *fmt, ...) __dead2;` from `<sys/systm.h>`.
         fn panic(fmt: *const core::ffi::c_char, ...) -> !;
     }
 
-    /// Formats into a fixed buffer, truncating, always leaving room for the terminating NUL.
-    struct MessageBuf {
-        bytes: [u8; 256],
-        len: usize,
-    }
-
-    impl Write for MessageBuf {
-        fn write_str(&mut self, text: &str) -> core::fmt::Result {
-            let room = self.bytes.len() - 1 - self.len;
-            let take = text.len().min(room);
-            self.bytes[self.len..self.len + take].copy_from_slice(&text.as_bytes()[..take]);
-            self.len += take;
-            Ok(())
-        }
-    }
-
     #[panic_handler]
     fn on_panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        let mut message = MessageBuf {
-            bytes: [0; 256],
-            len: 0,
-        };
-        // Formatting into MessageBuf cannot fail; a truncated message is still useful.
-        let _ = write!(message, "{info}");
-        // Interior NULs would only shorten the printed text.
-        message.bytes[message.len] = 0;
+        let mut message = LineBuf::new();
+        // The location and the message, without `PanicInfo`'s own Display: formatting only
+        // strings and integers keeps float formatting (and with it x87 code on i386) out of
+        // the modules. Formatting into LineBuf cannot fail; truncation is fine.
+        if let Some(location) = info.location() {
+            let _ = write!(message, "{}:{}: ", location.file(), location.line());
+        }
+        let _ = write!(message, "{}", info.message());
         // SAFETY: both pointers are NUL-terminated C strings that live until `panic` (which
         // never returns) is done with them, and "%s" consumes exactly the one vararg given.
-        unsafe { panic(c"rust: %s".as_ptr(), message.bytes.as_ptr()) }
+        unsafe { panic(c"rust: %s".as_ptr(), message.as_c_str().as_ptr()) }
     }
 }

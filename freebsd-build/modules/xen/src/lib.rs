@@ -1,11 +1,33 @@
 //! xen.ko: hypercalls, event channels, grant tables, xenstore, xenbus and the /dev/xen devices.
 //!
-//! The kernel-target static library behind `xen.ko`: it links the protocol cores with the
-//! FreeBSD glue. `cargo kmod build` builds it for amd64 and i386.
+//! The kernel-target static library behind `xen.ko`: the protocol cores plus this glue, which
+//! the C shim `xen_kmod.c` (module registration, sysctl tree `hw.xenrs`) calls into.
+//!
+//! What loading does today: reads the loader tunables, detects Xen from the CPUID hypervisor
+//! leaves and refuses to load with `ENXIO` when the machine is not a Xen guest, and publishes
+//! what it found under `hw.xenrs`. Unloading is refused (`EBUSY`) while a user holds the module
+//! ([`XenModule::acquire`]). Event channels, grant tables, xenstore and the /dev/xen devices
+//! attach here as their cores land.
+//!
+//! | loader tunable | values | default |
+//! |---|---|---|
+//! | `hw.xenrs.verbose` | `0` quiet, `1` a line at load, `2` also the CPUID details | `0` |
+//! | `hw.xenrs.upcall` | `auto`, `vector` (per-vCPU vector, PVH), `pci` (platform PCI interrupt, HVM) | `auto` |
+//!
+//! A malformed value is reported on the console (`xen: loader tunable hw.xenrs.verbose="x":
+//! not a number ...`) and the default is used.
 #![cfg_attr(target_os = "none", no_std)]
-#![forbid(unsafe_code)]
+// The glue itself has no `unsafe`; the host tests call the C entry points as the shim does.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+#![cfg_attr(test, deny(unsafe_code))]
 
-// Keep the KPI crate (and with it the kernel panic handler) linked into the library.
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use freebsd_kpi::module::KernelModule;
+use freebsd_kpi::{kprintln, tunable, Errno};
+use xen_kmod::arch::cpuid::{Vendor, XenCpuid};
+
+// Keep the cores linked into the library as their glue arrives.
 pub use freebsd_kpi;
 pub use xen_evtchn;
 pub use xen_gnttab;
@@ -14,3 +36,203 @@ pub use xen_ring;
 pub use xen_shmem;
 pub use xen_sys;
 pub use xen_xenbus;
+
+/// How event upcalls reach us (tunable `hw.xenrs.upcall`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upcall {
+    /// Per-vCPU vector when Xen offers it, else the platform PCI interrupt.
+    Auto = 0,
+    /// `HVMOP_set_evtchn_upcall_vector` (PVH and modern HVM).
+    Vector = 1,
+    /// The Xen platform PCI device's interrupt (HVM).
+    Pci = 2,
+}
+
+const UPCALL_CHOICES: &[&str] = &["auto", "vector", "pci"];
+
+/// The loader tunables of xen.ko.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `hw.xenrs.verbose`, 0..=2.
+    pub verbose: u8,
+    /// `hw.xenrs.upcall`.
+    pub upcall: Upcall,
+}
+
+impl Config {
+    /// Reads the tunables, logging each malformed one and using its default.
+    #[must_use]
+    pub fn from_tunables() -> Config {
+        let verbose = tunable::get("xen", c"hw.xenrs.verbose", 0, |text| {
+            tunable::parse_u64_in(text, 0, 2)
+        });
+        let upcall = tunable::get("xen", c"hw.xenrs.upcall", 0, |text| {
+            tunable::parse_choice(text, UPCALL_CHOICES)
+        });
+        Config {
+            // CAST: parse_u64_in bounded it to 0..=2.
+            verbose: u8::try_from(verbose).unwrap_or(0),
+            upcall: match upcall {
+                1 => Upcall::Vector,
+                2 => Upcall::Pci,
+                _ => Upcall::Auto,
+            },
+        }
+    }
+}
+
+/// The sysctl leaves under `hw.xenrs` (indices shared with `xen_kmod.c`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XenStat {
+    XenMajor = 0,
+    XenMinor = 1,
+    Domid = 2,
+    HvmFeatures = 3,
+    Verbose = 4,
+    Upcall = 5,
+    Users = 6,
+}
+
+impl XenStat {
+    pub const ALL: [XenStat; 7] = [
+        XenStat::XenMajor,
+        XenStat::XenMinor,
+        XenStat::Domid,
+        XenStat::HvmFeatures,
+        XenStat::Verbose,
+        XenStat::Upcall,
+        XenStat::Users,
+    ];
+}
+
+/// The loaded xen.ko.
+#[derive(Debug)]
+pub struct XenModule {
+    xen: XenCpuid,
+    vendor: Vendor,
+    config: Config,
+    users: AtomicU32,
+}
+
+impl XenModule {
+    /// Counts a user (an open /dev/xen device, a bound driver): unloading is refused until
+    /// the matching [`XenModule::release`].
+    pub fn acquire(&self) {
+        self.users.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Ends a use counted by [`XenModule::acquire`].
+    pub fn release(&self) {
+        let before = self.users.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "xen.ko: release without acquire");
+    }
+
+    /// What CPUID said about Xen.
+    #[must_use]
+    pub fn cpuid(&self) -> &XenCpuid {
+        &self.xen
+    }
+
+    /// The CPU vendor (which decides `vmcall` or `vmmcall`).
+    #[must_use]
+    pub fn vendor(&self) -> Vendor {
+        self.vendor
+    }
+
+    /// The tunables in force.
+    #[must_use]
+    pub fn config(&self) -> Config {
+        self.config
+    }
+}
+
+/// Finds Xen: the CPUID instruction on the kernel target; a scripted answer in host tests.
+#[cfg(not(test))]
+fn detect_xen() -> Option<(XenCpuid, Vendor)> {
+    xen_kmod::arch::XenPlatform::detect()
+}
+
+#[cfg(test)]
+fn detect_xen() -> Option<(XenCpuid, Vendor)> {
+    *tests::FAKE_XEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl KernelModule for XenModule {
+    const NAME: &'static str = "xen";
+
+    fn load() -> Result<XenModule, Errno> {
+        let config = Config::from_tunables();
+        let Some((xen, vendor)) = detect_xen() else {
+            kprintln!("xen: not running on Xen (no Xen CPUID leaves); not loading");
+            return Err(Errno::ENXIO);
+        };
+        if config.verbose >= 1 {
+            kprintln!(
+                "xen: Xen {}.{}, domain {}, upcall {:?}",
+                xen.major,
+                xen.minor,
+                xen.domid.map_or(-1, i32::from),
+                config.upcall
+            );
+        }
+        if config.verbose >= 2 {
+            kprintln!(
+                "xen: CPUID base {:#x}..={:#x}, hypercall MSR {:#x}, HVM features {:#x}, {:?}",
+                xen.base,
+                xen.max_leaf,
+                xen.hypercall_msr,
+                xen.hvm_features,
+                vendor
+            );
+        }
+        if config.upcall == Upcall::Vector && !xen.has_upcall_vector() {
+            kprintln!("xen: hw.xenrs.upcall=vector, but Xen offers no per-vCPU upcall vector");
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(XenModule {
+            xen,
+            vendor,
+            config,
+            users: AtomicU32::new(0),
+        })
+    }
+
+    fn quiesce(&self) -> Result<(), Errno> {
+        match self.users.load(Ordering::Acquire) {
+            0 => Ok(()),
+            _ => Err(Errno::EBUSY),
+        }
+    }
+
+    fn unload(self) {
+        if self.config.verbose >= 1 {
+            kprintln!("xen: unloaded");
+        }
+    }
+
+    fn stat(&self, which: u32) -> Option<u64> {
+        let stat = *XenStat::ALL.get(usize::try_from(which).ok()?)?;
+        Some(match stat {
+            XenStat::XenMajor => u64::from(self.xen.major),
+            XenStat::XenMinor => u64::from(self.xen.minor),
+            XenStat::Domid => u64::from(self.xen.domid.unwrap_or(u16::MAX)),
+            XenStat::HvmFeatures => u64::from(self.xen.hvm_features),
+            XenStat::Verbose => u64::from(self.config.verbose),
+            XenStat::Upcall => self.config.upcall as u64,
+            XenStat::Users => u64::from(self.users.load(Ordering::Relaxed)),
+        })
+    }
+}
+
+freebsd_kpi::kernel_module! {
+    XenModule,
+    load: xenrs_xen_load,
+    quiesce: xenrs_xen_quiesce,
+    unload: xenrs_xen_unload,
+    stat: xenrs_xen_stat,
+}
+
+#[cfg(test)]
+mod tests;
