@@ -177,7 +177,11 @@ fn read_flag<S: Store + ?Sized>(
     Ok(read_u32(xs, dir, key)?.map_or(default, |v| v != 0))
 }
 
-fn required<S: Store + ?Sized>(xs: &mut S, dir: &str, key: &'static str) -> Result<u32, ConfigError> {
+fn required<S: Store + ?Sized>(
+    xs: &mut S,
+    dir: &str,
+    key: &'static str,
+) -> Result<u32, ConfigError> {
     read_u32(xs, dir, key)?.ok_or(ConfigError::Missing(key))
 }
 

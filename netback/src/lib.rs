@@ -114,8 +114,11 @@ pub trait BackendPlatform<'a> {
     ///
     /// # Errors
     /// [`PlatformError::Map`].
-    fn map_ring(&mut self, domid: u16, gref: u32)
-        -> Result<(Self::Mapping, SharedMem<'a>), PlatformError>;
+    fn map_ring(
+        &mut self,
+        domid: u16,
+        gref: u32,
+    ) -> Result<(Self::Mapping, SharedMem<'a>), PlatformError>;
     /// Unmaps it (only after every queue using it is gone).
     fn unmap_ring(&mut self, m: Self::Mapping);
     /// Binds to the frontend's port; returns ours.

@@ -208,7 +208,10 @@ impl<'a, H: Hypervisor> Queue<'a, H> {
     ///
     /// # Errors
     /// The ring's setup error if a ring region is unusable or already inconsistent.
-    #[expect(clippy::too_many_arguments, reason = "one constructor for the whole queue")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor for the whole queue"
+    )]
     pub fn new(
         hv: H,
         index: u16,
@@ -565,14 +568,20 @@ impl<'a, H: Hypervisor> Queue<'a, H> {
                 work.more = true;
                 break;
             }
-            let avail = self.rx.unconsumed_requests().map_err(|f| self.fail(f.into()))?;
+            let avail = self
+                .rx
+                .unconsumed_requests()
+                .map_err(|f| self.fail(f.into()))?;
             if avail < need {
                 // Ask for an event when the frontend posts more, then look again.
                 let again = self
                     .rx
                     .final_check_for_requests()
                     .map_err(|f| self.fail(f.into()))?;
-                let avail = self.rx.unconsumed_requests().map_err(|f| self.fail(f.into()))?;
+                let avail = self
+                    .rx
+                    .unconsumed_requests()
+                    .map_err(|f| self.fail(f.into()))?;
                 if !again || avail < need {
                     self.blocked_since.get_or_insert(now);
                     break;

@@ -163,8 +163,12 @@ pub trait FrontendPlatform<'a> {
     ///
     /// # Errors
     /// [`PlatformError::Grant`].
-    fn grant(&mut self, domid: u16, gfn: u64, readonly: bool)
-        -> Result<(u32, Self::Grant), PlatformError>;
+    fn grant(
+        &mut self,
+        domid: u16,
+        gfn: u64,
+        readonly: bool,
+    ) -> Result<(u32, Self::Grant), PlatformError>;
     /// Ends the grant and frees the page — later, if the backend still has it mapped (the
     /// platform must not reuse the page before the revoke completes: XSA-396).
     fn release(&mut self, gfn: u64, grant: Self::Grant);
@@ -363,7 +367,9 @@ pub fn publish<S: Store + ?Sized>(
     offer: &BackendOffer,
     cfg: &FrontendConfig,
 ) -> Result<(), Error> {
-    let w = |xs: &mut S, dir: &str, k: &str, v: u32| xs.write_str(&format!("{dir}/{k}"), &format!("{v}"));
+    let w = |xs: &mut S, dir: &str, k: &str, v: u32| {
+        xs.write_str(&format!("{dir}/{k}"), &format!("{v}"))
+    };
     let queue = |xs: &mut S, dir: &str, q: &QueueKeys| -> Result<(), Error> {
         w(xs, dir, keys::TX_RING_REF, q.tx_ring_ref)?;
         w(xs, dir, keys::RX_RING_REF, q.rx_ring_ref)?;

@@ -160,7 +160,10 @@ impl<'a, H: Hypervisor> Queue<'a, H> {
     ///
     /// # Errors
     /// The ring's setup error.
-    #[expect(clippy::too_many_arguments, reason = "one constructor for the whole queue")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor for the whole queue"
+    )]
     pub fn new(
         hv: H,
         index: u16,
@@ -250,7 +253,11 @@ impl<'a, H: Hypervisor> Queue<'a, H> {
         if let Some(e) = self.failed {
             return Err(SendError::Failed(e));
         }
-        let max_slots = if self.feat.sg { xen_netif::MAX_SLOTS } else { 1 };
+        let max_slots = if self.feat.sg {
+            xen_netif::MAX_SLOTS
+        } else {
+            1
+        };
         let n = slots_for(data.len(), max_slots).ok_or(SendError::BadLength)?;
         let mut meta = *meta;
         if let Some(g) = meta.gso {
@@ -328,7 +335,10 @@ impl<'a, H: Hypervisor> Queue<'a, H> {
             .to_raw(),
         )?;
         if let Some(g) = meta.gso {
-            push(self, &extra_as_tx_slot(&encode_extra(&Extra::Gso(g), false)))?;
+            push(
+                self,
+                &extra_as_tx_slot(&encode_extra(&Extra::Gso(g), false)),
+            )?;
             self.nulls_expected += 1;
         }
         let mut chunks = data.chunks(PAGE_SIZE).skip(1).peekable();
@@ -483,7 +493,10 @@ impl<'a, H: Hypervisor> Queue<'a, H> {
     ///
     /// # Errors
     /// The sticky [`FrontError`].
-    pub fn poll_rx(&mut self, mut deliver: impl FnMut(&[u8], &PacketMeta)) -> Result<Work, FrontError> {
+    pub fn poll_rx(
+        &mut self,
+        mut deliver: impl FnMut(&[u8], &PacketMeta),
+    ) -> Result<Work, FrontError> {
         if let Some(e) = self.failed {
             return Err(e);
         }
