@@ -26,6 +26,15 @@
 #include <sys/errno.h>
 #include <sys/kernel.h>
 #include <sys/module.h>
+#include <sys/bus.h>
+
+/*
+ * newbus interfaces, for the device glue; compiled into every shim so both architectures'
+ * builds keep them honest. On Linux these come from include/generated (written from the
+ * interface definitions); on FreeBSD kmod.mk generates them (modules/Makefile.inc).
+ */
+#include "device_if.h"
+#include "bus_if.h"
 
 /*
  * Defined by xen.ko's shim for every module's Rust code (printf(9) is variadic and malloc(9)

@@ -120,7 +120,15 @@ pub fn cflags(arch: Arch) -> Vec<String> {
     }
     flags.push("-I".into());
     flags.push(root.join("freebsd-build/include").display().to_string());
+    flags.push("-I".into());
+    flags.push(generated_headers().display().to_string());
     flags
+}
+
+/// Headers FreeBSD generates during its build (`device_if.h` ...), written for this build
+/// from the interface definitions; their declarations are FreeBSD KPI.
+fn generated_headers() -> PathBuf {
+    workspace_root().join("freebsd-build/include/generated")
 }
 
 /// What linking produced.
@@ -157,7 +165,8 @@ pub fn link_module(
     run(cpp, &format!("preprocessing {}", shim.display()))?;
     let text = fs::read_to_string(&preprocessed)
         .map_err(|error| format!("cannot read {}: {error}", preprocessed.display()))?;
-    let header_dirs = freebsd_header_dirs(arch);
+    let mut header_dirs = freebsd_header_dirs(arch).to_vec();
+    header_dirs.push(generated_headers());
     let kpi = headers::declared_symbols(&text, |file| {
         let file = root.join(file); // a no-op for absolute paths
         header_dirs.iter().any(|dir| file.starts_with(dir))
