@@ -5,6 +5,8 @@
 //! 1. **ELF identity**: class, machine and type for the architecture — amd64 modules are
 //!    relocatable objects (`ET_REL`), i386 modules shared objects (`ET_DYN`) — and FreeBSD's
 //!    OS ABI; an i386 module also needs a `DT_HASH` table (the kernel linker has no GNU hash).
+//!    No thread-local sections; on amd64 every allocated section of a type the kernel linker
+//!    loads.
 //! 2. **Relocations** of allocated sections: only types the kernel linker applies
 //!    (`sys/amd64/amd64/elf_machdep.c`, `sys/i386/i386/elf_machdep.c`). Relocations of
 //!    non-allocated sections (`.debug_*`) are never applied and are ignored.
@@ -136,6 +138,7 @@ pub fn verify(bytes: &[u8], expect: &Expectation<'_>) -> Result<Report, Vec<Stri
         },
     };
     if checker.identity() {
+        checker.sections();
         checker.guard(Checker::relocations);
         checker.guard(Checker::instructions);
         checker.guard(Checker::metadata);
@@ -214,6 +217,41 @@ impl Checker<'_, '_> {
             }
         }
         ok
+    }
+
+    /// Allocated sections the kernel linker would not load (amd64 `link_elf_obj.c` loads
+    /// PROGBITS, NOBITS, X86_64_UNWIND, INIT_ARRAY and FINI_ARRAY), and thread-local data,
+    /// which the kernel has no notion of.
+    fn sections(&mut self) {
+        const SHT_PROGBITS: u32 = 1;
+        const SHT_INIT_ARRAY: u32 = 14;
+        const SHT_FINI_ARRAY: u32 = 15;
+        const SHT_X86_64_UNWIND: u32 = 0x7000_0001;
+        const SHF_TLS: u64 = 0x400;
+        let mut failures = Vec::new();
+        for section in &self.elf.sections {
+            if section.flags & SHF_TLS != 0 {
+                failures.push(format!(
+                    "thread-local section {}: the kernel has no TLS",
+                    section.name
+                ));
+            }
+            let loaded = matches!(
+                section.kind,
+                SHT_PROGBITS
+                    | elf::SHT_NOBITS
+                    | SHT_X86_64_UNWIND
+                    | SHT_INIT_ARRAY
+                    | SHT_FINI_ARRAY
+            );
+            if self.expect.arch == Arch::Amd64 && section.is_alloc() && !loaded {
+                failures.push(format!(
+                    "allocated section {} of type {:#x}: the kernel linker does not load it",
+                    section.name, section.kind
+                ));
+            }
+        }
+        self.failures.extend(failures);
     }
 
     /// The symbol table relocations and undefined symbols refer to.

@@ -43,6 +43,9 @@ struct Spec {
     exports: Vec<&'static str>,
     /// An extra relocation of this type in `.text`.
     extra_relocation: Option<u32>,
+    /// Flags of `.rodata` (to make it thread-local) and its type.
+    rodata_flags: u64,
+    rodata_kind: u32,
     /// An extra relocation of this type in a non-allocated `.debug_info`.
     debug_relocation: Option<u32>,
     e_type: Option<u16>,
@@ -70,6 +73,8 @@ impl Spec {
             undefined: vec!["printf"],
             exports: vec![],
             extra_relocation: None,
+            rodata_flags: elf::SHF_ALLOC,
+            rodata_kind: 1,
             debug_relocation: None,
             e_type: None,
             machine: None,
@@ -206,8 +211,8 @@ fn build(spec: &Spec) -> Vec<u8> {
         },
         Sec {
             name: ".rodata".into(),
-            kind: 1,
-            flags: alloc,
+            kind: spec.rodata_kind,
+            flags: spec.rodata_flags,
             data: rodata.0.clone(),
             align: 1,
             ..Sec::default()
@@ -681,6 +686,21 @@ fn wrong_elf_type_class_or_machine() {
     assert!(
         failures[0].contains("expected class 1 machine 3"),
         "{failures:?}"
+    );
+}
+
+#[test]
+fn sections_the_kernel_cannot_load() {
+    for arch in both() {
+        let mut spec = Spec::good(arch, "xen");
+        spec.rodata_flags = elf::SHF_ALLOC | 0x400;
+        fails_with(&spec, &["thread-local section .rodata"]);
+    }
+    let mut spec = Spec::good(Arch::Amd64, "xen");
+    spec.rodata_kind = 7; // SHT_NOTE
+    fails_with(
+        &spec,
+        &["allocated section .rodata of type 0x7: the kernel linker does not load it"],
     );
 }
 
