@@ -1,3 +1,4 @@
 //! Host-side test infrastructure shared by the workspace's integration tests.
 
+pub mod net;
 pub mod xensim;
