@@ -8,6 +8,7 @@ mod tests {
     use xen_netfront::negotiate::FrontendConfig;
     use xen_netif::{csum, Csum, Gso, GsoKind, PacketMeta};
     use xen_tests::net::pair::{Collect, Env, Options, Pair, World};
+    use xen_tests::xensim::xenstored::XenstoreSim;
 
     const MAC: &str = "00:16:3e:12:34:56";
 
@@ -49,7 +50,8 @@ mod tests {
     #[test]
     fn handshake_publishes_and_reads_every_key() {
         let w = World::new(2);
-        w.toolstack(MAC, true);
+        let xs = XenstoreSim::new();
+        w.toolstack(&xs, MAC, true);
         let env = Env::new(&w);
         let opts = Options {
             front: FrontendConfig {
@@ -58,13 +60,13 @@ mod tests {
             },
             ..Options::default()
         };
-        let p = Pair::connect(&env, &opts).unwrap();
+        let p = Pair::connect(&env, &xs, &opts).unwrap();
         assert_eq!(p.mac, [0, 0x16, 0x3e, 0x12, 0x34, 0x56]);
         assert_eq!(p.front.len(), 2);
         assert_eq!(p.back.len(), 2);
         let f = p.info.features;
         assert!(f.sg && f.gso_v4 && f.gso_v6 && f.csum_v4 && f.csum_v6 && f.rx_notify);
-        let d = w.xs.daemon();
+        let d = xs.daemon();
         let be = w.be_dir();
         for k in [
             "feature-sg",
@@ -92,10 +94,12 @@ mod tests {
     #[test]
     fn packets_both_ways_every_size_and_offload() {
         let w = World::new(1);
-        w.toolstack(MAC, true);
+        let xs = XenstoreSim::new();
+        w.toolstack(&xs, MAC, true);
         let env = Env::new(&w);
         let p = Pair::connect(
             &env,
+            &xs,
             &Options {
                 front: FrontendConfig {
                     queues: 1,
@@ -151,10 +155,12 @@ mod tests {
     #[test]
     fn offloads_off_complete_checksums_in_software() {
         let w = World::new(1);
-        w.toolstack(MAC, true);
+        let xs = XenstoreSim::new();
+        w.toolstack(&xs, MAC, true);
         let env = Env::new(&w);
         let p = Pair::connect(
             &env,
+            &xs,
             &Options {
                 front: FrontendConfig {
                     queues: 1,
@@ -218,10 +224,11 @@ mod tests {
     #[test]
     fn reconnect_keeps_working_and_revokes_everything() {
         let w = World::new(4);
-        w.toolstack(MAC, true);
+        let xs = XenstoreSim::new();
+        w.toolstack(&xs, MAC, true);
         let env = Env::new(&w);
         for round in 0..3u8 {
-            let p = Pair::connect(&env, &Options::default()).unwrap();
+            let p = Pair::connect(&env, &xs, &Options::default()).unwrap();
             let mut io = Collect::default();
             let mut got = Vec::new();
             for q in 0..p.front.len() {
@@ -234,7 +241,7 @@ mod tests {
             }
             settle(&p, &mut io, &mut got);
             assert_eq!(io.packets.len(), p.front.len(), "round {round}");
-            assert_eq!(p.disconnect(), 0, "nothing left mapped");
+            assert_eq!(p.disconnect(&xs), 0, "nothing left mapped");
             assert_eq!(w.dom0.mappings(), 0);
         }
     }
@@ -242,9 +249,10 @@ mod tests {
     #[test]
     fn multicast_control_reaches_the_backend() {
         let w = World::new(4);
-        w.toolstack(MAC, true);
+        let xs = XenstoreSim::new();
+        w.toolstack(&xs, MAC, true);
         let env = Env::new(&w);
-        let p = Pair::connect(&env, &Options::default()).unwrap();
+        let p = Pair::connect(&env, &xs, &Options::default()).unwrap();
         let mut io = Collect::default();
         let mut got = Vec::new();
         let m = [1, 0, 0x5e, 0, 0, 0xfb];

@@ -2,7 +2,7 @@
 //! nodes, the xenbus handshake of both cores, and the queues.
 //!
 //! ```text
-//! World (sim, dom0, guest, xenstored)  ←  Env (event hubs, guest grant table)  ←  Pair (queues)
+//! World (sim, dom0, guest) + XenstoreSim  ←  Env (event hubs, guest grant table)  ←  Pair (queues)
 //! ```
 
 use std::sync::Mutex;
@@ -29,8 +29,6 @@ pub struct World {
     pub dom0: DomainHandle,
     /// The guest (netfront).
     pub guest: DomainHandle,
-    /// xenstored.
-    pub xs: XenstoreSim,
 }
 
 impl World {
@@ -63,12 +61,7 @@ impl World {
                 ..DomainConfig::guest()
             })
             .expect("guest");
-        World {
-            sim,
-            dom0,
-            guest,
-            xs: XenstoreSim::new(),
-        }
+        World { sim, dom0, guest }
     }
 
     /// The frontend's device directory.
@@ -84,12 +77,12 @@ impl World {
     }
 
     /// The toolstack's part: both device directories, `mac`, `trusted`, initial states.
-    pub fn toolstack(&self, mac: &str, trusted: bool) {
+    pub fn toolstack(&self, xs: &XenstoreSim, mac: &str, trusted: bool) {
         let fe = self.guest.domid();
         let (fd, bd) = (self.fe_dir(), self.be_dir());
         let fperm = [Perm::new(Access::None, fe), Perm::new(Access::Read, 0)];
         let bperm = [Perm::new(Access::None, 0), Perm::new(Access::Read, fe)];
-        let mut d = self.xs.daemon();
+        let mut d = xs.daemon();
         d.put(&format!("{fd}/backend"), bd.as_bytes(), &fperm);
         d.put(&format!("{fd}/backend-id"), b"0", &fperm);
         d.put(&format!("{fd}/mac"), mac.as_bytes(), &fperm);
@@ -216,13 +209,17 @@ impl<'e, 'h> Pair<'e, 'h> {
     ///
     /// # Errors
     /// [`ConnectFailure`] naming the side that refused.
-    pub fn connect(env: &'e Env<'h>, opts: &Options) -> Result<Self, ConnectFailure> {
+    pub fn connect(
+        env: &'e Env<'h>,
+        xs: &XenstoreSim,
+        opts: &Options,
+    ) -> Result<Self, ConnectFailure> {
         let w = env.world;
         let (fd, bd) = (w.fe_dir(), w.be_dir());
         let be_err = |e: &dyn std::fmt::Debug| ConnectFailure::Back(format!("{e:?}"));
         let fe_err = |e: &dyn std::fmt::Debug| ConnectFailure::Front(format!("{e:?}"));
-        let mut xs0 = w.xs.client(0);
-        let mut xsg = w.xs.client(w.guest.domid());
+        let mut xs0 = xs.client(0);
+        let mut xsg = xs.client(w.guest.domid());
         // Backend: offer, InitWait.
         be_config::publish(&mut xs0, &bd, &opts.back).map_err(|e| be_err(&e))?;
         xs0.write_str(&format!("{bd}/state"), "2")
@@ -279,10 +276,10 @@ impl<'e, 'h> Pair<'e, 'h> {
     /// Tears the connection down as a backend `Closing` would: queues dropped, backend
     /// unmaps and closes, frontend revokes. Returns how many frontend revokes had to be
     /// deferred.
-    pub fn disconnect(mut self) -> usize {
+    pub fn disconnect(mut self, xs: &XenstoreSim) -> usize {
         let w = self.env.world;
-        let mut xs0 = w.xs.client(0);
-        let mut xsg = w.xs.client(w.guest.domid());
+        let mut xs0 = xs.client(0);
+        let mut xsg = xs.client(w.guest.domid());
         let _ = xs0.write_str(&format!("{}/state", w.be_dir()), "5");
         self.front.clear();
         self.back.clear();
