@@ -1876,6 +1876,7 @@ impl<'a> Queue<'a> {
                         } else {
                             Vec::new()
                         },
+                        seq: f.write_seq.unwrap_or(ctx.writes.next),
                     };
                     f.next += 1;
                     match ctx.store.submit(io) {

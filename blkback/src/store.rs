@@ -91,6 +91,11 @@ pub struct Io<'a> {
     pub len: u64,
     /// The data, in order (empty for flush and discard).
     pub segs: Vec<SharedMem<'a>>,
+    /// The order in which the backend took the request from its ring, device-wide, for
+    /// write-class requests (writes, barriers, flushes, discards): a flush with sequence `s`
+    /// is only submitted once every write with a smaller sequence has completed. Reads carry
+    /// the sequence the next write would get. Stores may ignore it; checkers use it.
+    pub seq: u64,
 }
 
 /// Why an I/O failed.
@@ -340,6 +345,7 @@ mod tests {
             offset: 1024,
             len: 1536,
             segs: vec![a, b],
+            seq: 0,
         };
         s.submit(io).unwrap();
         assert_eq!(s.poll_completion(), Some((1, Ok(()))));
@@ -352,6 +358,7 @@ mod tests {
             offset: 1024,
             len: 1536,
             segs: vec![out],
+            seq: 0,
         })
         .unwrap();
         assert_eq!(s.poll_completion(), Some((2, Ok(()))));
@@ -364,6 +371,7 @@ mod tests {
             offset: 16 * 512 - 512,
             len: 1024,
             segs: vec![a],
+            seq: 0,
         })
         .unwrap();
         assert_eq!(s.poll_completion(), Some((3, Err(IoError::OutOfRange))));
@@ -373,6 +381,7 @@ mod tests {
             offset: 1024,
             len: 512,
             segs: vec![],
+            seq: 0,
         })
         .unwrap();
         assert_eq!(s.poll_completion(), Some((4, Ok(()))));
