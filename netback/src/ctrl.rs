@@ -10,13 +10,12 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use xen_gnttab::{copy_grants, CopyPtr, GrantCopy};
-use xen_kmod::{Hypervisor, HypervisorExt};
+use xen_gnttab::{CopyPtr, GrantCopy};
 use xen_netif::hash::{self, types, MAX_KEY};
 use xen_netif::{csum, raw};
 use xen_ring::{BackRing, Fault};
 
-use crate::LocalPage;
+use crate::{DataPlane, LocalPage};
 
 /// Largest mapping table (entries); Linux uses 128 as well.
 pub const MAX_MAPPING: u32 = 128;
@@ -139,7 +138,7 @@ impl McastFilter {
 
 /// The backend end of the control ring.
 #[derive(Debug)]
-pub struct CtrlRing<'a, H: Hypervisor> {
+pub struct CtrlRing<'a, H: DataPlane> {
     hv: H,
     domid: u16,
     port: u32,
@@ -148,7 +147,7 @@ pub struct CtrlRing<'a, H: Hypervisor> {
     failed: Option<Fault>,
 }
 
-impl<'a, H: Hypervisor> CtrlRing<'a, H> {
+impl<'a, H: DataPlane> CtrlRing<'a, H> {
     /// Attaches to the frontend's control ring; `page` receives keys and tables.
     ///
     /// # Errors
@@ -207,9 +206,7 @@ impl<'a, H: Hypervisor> CtrlRing<'a, H> {
             }
         }
         match self.ring.push_responses_and_check_notify() {
-            Ok(nt) if nt.is_required() => {
-                let _ = self.hv.evtchn_send(self.port);
-            }
+            Ok(nt) if nt.is_required() => self.hv.notify(self.port),
             Ok(_) => {}
             Err(f) => {
                 self.failed = Some(f);
@@ -232,7 +229,10 @@ impl<'a, H: Hypervisor> CtrlRing<'a, H> {
             0,
             len16,
         )];
-        copy_grants(&self.hv, &mut op).ok()?;
+        self.hv.copy(&mut op);
+        if !op[0].status.is_ok() {
+            return None;
+        }
         let mut out = vec![0u8; len];
         self.page.mem.copy_to_slice(0, &mut out).ok()?;
         Some(out)

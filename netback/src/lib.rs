@@ -55,6 +55,27 @@ use xen_shmem::SharedMem;
 pub use config::{BackendFeatures, ConfigError, FrontendInfo, Negotiated};
 pub use queue::{Limits, Ports, Queue, QueueError, QueueStats, RxRefused, Work};
 
+/// The data path's two hypervisor services: batched grant copy and notification. Every
+/// [`Hypervisor`] provides them; a test or fuzz harness may provide them directly (with typed
+/// [`xen_gnttab::GrantCopy`] entries instead of raw hypercall structs).
+pub trait DataPlane {
+    /// Performs the copies; each entry's `status` reports its outcome.
+    fn copy(&self, ops: &mut [xen_gnttab::GrantCopy]);
+    /// Sends an event on one of our ports (failures are ignored: a dead peer is noticed by
+    /// the control path).
+    fn notify(&self, port: u32);
+}
+
+impl<H: Hypervisor> DataPlane for H {
+    fn copy(&self, ops: &mut [xen_gnttab::GrantCopy]) {
+        // Per-entry statuses carry the outcome; the aggregate error adds nothing.
+        let _ = xen_gnttab::copy_grants(self, ops);
+    }
+    fn notify(&self, port: u32) {
+        let _ = xen_kmod::HypervisorExt::evtchn_send(self, port);
+    }
+}
+
 /// A page of our own memory used as a grant-copy source or destination.
 #[derive(Debug, Clone, Copy)]
 pub struct LocalPage<'a> {

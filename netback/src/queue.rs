@@ -33,8 +33,7 @@ use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use xen_gnttab::{copy_grants, CopyPtr, GrantCopy};
-use xen_kmod::{Hypervisor, HypervisorExt};
+use xen_gnttab::{CopyPtr, GrantCopy};
 use xen_netif::raw::{RxRequest, RxResponse, TxRequest, TxResponse};
 use xen_netif::tx::{TxAssembler, TxDrop, TxFault, TxPacket};
 use xen_netif::wire::{encode_extra, extra_as_rx_slot, Extra};
@@ -43,7 +42,7 @@ use xen_ring::{BackRing, Fault};
 use xen_sys::consts::{NetRxFlags, NetifStatus};
 
 use crate::config::Negotiated;
-use crate::{LocalPage, NetIo};
+use crate::{DataPlane, LocalPage, NetIo};
 
 /// Pages one packet can need (65535 bytes from page offset 0).
 const PAGES_PER_PACKET: usize = MAX_PACKET.div_ceil(PAGE_SIZE);
@@ -167,7 +166,7 @@ pub struct Ports {
 ///   a fault stops all ring work, so nothing is answered twice.
 /// * `rxq_bytes` is the sum of the queued packets' lengths, `<= limits.rx_queue_bytes`.
 #[derive(Debug)]
-pub struct Queue<'a, H: Hypervisor> {
+pub struct Queue<'a, H: DataPlane> {
     hv: H,
     index: u16,
     domid: u16,
@@ -201,7 +200,7 @@ struct RxPlan {
     extras: Vec<Extra>,
 }
 
-impl<'a, H: Hypervisor> Queue<'a, H> {
+impl<'a, H: DataPlane> Queue<'a, H> {
     /// A queue over rings the frontend initialised (attached without writing to them, so a
     /// reconnecting frontend's rings are never reset by us: mirage-net-xen PR #68), with
     /// staging pages for each direction (at least [`PAGES_PER_PACKET`] each).
@@ -299,9 +298,7 @@ impl<'a, H: Hypervisor> Queue<'a, H> {
     }
 
     fn notify(&self, port: u32) {
-        // A failed notification means the port is gone (peer died); the control path sees
-        // the peer's state change, so there is nothing better to do here.
-        let _ = self.hv.evtchn_send(port);
+        self.hv.notify(port);
     }
 
     /// Handles a TX event: takes up to `tx_budget` packets off the TX ring, delivers the good
@@ -373,8 +370,7 @@ impl<'a, H: Hypervisor> Queue<'a, H> {
             });
         }
         if !ops.is_empty() {
-            // Per-entry statuses are checked below; the aggregate error adds nothing.
-            let _ = copy_grants(&self.hv, &mut ops);
+            self.hv.copy(&mut ops);
         }
         let mut page = 0usize;
         for plan in &plans {
@@ -659,7 +655,7 @@ impl<'a, H: Hypervisor> Queue<'a, H> {
             });
         }
         if !ops.is_empty() {
-            let _ = copy_grants(&self.hv, &mut ops);
+            self.hv.copy(&mut ops);
         }
         for plan in &plans {
             let ok = ops[plan.ops.clone()].iter().all(|o| o.status.is_ok());
