@@ -44,10 +44,11 @@ use xen_xenbus::{Device, Error as XsErr, Store, XenbusState};
 use crate::cache::PersistentCache;
 use crate::env::{BackendEnv, Level, LocalPage};
 use crate::proto::{
-    decode_indirect_page, keys, parse_bool, parse_indirect_segments, parse_u64, Abi, BackRingAny,
-    DataRequest, Limits, Operation, Request, Segment, Segments, Violation, WireRequest,
-    WireResponse, WireSegment, MAX_DIRECT_SEGMENTS, MAX_INDIRECT_PAGES, MAX_INDIRECT_SEGMENTS,
-    MAX_QUEUES, MAX_RING_PAGE_ORDER, PAGE_SIZE, SECTOR_SHIFT, SEGS_PER_INDIRECT_PAGE,
+    decode_indirect_page, keys, parse_bool, parse_indirect_segments, parse_u64, switch_state, Abi,
+    BackRingAny, DataRequest, Limits, Operation, Request, Segment, Segments, Violation,
+    WireRequest, WireResponse, WireSegment, MAX_DIRECT_SEGMENTS, MAX_INDIRECT_PAGES,
+    MAX_INDIRECT_SEGMENTS, MAX_QUEUES, MAX_RING_PAGE_ORDER, PAGE_SIZE, SECTOR_SHIFT,
+    SEGS_PER_INDIRECT_PAGE,
 };
 use crate::store::{BlockStore, DiscardInfo, Io, IoError, IoOp, IoTag, StoreInfo};
 
@@ -575,7 +576,7 @@ impl<'a, E: BackendEnv<'a>, B: BlockStore<'a>> Backend<'a, E, B> {
         self.store = Some(store);
         self.config = Some(config);
         self.offer = Some(offer);
-        dev.switch_state(xs, XenbusState::InitWait)
+        switch_state(xs, dev, XenbusState::InitWait)
     }
 
     fn publish_offer<S: Store + ?Sized>(
@@ -650,7 +651,7 @@ impl<'a, E: BackendEnv<'a>, B: BlockStore<'a>> Backend<'a, E, B> {
                         Level::Info,
                         format_args!("{}: prepare for reconnect", dev.nodename()),
                     );
-                    dev.switch_state(xs, XenbusState::InitWait)?;
+                    switch_state(xs, dev, XenbusState::InitWait)?;
                 }
                 Ok(())
             }
@@ -665,7 +666,7 @@ impl<'a, E: BackendEnv<'a>, B: BlockStore<'a>> Backend<'a, E, B> {
                     Ok(()) => {
                         self.publish_properties(xs, dev)?;
                         self.stats.connections += 1;
-                        dev.switch_state(xs, XenbusState::Connected)
+                        switch_state(xs, dev, XenbusState::Connected)
                     }
                     Err(msg) => {
                         self.fail(Failure::Negotiation(msg));
@@ -676,7 +677,7 @@ impl<'a, E: BackendEnv<'a>, B: BlockStore<'a>> Backend<'a, E, B> {
             XenbusState::Closing => {
                 self.begin_disconnect();
                 if dev.state().can_switch_to(XenbusState::Closing) {
-                    dev.switch_state(xs, XenbusState::Closing)?;
+                    switch_state(xs, dev, XenbusState::Closing)?;
                 }
                 self.service_control(xs, dev)
             }
@@ -687,6 +688,21 @@ impl<'a, E: BackendEnv<'a>, B: BlockStore<'a>> Backend<'a, E, B> {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Closes the device from our side (the administrator, or the backing store going away):
+    /// stops taking requests and switches to `Closing`; the frontend follows, in-flight I/O
+    /// drains, and the connection is torn down. A frontend that reconnects (`Initialising`
+    /// after we are `Closed`) gets a fresh connection.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn close<S: Store + ?Sized>(&mut self, xs: &mut S, dev: &mut Device) -> Result<(), XsErr> {
+        self.begin_disconnect();
+        if dev.state().can_switch_to(XenbusState::Closing) {
+            switch_state(xs, dev, XenbusState::Closing)?;
+        }
+        self.service_control(xs, dev)
     }
 
     /// The device directory is gone: drop everything that can be dropped now.
@@ -724,14 +740,14 @@ impl<'a, E: BackendEnv<'a>, B: BlockStore<'a>> Backend<'a, E, B> {
             dev.write_node(xs, "error", &msg)?;
             self.begin_disconnect();
             if dev.state().can_switch_to(XenbusState::Closing) {
-                dev.switch_state(xs, XenbusState::Closing)?;
+                switch_state(xs, dev, XenbusState::Closing)?;
             }
         }
         self.try_teardown();
         if self.want_closed && self.conn.is_none() {
             self.want_closed = false;
             if dev.state().can_switch_to(XenbusState::Closed) {
-                dev.switch_state(xs, XenbusState::Closed)?;
+                switch_state(xs, dev, XenbusState::Closed)?;
             }
         }
         Ok(())

@@ -1254,6 +1254,25 @@ pub fn parse_u64(v: &[u8]) -> Option<u64> {
     s.parse().ok()
 }
 
+/// Switches our xenbus state, unless our device directory is gone (the toolstack removed it:
+/// writing `state` would re-create it; Linux's `xenbus_switch_state` checks the same way).
+///
+/// # Errors
+/// Store errors; an illegal transition.
+pub fn switch_state<S: xen_xenbus::Store + ?Sized>(
+    xs: &mut S,
+    dev: &mut xen_xenbus::Device,
+    to: xen_xenbus::XenbusState,
+) -> Result<(), xen_xenbus::Error> {
+    if dev.state() == to {
+        return Ok(());
+    }
+    if xs.try_read(dev.nodename())?.is_none() {
+        return Ok(());
+    }
+    dev.switch_state(xs, to)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,9 +38,10 @@ use core::fmt;
 
 use xen_blkback::env::Level;
 use xen_blkback::proto::{
-    encode_indirect_page, keys, parse_bool, parse_u64, Abi, FrontRingAny, WireRequest,
-    WireResponse, WireSegment, MAX_DIRECT_SEGMENTS, MAX_DIRECT_SEGMENTS_U32, MAX_INDIRECT_SEGMENTS,
-    MAX_QUEUES, MAX_RING_PAGE_ORDER, PAGE_SIZE, SECTOR_SHIFT, SEGS_PER_INDIRECT_PAGE,
+    encode_indirect_page, keys, parse_bool, parse_u64, switch_state, Abi, FrontRingAny,
+    WireRequest, WireResponse, WireSegment, MAX_DIRECT_SEGMENTS, MAX_DIRECT_SEGMENTS_U32,
+    MAX_INDIRECT_SEGMENTS, MAX_QUEUES, MAX_RING_PAGE_ORDER, PAGE_SIZE, SECTOR_SHIFT,
+    SEGS_PER_INDIRECT_PAGE,
 };
 use xen_blkback::store::DiscardInfo;
 use xen_gnttab::{GrantRef, Revoke};
@@ -1390,7 +1391,7 @@ impl<'a, E: FrontendEnv<'a>> Frontend<'a, E> {
             Some(v) if v.trim_ascii_end() == b"cdrom"
         );
         if dev.state() == XenbusState::Unknown {
-            dev.switch_state(xs, XenbusState::Initialising)?;
+            switch_state(xs, dev, XenbusState::Initialising)?;
         }
         Ok(())
     }
@@ -1411,11 +1412,11 @@ impl<'a, E: FrontendEnv<'a>> Frontend<'a, E> {
         match state {
             XenbusState::InitWait => {
                 if dev.state() == XenbusState::Closed {
-                    dev.switch_state(xs, XenbusState::Initialising)?;
+                    switch_state(xs, dev, XenbusState::Initialising)?;
                 }
                 if dev.state() == XenbusState::Initialising && self.conn.is_none() {
                     match self.talk(xs, dev) {
-                        Ok(()) => dev.switch_state(xs, XenbusState::Initialised)?,
+                        Ok(()) => switch_state(xs, dev, XenbusState::Initialised)?,
                         Err(msg) => {
                             self.fail(FrontFailure::Negotiation(msg));
                             return self.service_control(xs, dev);
@@ -1428,7 +1429,7 @@ impl<'a, E: FrontendEnv<'a>> Frontend<'a, E> {
                 if dev.state() == XenbusState::Initialised {
                     match self.connect(xs, dev) {
                         Ok(()) => {
-                            dev.switch_state(xs, XenbusState::Connected)?;
+                            switch_state(xs, dev, XenbusState::Connected)?;
                             self.issue();
                         }
                         Err(msg) => {
@@ -1446,14 +1447,14 @@ impl<'a, E: FrontendEnv<'a>> Frontend<'a, E> {
                 if dev.state().can_switch_to(XenbusState::Closing)
                     && dev.state() != XenbusState::Closed
                 {
-                    dev.switch_state(xs, XenbusState::Closing)?;
+                    switch_state(xs, dev, XenbusState::Closing)?;
                 }
                 if dev.state() == XenbusState::Closing {
-                    dev.switch_state(xs, XenbusState::Closed)?;
+                    switch_state(xs, dev, XenbusState::Closed)?;
                 }
                 if state == XenbusState::Closed && self.cfg.reconnect {
                     // Ask a backend that waits for us (Linux blkback) to prepare again.
-                    dev.switch_state(xs, XenbusState::Initialising)?;
+                    switch_state(xs, dev, XenbusState::Initialising)?;
                 }
                 Ok(())
             }
@@ -1533,7 +1534,7 @@ impl<'a, E: FrontendEnv<'a>> Frontend<'a, E> {
             self.abandon();
             dev.write_node(xs, "error", &msg)?;
             if dev.state().can_switch_to(XenbusState::Closing) {
-                dev.switch_state(xs, XenbusState::Closing)?;
+                switch_state(xs, dev, XenbusState::Closing)?;
             }
         }
         self.retry_zombies();

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use xen_blkback::{Backend, BackendConfig};
+use xen_blkback::{Backend, BackendConfig, StoreInfo};
 use xen_blkfront::{
     Bio, BioError, BioOp, BufSeg, Completion, FrontEvent, Frontend, FrontendConfig,
 };
@@ -76,6 +76,11 @@ pub struct Setup {
     pub front_pages: u32,
     /// Backend RAM pages.
     pub back_pages: u32,
+    /// Store properties other than the size (sector sizes, flush, discard), if not the
+    /// file store's defaults.
+    pub store_info: Option<StoreInfo>,
+    /// The toolstack's `discard-enable`.
+    pub discard_enable: bool,
 }
 
 impl Setup {
@@ -92,8 +97,10 @@ impl Setup {
             readonly: false,
             cdrom: false,
             removable: false,
-            front_pages: 3072,
-            back_pages: 2048,
+            front_pages: 1536,
+            back_pages: 768,
+            store_info: None,
+            discard_enable: true,
         }
     }
 }
@@ -260,6 +267,10 @@ pub struct World {
     pub events: Vec<FrontEvent>,
     /// Check completed reads against the model.
     pub verify: bool,
+    /// Advance the simulator's clock one tick per step (delivers delayed events).
+    pub tick_clock: bool,
+    /// Leave deferred store I/O queued (a slow disk).
+    pub store_paused: bool,
     next_tag: u64,
     be_more: bool,
     fe_more: bool,
@@ -306,8 +317,11 @@ impl World {
             .expect("guest"),
         );
         let log = Log::default();
-        let store =
+        let mut store =
             FileStore::create(&temp_image("e2e"), setup.sectors, setup.mode).expect("disk image");
+        if let Some(info) = setup.store_info {
+            store.set_info(info);
+        }
         let xs = XenstoreSim::new();
         let mut be_xs = xs.client(0);
         let mut fe_xs = xs.client(FE);
@@ -354,6 +368,8 @@ impl World {
             results: Vec::new(),
             events: Vec::new(),
             verify: true,
+            tick_clock: false,
+            store_paused: false,
             next_tag: 1,
             be_more: false,
             fe_more: false,
@@ -442,6 +458,9 @@ impl World {
     pub fn step(&mut self) -> bool {
         self.stats.steps += 1;
         let mut any = self.pump_xenstore();
+        if self.tick_clock {
+            any |= self.sim.advance(1) > 0 || self.sim.queued_events() > 0;
+        }
         // Backend: on its events, store completions, or its own request to be polled again.
         let store_ready = self
             .backend
@@ -472,7 +491,7 @@ impl World {
         }
         // Deferred store I/O runs a few at a time, in random order.
         let queued = self.backend.borrow().store().map_or(0, FileStore::queued);
-        if queued > 0 {
+        if queued > 0 && !self.store_paused {
             let n = 1 + self.rng.index(queued);
             let mut be = self.backend.borrow_mut();
             if let Some(s) = be.store_mut() {
@@ -498,6 +517,73 @@ impl World {
         let d = self.frontend.borrow().env().poll_deferred();
         any |= d.completed > 0;
         any
+    }
+
+    /// Random reads and writes (and a flush every `flush_every` bios, 0 for none), `depth`
+    /// in flight, each of 1..=`max_segs` segments with random `first_sect..=last_sect`, at
+    /// random sectors; in-flight bios never overlap, so every read has one right answer.
+    /// Runs until all completed and checks every one succeeded.
+    ///
+    /// # Panics
+    /// On a failed bio, a stall (bios in flight and nothing moving), or a read mismatch.
+    pub fn random_io(&mut self, ops: usize, max_segs: usize, depth: usize, flush_every: usize) {
+        let sectors = (self.model.bytes.len() / 512) as u64;
+        let mut submitted = 0;
+        let mut idle = 0;
+        while submitted < ops || !self.issued.is_empty() {
+            while submitted < ops && self.issued.len() < depth {
+                let nseg = 1 + self.rng.index(max_segs);
+                let segs: Vec<(u8, u8)> = (0..nseg)
+                    .map(|_| {
+                        let f = self.rng.below(8) as u8;
+                        let l = f + self.rng.below(u64::from(8 - f)) as u8;
+                        (f, l)
+                    })
+                    .collect();
+                let total: u64 = segs.iter().map(|&(f, l)| u64::from(l - f + 1)).sum();
+                let sector = self.rng.below(sectors - total);
+                let busy = self.issued.values().any(|(i, _)| {
+                    i.sectors > 0 && sector < i.sector + i.sectors && i.sector < sector + total
+                });
+                if busy {
+                    continue;
+                }
+                let op = if self.rng.below(2) == 0 {
+                    BioOp::Write
+                } else {
+                    BioOp::Read
+                };
+                let r = self.io(op, sector, &segs);
+                assert!(r.is_ok(), "submit refused: {r:?}\n{self:?}");
+                submitted += 1;
+                if flush_every > 0 && submitted % flush_every == 0 {
+                    let r = self.flush();
+                    assert!(r.is_ok(), "flush refused: {r:?}");
+                }
+            }
+            if self.step() {
+                idle = 0;
+            } else {
+                idle += 1;
+                assert!(
+                    idle < 50,
+                    "stalled with {} bios in flight\n{self:?}\n{:#?}",
+                    self.issued.len(),
+                    self.log.lines()
+                );
+            }
+        }
+        self.run_until_idle(1000);
+        assert_eq!(
+            self.stats.failed,
+            0,
+            "failed bios: {:?}\n{:#?}",
+            self.results
+                .iter()
+                .filter(|r| r.1.is_err())
+                .collect::<Vec<_>>(),
+            self.log.lines()
+        );
     }
 
     /// Steps until nothing happens (or `max` steps); returns the steps taken.
@@ -772,6 +858,9 @@ fn toolstack_attach(xs: &XenstoreSim, s: &Setup) {
         &be,
     );
     d.put(&format!("{bd}/online"), b"1", &be);
+    if !s.discard_enable {
+        d.put(&format!("{bd}/discard-enable"), b"0", &be);
+    }
     d.put(&format!("{bd}/state"), b"1", &be);
     d.put(&format!("{fd}/backend"), bd.as_bytes(), &fe);
     d.put(&format!("{fd}/backend-id"), b"0", &fe);
