@@ -89,6 +89,51 @@ mod tests {
         assert_eq!(ec.fifo_refused(), Some(XenError::ENOSYS));
     }
 
+    /// The FIFO ABI end to end: both domains negotiate it with a simulator that offers it,
+    /// events cross both ways on vCPU 0 and 1, and a masked port holds its event until unmasked.
+    #[test]
+    fn fifo_abi_when_the_simulator_offers_it() {
+        let sim = SimHypervisor::new(SimConfig {
+            fifo: xen_tests::xensim::hypervisor::FifoSupport::Supported,
+            ..SimConfig::default()
+        });
+        let dom0 = sim.create_domain(DomainConfig::dom0()).unwrap();
+        let guest = sim
+            .create_domain(DomainConfig {
+                vcpus: 2,
+                ..DomainConfig::guest()
+            })
+            .unwrap();
+        let mut back = core(&dom0, 1, ThrottleConfig::default());
+        let mut front = core(&guest, 2, ThrottleConfig::default());
+        assert_eq!(back.abi(), Abi::Fifo);
+        assert_eq!(front.abi(), Abi::Fifo);
+        assert_eq!(front.fifo_refused(), None);
+        let (bp, fp) = connect(&mut back, &mut front, dom0.domid(), guest.domid());
+        for round in 0..5u64 {
+            front.notify(fp).unwrap();
+            sim.run_until_idle();
+            assert_eq!(poll(&mut back, 0, round), [Event { port: bp, token: 1 }]);
+            assert!(poll(&mut back, 0, round).is_empty(), "delivered once");
+            back.notify(bp).unwrap();
+            sim.run_until_idle();
+            assert_eq!(poll(&mut front, 0, round), [Event { port: fp, token: 2 }]);
+        }
+        front.bind_vcpu(fp, 1).unwrap();
+        back.notify(bp).unwrap();
+        sim.run_until_idle();
+        assert!(poll(&mut front, 0, 10).is_empty());
+        assert_eq!(poll(&mut front, 1, 10), [Event { port: fp, token: 2 }]);
+        // Masked: the event waits in the port, and unmasking delivers it.
+        front.mask(fp).unwrap();
+        back.notify(bp).unwrap();
+        sim.run_until_idle();
+        assert!(poll(&mut front, 1, 20).is_empty(), "masked port delivered");
+        front.unmask(fp).unwrap();
+        sim.run_until_idle();
+        assert_eq!(poll(&mut front, 1, 21), [Event { port: fp, token: 2 }]);
+    }
+
     #[test]
     fn two_domains_exchange_events_both_ways() {
         let (sim, dom0, guest) = pair();
