@@ -45,9 +45,8 @@ mod panic_handler {
     #[panic_handler]
     fn on_panic(info: &core::panic::PanicInfo<'_>) -> ! {
         let mut message = LineBuf::new();
-        // The location and the message, without `PanicInfo`'s own Display: formatting only
-        // strings and integers keeps float formatting (and with it x87 code on i386) out of
-        // the modules. Formatting into LineBuf cannot fail; truncation is fine.
+        // "file:line: message" on one line (PanicInfo's own Display spreads it over two).
+        // Formatting into LineBuf cannot fail; truncation is fine.
         if let Some(location) = info.location() {
             let _ = write!(message, "{}:{}: ", location.file(), location.line());
         }
