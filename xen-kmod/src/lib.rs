@@ -16,6 +16,7 @@ mod error;
 pub mod ext;
 pub mod hvm;
 pub mod hypervisor;
+pub mod privcmd;
 pub mod shared;
 
 pub use error::XenError;

@@ -16,6 +16,7 @@ pub mod xenstored;
 pub mod events;
 pub mod faults;
 pub mod fifo;
+pub mod foreign;
 pub mod grants;
 pub mod hypervisor;
 pub mod memory;
