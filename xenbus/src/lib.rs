@@ -56,6 +56,7 @@ pub mod path;
 pub mod perms;
 pub mod ring;
 pub mod wire;
+pub mod xsdev;
 
 pub use blocking::{Store, Transport, Tx, Xs};
 pub use bus::{Bus, Device, Driver, Role, XenStore, XenbusState};
