@@ -22,28 +22,9 @@ pub const MAX_MAPPING: u32 = 128;
 /// Largest multicast filter (Linux's `XEN_NETBK_MCAST_MAX`).
 pub const MAX_MCAST: usize = 64;
 
-/// `XEN_NETIF_CTRL_TYPE_*`.
-mod ty {
-    pub const SET_HASH_ALGORITHM: u16 = 7;
-    pub const GET_HASH_FLAGS: u16 = 1;
-    pub const SET_HASH_FLAGS: u16 = 2;
-    pub const SET_HASH_KEY: u16 = 3;
-    pub const GET_HASH_MAPPING_SIZE: u16 = 4;
-    pub const SET_HASH_MAPPING_SIZE: u16 = 5;
-    pub const SET_HASH_MAPPING: u16 = 6;
-}
-
-/// `XEN_NETIF_CTRL_STATUS_*`.
-pub mod status {
-    /// Success.
-    pub const SUCCESS: u32 = 0;
-    /// Not supported.
-    pub const NOT_SUPPORTED: u32 = 1;
-    /// Invalid parameter.
-    pub const INVALID_PARAMETER: u32 = 2;
-    /// Buffer overflow.
-    pub const BUFFER_OVERFLOW: u32 = 3;
-}
+/// `XEN_NETIF_CTRL_STATUS_*` (re-exported from `xen_netif::ctrl`).
+pub use xen_netif::ctrl::status;
+use xen_netif::ctrl::ty;
 
 /// Receive steering state of one vif (shared by its queues).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,11 +176,9 @@ impl<'a, H: DataPlane> CtrlRing<'a, H> {
                 }
             };
             n += 1;
-            // CAST: the low and high halves of a 32-bit word.
-            let id = (req[0] & 0xffff) as u16;
-            let kind = (req[0] >> 16) as u16;
+            let (id, kind) = xen_netif::ctrl::split_word0(req[0]);
             let (status, data) = self.handle(st, kind, [req[1], req[2], req[3]]);
-            let rsp: raw::CtrlResponse = [u32::from(id) | u32::from(kind) << 16, status, data];
+            let rsp: raw::CtrlResponse = [xen_netif::ctrl::word0(id, kind), status, data];
             if let Err(xen_ring::PushError::Fault(f)) = self.ring.push_response(&rsp) {
                 self.failed = Some(f);
                 return Err(f);

@@ -18,6 +18,7 @@
 //! * [`queue::Queue`]: one queue's data path (sans-IO: the caller polls on events).
 //! * [`negotiate`]: read the backend's offer, build queues through a [`FrontendPlatform`]
 //!   (pages, grants, event channels), publish our keys; [`Resources`] releases everything.
+//! * [`ctrl`]: the control-ring client (Toeplitz steering configured in the backend).
 //! * [`arp`]: the gratuitous ARP sent after a reconnect, so switches relearn the MAC.
 //!
 //! Multi-queue uses `queue-N/…` keys with `multi-queue-num-queues`; split event channels use
@@ -29,11 +30,13 @@
 extern crate alloc;
 
 pub mod arp;
+pub mod ctrl;
 pub mod negotiate;
 pub mod queue;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
+pub use ctrl::{CtrlClient, CtrlError, Outcome, Toeplitz};
 pub use negotiate::{BackendOffer, FrontendConfig, FrontendPlatform, PlatformError, Resources};
 pub use queue::{FrontError, Ports, Queue, SendError, SharedPage, Stats, Work};

@@ -16,6 +16,7 @@ use xen_netif::keys;
 use xen_shmem::SharedMem;
 use xen_xenbus::{Error, Store, XsError};
 
+use crate::ctrl::CtrlClient;
 use crate::queue::{Features, Ports, Queue, SharedPage};
 
 /// What the backend offers.
@@ -58,6 +59,8 @@ pub struct FrontendConfig {
     pub ipv6_csum: bool,
     /// Ask the backend to filter multicast.
     pub request_mcast: bool,
+    /// Set up the control ring when the backend offers one (for Toeplitz steering).
+    pub ctrl_ring: bool,
 }
 
 impl Default for FrontendConfig {
@@ -70,6 +73,7 @@ impl Default for FrontendConfig {
             csum: true,
             ipv6_csum: true,
             request_mcast: false,
+            ctrl_ring: true,
         }
     }
 }
@@ -211,6 +215,15 @@ pub struct QueueKeys {
     pub ports: Ports,
 }
 
+/// The control ring's keys, to publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtrlKeys {
+    /// `ctrl-ring-ref`.
+    pub ring_ref: u32,
+    /// `event-channel-ctrl`.
+    pub port: u32,
+}
+
 /// A set-up connection: queues, keys to publish, resources.
 #[derive(Debug)]
 pub struct Setup<'a, P: FrontendPlatform<'a>> {
@@ -220,6 +233,10 @@ pub struct Setup<'a, P: FrontendPlatform<'a>> {
     pub keys: Vec<QueueKeys>,
     /// Whether split event channels are used.
     pub split: bool,
+    /// The control ring, when the backend offered one and we wanted it.
+    pub ctrl: Option<CtrlClient<'a, P::Hv>>,
+    /// Its keys, to publish.
+    pub ctrl_keys: Option<CtrlKeys>,
     /// Release after the queues are gone.
     pub resources: Resources<P::Grant>,
 }
@@ -261,10 +278,12 @@ pub fn setup<'a, P: FrontendPlatform<'a>>(
         ports: Vec::new(),
     };
     match build(p, backend, offer, cfg, trusted, &mut res) {
-        Ok((queues, keys, split)) => Ok(Setup {
+        Ok((queues, keys, split, ctrl)) => Ok(Setup {
             queues,
             keys,
             split,
+            ctrl_keys: ctrl.as_ref().map(|(k, _)| *k),
+            ctrl: ctrl.map(|(_, c)| c),
             resources: res,
         }),
         Err(e) => {
@@ -278,6 +297,7 @@ type Built<'a, P> = (
     Vec<Queue<'a, <P as FrontendPlatform<'a>>::Hv>>,
     Vec<QueueKeys>,
     bool,
+    Option<(CtrlKeys, CtrlClient<'a, <P as FrontendPlatform<'a>>::Hv>)>,
 );
 
 fn build<'a, P: FrontendPlatform<'a>>(
@@ -352,7 +372,26 @@ fn build<'a, P: FrontendPlatform<'a>>(
             ports,
         });
     }
-    Ok((queues, keys, split))
+    // The control ring: its ring page (read-write) and one data page for keys and mapping
+    // tables, granted read-only (the backend only ever copies from it).
+    let ctrl = if cfg.ctrl_ring && offer.ctrl_ring {
+        let ring = page(p, res, be, false)?;
+        let data = page(p, res, be, true)?;
+        let port = p.alloc_unbound(be)?;
+        res.ports.push(port);
+        let c = CtrlClient::new(p.hypervisor(), port, nq, ring.mem, data)
+            .map_err(|_| PlatformError::Ring)?;
+        Some((
+            CtrlKeys {
+                ring_ref: ring.gref,
+                port,
+            },
+            c,
+        ))
+    } else {
+        None
+    };
+    Ok((queues, keys, split, ctrl))
 }
 
 /// Writes our keys into our directory `fe` (before switching to `Connected`).
@@ -364,6 +403,7 @@ pub fn publish<S: Store + ?Sized>(
     fe: &str,
     keys_: &[QueueKeys],
     split: bool,
+    ctrl: Option<CtrlKeys>,
     offer: &BackendOffer,
     cfg: &FrontendConfig,
 ) -> Result<(), Error> {
@@ -388,6 +428,8 @@ pub fn publish<S: Store + ?Sized>(
         keys::EVTCHN_TX,
         keys::EVTCHN_RX,
         keys::MQ_NUM_QUEUES,
+        keys::CTRL_RING_REF,
+        keys::EVTCHN_CTRL,
     ] {
         match xs.rm(&format!("{fe}/{k}")) {
             Ok(()) | Err(Error::Xs(XsError::NoEnt)) => {}
@@ -402,6 +444,10 @@ pub fn publish<S: Store + ?Sized>(
         for (i, q) in (0u32..).zip(keys_) {
             queue(xs, &format!("{fe}/{}", keys::queue_dir(i)), q)?;
         }
+    }
+    if let Some(c) = ctrl {
+        w(xs, fe, keys::CTRL_RING_REF, c.ring_ref)?;
+        w(xs, fe, keys::EVTCHN_CTRL, c.port)?;
     }
     let sg = cfg.sg && offer.sg;
     let flags: [(&str, bool); 8] = [

@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod csum;
+pub mod ctrl;
 pub mod hash;
 pub mod keys;
 pub mod rx;

@@ -332,19 +332,21 @@ mod tests {
                     }
                 }
             });
-            // Host stack → netback.
+            // Host stack → netback: the vif's multicast filter and steering (as configured
+            // over the control ring) pick the queue.
             s.spawn(|| {
-                let steer = Steering::new(nq);
                 let mut buf = vec![0u8; 10 + 65536];
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(Some((n, meta))) = tap_b.recv(&mut buf, 10) else {
                         continue;
                     };
                     let pkt = &buf[10..10 + n];
-                    let qi = usize::from(steer.select(pkt).0);
-                    let mut q = pair.back[qi].lock().unwrap();
-                    let _ = q.enqueue_rx(pkt, &meta);
-                    let _ = q.process_rx(now(start));
+                    if let Some(qi) = pair.host_to_guest(pkt, &meta) {
+                        let _ = pair.back[usize::from(qi)]
+                            .lock()
+                            .unwrap()
+                            .process_rx(now(start));
+                    }
                 }
             });
         });
@@ -357,6 +359,8 @@ mod tests {
         /// Offloads of the TAPs (what the kernels may hand us).
         tap: TapOffloads,
         tcp_bytes: usize,
+        /// A Toeplitz mapping table to install over the control ring (all hash types).
+        steer: Option<Vec<u32>>,
     }
 
     fn full() -> Case {
@@ -369,6 +373,7 @@ mod tests {
                 tso: true,
             },
             tcp_bytes: 64 << 20,
+            steer: None,
         }
     }
 
@@ -399,6 +404,17 @@ mod tests {
         let rounds = if reconnect { 2 } else { 1 };
         for round in 0..rounds {
             let pair = Pair::connect(&env, &xs, &opts).expect("connect");
+            if let Some(mapping) = &case.steer {
+                let t = xen_netfront::Toeplitz {
+                    flags: xen_netif::hash::types::ALL,
+                    key: (0u8..40).map(|i| i.wrapping_mul(37) ^ 0x5a).collect(),
+                    mapping: mapping.clone(),
+                };
+                assert_eq!(
+                    pair.configure_toeplitz(t).expect("control ring"),
+                    xen_netfront::Outcome::Configured
+                );
+            }
             let f = pair.info.features;
             let tap_b_off = Offloads {
                 csum: case.tap.csum,
@@ -429,6 +445,16 @@ mod tests {
                 let q = q.lock().unwrap();
                 assert!(q.failure().is_none(), "backend queue {i} failed");
                 eprintln!("[{}] backend q{i}: {:?}", case.tag, q.stats());
+                if let Some(mapping) = &case.steer {
+                    // Hashable traffic goes only where the table says; what no enabled hash
+                    // type covers (ARP) falls back to queue 0.
+                    let named = mapping.contains(&u32::try_from(i).unwrap());
+                    let rx = q.stats().rx_packets;
+                    assert!(
+                        if named { rx > 0 } else { i == 0 || rx == 0 },
+                        "queue {i}: {rx} packets, mapping {mapping:?}"
+                    );
+                }
             }
             for (i, q) in pair.front.iter().enumerate() {
                 let q = q.lock().unwrap();
@@ -489,6 +515,7 @@ mod tests {
                 tso: false,
             },
             tcp_bytes: 16 << 20,
+            steer: None,
         };
         with_pair(&case, false, traffic(&case));
     }
@@ -513,6 +540,7 @@ mod tests {
                 tso: false,
             },
             tcp_bytes: 16 << 20,
+            steer: None,
         };
         with_pair(&case, false, traffic(&case));
     }
@@ -538,6 +566,18 @@ mod tests {
                 tso: false,
             },
             tcp_bytes: 16 << 20,
+            steer: None,
+        };
+        with_pair(&case, false, traffic(&case));
+    }
+
+    #[test]
+    fn e2e_toeplitz_steering_over_the_control_ring() {
+        let case = Case {
+            tag: "rss",
+            tcp_bytes: 8 << 20,
+            steer: Some(vec![1, 3, 3, 1, 1, 3]),
+            ..full()
         };
         with_pair(&case, false, traffic(&case));
     }

@@ -263,4 +263,95 @@ mod tests {
         assert!(io.packets.is_empty());
         assert_eq!(p.front[0].lock().unwrap().stats().tx_errors, 0);
     }
+
+    /// The Microsoft RSS verification key.
+    const RSS_KEY: [u8; 40] = [
+        0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f,
+        0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30,
+        0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+    ];
+
+    /// A TCP/IPv4 frame of one flow (`sport`), host → guest.
+    fn flow(sport: u16) -> Vec<u8> {
+        let mut f = tcp4(200, 3);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        csum::fill_full(&mut f).unwrap();
+        f
+    }
+
+    #[test]
+    fn ctrl_ring_toeplitz_steers_flows_to_the_mapped_queues() {
+        use xen_netfront::{Outcome, Toeplitz};
+        use xen_netif::hash::{toeplitz, types};
+
+        let w = World::new(4);
+        let xs = XenstoreSim::new();
+        w.toolstack(&xs, MAC, true);
+        let env = Env::new(&w);
+        let p = Pair::connect(&env, &xs, &Options::default()).unwrap();
+        assert_eq!(p.front.len(), 4);
+        // The frontend set up the ring because the backend offered it, and published its keys.
+        assert!(p.info.ctrl.is_some() && p.ctrl.is_some() && p.front_ctrl.is_some());
+        let d = xs.daemon();
+        for k in ["ctrl-ring-ref", "event-channel-ctrl"] {
+            assert!(d.value(&format!("{}/{k}", w.fe_dir())).is_some(), "{k}");
+        }
+        drop(d);
+        // Locally invalid configurations never reach the backend.
+        let bad = Toeplitz {
+            flags: types::IPV4_TCP,
+            key: RSS_KEY.to_vec(),
+            mapping: vec![0, 4],
+        };
+        assert!(p
+            .front_ctrl
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .configure_toeplitz(bad)
+            .is_err());
+        // Larger than the backend's table: it says so, and nothing is half-installed.
+        let big = Toeplitz {
+            flags: types::IPV4_TCP,
+            key: RSS_KEY.to_vec(),
+            mapping: vec![1; 200],
+        };
+        assert_eq!(
+            p.configure_toeplitz(big).unwrap(),
+            Outcome::MappingTooLarge { max: 128 }
+        );
+        let mut io = Collect::default();
+        for mapping in [vec![2u32; 8], vec![3, 1, 0, 2, 2, 0, 1, 3, 0, 0, 1]] {
+            let t = Toeplitz {
+                flags: types::IPV4 | types::IPV4_TCP,
+                key: RSS_KEY.to_vec(),
+                mapping: mapping.clone(),
+            };
+            assert_eq!(p.configure_toeplitz(t).unwrap(), Outcome::Configured);
+            let mut got = Vec::new();
+            let mut want = Vec::new();
+            for sport in 1000..1064u16 {
+                let pkt = flow(sport);
+                // The hash input of TCP/IPv4: addresses, then ports.
+                let mut input = pkt[26..34].to_vec();
+                input.extend_from_slice(&pkt[34..38]);
+                let h = toeplitz(&RSS_KEY, &input);
+                let q = u16::try_from(mapping[h as usize % mapping.len()]).unwrap();
+                want.push((q, h));
+                assert_eq!(p.host_to_guest(&pkt, &PacketMeta::default()), Some(q));
+                settle(&p, &mut io, &mut got);
+            }
+            assert_eq!(got.len(), want.len());
+            for ((q, data, meta), (wq, h)) in got.iter().zip(&want) {
+                assert_eq!(q, wq, "flow steered to the mapped queue");
+                assert_eq!(meta.hash, Some((1, *h)), "the hash reaches the guest");
+                assert_eq!(data.len(), 200);
+            }
+            if mapping.len() > 8 {
+                let used: std::collections::BTreeSet<u16> = got.iter().map(|g| g.0).collect();
+                assert_eq!(used.len(), 4, "every queue the mapping names is used");
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use xen_gnttab::GrantTable;
 use xen_netback::config::{self as be_config, BackendFeatures};
-use xen_netback::ctrl::CtrlRing;
+use xen_netback::ctrl::{CtrlRing, McastFilter, Steering};
 use xen_netback::{Limits, NetIo};
 use xen_netfront::negotiate::{self, FrontendConfig};
 use xen_netif::PacketMeta;
@@ -167,6 +167,8 @@ impl Default for Options {
 pub type FrontQueue<'h> = xen_netfront::Queue<'h, &'h DomainHandle>;
 /// A backend queue.
 pub type BackQueue<'h> = xen_netback::Queue<'h, &'h DomainHandle>;
+/// The frontend's control-ring client.
+pub type FrontCtrl<'h> = xen_netfront::CtrlClient<'h, &'h DomainHandle>;
 
 /// A connected pair.
 pub struct Pair<'e, 'h> {
@@ -177,6 +179,13 @@ pub struct Pair<'e, 'h> {
     pub back: Vec<Mutex<BackQueue<'h>>>,
     /// The backend's control ring.
     pub ctrl: Option<Mutex<CtrlRing<'h, &'h DomainHandle>>>,
+    /// The frontend's control-ring client.
+    pub front_ctrl: Option<Mutex<FrontCtrl<'h>>>,
+    /// The backend's per-vif receive steering (configured through the control ring).
+    pub steering: Mutex<Steering>,
+    /// The backend's per-vif multicast filter (fed by the frontend's multicast control
+    /// requests; applied when `request-multicast-control` was negotiated).
+    pub mcast: Mutex<McastFilter>,
     /// The frontend's MAC.
     pub mac: [u8; 6],
     /// What the backend read from the frontend.
@@ -233,8 +242,16 @@ impl<'e, 'h> Pair<'e, 'h> {
         let mut fe_plat = SimFrontend::new(&w.guest, &env.fe_hub, &env.table);
         let setup = negotiate::setup(&mut fe_plat, 0, &offer, &opts.front, trusted)
             .map_err(|e| fe_err(&e))?;
-        negotiate::publish(&mut xsg, &fd, &setup.keys, setup.split, &offer, &opts.front)
-            .map_err(|e| fe_err(&e))?;
+        negotiate::publish(
+            &mut xsg,
+            &fd,
+            &setup.keys,
+            setup.split,
+            setup.ctrl_keys,
+            &offer,
+            &opts.front,
+        )
+        .map_err(|e| fe_err(&e))?;
         xsg.write_str(&format!("{fd}/state"), "4")
             .map_err(|e| fe_err(&e))?;
         // Backend: read the frontend, connect, Connected.
@@ -253,11 +270,15 @@ impl<'e, 'h> Pair<'e, 'h> {
             let k = env.be_hub.kick(q.ports().tx);
             env.be_hub.set_kick(q.ports().rx, k);
         }
+        let nq = u32::try_from(conn.queues.len()).unwrap_or(1);
         Ok(Pair {
             env,
             front: setup.queues.into_iter().map(Mutex::new).collect(),
             back: conn.queues.into_iter().map(Mutex::new).collect(),
             ctrl: conn.ctrl.map(Mutex::new),
+            front_ctrl: setup.ctrl.map(Mutex::new),
+            steering: Mutex::new(Steering::new(nq)),
+            mcast: Mutex::new(McastFilter::default()),
             mac,
             info,
             fe_plat,
@@ -284,6 +305,7 @@ impl<'e, 'h> Pair<'e, 'h> {
         self.front.clear();
         self.back.clear();
         self.ctrl = None;
+        self.front_ctrl = None;
         if let Some(r) = self.be_res.take() {
             r.release(&mut self.be_plat);
         }
@@ -321,6 +343,7 @@ impl<'e, 'h> Pair<'e, 'h> {
         deliver: &mut impl FnMut(u16, &[u8], &PacketMeta),
     ) -> Result<bool, String> {
         let mut more = false;
+        self.pump_ctrl()?;
         for b in &self.back {
             let mut b = b.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             more |= b.process_tx(io).map_err(|e| format!("back tx {e:?}"))?.more;
@@ -340,6 +363,76 @@ impl<'e, 'h> Pair<'e, 'h> {
         }
         Ok(more)
     }
+
+    /// One round of the control ring: the frontend issues/collects, the backend answers.
+    /// Returns the frontend's outcome when a configuration ended.
+    ///
+    /// # Errors
+    /// A control-ring failure on either side, as text.
+    pub fn pump_ctrl(&self) -> Result<Option<xen_netfront::Outcome>, String> {
+        let mut outcome = None;
+        for _ in 0..16 {
+            if let Some(c) = &self.ctrl {
+                let mut st = lock(&self.steering);
+                lock(c)
+                    .process(&mut st)
+                    .map_err(|e| format!("back ctrl {e:?}"))?;
+            }
+            if let Some(c) = &self.front_ctrl {
+                let mut c = lock(c);
+                if let Some(o) = c.poll().map_err(|e| format!("front ctrl {e:?}"))? {
+                    outcome = Some(o);
+                }
+                if !c.is_busy() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Installs a Toeplitz configuration through the control ring and runs it to its end.
+    ///
+    /// # Errors
+    /// No control ring, a refused configuration, or a control-ring failure, as text.
+    pub fn configure_toeplitz(
+        &self,
+        t: xen_netfront::Toeplitz,
+    ) -> Result<xen_netfront::Outcome, String> {
+        let c = self.front_ctrl.as_ref().ok_or("no control ring")?;
+        lock(c)
+            .configure_toeplitz(t)
+            .map_err(|e| format!("{e:?}"))?;
+        for _ in 0..64 {
+            if let Some(o) = self.pump_ctrl()? {
+                return Ok(o);
+            }
+        }
+        Err("configuration did not finish".into())
+    }
+
+    /// Host → guest as a backend's transmit routine would: the multicast filter (when the
+    /// frontend asked for it), then the steering picks the queue; the hash travels to the guest
+    /// when Toeplitz hashing is configured. Returns the queue, or `None` when the packet was
+    /// filtered or refused.
+    pub fn host_to_guest(&self, data: &[u8], meta: &PacketMeta) -> Option<u16> {
+        if self.info.features.mcast_filter && !lock(&self.mcast).passes(data) {
+            return None;
+        }
+        let (q, hash) = lock(&self.steering).select(data);
+        let mut meta = *meta;
+        if hash.is_some() {
+            meta.hash = hash;
+        }
+        let b = self.back.get(usize::from(q))?;
+        lock(b).enqueue_rx(data, &meta).ok().map(|()| q)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for Pair<'_, '_> {
@@ -347,6 +440,7 @@ impl Drop for Pair<'_, '_> {
         self.front.clear();
         self.back.clear();
         self.ctrl = None;
+        self.front_ctrl = None;
         if let Some(r) = self.be_res.take() {
             r.release(&mut self.be_plat);
         }
