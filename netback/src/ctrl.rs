@@ -106,6 +106,18 @@ impl McastFilter {
         self.addrs.retain(|a| *a != mac);
     }
 
+    /// Applies one of the frontend's multicast control requests (`MCAST_ADD` when `add`,
+    /// else `MCAST_DEL`); `false` when an add found the filter full (the request is then
+    /// answered with an error, as Linux's netback does).
+    pub fn apply(&mut self, add: bool, mac: [u8; 6]) -> bool {
+        if add {
+            self.add(mac)
+        } else {
+            self.del(mac);
+            true
+        }
+    }
+
     /// Whether a frame to `dst` passes: unicast and broadcast always do, multicast only when
     /// listed.
     #[must_use]

@@ -26,7 +26,7 @@ mod tests {
     use xen_netfront::negotiate::FrontendConfig;
     use xen_netfront::SendError;
     use xen_netif::PacketMeta;
-    use xen_tests::net::pair::{Env, Options, Pair, World};
+    use xen_tests::net::pair::{Env, Options, Pair, VifIo, World};
     use xen_tests::net::sys;
     use xen_tests::net::tap::{Tap, TapOffloads};
     use xen_tests::xensim::xenstored::XenstoreSim;
@@ -263,9 +263,13 @@ mod tests {
             for q in &pair.back {
                 let kick = env.be_hub.kick(q.lock().unwrap().ports().tx);
                 s.spawn(move || {
-                    let mut io = TapIo {
+                    let mut tap = TapIo {
                         tap: tap_b,
                         offloads: tap_b_off,
+                    };
+                    let mut io = VifIo {
+                        io: &mut tap,
+                        mcast: &pair.mcast,
                     };
                     let mut seen = 0;
                     while !stop.load(Ordering::Relaxed) {

@@ -354,4 +354,87 @@ mod tests {
             }
         }
     }
+
+    /// A UDP/IPv4 datagram to the multicast group `224.0.0.<g>` (MAC `01:00:5e:00:00:<g>`).
+    fn mcast_udp(g: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8 + 32];
+        f[..6].copy_from_slice(&[1, 0, 0x5e, 0, 0, g]);
+        f[6..12].copy_from_slice(&[0, 0x16, 0x3e, 1, 1, 1]);
+        f[12] = 8;
+        f[14] = 0x45;
+        let ip_len = u16::try_from(f.len() - 14).unwrap();
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        f[22] = 1;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&[10, 0, 0, 2]);
+        f[30..34].copy_from_slice(&[224, 0, 0, g]);
+        f[34..36].copy_from_slice(&5353u16.to_be_bytes());
+        f[36..38].copy_from_slice(&5353u16.to_be_bytes());
+        f[38..40].copy_from_slice(&40u16.to_be_bytes());
+        csum::fill_full(&mut f).unwrap();
+        f
+    }
+
+    #[test]
+    fn multicast_filter_delivers_only_subscribed_groups() {
+        let w = World::new(2);
+        let xs = XenstoreSim::new();
+        w.toolstack(&xs, MAC, true);
+        let env = Env::new(&w);
+        let opts = Options {
+            front: FrontendConfig {
+                queues: 2,
+                request_mcast: true,
+                ..FrontendConfig::default()
+            },
+            ..Options::default()
+        };
+        let p = Pair::connect(&env, &xs, &opts).unwrap();
+        assert!(p.info.features.mcast_filter);
+        let mut io = Collect::default();
+        let mut got = Vec::new();
+        let deliver = |g: u8, io: &mut Collect, got: &mut Vec<_>| {
+            let before = got.len();
+            let queued = p.host_to_guest(&mcast_udp(g), &PacketMeta::default());
+            settle(&p, io, got);
+            assert_eq!(queued.is_some(), got.len() > before);
+            got.len() > before
+        };
+        // Nothing subscribed: multicast is filtered; unicast and broadcast pass.
+        assert!(!deliver(0xfb, &mut io, &mut got));
+        let mut bcast = mcast_udp(0xfb);
+        bcast[..6].copy_from_slice(&[0xff; 6]);
+        assert!(p.host_to_guest(&bcast, &PacketMeta::default()).is_some());
+        assert!(p
+            .host_to_guest(&tcp4(100, 1), &PacketMeta::default())
+            .is_some());
+        settle(&p, &mut io, &mut got);
+        assert_eq!(got.len(), 2);
+        // Subscribe to .251 (through the frontend's MCAST_ADD on the TX ring).
+        let g251 = [1, 0, 0x5e, 0, 0, 0xfb];
+        p.front[1].lock().unwrap().send_mcast(true, g251).unwrap();
+        settle(&p, &mut io, &mut got);
+        assert!(
+            deliver(0xfb, &mut io, &mut got),
+            "subscribed group delivered"
+        );
+        assert!(!deliver(0xfc, &mut io, &mut got), "other group filtered");
+        // Unsubscribe (MCAST_DEL): filtered again.
+        p.front[0].lock().unwrap().send_mcast(false, g251).unwrap();
+        settle(&p, &mut io, &mut got);
+        assert!(!deliver(0xfb, &mut io, &mut got));
+        assert_eq!(io.mcast, [(true, g251), (false, g251)]);
+        for f in &p.front {
+            assert_eq!(f.lock().unwrap().stats().tx_errors, 0);
+        }
+        drop(p);
+        // Without `request-multicast-control` every group passes.
+        let mut opts = opts;
+        opts.front.request_mcast = false;
+        let p = Pair::connect(&env, &xs, &opts).unwrap();
+        assert!(!p.info.features.mcast_filter);
+        assert!(p
+            .host_to_guest(&mcast_udp(0xfc), &PacketMeta::default())
+            .is_some());
+    }
 }

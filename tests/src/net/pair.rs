@@ -344,9 +344,16 @@ impl<'e, 'h> Pair<'e, 'h> {
     ) -> Result<bool, String> {
         let mut more = false;
         self.pump_ctrl()?;
+        let mut io = VifIo {
+            io,
+            mcast: &self.mcast,
+        };
         for b in &self.back {
             let mut b = b.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            more |= b.process_tx(io).map_err(|e| format!("back tx {e:?}"))?.more;
+            more |= b
+                .process_tx(&mut io)
+                .map_err(|e| format!("back tx {e:?}"))?
+                .more;
             more |= b
                 .process_rx(now)
                 .map_err(|e| format!("back rx {e:?}"))?
@@ -428,6 +435,28 @@ impl<'e, 'h> Pair<'e, 'h> {
         }
         let b = self.back.get(usize::from(q))?;
         lock(b).enqueue_rx(data, &meta).ok().map(|()| q)
+    }
+}
+
+/// The backend's vif around an interface: the frontend's multicast control requests go to
+/// the vif's [`McastFilter`] (and on to the interface, which may join the group).
+#[derive(Debug)]
+pub struct VifIo<'a, IO> {
+    /// The interface.
+    pub io: &'a mut IO,
+    /// The vif's filter.
+    pub mcast: &'a Mutex<McastFilter>,
+}
+
+impl<IO: NetIo> NetIo for VifIo<'_, IO> {
+    fn offloads(&self) -> xen_netback::Offloads {
+        self.io.offloads()
+    }
+    fn deliver(&mut self, queue: u16, data: &[u8], meta: &PacketMeta) {
+        self.io.deliver(queue, data, meta);
+    }
+    fn multicast(&mut self, add: bool, mac: [u8; 6]) -> bool {
+        lock(self.mcast).apply(add, mac) && self.io.multicast(add, mac)
     }
 }
 
