@@ -1,0 +1,415 @@
+//! The dom0 initramfs: busybox, Xen's tools with their libraries, the Linux Xen backend
+//! modules, the guest kernels, and an `/init` that starts xenstored/xenconsoled and runs the
+//! planned guest runs with `xl`, printing markers the host side waits for.
+//!
+//! # Marker lines (dom0 → harness, on the serial console)
+//!
+//! | line | meaning |
+//! |---|---|
+//! | `=== DOM0 UP` | modules loaded, xenfs mounted |
+//! | `=== TOOLS UP` | xenstored, xen-init-dom0 and xenconsoled running |
+//! | `=== RUN <id> BEGIN` / `END` | one guest run (`basic-x86_64`, `busy-i686` ...) |
+//! | `=== RUN <id> DOMID <n>` | the run's domain id: its debug-port lines are `(d<n>) ...` |
+//! | `CHECK <scenario> <arch> PASS\|FAIL <detail>` | a dom0-side verdict |
+//! | `=== FILE <name>` ... `=== ENDFILE <name>` | a file from dom0 (xenconsoled's guest log) |
+//! | `=== FATAL <reason>` | dom0 set-up failed; nothing else will run |
+//! | `=== ALL DONE` | every run finished; dom0 reboots the machine (QEMU exits) |
+//!
+//! Every wait in the script is a poll of a real condition (a xenstore node, `xl list`, a log
+//! line) every 0.1 s with a bound; none is a fixed sleep.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::assets::Assets;
+use crate::cpio::Archive;
+use crate::plan::{Arch, Run, RunKind};
+
+/// Xen tool binaries copied into dom0 (with their libraries).
+const XEN_TOOLS: &[&str] = &[
+    "/usr/lib/xen-4.17/bin/xl",
+    "/usr/lib/xen-4.17/bin/xenstored",
+    "/usr/lib/xen-4.17/bin/xenconsoled",
+    "/usr/lib/xen-4.17/bin/xen-init-dom0",
+    "/usr/lib/xen-4.17/bin/xenctx",
+    "/usr/bin/xenstore",
+];
+
+/// Names the multi-call `xenstore` binary answers to.
+const XENSTORE_NAMES: &[&str] = &[
+    "xenstore-read",
+    "xenstore-write",
+    "xenstore-ls",
+    "xenstore-rm",
+    "xenstore-list",
+    "xenstore-exists",
+    "xenstore-watch",
+    "xenstore-chmod",
+];
+
+/// Kernel modules, in load order (xenfs needs symbols of xen-privcmd).
+pub const MODULES: &[&str] = &[
+    "xen-evtchn",
+    "xen-privcmd",
+    "xenfs",
+    "xen-gntdev",
+    "xen-gntalloc",
+    "xen-blkback",
+    "xen-netback",
+];
+
+/// `libgcc_s` is `dlopen`ed by glibc's `pthread_cancel`; xl aborts without it.
+const LIBGCC_S: &[&str] = &[
+    "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+    "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
+];
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The shared libraries `ldd` resolves for `binary` (absolute paths as the loader names them).
+fn libraries(binary: &str) -> Result<Vec<String>, String> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|e| format!("ldd: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("not a dynamic executable") || !out.status.success() {
+        return Ok(Vec::new());
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        if line.contains("not found") {
+            return Err(format!("ldd {binary}: {}", line.trim()));
+        }
+        // "libx.so => /path/libx.so (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(p.to_string());
+        }
+    }
+    Ok(libs)
+}
+
+fn find_module(modules: &Path, name: &str) -> Option<PathBuf> {
+    let file = format!("{name}.ko");
+    let mut stack = vec![modules.join("kernel")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).ok()?.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().and_then(|n| n.to_str()) == Some(file.as_str()) {
+                return Some(path);
+            }
+        }
+    }
+    None
+}
+
+/// Builds the initramfs at `out` for `runs`, with the guest kernels `guests`.
+///
+/// # Errors
+/// A host file, library or module that cannot be found or read.
+pub fn build(
+    assets: &Assets,
+    guests: &[(Arch, PathBuf)],
+    runs: &[Run],
+    out: &Path,
+) -> Result<usize, String> {
+    let mut a = Archive::new();
+    for d in [
+        "/bin",
+        "/sbin",
+        "/usr/bin",
+        "/usr/sbin",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/run",
+        "/tmp",
+        "/var/lib/xen",
+        "/var/log/xen",
+        "/etc/xen",
+        "/lib/modules",
+        "/guests",
+        "/root",
+    ] {
+        a.dir(d);
+    }
+    a.symlink("/var/run", "/run");
+    a.file("/bin/busybox", 0o755, read(Path::new("/bin/busybox"))?);
+
+    let mut libs = BTreeSet::new();
+    for tool in XEN_TOOLS {
+        a.file(tool, 0o755, read(Path::new(tool))?);
+        libs.extend(libraries(tool)?);
+    }
+    for name in XENSTORE_NAMES {
+        a.symlink(&format!("/usr/bin/{name}"), "xenstore");
+    }
+    let libgcc = LIBGCC_S
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("libgcc_s.so.1 not found on the host (package libgcc-s1)")?;
+    libs.insert((*libgcc).to_string());
+    for lib in &libs {
+        // Store each library at the path the loader will look for (the default multiarch
+        // directories; there is no ld.so.cache in the image).
+        a.file(lib, 0o755, read(Path::new(lib))?);
+    }
+    if Path::new("/etc/xen/xl.conf").exists() {
+        a.file(
+            "/etc/xen/xl.conf",
+            0o644,
+            read(Path::new("/etc/xen/xl.conf"))?,
+        );
+    }
+
+    for m in MODULES {
+        let path = find_module(&assets.modules, m)
+            .ok_or_else(|| format!("module {m}.ko not in {}", assets.modules.display()))?;
+        a.file(&format!("/lib/modules/{m}.ko"), 0o644, read(&path)?);
+    }
+    for (arch, path) in guests {
+        a.file(
+            &format!("/guests/pvh-guest-{}", arch.name()),
+            0o644,
+            read(path)?,
+        );
+    }
+    a.file("/init", 0o755, init_script(runs).into_bytes());
+
+    let mut bytes = Vec::with_capacity(a.payload_bytes() + (1 << 20));
+    a.write_to(&mut bytes).map_err(|e| format!("cpio: {e}"))?;
+    fs::write(out, &bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(bytes.len())
+}
+
+/// The xl configuration of one run's guest.
+fn guest_config(run: &Run) -> String {
+    format!(
+        r#"name = "{name}"
+type = "pvh"
+kernel = "/guests/pvh-guest-{arch}"
+cmdline = "run={kind} name={name} nonce={nonce}"
+memory = 32
+vcpus = 1
+# Without it Xen's SVM emulation of RDTSCP fails under QEMU TCG.
+tsc_mode = "native"
+on_poweroff = "destroy"
+on_reboot = "destroy"
+# Keep a crashed guest for inspection; the script reports and destroys it.
+on_crash = "preserve"
+"#,
+        name = run.domain_name(),
+        arch = run.arch.name(),
+        kind = run.kind.name(),
+        nonce = run.nonce,
+    )
+}
+
+const PRELUDE: &str = r#"#!/bin/busybox sh
+# dom0 /init, generated by xen-harness (tests/xen-harness/src/dom0.rs).
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/pts /run/xen /run/xenstored /tmp/xc
+mount -t devpts devpts /dev/pts          # xenconsoled allocates ptys
+
+fatal() { echo "=== FATAL $*"; reboot -f; }
+
+for m in MODULES; do
+    insmod /lib/modules/$m.ko || fatal "insmod $m failed"
+done
+mount -t xenfs xenfs /proc/xen || fatal "cannot mount xenfs"
+echo "=== DOM0 UP"
+
+# wait_for TENTHS CMD...: run CMD every 0.1 s until it succeeds, at most TENTHS times.
+wait_for() {
+    local n=$1
+    shift
+    while ! "$@" >/dev/null 2>&1; do
+        n=$((n - 1))
+        [ "$n" -gt 0 ] || return 1
+        sleep 0.1
+    done
+}
+others() { xl list 2>/dev/null | awk 'NR > 1 && $1 != "Domain-0"'; }
+no_others() { [ -z "$(others)" ]; }
+gone() { ! xl domid "$1"; }
+state_of() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }'; }
+clean_up() {
+    for d in $(xl list 2>/dev/null | awk 'NR > 1 && $1 != "Domain-0" { print $2 }'); do
+        xl destroy "$d"
+    done
+    wait_for 100 no_others
+}
+dump_file() { echo "=== FILE $1"; cat "$2" 2>/dev/null; echo; echo "=== ENDFILE $1"; }
+moved() { v=$(xenstore-read "$1") && [ "$v" != "$2" ]; }
+post_mortem() {   # domid name: registers of a crashed or stuck guest
+    echo "--- xl list"; xl list
+    echo "--- xenctx $1"; xenctx "$1" 0 2>&1 | head -40
+}
+
+xenstored --pid-file /run/xenstored.pid &
+wait_for 600 test -S /run/xenstored/socket || fatal "xenstored socket never appeared"
+xen-init-dom0 || fatal "xen-init-dom0 failed"
+xenconsoled --log=guest --log-dir=/tmp/xc &
+wait_for 300 pidof xenconsoled || fatal "xenconsoled did not start"
+echo "=== TOOLS UP"
+
+# create_guest ID NAME: xl create; prints the DOMID marker; returns the domid in $d.
+create_guest() {
+    if ! xl create "/tmp/$2.cfg"; then
+        dump_file xl.log "/var/log/xen/xl-$2.log"
+        return 1
+    fi
+    d=$(xl domid "$2")
+    echo "=== RUN $1 DOMID $d"
+}
+
+# ack_xenstore ARCH DOMID NONCE: copy the guest's data/pvh-test to data/pvh-ack.
+ack_xenstore() {
+    local p=/local/domain/$2/data
+    if ! wait_for 600 xenstore-read "$p/pvh-test"; then
+        echo "CHECK xenstore $1 FAIL $p/pvh-test did not appear within 60 s"
+        return
+    fi
+    local v
+    v=$(xenstore-read "$p/pvh-test")
+    xenstore-write "$p/pvh-ack" "$v"
+    if [ "$v" = "$3" ]; then
+        echo "CHECK xenstore $1 PASS dom0 read $p/pvh-test = the nonce, wrote it back as pvh-ack"
+    else
+        echo "CHECK xenstore $1 FAIL dom0 read $p/pvh-test = '$v', expected '$3'"
+    fi
+}
+
+run_basic() {   # ARCH NONCE
+    local a=$1 nonce=$2 name=pvh-basic-$1 id=basic-$1
+    echo "=== RUN $id BEGIN"
+    if create_guest "$id" "$name"; then
+        ack_xenstore "$a" "$d" "$nonce"
+        if wait_for 600 gone "$name" && wait_for 100 no_others; then
+            echo "CHECK shutdown $a PASS domain $d powered itself off and was reaped; xl list holds only Domain-0"
+        else
+            echo "CHECK shutdown $a FAIL domain $d still listed (state '$(state_of "$name")'): $(others | tr '\n' ';')"
+            post_mortem "$d" "$name"
+            clean_up
+        fi
+        if wait_for 50 grep -q "nonce=$nonce" "/tmp/xc/guest-$name.log"; then
+            echo "CHECK console $a PASS xenconsoled logged the guest's console-ring line with the nonce"
+        else
+            echo "CHECK console $a FAIL no line with the nonce in xenconsoled's log of $name"
+        fi
+        dump_file guest-console.log "/tmp/xc/guest-$name.log"
+    else
+        echo "CHECK create $a FAIL xl create $name failed"
+    fi
+    echo "=== RUN $id END"
+}
+
+run_busy() {    # ARCH NONCE
+    local a=$1 nonce=$2 name=pvh-busy-$1 id=busy-$1
+    echo "=== RUN $id BEGIN"
+    if create_guest "$id" "$name"; then
+        local p=/local/domain/$d/data
+        ack_xenstore "$a" "$d" "$nonce" | sed 's/^CHECK xenstore/NOTE xenstore/'
+        if ! wait_for 600 xenstore-read "$p/pvh-busy"; then
+            echo "CHECK destroy $a FAIL the guest never reported busy ($p/pvh-busy)"
+            post_mortem "$d" "$name"
+            clean_up
+        else
+            local c1 c2
+            c1=$(xenstore-read "$p/pvh-counter")
+            wait_for 100 moved "$p/pvh-counter" "$c1"
+            c2=$(xenstore-read "$p/pvh-counter")
+            if ! xl destroy "$name"; then
+                echo "CHECK destroy $a FAIL xl destroy $name failed"
+                clean_up
+            elif wait_for 100 gone "$name" && wait_for 100 no_others; then
+                echo "CHECK destroy $a PASS destroyed mid-I/O (xenstore counter $c1 -> $c2); xl list holds only Domain-0, no zombie"
+            else
+                echo "CHECK destroy $a FAIL after xl destroy: $(others | tr '\n' ';')"
+                clean_up
+            fi
+        fi
+        dump_file guest-console.log "/tmp/xc/guest-$name.log"
+    else
+        echo "CHECK create $a FAIL xl create $name failed"
+    fi
+    echo "=== RUN $id END"
+}
+"#;
+
+/// The whole `/init`.
+pub fn init_script(runs: &[Run]) -> String {
+    let mut s = PRELUDE.replace(
+        "for m in MODULES;",
+        &format!("for m in {};", MODULES.join(" ")),
+    );
+    for run in runs {
+        let _ = writeln!(
+            s,
+            "cat > /tmp/{}.cfg <<'EOC'\n{}EOC",
+            run.domain_name(),
+            guest_config(run)
+        );
+        let f = match run.kind {
+            RunKind::Basic => "run_basic",
+            RunKind::Busy => "run_busy",
+        };
+        let _ = writeln!(s, "{f} {} {}", run.arch.name(), run.nonce);
+    }
+    s.push_str("xl list\necho \"=== ALL DONE\"\nreboot -f\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_runs_every_planned_guest() {
+        let runs = [
+            Run {
+                kind: RunKind::Basic,
+                arch: Arch::X86_64,
+                nonce: "n1".into(),
+            },
+            Run {
+                kind: RunKind::Busy,
+                arch: Arch::I686,
+                nonce: "n2".into(),
+            },
+        ];
+        let s = init_script(&runs);
+        assert!(s.contains("run_basic x86_64 n1\n"));
+        assert!(s.contains("run_busy i686 n2\n"));
+        assert!(s.contains("kernel = \"/guests/pvh-guest-i686\""));
+        assert!(s.contains("cmdline = \"run=busy name=pvh-busy-i686 nonce=n2\""));
+        assert!(s.contains("for m in xen-evtchn xen-privcmd xenfs"));
+        assert!(s.trim_end().ends_with("reboot -f"));
+    }
+
+    #[test]
+    fn ldd_lines_are_parsed() {
+        // `libraries` runs ldd; check its parsing on a real dynamic binary when available.
+        if Path::new("/bin/sh").exists() {
+            let libs = libraries("/bin/sh").unwrap();
+            assert!(libs.iter().all(|l| l.starts_with('/')));
+        }
+    }
+}

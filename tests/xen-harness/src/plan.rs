@@ -1,0 +1,229 @@
+//! What to run: scenarios, the guest runs that produce their verdicts, and the architectures.
+
+use std::fmt;
+
+/// A guest architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Arch {
+    /// 64-bit PVH guest (long mode).
+    X86_64,
+    /// 32-bit PVH guest (protected mode, Xen's x86_32 ABI).
+    I686,
+}
+
+impl Arch {
+    /// Both, in run order.
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::I686];
+
+    /// The name used in files, markers and the guest's target spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::I686 => "i686",
+        }
+    }
+
+    /// Parses a name (`amd64`/`i386` accepted too).
+    ///
+    /// # Errors
+    /// An unknown name.
+    pub fn parse(s: &str) -> Result<Arch, String> {
+        match s {
+            "x86_64" | "amd64" => Ok(Arch::X86_64),
+            "i686" | "i386" | "x86" => Ok(Arch::I686),
+            _ => Err(format!("unknown arch `{s}` (x86_64 or i686)")),
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One guest lifetime in dom0 (several scenarios share it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RunKind {
+    /// Every guest-side check, then `SCHEDOP_shutdown(poweroff)`.
+    Basic,
+    /// Set up, then console + xenstore I/O until `xl destroy`.
+    Busy,
+}
+
+impl RunKind {
+    /// The guest's `run=` value and the run id prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunKind::Basic => "basic",
+            RunKind::Busy => "busy",
+        }
+    }
+}
+
+/// Where a verdict comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A `RESULT <name>` line the guest printed on the debug port.
+    Guest(&'static str),
+    /// A `CHECK <name> <arch>` line dom0's script printed.
+    Dom0(&'static str),
+}
+
+/// A scenario: one pass/fail per architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scenario {
+    /// Xen found by CPUID, hypercall page, `XENVER_version`, `shared_info`, time.
+    Boot,
+    /// PV console ring output reaches xenconsoled's log.
+    Console,
+    /// xenstore read/write round trip, verified by dom0's `xenstore-read`.
+    Xenstore,
+    /// Event-channel upcall vector with an IDT entry delivers an IPI event.
+    Upcall,
+    /// `SCHEDOP_shutdown(poweroff)` leaves no domain in `xl list`.
+    Shutdown,
+    /// `xl destroy` of a guest busy with I/O leaves no zombie.
+    Destroy,
+}
+
+impl Scenario {
+    /// Every scenario, in report order.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Boot,
+        Scenario::Console,
+        Scenario::Xenstore,
+        Scenario::Upcall,
+        Scenario::Shutdown,
+        Scenario::Destroy,
+    ];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Boot => "boot",
+            Scenario::Console => "console",
+            Scenario::Xenstore => "xenstore",
+            Scenario::Upcall => "upcall",
+            Scenario::Shutdown => "shutdown",
+            Scenario::Destroy => "destroy",
+        }
+    }
+
+    /// One line of description.
+    pub fn about(self) -> &'static str {
+        match self {
+            Scenario::Boot => "PVH entry, Xen CPUID leaves, hypercall page, XENVER_version, shared_info, system time",
+            Scenario::Console => "PV console ring (xen-ring) output reaches xenconsoled's log in dom0",
+            Scenario::Xenstore => "xenstore (xen-xenbus) read of name/domid, write + read back, dom0 xenstore-read/-write round trip",
+            Scenario::Upcall => "HVMOP_set_evtchn_upcall_vector + IDT + LAPIC deliver an IPI event channel, twice",
+            Scenario::Shutdown => "SCHEDOP_shutdown(poweroff): the domain disappears, xl list holds only Domain-0",
+            Scenario::Destroy => "xl destroy of a guest busy with console and xenstore I/O: no zombie domain",
+        }
+    }
+
+    /// Parses a name.
+    ///
+    /// # Errors
+    /// An unknown name.
+    pub fn parse(s: &str) -> Result<Scenario, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|sc| sc.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown scenario `{s}` (one of {})", names.join(", "))
+            })
+    }
+
+    /// The guest run that decides it.
+    pub fn run_kind(self) -> RunKind {
+        match self {
+            Scenario::Destroy => RunKind::Busy,
+            _ => RunKind::Basic,
+        }
+    }
+
+    /// The lines that must all say PASS.
+    pub fn sources(self) -> &'static [Source] {
+        match self {
+            Scenario::Boot => &[Source::Guest("boot")],
+            Scenario::Console => &[Source::Guest("console"), Source::Dom0("console")],
+            Scenario::Xenstore => &[Source::Guest("xenstore"), Source::Dom0("xenstore")],
+            Scenario::Upcall => &[Source::Guest("upcall")],
+            Scenario::Shutdown => &[Source::Dom0("shutdown")],
+            Scenario::Destroy => &[Source::Dom0("destroy")],
+        }
+    }
+}
+
+/// One planned guest run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// What the guest does.
+    pub kind: RunKind,
+    /// Its architecture.
+    pub arch: Arch,
+    /// A token the guest prints/writes and dom0 looks for.
+    pub nonce: String,
+}
+
+impl Run {
+    /// `basic-x86_64` ...
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.kind.name(), self.arch.name())
+    }
+
+    /// The xl domain name.
+    pub fn domain_name(&self) -> String {
+        format!("pvh-{}", self.id())
+    }
+}
+
+/// The runs needed for `scenarios` on `arches`, in boot order (per arch: basic, then busy).
+pub fn runs(scenarios: &[Scenario], arches: &[Arch], seed: u64) -> Vec<Run> {
+    let mut out = Vec::new();
+    for (i, &arch) in arches.iter().enumerate() {
+        for (j, kind) in [RunKind::Basic, RunKind::Busy].into_iter().enumerate() {
+            if scenarios.iter().any(|s| s.run_kind() == kind) {
+                let n = seed.wrapping_add((i * 2 + j) as u64);
+                out.push(Run {
+                    kind,
+                    arch,
+                    nonce: format!("{n:016x}"),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_only_needed_runs() {
+        let r = runs(&[Scenario::Xenstore], &[Arch::I686], 1);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].id(), "basic-i686");
+        assert_eq!(r[0].domain_name(), "pvh-basic-i686");
+        let r = runs(&Scenario::ALL, &Arch::ALL, 7);
+        let ids: Vec<String> = r.iter().map(Run::id).collect();
+        assert_eq!(
+            ids,
+            ["basic-x86_64", "busy-x86_64", "basic-i686", "busy-i686"]
+        );
+        assert!(r.windows(2).all(|w| w[0].nonce != w[1].nonce));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::parse(s.name()), Ok(s));
+        }
+        assert!(Scenario::parse("nope").is_err());
+        assert_eq!(Arch::parse("amd64"), Ok(Arch::X86_64));
+        assert_eq!(Arch::parse("i386"), Ok(Arch::I686));
+    }
+}
