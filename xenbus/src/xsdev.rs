@@ -38,7 +38,7 @@
 //!   [`Config::max_in_flight`] outstanding, each reserving a full 4112-byte message); when
 //!   there is none, `write` stops at the message boundary (a short write, or `EAGAIN` if
 //!   nothing was consumed), so replies are never dropped;
-//! * watch events use only what the reservations leave; an event that does not fit is dropped
+//! * watch events use only what the replies of a full in-flight allowance leave; an event that does not fit is dropped
 //!   and counted ([`XsDevStats::events_dropped`]), and once room is back one event naming the
 //!   watched path itself is queued, telling the user to rescan what it watches (the kernel
 //!   client's per-watch queue cap and its `missed` flag are mapped the same way).
@@ -288,8 +288,10 @@ impl XsDevFile {
             && self.out.len() + self.reserved() + MSG_MAX <= self.cfg.max_output
     }
 
+    /// Events leave room for the replies of a full in-flight allowance, so a flood can never
+    /// make `write` wait for the user to read.
     fn room_for_event(&self, len: usize) -> bool {
-        self.out.len() + self.reserved() + len <= self.cfg.max_output
+        self.out.len() + self.cfg.max_in_flight * MSG_MAX + len <= self.cfg.max_output
     }
 
     /// `write(2)`: consumes bytes of xs_wire messages; returns how many were consumed (less
