@@ -26,10 +26,10 @@ mod tests {
     use xen_netfront::negotiate::FrontendConfig;
     use xen_netfront::SendError;
     use xen_netif::PacketMeta;
-    use xen_tests::net::pair::{Env, Options, Pair, VifIo, World};
+    use xen_tests::net::bus::{machine, BusPair};
+    use xen_tests::net::pair::{Options, Pair, VifIo};
     use xen_tests::net::sys;
     use xen_tests::net::tap::{Tap, TapOffloads};
-    use xen_tests::xensim::xenstored::XenstoreSim;
 
     /// The namespace tests share the machine's CPUs; run them one at a time.
     static SERIAL: Mutex<()> = Mutex::new(());
@@ -396,18 +396,21 @@ mod tests {
         place(&ta, &ns_a, "10.77.0.1/24", "fd77::1/64", Some(MAC));
         place(&tb, &ns_b, "10.77.0.2/24", "fd77::2/64", None);
         let queues = case.front.queues.min(case.back.max_queues).max(1);
-        let w = World::new(queues);
-        let xs = XenstoreSim::new();
-        w.toolstack(&xs, MAC, true);
-        let env = Env::new(&w);
+        let (env, xs) = machine(queues, MAC);
         let opts = Options {
             front: case.front,
             back: case.back,
             ..Options::default()
         };
         let rounds = if reconnect { 2 } else { 1 };
+        // The reconnect case runs both handshakes through `xen_xenbus::Bus` and the drivers'
+        // state machines (the backend closes; both ends come back on their own).
+        let mut bus = reconnect.then(|| BusPair::new(env, xs, &opts));
         for round in 0..rounds {
-            let pair = Pair::connect(&env, &xs, &opts).expect("connect");
+            let pair = match &mut bus {
+                Some(b) => b.take().expect("connected through xenbus"),
+                None => Pair::connect(env, xs, &opts).expect("connect"),
+            };
             if let Some(mapping) = &case.steer {
                 let t = xen_netfront::Toeplitz {
                     flags: xen_netif::hash::types::ALL,
@@ -470,7 +473,14 @@ mod tests {
                 case.tag,
                 busy.load(Ordering::Relaxed)
             );
-            assert_eq!(pair.disconnect(&xs), 0);
+            match &mut bus {
+                Some(b) => {
+                    assert_eq!(pair.release(), 0);
+                    b.backend_close().expect("backend close");
+                    b.settle();
+                }
+                None => assert_eq!(pair.disconnect(xs), 0),
+            }
         }
     }
 

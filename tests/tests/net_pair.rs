@@ -437,4 +437,54 @@ mod tests {
             .host_to_guest(&mcast_udp(0xfc), &PacketMeta::default())
             .is_some());
     }
+
+    #[test]
+    fn xenbus_drives_handshake_and_reconnect() {
+        use xen_tests::net::bus::{machine, BusPair};
+        use xen_xenbus::XenbusState::{Closed, Connected};
+
+        let (env, xs) = machine(2, MAC);
+        let opts = Options {
+            front: FrontendConfig {
+                queues: 2,
+                ..FrontendConfig::default()
+            },
+            ..Options::default()
+        };
+        let mut bus = BusPair::new(env, xs, &opts);
+        for round in 0..3u8 {
+            let p = bus.take().expect("both ends Connected");
+            assert_eq!(bus.connects(), u32::from(round) + 1);
+            assert_eq!(p.front.len(), 2);
+            let d = xs.daemon();
+            for dir in [env.world.fe_dir(), env.world.be_dir()] {
+                assert_eq!(d.value(&format!("{dir}/state")), Some(&b"4"[..]), "{dir}");
+            }
+            drop(d);
+            let mut io = Collect::default();
+            let mut got = Vec::new();
+            for q in 0..2 {
+                let pkt = tcp4(3000, round);
+                p.front[q]
+                    .lock()
+                    .unwrap()
+                    .send(&pkt, &PacketMeta::default())
+                    .unwrap();
+                assert!(p.host_to_guest(&pkt, &PacketMeta::default()).is_some());
+            }
+            settle(&p, &mut io, &mut got);
+            assert_eq!((io.packets.len(), got.len()), (2, 2), "round {round}");
+            assert_eq!(p.release(), 0, "nothing left mapped");
+            assert_eq!(env.world.dom0.mappings(), 0);
+            // The backend closes; both drivers run the reconnect on their own.
+            bus.backend_close().unwrap();
+            bus.settle();
+            assert_ne!(
+                bus.states(),
+                (Closed, Closed),
+                "restarted, not stuck in Closed"
+            );
+            assert_eq!(bus.states().0, Connected);
+        }
+    }
 }

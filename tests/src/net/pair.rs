@@ -204,6 +204,38 @@ impl std::fmt::Debug for Pair<'_, '_> {
     }
 }
 
+/// The frontend's half of a connection.
+pub struct FrontSide<'e, 'h> {
+    /// Queues, control ring, resources.
+    pub setup: xen_netfront::negotiate::Setup<'h, SimFrontend<'e, 'h>>,
+    /// The platform that built them.
+    pub plat: SimFrontend<'e, 'h>,
+    /// Our MAC.
+    pub mac: [u8; 6],
+}
+
+/// The backend's half of a connection.
+pub struct BackSide<'e, 'h> {
+    /// Queues, control ring, resources.
+    pub conn: xen_netback::Connection<'h, SimBackend<'e, 'h>>,
+    /// The platform that built them.
+    pub plat: SimBackend<'e, 'h>,
+    /// What was read from the frontend.
+    pub info: be_config::FrontendInfo,
+}
+
+impl std::fmt::Debug for FrontSide<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontSide").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for BackSide<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackSide").finish_non_exhaustive()
+    }
+}
+
 /// Why the handshake failed.
 #[derive(Debug)]
 pub enum ConnectFailure {
@@ -261,6 +293,25 @@ impl<'e, 'h> Pair<'e, 'h> {
             .map_err(|e| be_err(&e))?;
         xs0.write_str(&format!("{bd}/state"), "4")
             .map_err(|e| be_err(&e))?;
+        Ok(Pair::assemble(
+            env,
+            FrontSide {
+                setup,
+                plat: fe_plat,
+                mac,
+            },
+            BackSide {
+                conn,
+                plat: be_plat,
+                info,
+            },
+        ))
+    }
+
+    /// A pair from the two connected halves (however their handshake was driven).
+    #[must_use]
+    pub fn assemble(env: &'e Env<'h>, front: FrontSide<'e, 'h>, back: BackSide<'e, 'h>) -> Self {
+        let (setup, conn) = (front.setup, back.conn);
         // One kick per queue and side, shared by its ports.
         for q in &setup.queues {
             let k = env.fe_hub.kick(q.ports().tx);
@@ -271,7 +322,7 @@ impl<'e, 'h> Pair<'e, 'h> {
             env.be_hub.set_kick(q.ports().rx, k);
         }
         let nq = u32::try_from(conn.queues.len()).unwrap_or(1);
-        Ok(Pair {
+        Pair {
             env,
             front: setup.queues.into_iter().map(Mutex::new).collect(),
             back: conn.queues.into_iter().map(Mutex::new).collect(),
@@ -279,13 +330,35 @@ impl<'e, 'h> Pair<'e, 'h> {
             front_ctrl: setup.ctrl.map(Mutex::new),
             steering: Mutex::new(Steering::new(nq)),
             mcast: Mutex::new(McastFilter::default()),
-            mac,
-            info,
-            fe_plat,
-            be_plat,
+            mac: front.mac,
+            info: back.info,
+            fe_plat: front.plat,
+            be_plat: back.plat,
             fe_res: Some(setup.resources),
             be_res: Some(conn.resources),
-        })
+        }
+    }
+
+    /// Releases both halves' resources in teardown order (queues, backend unmaps and closes,
+    /// frontend revokes) without touching xenstore (the drivers' state machines do that).
+    /// Returns how many frontend revokes had to be deferred.
+    pub fn release(mut self) -> usize {
+        self.teardown();
+        self.fe_plat.deferred
+    }
+
+    fn teardown(&mut self) {
+        self.front.clear();
+        self.back.clear();
+        self.ctrl = None;
+        self.front_ctrl = None;
+        if let Some(r) = self.be_res.take() {
+            r.release(&mut self.be_plat);
+        }
+        if let Some(r) = self.fe_res.take() {
+            r.release(&mut self.fe_plat);
+        }
+        self.fe_plat.poll_deferred();
     }
 
     /// The environment.
@@ -466,16 +539,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Drop for Pair<'_, '_> {
     fn drop(&mut self) {
-        self.front.clear();
-        self.back.clear();
-        self.ctrl = None;
-        self.front_ctrl = None;
-        if let Some(r) = self.be_res.take() {
-            r.release(&mut self.be_plat);
-        }
-        if let Some(r) = self.fe_res.take() {
-            r.release(&mut self.fe_plat);
-        }
+        self.teardown();
     }
 }
 
