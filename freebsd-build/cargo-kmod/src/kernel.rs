@@ -371,6 +371,7 @@ pub fn build_command(options: &Options) -> Result<(), String> {
             kernel_toolchain: true,
             modules: true,
             host_tests: false,
+            real_xen: false,
         },
         options.allow_install,
     )?;

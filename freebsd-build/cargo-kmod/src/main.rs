@@ -14,6 +14,7 @@ mod elf;
 mod headers;
 mod kernel;
 mod link;
+mod realxen;
 mod setup;
 mod suite;
 mod verify;

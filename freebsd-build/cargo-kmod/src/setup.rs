@@ -67,6 +67,33 @@ const XEN_HEADERS: &[Package] = &[
     },
 ];
 
+/// The real-Xen scenarios (tests/xen-harness): QEMU, and the dom0 userland copied from the
+/// host into dom0's initramfs. The hypervisor and dom0 kernel are not installed: the harness
+/// fetches them with `apt-get download` into target/real-xen/cache (installing them would run
+/// this machine's bootloader and initramfs hooks for images only QEMU boots).
+const REAL_XEN: &[Package] = &[
+    Package {
+        name: "qemu-system-x86",
+        why: "QEMU (TCG) to boot the Xen hypervisor with a Linux dom0 for the real-Xen scenarios",
+        present_if: "/usr/bin/qemu-system-x86_64",
+    },
+    Package {
+        name: "xen-utils-4.17",
+        why: "xl, xenstored, xenconsoled and their libraries, copied into the real-Xen dom0",
+        present_if: "/usr/lib/xen-4.17/bin/xl",
+    },
+    Package {
+        name: "busybox-static",
+        why: "a static busybox: the real-Xen dom0's shell and utilities",
+        present_if: "/usr/share/doc/busybox-static",
+    },
+    Package {
+        name: "binutils",
+        why: "objcopy, to strip the PVH test guest before it goes into dom0",
+        present_if: "/usr/bin/objcopy",
+    },
+];
+
 const C_LAYOUT: &[Package] = &[Package {
     name: "gcc-multilib",
     why: "gcc -m32, to check the x86_32 ABI layouts against a C compiler",
@@ -80,6 +107,8 @@ pub struct Needs {
     /// Linking `.ko` files: binutils, and the ziglang package (FreeBSD headers, clang, lld).
     pub modules: bool,
     pub host_tests: bool,
+    /// The real-Xen scenarios: QEMU, Xen's tools, busybox.
+    pub real_xen: bool,
 }
 
 impl Needs {
@@ -88,6 +117,7 @@ impl Needs {
             kernel_toolchain: true,
             modules: true,
             host_tests: true,
+            real_xen: true,
         }
     }
 
@@ -108,6 +138,9 @@ impl Needs {
         }
         if self.host_tests {
             packages.extend_from_slice(C_LAYOUT);
+        }
+        if self.real_xen {
+            packages.extend_from_slice(REAL_XEN);
         }
         packages
     }

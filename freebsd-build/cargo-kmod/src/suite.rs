@@ -73,6 +73,11 @@ fn steps(arches: &[Arch]) -> Vec<Step> {
             run: Box::new(move || kernel_build(arch)),
         });
     }
+    let real_xen_arches = arches.to_vec();
+    steps.push(Step {
+        name: "real-xen".into(),
+        run: Box::new(move || crate::realxen::run(&real_xen_arches)),
+    });
     steps
 }
 

@@ -81,11 +81,24 @@ fn kernel_package() -> Result<String, String> {
     if let Ok(name) = std::env::var("XEN_HARNESS_KERNEL_PACKAGE") {
         return Ok(name);
     }
-    let text = run(
-        Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]),
-        "apt-cache depends linux-image-amd64",
+    let depends = || {
+        run(
+            Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]),
+            "apt-cache depends linux-image-amd64",
+        )
+        .ok()
+        .and_then(|text| parse_kernel_dependency(&text))
+    };
+    if let Some(name) = depends() {
+        return Ok(name);
+    }
+    // A fresh machine may have no package lists yet.
+    println!("xen-harness: no package lists for {KERNEL_META_PACKAGE}: apt-get update");
+    run(
+        Command::new("apt-get").args(["update", "-q"]),
+        "apt-get update",
     )?;
-    parse_kernel_dependency(&text).ok_or_else(|| {
+    depends().ok_or_else(|| {
         format!("no linux-image dependency in `apt-cache depends {KERNEL_META_PACKAGE}` (run apt-get update?)")
     })
 }
