@@ -25,6 +25,7 @@ extern crate alloc;
 mod arch;
 mod console;
 mod events;
+mod gnt;
 mod log;
 mod time;
 mod upcall;
@@ -40,12 +41,12 @@ use xen_kmod::arch::XenPlatform;
 use xen_kmod::shared::{SharedInfo, SharedInfoMapping};
 use xen_kmod::HypervisorExt;
 use xen_shmem::{Page, SharedMem};
-use xen_xenbus::{Store, Xs};
+use xen_xenbus::Store;
 
 use crate::console::Console;
 use crate::events::Events;
 use crate::time::Deadline;
-use crate::xs::RingTransport;
+use crate::xs::GuestXs;
 
 /// The frame Xen's `shared_info` is mapped over (`XENMEM_add_to_physmap`).
 static SHARED_INFO_PAGE: Page = Page::new();
@@ -194,7 +195,7 @@ fn console(g: &mut Guest, nonce: &str) {
 /// xenstore check: read our `domid` and `name` (relative paths), write and read back a key
 /// under `data/`, then wait for dom0 to copy it to `data/pvh-ack` (a round trip through
 /// `xenstore-read`/`xenstore-write` in dom0).
-fn xenstore(g: &mut Guest, xs: &mut Xs<RingTransport>, name: &str, nonce: &str) -> Option<u64> {
+fn xenstore(g: &mut Guest, xs: &mut GuestXs, name: &str, nonce: &str) -> Option<u64> {
     let r = (|| -> Result<(u64, String), String> {
         let domid = xs
             .read_u64("domid")
@@ -242,7 +243,7 @@ fn xenstore(g: &mut Guest, xs: &mut Xs<RingTransport>, name: &str, nonce: &str) 
         outcome?;
         Ok((domid, got))
     })();
-    let port = xs.transport().port();
+    let port = xs.transport().port().number();
     match r {
         Ok((domid, got)) => {
             g.report(
@@ -260,7 +261,7 @@ fn xenstore(g: &mut Guest, xs: &mut Xs<RingTransport>, name: &str, nonce: &str) 
 }
 
 /// `run=busy`: keep the console and xenstore busy until destroyed (at most 120 s).
-fn busy(g: &mut Guest, xs: &mut Xs<RingTransport>) -> ! {
+fn busy(g: &mut Guest, xs: &mut GuestXs) -> ! {
     if let Err(e) = xs.write_str("data/pvh-busy", "1") {
         g.report("busy", false, format_args!("write data/pvh-busy: {e}"));
         g.shutdown(xen_sys::native::SHUTDOWN_crash);
@@ -305,7 +306,23 @@ pub fn guest_main(si: &arch::StartInfo) -> ! {
             g.shutdown(xen_sys::native::SHUTDOWN_crash)
         }
     };
-    let _domid = xenstore(&mut g, &mut xs, name, nonce);
+    let domid = xenstore(&mut g, &mut xs, name, nonce);
+    let gt = match gnt::setup(g.ev.hv) {
+        Ok(gt) => Some(gt),
+        Err(e) => {
+            g.report("gnttab", false, format_args!("{e}"));
+            None
+        }
+    };
+    if let (Some(gt), Some(domid)) = (&gt, domid) {
+        match u16::try_from(domid)
+            .map_err(|_| format!("domid {domid} out of range"))
+            .and_then(|d| gnt::self_copy(gt, d))
+        {
+            Ok(detail) => g.report("gnttab", true, format_args!("{detail}")),
+            Err(e) => g.report("gnttab", false, format_args!("{e}")),
+        }
+    }
     if run == "busy" {
         busy(&mut g, &mut xs);
     }

@@ -79,6 +79,8 @@ pub enum Scenario {
     Console,
     /// xenstore read/write round trip, verified by dom0's `xenstore-read`.
     Xenstore,
+    /// Grant table frames mapped; a self-granted page copied through the grant by Xen.
+    Gnttab,
     /// Event-channel upcall vector with an IDT entry delivers an IPI event.
     Upcall,
     /// `SCHEDOP_shutdown(poweroff)` leaves no domain in `xl list`.
@@ -89,10 +91,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Boot,
         Scenario::Console,
         Scenario::Xenstore,
+        Scenario::Gnttab,
         Scenario::Upcall,
         Scenario::Shutdown,
         Scenario::Destroy,
@@ -104,6 +107,7 @@ impl Scenario {
             Scenario::Boot => "boot",
             Scenario::Console => "console",
             Scenario::Xenstore => "xenstore",
+            Scenario::Gnttab => "gnttab",
             Scenario::Upcall => "upcall",
             Scenario::Shutdown => "shutdown",
             Scenario::Destroy => "destroy",
@@ -116,6 +120,7 @@ impl Scenario {
             Scenario::Boot => "PVH entry, Xen CPUID leaves, hypercall page, XENVER_version, shared_info, system time",
             Scenario::Console => "PV console ring (xen-ring) output reaches xenconsoled's log in dom0",
             Scenario::Xenstore => "xenstore (xen-xenbus) read of name/domid, write + read back, dom0 xenstore-read/-write round trip",
+            Scenario::Gnttab => "xen-gnttab GrantTable on frames placed by XENMEM_add_to_physmap; GNTTABOP_copy through a self-granted page",
             Scenario::Upcall => "HVMOP_set_evtchn_upcall_vector + IDT + LAPIC deliver an IPI event channel, twice",
             Scenario::Shutdown => "SCHEDOP_shutdown(poweroff): the domain disappears, xl list holds only Domain-0",
             Scenario::Destroy => "xl destroy of a guest busy with console and xenstore I/O: no zombie domain",
@@ -150,6 +155,7 @@ impl Scenario {
             Scenario::Boot => &[Source::Guest("boot")],
             Scenario::Console => &[Source::Guest("console"), Source::Dom0("console")],
             Scenario::Xenstore => &[Source::Guest("xenstore"), Source::Dom0("xenstore")],
+            Scenario::Gnttab => &[Source::Guest("gnttab")],
             Scenario::Upcall => &[Source::Guest("upcall")],
             Scenario::Shutdown => &[Source::Dom0("shutdown")],
             Scenario::Destroy => &[Source::Dom0("destroy")],
