@@ -525,13 +525,13 @@ mod tests {
             s
         };
         for _ in 0..5000 {
-            let cmd = cmds[(next() % cmds.len() as u64) as usize];
+            let cmd = cmds[usize::try_from(next()).unwrap_or(0) % cmds.len()];
             let len = if next() % 8 == 0 {
                 (next() % 64) as usize
             } else {
                 abi::iocparm_len(cmd)
             };
-            let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let mut d: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
             // Steer some fields towards interesting values.
             if len >= 32 && next() % 2 == 0 {
                 d[8..16].copy_from_slice(&VA.to_le_bytes());
