@@ -1,0 +1,114 @@
+//! A small criterion-like harness: a warm-up run, then `reps` timed repetitions of a batch,
+//! reported as the median time per item with the spread (min and max) across repetitions.
+
+use std::time::Instant;
+
+/// Result of one measurement, in nanoseconds per item.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Median over the repetitions.
+    pub median: f64,
+    /// Fastest repetition.
+    pub min: f64,
+    /// Slowest repetition.
+    pub max: f64,
+    /// Repetitions.
+    pub reps: usize,
+    /// Items per repetition.
+    pub items: u64,
+}
+
+impl Sample {
+    /// `max - min` as a percentage of the median.
+    #[must_use]
+    pub fn spread_pct(&self) -> f64 {
+        if self.median > 0.0 {
+            (self.max - self.min) / self.median * 100.0
+        } else {
+            0.0
+        }
+    }
+
+    /// Items per second at the median.
+    #[must_use]
+    pub fn per_sec(&self) -> f64 {
+        if self.median > 0.0 {
+            1e9 / self.median
+        } else {
+            0.0
+        }
+    }
+
+    /// `"12.3 ns (±4%)"`.
+    #[must_use]
+    pub fn show_ns(&self) -> String {
+        format!("{:.1} ns (±{:.0}%)", self.median, self.spread_pct() / 2.0)
+    }
+}
+
+/// Median of a non-empty list (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+/// Runs `batch(items)` once to warm up, then `reps` times timed. `batch` does `items` units of
+/// work and returns a value that depends on all of them (kept from being optimised away).
+pub fn measure(reps: usize, items: u64, mut batch: impl FnMut(u64) -> u64) -> Sample {
+    std::hint::black_box(batch(items));
+    let mut per: Vec<f64> = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(batch(std::hint::black_box(items)));
+        per.push(t.elapsed().as_secs_f64() * 1e9 / items as f64);
+    }
+    let min = per.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = per.iter().copied().fold(0.0, f64::max);
+    Sample {
+        median: median(&mut per),
+        min,
+        max,
+        reps: reps.max(1),
+        items,
+    }
+}
+
+/// As [`measure`], for batches that time themselves (returning nanoseconds spent on the
+/// part under test, so set-up between items is excluded).
+pub fn measure_timed(reps: usize, items: u64, mut batch: impl FnMut(u64) -> f64) -> Sample {
+    let _ = batch(items);
+    let mut per: Vec<f64> = (0..reps.max(1))
+        .map(|_| batch(items) / items as f64)
+        .collect();
+    let min = per.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = per.iter().copied().fold(0.0, f64::max);
+    Sample {
+        median: median(&mut per),
+        min,
+        max,
+        reps: reps.max(1),
+        items,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        assert!((median(&mut [3.0, 1.0, 2.0]) - 2.0).abs() < 1e-9);
+        assert!((median(&mut [4.0, 1.0, 2.0, 3.0]) - 2.5).abs() < 1e-9);
+        let s = measure(3, 10, |n| n);
+        assert_eq!(s.reps, 3);
+        assert!(s.min <= s.median && s.median <= s.max);
+    }
+}
