@@ -23,6 +23,7 @@
 extern crate alloc;
 
 mod arch;
+mod blk;
 mod console;
 mod events;
 mod gnt;
@@ -325,6 +326,17 @@ pub fn guest_main(si: &arch::StartInfo) -> ! {
     }
     if run == "busy" {
         busy(&mut g, &mut xs);
+    }
+    if run == "blk" {
+        let gt: Option<&'static gnt::Gnttab> = gt.map(|gt| &*Box::leak(Box::new(gt)));
+        match (gt, domid.and_then(|d| u16::try_from(d).ok())) {
+            (Some(gt), Some(domid)) => match blk::run(g.ev, &mut xs, gt, domid, nonce) {
+                Ok(detail) => g.report("blk", true, format_args!("{detail}")),
+                Err(e) => g.report("blk", false, format_args!("{e}")),
+            },
+            _ => g.report("blk", false, format_args!("no grant table or domid")),
+        }
+        g.shutdown(xen_sys::native::SHUTDOWN_poweroff)
     }
     match upcall::run(&g.ev, &xen) {
         Ok(detail) => g.report("upcall", true, format_args!("{detail}")),

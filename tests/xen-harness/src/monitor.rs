@@ -109,6 +109,17 @@ fn guest_line(line: &str) -> Option<(u32, &str)> {
     Some((domid, text.strip_prefix(' ').unwrap_or(text)))
 }
 
+/// Where a `(dN) ` guest prefix starts inside `line` (not at its start), if it does.
+fn embedded_guest_line(line: &str) -> Option<usize> {
+    line.match_indices("(d").map(|(i, _)| i).find(|&i| {
+        i > 0 && {
+            let rest = &line[i + 2..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            digits > 0 && rest[digits..].starts_with(") ")
+        }
+    })
+}
+
 /// `PASS detail` / `FAIL detail`.
 fn verdict(rest: &str, at: Instant) -> Option<Verdict> {
     let (word, detail) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -213,8 +224,21 @@ impl Monitor {
         }
     }
 
-    /// Takes one serial line.
+    /// Takes one serial line. A guest line Xen printed in the middle of one of dom0's (their
+    /// writes are not line-atomic with respect to each other) is split off and taken
+    /// separately.
     pub fn feed(&mut self, at: Instant, line: &str) -> Step {
+        if let Some(pos) = embedded_guest_line(line) {
+            let first = self.feed_one(at, &line[..pos]);
+            if first != Step::Continue {
+                return first;
+            }
+            return self.feed_one(at, &line[pos..]);
+        }
+        self.feed_one(at, line)
+    }
+
+    fn feed_one(&mut self, at: Instant, line: &str) -> Step {
         // A file dump from dom0 in progress.
         if let Some((name, mut body)) = self.file.take() {
             if line == format!("=== ENDFILE {name}") {
@@ -466,6 +490,12 @@ mod tests {
         assert_eq!(guest_line("[2024-01-01] (d12) hello"), Some((12, "hello")));
         assert_eq!(guest_line("(XEN) x"), None);
         assert!(Monitor::is_progress("(d3) RESULT boot PASS x"));
+        assert_eq!(
+            embedded_guest_line("CHECK a b PASS x(d1) RESULT y"),
+            Some(16)
+        );
+        assert_eq!(embedded_guest_line("(d1) RESULT y"), None);
+        assert_eq!(embedded_guest_line("text (dx) y"), None);
         assert!(!Monitor::is_progress("(d3) entered"));
     }
 }

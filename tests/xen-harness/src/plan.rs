@@ -49,6 +49,8 @@ pub enum RunKind {
     Basic,
     /// Set up, then console + xenstore I/O until `xl destroy`.
     Busy,
+    /// With a disk: blkfront against dom0's xen-blkback.
+    Blk,
 }
 
 impl RunKind {
@@ -57,6 +59,7 @@ impl RunKind {
         match self {
             RunKind::Basic => "basic",
             RunKind::Busy => "busy",
+            RunKind::Blk => "blk",
         }
     }
 }
@@ -87,11 +90,13 @@ pub enum Scenario {
     Shutdown,
     /// `xl destroy` of a guest busy with I/O leaves no zombie.
     Destroy,
+    /// xen-blkfront against Linux's xen-blkback: write, read back, dom0 checks the bytes.
+    Blk,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Boot,
         Scenario::Console,
         Scenario::Xenstore,
@@ -99,6 +104,7 @@ impl Scenario {
         Scenario::Upcall,
         Scenario::Shutdown,
         Scenario::Destroy,
+        Scenario::Blk,
     ];
 
     /// Its name.
@@ -111,6 +117,7 @@ impl Scenario {
             Scenario::Upcall => "upcall",
             Scenario::Shutdown => "shutdown",
             Scenario::Destroy => "destroy",
+            Scenario::Blk => "blk",
         }
     }
 
@@ -124,6 +131,7 @@ impl Scenario {
             Scenario::Upcall => "HVMOP_set_evtchn_upcall_vector + IDT + LAPIC deliver an IPI event channel, twice",
             Scenario::Shutdown => "SCHEDOP_shutdown(poweroff): the domain disappears, xl list holds only Domain-0",
             Scenario::Destroy => "xl destroy of a guest busy with console and xenstore I/O: no zombie domain",
+            Scenario::Blk => "xen-blkfront vs Linux xen-blkback on a RAM disk: 64 KiB written, read back, verified by dom0",
         }
     }
 
@@ -145,6 +153,7 @@ impl Scenario {
     pub fn run_kind(self) -> RunKind {
         match self {
             Scenario::Destroy => RunKind::Busy,
+            Scenario::Blk => RunKind::Blk,
             _ => RunKind::Basic,
         }
     }
@@ -159,6 +168,7 @@ impl Scenario {
             Scenario::Upcall => &[Source::Guest("upcall")],
             Scenario::Shutdown => &[Source::Dom0("shutdown")],
             Scenario::Destroy => &[Source::Dom0("destroy")],
+            Scenario::Blk => &[Source::Guest("blk"), Source::Dom0("blk")],
         }
     }
 }
@@ -190,9 +200,12 @@ impl Run {
 pub fn runs(scenarios: &[Scenario], arches: &[Arch], seed: u64) -> Vec<Run> {
     let mut out = Vec::new();
     for (i, &arch) in arches.iter().enumerate() {
-        for (j, kind) in [RunKind::Basic, RunKind::Busy].into_iter().enumerate() {
+        for (j, kind) in [RunKind::Basic, RunKind::Busy, RunKind::Blk]
+            .into_iter()
+            .enumerate()
+        {
             if scenarios.iter().any(|s| s.run_kind() == kind) {
-                let n = seed.wrapping_add((i * 2 + j) as u64);
+                let n = seed.wrapping_add((i * 3 + j) as u64);
                 out.push(Run {
                     kind,
                     arch,
@@ -218,7 +231,14 @@ mod tests {
         let ids: Vec<String> = r.iter().map(Run::id).collect();
         assert_eq!(
             ids,
-            ["basic-x86_64", "busy-x86_64", "basic-i686", "busy-i686"]
+            [
+                "basic-x86_64",
+                "busy-x86_64",
+                "blk-x86_64",
+                "basic-i686",
+                "busy-i686",
+                "blk-i686"
+            ]
         );
         assert!(r.windows(2).all(|w| w[0].nonce != w[1].nonce));
     }
