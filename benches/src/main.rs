@@ -148,7 +148,8 @@ fn main() {
         r.md,
         "Machine: {model}, {threads} hardware threads (nproc), {mhz:.0} MHz reported by \
          /proc/cpuinfo; rustc release profile; `{}` repetitions after one warm-up, median \
-         with (min..max) spread shown as ±half the range.",
+         and minimum per item (this machine may be shared: the minimum is the least \
+         disturbed repetition); µs rows show ±half the min..max range.",
         scale.reps
     );
     println!("{}", r.md);
@@ -176,7 +177,11 @@ fn main() {
             x.slots.to_string(),
             x.rust.show_ns(),
             x.c.show_ns(),
-            format!("**{:.2}**", x.rust.median / x.c.median),
+            format!(
+                "**{:.2}**; {:.2}",
+                x.rust.median / x.c.median,
+                x.rust.min / x.c.min
+            ),
             format!("{:.1} / {:.1}", x.notifies_per_k.0, x.notifies_per_k.1),
         ]);
         r.csv(
@@ -195,7 +200,12 @@ fn main() {
         "xen-gnttab's lock-free `RefStack` (Treiber stack with ABA tag; what every driver \
          uses) vs a plain single-threaded `Vec<u32>` free list. Take `batch` references, \
          return them; ns per alloc+free pair.",
-        &["batch", "RefStack", "Vec free list", "ratio RefStack/Vec"],
+        &[
+            "batch",
+            "RefStack",
+            "Vec free list",
+            "ratio RefStack/Vec (median; min)",
+        ],
     );
     for batch in [1u32, 32] {
         let (ours, base) = micro::grant_refs(&scale, batch);
@@ -203,7 +213,11 @@ fn main() {
             batch.to_string(),
             ours.show_ns(),
             base.show_ns(),
-            format!("**{:.2}**", ours.median / base.median),
+            format!(
+                "**{:.2}**; {:.2}",
+                ours.median / base.median,
+                ours.min / base.min
+            ),
         ]);
         r.csv("gnttab", &format!("refstack-b{batch}"), "ns/pair", &ours);
         r.csv("gnttab", &format!("vec-b{batch}"), "ns/pair", &base);

@@ -3,6 +3,8 @@
 //! - `cargo kmod build` — sets up the kernel-target toolchain if it is missing, builds every
 //!   module for amd64 and i386 (Rust static library, C shim against FreeBSD's headers, linked
 //!   into `target/kmod/<arch>/<module>.ko`), verifies each `.ko` (`verify.rs`), prints a table.
+//! - `cargo kmod bench` — runs the benchmark suites (`benches/`, see BENCHMARKS.md) in release
+//!   and writes their tables into `target/bench` (or `--out DIR`).
 //! - `cargo kmod test` — sets up what the suite needs, then runs every check that exists (format,
 //!   clippy, unit/property/integration tests, kernel-target builds) and ends with
 //!   `N passed, M failed`, exiting non-zero on any failure.
@@ -10,6 +12,7 @@
 //! It is a plain host program (run through the `kmod` alias in `.cargo/config.toml`) so that
 //! the only thing a user needs before the first command is a Rust toolchain with cargo.
 
+mod bench;
 mod elf;
 mod headers;
 mod kernel;
@@ -22,15 +25,18 @@ mod verify;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo kmod <build|test|setup> [options]
+const USAGE: &str = "usage: cargo kmod <build|test|bench|setup> [options]
 
   build            build and verify every module (.ko) for amd64 and i386
   test [FILTER]    run the whole suite (FILTER: only steps whose name contains it)
+  bench            run the benchmarks, write tables to target/bench (see BENCHMARKS.md)
   setup            install what the other commands need, and nothing else
 
 options:
   --arch ARCH      only this architecture (amd64 or i386); may be repeated
-  --no-install     never install packages; fail with what is missing instead";
+  --no-install     never install packages; fail with what is missing instead
+  --out DIR        (bench) where the result tables go
+  --quick          (bench) a fast, noisy run (seconds) to check that everything works";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +50,7 @@ fn main() -> ExitCode {
     let outcome = match options.command {
         Command::Build => kernel::build_command(&options),
         Command::Test => suite::test_command(&options),
+        Command::Bench => bench::bench_command(&options),
         Command::Setup => setup::ensure(&setup::Needs::everything(), options.allow_install),
     };
     match outcome {
@@ -59,6 +66,7 @@ fn main() -> ExitCode {
 enum Command {
     Build,
     Test,
+    Bench,
     Setup,
 }
 
@@ -69,6 +77,8 @@ pub struct Options {
     pub arches: Vec<kernel::Arch>,
     pub allow_install: bool,
     pub filter: Option<String>,
+    pub out: Option<PathBuf>,
+    pub quick: bool,
 }
 
 impl Options {
@@ -82,6 +92,7 @@ impl Options {
         let command = match args.first() {
             Some(&"build") => Command::Build,
             Some(&"test") => Command::Test,
+            Some(&"bench") => Command::Bench,
             Some(&"setup") => Command::Setup,
             Some(&"-h" | &"--help") | None => return Err("no command given".into()),
             Some(other) => return Err(format!("unknown command `{other}`")),
@@ -91,6 +102,8 @@ impl Options {
             arches: Vec::new(),
             allow_install: true,
             filter: None,
+            out: None,
+            quick: false,
         };
         let mut rest = args[1..].iter();
         while let Some(arg) = rest.next() {
@@ -100,6 +113,10 @@ impl Options {
                     options.arches.push(kernel::Arch::from_name(value)?);
                 }
                 "--no-install" => options.allow_install = false,
+                "--out" if command == Command::Bench => {
+                    options.out = Some(rest.next().ok_or("--out needs a folder")?.into());
+                }
+                "--quick" if command == Command::Bench => options.quick = true,
                 filter if command == Command::Test && !filter.starts_with('-') => {
                     options.filter = Some(filter.to_string());
                 }
@@ -141,6 +158,11 @@ mod tests {
         assert!(!options.allow_install);
         let options = parse("build").unwrap();
         assert_eq!(options.arches, kernel::Arch::ALL.to_vec());
+        let options = parse("kmod bench --out /tmp/b --quick").unwrap();
+        assert_eq!(options.command, Command::Bench);
+        assert_eq!(options.out, Some(PathBuf::from("/tmp/b")));
+        assert!(options.quick);
+        assert!(parse("test --quick").is_err());
     }
 
     #[test]

@@ -1,0 +1,74 @@
+//! `cargo kmod bench [--out DIR] [--quick]`: builds the `xen-bench` crate (`benches/`) in
+//! release and runs it. It prints progress and each table as it is measured, and writes
+//! `results.md` (the tables BENCHMARKS.md quotes) and `results.csv` into DIR (default
+//! `target/bench`). It is never part of `cargo kmod test`, which only compiles the crate
+//! (clippy `--all-targets`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::setup::{self, Needs};
+use crate::{workspace_root, Options};
+
+/// Whether `program` runs (found on PATH).
+fn runs(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// The folder the results go to: `--out`, relative to the current directory, or
+/// `<workspace>/target/bench`.
+pub fn out_dir(options: &Options) -> PathBuf {
+    match &options.out {
+        Some(dir) if dir.is_absolute() => dir.clone(),
+        Some(dir) => std::env::current_dir().unwrap_or_default().join(dir),
+        None => workspace_root().join("target").join("bench"),
+    }
+}
+
+pub fn bench_command(options: &Options) -> Result<(), String> {
+    // The bench crate builds xen-sys (Xen headers, bindgen) and compiles Xen's io/ring.h
+    // with the system C compiler; nothing else.
+    setup::ensure(
+        &Needs {
+            kernel_toolchain: false,
+            modules: false,
+            host_tests: false,
+            real_xen: false,
+        },
+        options.allow_install,
+    )?;
+    let out = out_dir(options);
+    let mut cargo = Command::new("cargo");
+    cargo
+        .args(["run", "--release", "-p", "xen-bench", "--", "--out"])
+        .arg(&out)
+        .current_dir(workspace_root());
+    if options.quick {
+        cargo.arg("--quick");
+    }
+    // The cc crate calls `cc`; Debian's clang package (installed above) provides `clang`.
+    if std::env::var_os("CC").is_none() && !runs("cc") && runs("clang") {
+        cargo.env("CC", "clang");
+    }
+    println!(
+        "building xen-bench (release) and running it; results go to {}",
+        out.display()
+    );
+    let status = cargo
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("xen-bench failed ({status})"));
+    }
+    println!(
+        "done: {} and {} (paste the tables into BENCHMARKS.md)",
+        out.join("results.md").display(),
+        out.join("results.csv").display()
+    );
+    Ok(())
+}
