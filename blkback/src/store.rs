@@ -242,6 +242,12 @@ impl MemStore {
         self.fail_next = n;
     }
 
+    /// Completions not yet polled (the platform would schedule the backend for them).
+    #[must_use]
+    pub fn completions_ready(&self) -> usize {
+        self.done.len()
+    }
+
     /// The contents.
     #[must_use]
     pub fn data(&self) -> &[u8] {

@@ -20,8 +20,9 @@ use xen_blkback::{Backend, BackendConfig, StoreInfo};
 use xen_blkfront::{
     Bio, BioError, BioOp, BufSeg, Completion, FrontEvent, Frontend, FrontendConfig,
 };
-use xen_xenbus::{Access, Bus, Device, Driver, Error as XsErr, Perm, Role, XenbusState};
+use xen_xenbus::{Access, Bus, Device, Perm, Role, XenbusState};
 
+use super::drivers::{BackDriver, FrontDriver};
 use super::file_store::{temp_image, FileStore, Mode};
 use super::sim::{leak, take_pending, Log, SimBackEnv, SimFrontEnv};
 use crate::xensim::xenstored::{SimTransport, XenstoreSim};
@@ -102,64 +103,6 @@ impl Setup {
             store_info: None,
             discard_enable: true,
         }
-    }
-}
-
-struct BackDriver {
-    be: Rc<RefCell<Back>>,
-    store: Rc<RefCell<Option<FileStore>>>,
-}
-
-impl Driver<Xs> for BackDriver {
-    fn devtype(&self) -> &str {
-        "vbd"
-    }
-
-    fn probe(&mut self, xs: &mut Xs, dev: &mut Device) -> Result<(), XsErr> {
-        let store = self.store.borrow_mut().take();
-        self.be
-            .borrow_mut()
-            .probe(xs, dev, |_cfg| store.ok_or(XsErr::BadValue))
-    }
-
-    fn otherend_changed(
-        &mut self,
-        xs: &mut Xs,
-        dev: &mut Device,
-        state: XenbusState,
-    ) -> Result<(), XsErr> {
-        self.be.borrow_mut().otherend_changed(xs, dev, state)
-    }
-
-    fn remove(&mut self, xs: &mut Xs, dev: &mut Device) {
-        self.be.borrow_mut().remove(xs, dev);
-    }
-}
-
-struct FrontDriver {
-    fe: Rc<RefCell<Front>>,
-}
-
-impl Driver<Xs> for FrontDriver {
-    fn devtype(&self) -> &str {
-        "vbd"
-    }
-
-    fn probe(&mut self, xs: &mut Xs, dev: &mut Device) -> Result<(), XsErr> {
-        self.fe.borrow_mut().probe(xs, dev)
-    }
-
-    fn otherend_changed(
-        &mut self,
-        xs: &mut Xs,
-        dev: &mut Device,
-        state: XenbusState,
-    ) -> Result<(), XsErr> {
-        self.fe.borrow_mut().otherend_changed(xs, dev, state)
-    }
-
-    fn remove(&mut self, xs: &mut Xs, dev: &mut Device) {
-        self.fe.borrow_mut().remove(xs, dev);
     }
 }
 

@@ -1,7 +1,17 @@
-//! Test support for the block drivers: their platforms over `xensim` ([`sim`]), a file-backed
-//! store ([`file_store`]), and a two-domain harness with xenstore, xenbus and a driving loop
-//! ([`harness`]).
+//! Test support for the block drivers:
+//!
+//! * [`sim`]: their platforms over `xensim` (the faithful simulator);
+//! * [`file_store`]: a file-backed store with in-order or random-order completion;
+//! * [`harness`]: two simulated domains with xenstored, buses and a driving loop, for the
+//!   end-to-end tests;
+//! * [`mock`], [`memxs`], [`bench`]: a fast mock hypervisor and xenstore, and benches with one
+//!   real driver against a raw, test-controlled peer, for the hostile-peer tests and fuzzers;
+//! * [`drivers`]: xenbus driver adapters for both cores.
 
+pub mod bench;
+pub mod drivers;
 pub mod file_store;
 pub mod harness;
+pub mod memxs;
+pub mod mock;
 pub mod sim;
