@@ -31,28 +31,7 @@ use xen_sys::consts::Virq;
 use crate::{BindOptions, Error, EventChannels, PageSource, Port, Token};
 use xen_kmod::Hypervisor;
 
-/// A FreeBSD errno value (`sys/errno.h`), the only error form that leaves this module.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    /// I/O error (hypervisor inconsistency).
-    pub const EIO: Errno = Errno(5);
-    /// Out of memory.
-    pub const ENOMEM: Errno = Errno(12);
-    /// Bad argument.
-    pub const EINVAL: Errno = Errno(22);
-    /// Unknown ioctl.
-    pub const ENOTTY: Errno = Errno(25);
-    /// The event ring overflowed (reset it).
-    pub const EFBIG: Errno = Errno(27);
-    /// Too many ports bound through this file.
-    pub const ENOSPC: Errno = Errno(28);
-    /// Nothing to read yet (`EWOULDBLOCK`).
-    pub const EAGAIN: Errno = Errno(35);
-    /// The port is not bound through this file.
-    pub const ENOTCONN: Errno = Errno(57);
-}
+pub use xen_sys::freebsd::Errno;
 
 /// Maps a core error to the errno user space sees.
 #[must_use]
@@ -66,33 +45,30 @@ pub fn errno(e: Error) -> Errno {
     }
 }
 
-const IOC_VOID: u32 = 0x2000_0000;
-const IOC_OUT: u32 = 0x4000_0000;
-const IOC_IN: u32 = 0x8000_0000;
-const IOCPARM_MASK: u32 = 0x1fff;
+use xen_sys::freebsd::ioccom::{ioc, iocparm_len, IOC_IN, IOC_OUT, IOC_VOID};
 
-/// FreeBSD's `_IOC(inout, group, num, len)`.
-const fn ioc(inout: u32, group: u8, num: u8, len: u32) -> u32 {
-    inout | ((len & IOCPARM_MASK) << 16) | ((group as u32) << 8) | num as u32
-}
+/// The evtchn ioctl group, `'E'`.
+const GROUP: u32 = b'E' as u32;
+/// The generic file ioctl group, `'f'`.
+const FILE_GROUP: u32 = b'f' as u32;
 
 /// `IOCTL_EVTCHN_BIND_VIRQ`: `_IOWR('E', 4, struct { u32 virq; u32 port; })`.
-pub const IOCTL_EVTCHN_BIND_VIRQ: u32 = ioc(IOC_IN | IOC_OUT, b'E', 4, 8);
+pub const IOCTL_EVTCHN_BIND_VIRQ: u32 = ioc(IOC_IN | IOC_OUT, GROUP, 4, 8);
 /// `IOCTL_EVTCHN_BIND_INTERDOMAIN`: `_IOWR('E', 5, struct { u32 remote_domain, remote_port;
 /// u32 port; })`.
-pub const IOCTL_EVTCHN_BIND_INTERDOMAIN: u32 = ioc(IOC_IN | IOC_OUT, b'E', 5, 12);
+pub const IOCTL_EVTCHN_BIND_INTERDOMAIN: u32 = ioc(IOC_IN | IOC_OUT, GROUP, 5, 12);
 /// `IOCTL_EVTCHN_BIND_UNBOUND_PORT`: `_IOWR('E', 6, struct { u32 remote_domain; u32 port; })`.
-pub const IOCTL_EVTCHN_BIND_UNBOUND_PORT: u32 = ioc(IOC_IN | IOC_OUT, b'E', 6, 8);
+pub const IOCTL_EVTCHN_BIND_UNBOUND_PORT: u32 = ioc(IOC_IN | IOC_OUT, GROUP, 6, 8);
 /// `IOCTL_EVTCHN_UNBIND`: `_IOW('E', 7, struct { u32 port; })`.
-pub const IOCTL_EVTCHN_UNBIND: u32 = ioc(IOC_IN, b'E', 7, 4);
+pub const IOCTL_EVTCHN_UNBIND: u32 = ioc(IOC_IN, GROUP, 7, 4);
 /// `IOCTL_EVTCHN_NOTIFY`: `_IOW('E', 8, struct { u32 port; })`.
-pub const IOCTL_EVTCHN_NOTIFY: u32 = ioc(IOC_IN, b'E', 8, 4);
+pub const IOCTL_EVTCHN_NOTIFY: u32 = ioc(IOC_IN, GROUP, 8, 4);
 /// `IOCTL_EVTCHN_RESET`: `_IO('E', 9)`.
-pub const IOCTL_EVTCHN_RESET: u32 = ioc(IOC_VOID, b'E', 9, 0);
+pub const IOCTL_EVTCHN_RESET: u32 = ioc(IOC_VOID, GROUP, 9, 0);
 /// `FIONBIO` (`_IOW('f', 126, int)`), handled by the upper layer: accepted.
-pub const FIONBIO: u32 = ioc(IOC_IN, b'f', 126, 4);
+pub const FIONBIO: u32 = ioc(IOC_IN, FILE_GROUP, 126, 4);
 /// `FIOASYNC` (`_IOW('f', 125, int)`), handled by the upper layer: accepted.
-pub const FIOASYNC: u32 = ioc(IOC_IN, b'f', 125, 4);
+pub const FIOASYNC: u32 = ioc(IOC_IN, FILE_GROUP, 125, 4);
 
 /// Ports queued per file: a page of `evtchn_port_t`, as FreeBSD.
 pub const RING_SIZE: usize = 1024;
@@ -100,11 +76,6 @@ pub const RING_SIZE: usize = 1024;
 pub const MAX_PORTS_PER_FILE: usize = 4096;
 /// Largest `read`/`write` transfer (a page), as FreeBSD.
 const MAX_TRANSFER: usize = 4096;
-
-/// `IOCPARM_LEN(cmd)`.
-fn param_len(cmd: u32) -> usize {
-    ((cmd >> 16) & IOCPARM_MASK) as usize
-}
 
 fn get_u32(data: &[u8], at: usize) -> Result<u32, Errno> {
     let b = data.get(at..at + 4).ok_or(Errno::EINVAL)?;
@@ -205,7 +176,7 @@ impl EvtchnFile {
         if !known.contains(&cmd) {
             return Err(Errno::ENOTTY);
         }
-        if data.len() < param_len(cmd) {
+        if data.len() < iocparm_len(cmd) {
             return Err(Errno::EINVAL);
         }
         match cmd {

@@ -45,61 +45,15 @@ use crate::batch::{ForeignMapping, MapRangeError};
 use crate::table::{GrantError, GrantRef, Revoke};
 use crate::v1::PAGE_SIZE;
 
-/// A FreeBSD errno value (FreeBSD's numbering: `ENOSYS` is 78, not Linux's 38).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    /// `EPERM`.
-    pub const EPERM: Errno = Errno(1);
-    /// `EIO`.
-    pub const EIO: Errno = Errno(5);
-    /// `ENOMEM`.
-    pub const ENOMEM: Errno = Errno(12);
-    /// `EACCES`.
-    pub const EACCES: Errno = Errno(13);
-    /// `EFAULT`.
-    pub const EFAULT: Errno = Errno(14);
-    /// `EBUSY`.
-    pub const EBUSY: Errno = Errno(16);
-    /// `EINVAL`.
-    pub const EINVAL: Errno = Errno(22);
-    /// `ENOSPC`.
-    pub const ENOSPC: Errno = Errno(28);
-    /// `ENOSYS`.
-    pub const ENOSYS: Errno = Errno(78);
-}
-
-impl fmt::Display for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "errno {}", self.0)
-    }
-}
+pub use xen_sys::freebsd::Errno;
 
 /// FreeBSD's `sys/xen/gntdev.h` and `sys/sys/ioccom.h`: command numbers and argument layouts.
 pub mod abi {
-    /// `IOC_OUT`: the kernel copies the argument back out.
-    pub const IOC_OUT: u32 = 0x4000_0000;
-    /// `IOC_IN`: the kernel copies the argument in.
-    pub const IOC_IN: u32 = 0x8000_0000;
-    /// `IOC_INOUT`.
-    pub const IOC_INOUT: u32 = IOC_IN | IOC_OUT;
-    /// `IOCPARM_MASK`: 13 bits of argument length.
-    pub const IOCPARM_MASK: u32 = 0x1fff;
+    pub use xen_sys::freebsd::ioccom::{
+        ioc, iocparm_len, IOCPARM_MASK, IOC_IN, IOC_INOUT, IOC_OUT,
+    };
     /// The gntdev ioctl group, `'E'`.
     pub const GROUP: u32 = b'E' as u32;
-
-    /// FreeBSD's `_IOC(inout, group, num, len)`.
-    #[must_use]
-    pub const fn ioc(inout: u32, group: u32, num: u32, len: u32) -> u32 {
-        inout | ((len & IOCPARM_MASK) << 16) | (group << 8) | num
-    }
-
-    /// `IOCPARM_LEN(cmd)`: the argument size a command encodes.
-    #[must_use]
-    pub const fn iocparm_len(cmd: u32) -> usize {
-        ((cmd >> 16) & IOCPARM_MASK) as usize
-    }
 
     /// `UNMAP_NOTIFY_CLEAR_BYTE`.
     pub const UNMAP_NOTIFY_CLEAR_BYTE: u32 = 0x1;

@@ -85,6 +85,7 @@
 #![no_std]
 
 pub mod consts;
+pub mod freebsd;
 pub mod pod;
 pub mod ptr;
 

@@ -89,32 +89,7 @@ use xen_sys::native::{
 
 use crate::{EventChannelOp, HvmOp, Hypervisor, MemoryOp, XenError, XenVersionOp, DOMID_SELF};
 
-/// A FreeBSD errno value (FreeBSD's numbering: `ENOSYS` is 78, not Linux's 38).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    /// `EPERM`.
-    pub const EPERM: Errno = Errno(1);
-    /// `ESRCH`.
-    pub const ESRCH: Errno = Errno(3);
-    /// `EIO`.
-    pub const EIO: Errno = Errno(5);
-    /// `E2BIG`.
-    pub const E2BIG: Errno = Errno(7);
-    /// `ENOMEM`.
-    pub const ENOMEM: Errno = Errno(12);
-    /// `EFAULT`.
-    pub const EFAULT: Errno = Errno(14);
-    /// `EBUSY`.
-    pub const EBUSY: Errno = Errno(16);
-    /// `EINVAL`.
-    pub const EINVAL: Errno = Errno(22);
-    /// `EOPNOTSUPP`.
-    pub const EOPNOTSUPP: Errno = Errno(45);
-    /// `ENOSYS`.
-    pub const ENOSYS: Errno = Errno(78);
-}
+pub use xen_sys::freebsd::Errno;
 
 impl From<XenError> for Errno {
     fn from(e: XenError) -> Errno {
@@ -122,22 +97,11 @@ impl From<XenError> for Errno {
     }
 }
 
-impl fmt::Display for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "errno {}", self.0)
-    }
-}
-
 /// FreeBSD's `sys/xen/privcmd.h` and `sys/sys/ioccom.h`: command numbers and layouts.
 pub mod abi {
-    /// `IOC_OUT`.
-    pub const IOC_OUT: u32 = 0x4000_0000;
-    /// `IOC_IN`.
-    pub const IOC_IN: u32 = 0x8000_0000;
-    /// `IOC_INOUT`.
-    pub const IOC_INOUT: u32 = IOC_IN | IOC_OUT;
-    /// `IOCPARM_MASK`.
-    pub const IOCPARM_MASK: u32 = 0x1fff;
+    pub use xen_sys::freebsd::ioccom::{
+        ioc, iocparm_len, IOCPARM_MASK, IOC_IN, IOC_INOUT, IOC_OUT,
+    };
     /// The privcmd ioctl group, `'E'`.
     pub const GROUP: u32 = b'E' as u32;
 
@@ -151,18 +115,6 @@ pub mod abi {
     pub const DOMID_INVALID: u16 = 0x7ff4;
     /// Slots of the hypercall page (4096 / 32): larger op numbers do not exist.
     pub const HYPERCALL_PAGE_SLOTS: u64 = 128;
-
-    /// FreeBSD's `_IOC(inout, group, num, len)`.
-    #[must_use]
-    pub const fn ioc(inout: u32, group: u32, num: u32, len: u32) -> u32 {
-        inout | ((len & IOCPARM_MASK) << 16) | (group << 8) | num
-    }
-
-    /// `IOCPARM_LEN(cmd)`.
-    #[must_use]
-    pub const fn iocparm_len(cmd: u32) -> usize {
-        ((cmd >> 16) & IOCPARM_MASK) as usize
-    }
 
     /// The user process's data model (`long` and pointers are 8 or 4 bytes).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -61,16 +61,7 @@ use crate::client::{Client, ReqId, TxId, WatchEvent, WatchId};
 use crate::error::{Error, XsError};
 use crate::wire::{encode_error, encode_watch_event, MsgType, Reply, Request};
 
-/// A FreeBSD errno value (`sys/errno.h`), returned by `write`/`read`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    /// `EINVAL`: a header announcing more than 4096 payload bytes.
-    pub const EINVAL: Errno = Errno(22);
-    /// `EAGAIN`: nothing to read, or no room to accept another message yet.
-    pub const EAGAIN: Errno = Errno(35);
-}
+pub use xen_sys::freebsd::Errno;
 
 /// A whole message: header plus the largest payload.
 pub const MSG_MAX: usize = HEADER_SIZE + PAYLOAD_MAX;
