@@ -167,7 +167,7 @@ fn main() {
             "slots",
             "xen-ring",
             "io/ring.h (C, cc -O2)",
-            "ratio Rust/C",
+            "ratio Rust/C (median; min)",
             "notifies per 1k (Rust / C)",
         ],
     );
