@@ -88,6 +88,11 @@ const REAL_XEN: &[Package] = &[
         present_if: "/usr/share/doc/busybox-static",
     },
     Package {
+        name: "socat",
+        why: "the UDP echo in the real-Xen dom0 that the netfront scenario talks to",
+        present_if: "/usr/bin/socat",
+    },
+    Package {
         name: "binutils",
         why: "objcopy, to strip the PVH test guest before it goes into dom0",
         present_if: "/usr/bin/objcopy",

@@ -23,75 +23,13 @@ use xen_blkback::env::Level;
 use xen_blkfront::{Bio, BioOp, BufSeg, Frontend, FrontendConfig, FrontendEnv, PageRun};
 use xen_gnttab::{GrantError, GrantRef, Revoke, StillInUse};
 use xen_kmod::{HypervisorExt, XenError};
-use xen_shmem::{Page, SharedMem};
 use xen_xenbus::{Bus, Device, Driver, Error as XsErr, Role, Store, XenbusState};
 
-use crate::arch;
 use crate::events::Events;
 use crate::gnt::Gnttab;
+use crate::pages::PagePool;
 use crate::time::Deadline;
 use crate::xs::GuestXs;
-
-/// Pages the frontend may use (rings, indirect pages, persistent and bounce pages, buffers).
-const POOL_PAGES: usize = 1024;
-static POOL: [Page; POOL_PAGES] = [const { Page::new() }; POOL_PAGES];
-
-/// First-fit allocator of contiguous runs of the static pool.
-#[derive(Debug)]
-struct PagePool {
-    used: RefCell<Vec<bool>>,
-}
-
-impl PagePool {
-    fn new() -> PagePool {
-        PagePool {
-            used: RefCell::new(alloc::vec![false; POOL_PAGES]),
-        }
-    }
-
-    fn alloc(&self, count: u32) -> Option<PageRun<'static>> {
-        let n = usize::try_from(count).ok().filter(|&n| n > 0)?;
-        let mut used = self.used.borrow_mut();
-        let mut start = 0;
-        while start + n <= POOL_PAGES {
-            match used[start..start + n].iter().position(|&u| u) {
-                Some(busy) => start += busy + 1,
-                None => {
-                    used[start..start + n].fill(true);
-                    let pages = &POOL[start..start + n];
-                    let mem = SharedMem::from_pages(pages);
-                    // Zeroed, as the trait promises (the page may have been used before).
-                    let zero = [0u8; 4096];
-                    for i in 0..n {
-                        let _ = mem.copy_from_slice(i * 4096, &zero);
-                    }
-                    return Some(PageRun {
-                        gfn: arch::gpfn_of(core::ptr::from_ref(&pages[0]).cast()),
-                        count,
-                        mem,
-                    });
-                }
-            }
-        }
-        None
-    }
-
-    fn free(&self, run: &PageRun<'static>) {
-        let base = arch::gpfn_of(core::ptr::from_ref(&POOL[0]).cast());
-        let Some(first) = run
-            .gfn
-            .checked_sub(base)
-            .and_then(|f| usize::try_from(f).ok())
-        else {
-            return;
-        };
-        let n = usize::try_from(run.count).unwrap_or(0);
-        let mut used = self.used.borrow_mut();
-        if let Some(slots) = used.get_mut(first..first + n) {
-            slots.fill(false);
-        }
-    }
-}
 
 /// The frontend's platform in this guest.
 #[derive(Debug)]

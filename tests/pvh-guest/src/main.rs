@@ -28,6 +28,8 @@ mod console;
 mod events;
 mod gnt;
 mod log;
+mod net;
+mod pages;
 mod time;
 mod upcall;
 mod xs;
@@ -327,14 +329,21 @@ pub fn guest_main(si: &arch::StartInfo) -> ! {
     if run == "busy" {
         busy(&mut g, &mut xs);
     }
-    if run == "blk" {
+    if run == "blk" || run == "net" {
         let gt: Option<&'static gnt::Gnttab> = gt.map(|gt| &*Box::leak(Box::new(gt)));
         match (gt, domid.and_then(|d| u16::try_from(d).ok())) {
-            (Some(gt), Some(domid)) => match blk::run(g.ev, &mut xs, gt, domid, nonce) {
-                Ok(detail) => g.report("blk", true, format_args!("{detail}")),
-                Err(e) => g.report("blk", false, format_args!("{e}")),
-            },
-            _ => g.report("blk", false, format_args!("no grant table or domid")),
+            (Some(gt), Some(domid)) => {
+                let r = if run == "blk" {
+                    blk::run(g.ev, &mut xs, gt, domid, nonce)
+                } else {
+                    net::run(g.ev, &mut xs, gt, domid, nonce)
+                };
+                match r {
+                    Ok(detail) => g.report(run, true, format_args!("{detail}")),
+                    Err(e) => g.report(run, false, format_args!("{e}")),
+                }
+            }
+            _ => g.report(run, false, format_args!("no grant table or domid")),
         }
         g.shutdown(xen_sys::native::SHUTDOWN_poweroff)
     }

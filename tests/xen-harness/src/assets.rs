@@ -23,6 +23,7 @@ pub const HOST_FILES: &[(&str, &str)] = &[
     ("/usr/lib/xen-4.17/bin/xen-init-dom0", "xen-utils-4.17"),
     ("/usr/lib/xen-4.17/bin/xenctx", "xen-utils-4.17"),
     ("/usr/bin/xenstore", "xen-utils-common"),
+    ("/usr/bin/socat", "socat"),
     ("/bin/busybox", "busybox-static"),
     ("/usr/bin/objcopy", "binutils"),
 ];

@@ -51,6 +51,8 @@ pub enum RunKind {
     Busy,
     /// With a disk: blkfront against dom0's xen-blkback.
     Blk,
+    /// With a vif: netfront against dom0's xen-netback.
+    Net,
 }
 
 impl RunKind {
@@ -60,6 +62,7 @@ impl RunKind {
             RunKind::Basic => "basic",
             RunKind::Busy => "busy",
             RunKind::Blk => "blk",
+            RunKind::Net => "net",
         }
     }
 }
@@ -92,11 +95,13 @@ pub enum Scenario {
     Destroy,
     /// xen-blkfront against Linux's xen-blkback: write, read back, dom0 checks the bytes.
     Blk,
+    /// xen-netfront against Linux's xen-netback: ARP, ping both ways, UDP echo.
+    Net,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Boot,
         Scenario::Console,
         Scenario::Xenstore,
@@ -105,6 +110,7 @@ impl Scenario {
         Scenario::Shutdown,
         Scenario::Destroy,
         Scenario::Blk,
+        Scenario::Net,
     ];
 
     /// Its name.
@@ -118,6 +124,7 @@ impl Scenario {
             Scenario::Shutdown => "shutdown",
             Scenario::Destroy => "destroy",
             Scenario::Blk => "blk",
+            Scenario::Net => "net",
         }
     }
 
@@ -132,6 +139,7 @@ impl Scenario {
             Scenario::Shutdown => "SCHEDOP_shutdown(poweroff): the domain disappears, xl list holds only Domain-0",
             Scenario::Destroy => "xl destroy of a guest busy with console and xenstore I/O: no zombie domain",
             Scenario::Blk => "xen-blkfront vs Linux xen-blkback on a RAM disk: 64 KiB written, read back, verified by dom0",
+            Scenario::Net => "xen-netfront vs Linux xen-netback on a bridge: ARP, ICMP echo both ways, UDP echo via dom0",
         }
     }
 
@@ -154,6 +162,7 @@ impl Scenario {
         match self {
             Scenario::Destroy => RunKind::Busy,
             Scenario::Blk => RunKind::Blk,
+            Scenario::Net => RunKind::Net,
             _ => RunKind::Basic,
         }
     }
@@ -169,6 +178,7 @@ impl Scenario {
             Scenario::Shutdown => &[Source::Dom0("shutdown")],
             Scenario::Destroy => &[Source::Dom0("destroy")],
             Scenario::Blk => &[Source::Guest("blk"), Source::Dom0("blk")],
+            Scenario::Net => &[Source::Guest("net"), Source::Dom0("net")],
         }
     }
 }
@@ -200,12 +210,10 @@ impl Run {
 pub fn runs(scenarios: &[Scenario], arches: &[Arch], seed: u64) -> Vec<Run> {
     let mut out = Vec::new();
     for (i, &arch) in arches.iter().enumerate() {
-        for (j, kind) in [RunKind::Basic, RunKind::Busy, RunKind::Blk]
-            .into_iter()
-            .enumerate()
-        {
+        let kinds = [RunKind::Basic, RunKind::Busy, RunKind::Blk, RunKind::Net];
+        for (j, kind) in kinds.into_iter().enumerate() {
             if scenarios.iter().any(|s| s.run_kind() == kind) {
-                let n = seed.wrapping_add((i * 3 + j) as u64);
+                let n = seed.wrapping_add((i * kinds.len() + j) as u64);
                 out.push(Run {
                     kind,
                     arch,
@@ -235,9 +243,11 @@ mod tests {
                 "basic-x86_64",
                 "busy-x86_64",
                 "blk-x86_64",
+                "net-x86_64",
                 "basic-i686",
                 "busy-i686",
-                "blk-i686"
+                "blk-i686",
+                "net-i686"
             ]
         );
         assert!(r.windows(2).all(|w| w[0].nonce != w[1].nonce));

@@ -1,0 +1,570 @@
+//! The network frontend (xen-netfront) against Linux dom0's xen-netback.
+//!
+//! The `xn` core, driven as the FreeBSD glue drives it: a xenbus [`Bus`] (frontend role) with
+//! a `vif` driver that reads the backend's offer, sets up queues through the platform
+//! (pages from the static pool, grants from [`Gnttab`], masked event channels), publishes the
+//! keys and connects. On top, just enough of a network stack to prove packets flow both ways:
+//! ARP (ask for dom0's address, answer for ours), ICMP echo (ping dom0, answer dom0's pings)
+//! and one UDP datagram with the nonce that dom0 echoes back.
+//!
+//! Addresses: the guest is 10.99.0.2/24, dom0's bridge 10.99.0.1; dom0 listens on UDP 5555.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use xen_gnttab::{GrantRef, Revoke};
+use xen_kmod::arch::XenPlatform;
+use xen_kmod::HypervisorExt;
+use xen_netfront::negotiate::{self, BackendOffer, FrontendConfig, Setup};
+use xen_netfront::{FrontendPlatform, PlatformError};
+use xen_netif::PacketMeta;
+use xen_shmem::SharedMem;
+use xen_xenbus::{Bus, Device, Driver, Error as XsErr, Role, Store, XenbusState};
+
+use crate::events::Events;
+use crate::gnt::Gnttab;
+use crate::pages::PagePool;
+use crate::time::{self, Deadline};
+use crate::xs::GuestXs;
+
+/// Our address.
+pub const GUEST_IP: [u8; 4] = [10, 99, 0, 2];
+/// dom0's bridge address.
+pub const DOM0_IP: [u8; 4] = [10, 99, 0, 1];
+/// dom0's UDP echo port.
+pub const UDP_PORT: u16 = 5555;
+const OUR_UDP_PORT: u16 = 40_000;
+const ICMP_ID: u16 = 0x7876;
+
+/// The netfront platform of this guest.
+#[derive(Debug)]
+pub struct NetPlat {
+    ev: Events,
+    gt: &'static Gnttab,
+    pool: &'static PagePool,
+}
+
+impl FrontendPlatform<'static> for NetPlat {
+    type Hv = &'static XenPlatform;
+    type Grant = GrantRef;
+
+    fn hypervisor(&self) -> Self::Hv {
+        self.ev.hv
+    }
+
+    fn alloc_page(&mut self) -> Result<(u64, SharedMem<'static>), PlatformError> {
+        let run = self.pool.alloc(1).ok_or(PlatformError::NoMemory)?;
+        Ok((run.gfn, run.mem))
+    }
+
+    fn grant(
+        &mut self,
+        domid: u16,
+        gfn: u64,
+        readonly: bool,
+    ) -> Result<(u32, GrantRef), PlatformError> {
+        let r = self
+            .gt
+            .grant(domid, gfn, readonly)
+            .map_err(|_| PlatformError::Grant)?;
+        Ok((r.raw(), r))
+    }
+
+    fn release(&mut self, gfn: u64, grant: GrantRef) {
+        // A page the backend still maps is never reused: it stays out of the pool.
+        if self.gt.revoke(grant) == Revoke::Done {
+            if let Some(run) = self.pool.run_of(gfn) {
+                self.pool.free(&run);
+            }
+        }
+    }
+
+    fn alloc_unbound(&mut self, remote: u16) -> Result<u32, PlatformError> {
+        let port = self
+            .ev
+            .hv
+            .evtchn_alloc_unbound(remote)
+            .map_err(|_| PlatformError::Evtchn)?;
+        self.ev.mask(port);
+        Ok(port)
+    }
+
+    fn close(&mut self, port: u32) {
+        let _ = self.ev.hv.evtchn_close(port);
+    }
+}
+
+/// A connected device.
+struct NetSide {
+    setup: Setup<'static, NetPlat>,
+    offer: BackendOffer,
+    mac: [u8; 6],
+}
+
+type Slot = Rc<RefCell<Option<NetSide>>>;
+
+/// The `vif` driver on the bus.
+struct VifDriver {
+    ev: Events,
+    gt: &'static Gnttab,
+    pool: &'static PagePool,
+    cfg: FrontendConfig,
+    slot: Slot,
+    error: Rc<RefCell<Option<String>>>,
+}
+
+impl Driver<GuestXs> for VifDriver {
+    fn devtype(&self) -> &str {
+        "vif"
+    }
+
+    fn probe(&mut self, xs: &mut GuestXs, dev: &mut Device) -> Result<(), XsErr> {
+        dev.switch_state(xs, XenbusState::Initialising)
+    }
+
+    fn otherend_changed(
+        &mut self,
+        xs: &mut GuestXs,
+        dev: &mut Device,
+        state: XenbusState,
+    ) -> Result<(), XsErr> {
+        if state != XenbusState::InitWait
+            || dev.state() != XenbusState::Initialising
+            || self.slot.borrow().is_some()
+        {
+            return Ok(());
+        }
+        let be = dev.otherend().to_string();
+        let fe = dev.nodename().to_string();
+        let offer = negotiate::read_offer(xs, &be)?;
+        let mac = negotiate::read_mac(xs, &fe)?.ok_or(XsErr::BadValue)?;
+        let trusted = negotiate::read_trusted(xs, &fe)?;
+        let mut plat = NetPlat {
+            ev: self.ev,
+            gt: self.gt,
+            pool: self.pool,
+        };
+        let setup = match negotiate::setup(&mut plat, dev.otherend_id(), &offer, &self.cfg, trusted)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                *self.error.borrow_mut() = Some(format!("setup: {e:?}"));
+                return Err(XsErr::BadValue);
+            }
+        };
+        let published = negotiate::publish(
+            xs,
+            &fe,
+            &setup.keys,
+            setup.split,
+            setup.ctrl_keys,
+            &offer,
+            &self.cfg,
+        );
+        if let Err(e) = published.and_then(|()| dev.switch_state(xs, XenbusState::Connected)) {
+            *self.error.borrow_mut() = Some(format!("publish: {e}"));
+            let mut setup = setup;
+            setup.queues.clear();
+            setup.ctrl = None;
+            setup.resources.release(&mut plat);
+            return Err(e);
+        }
+        *self.slot.borrow_mut() = Some(NetSide { setup, offer, mac });
+        Ok(())
+    }
+
+    fn remove(&mut self, _xs: &mut GuestXs, _dev: &mut Device) {}
+}
+
+// ------------------------------------------------------------------ a tiny IPv4 stack
+
+fn csum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = u32::from(c[0]) << 8 | c.get(1).map_or(0, |&b| u32::from(b));
+        sum = sum.wrapping_add(w);
+    }
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    // CAST: folded to 16 bits above.
+    !(sum as u16)
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], ty: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(14 + payload.len().max(46));
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&ty.to_be_bytes());
+    p.extend_from_slice(payload);
+    while p.len() < 60 {
+        p.push(0);
+    }
+    p
+}
+
+fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(28);
+    a.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa);
+    a.extend_from_slice(&tha);
+    a.extend_from_slice(&tpa);
+    a
+}
+
+fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], id: u16, payload: &[u8]) -> Vec<u8> {
+    let total = u16::try_from(20 + payload.len()).unwrap_or(u16::MAX);
+    let mut h = Vec::with_capacity(20 + payload.len());
+    h.extend_from_slice(&[0x45, 0]);
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&[0x40, 0, 64, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    let c = csum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+fn icmp_echo(ty: u8, id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(8 + data.len());
+    m.extend_from_slice(&[ty, 0, 0, 0]);
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(data);
+    let c = csum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+fn udp(src_port: u16, dst_port: u16, data: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(8 + data.len()).unwrap_or(u16::MAX);
+    let mut u = Vec::with_capacity(8 + data.len());
+    u.extend_from_slice(&src_port.to_be_bytes());
+    u.extend_from_slice(&dst_port.to_be_bytes());
+    u.extend_from_slice(&len.to_be_bytes());
+    // Checksum 0: none (allowed for UDP over IPv4).
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(data);
+    u
+}
+
+/// What the receive side saw.
+#[derive(Debug, Default)]
+struct Seen {
+    dom0_mac: Option<[u8; 6]>,
+    echo_replies: u32,
+    pings_answered: u32,
+    arps_answered: u32,
+    udp_echo: Option<Vec<u8>>,
+    other: u32,
+}
+
+/// Handles one received frame; queues any answer in `out`.
+fn receive(mac: [u8; 6], frame: &[u8], seen: &mut Seen, out: &mut Vec<Vec<u8>>) {
+    if frame.len() < 14 {
+        seen.other += 1;
+        return;
+    }
+    let src: [u8; 6] = frame[6..12].try_into().unwrap_or([0; 6]);
+    let ty = u16::from_be_bytes([frame[12], frame[13]]);
+    let body = &frame[14..];
+    match ty {
+        0x0806 if body.len() >= 28 => {
+            let op = u16::from_be_bytes([body[6], body[7]]);
+            let sha: [u8; 6] = body[8..14].try_into().unwrap_or([0; 6]);
+            let spa: [u8; 4] = body[14..18].try_into().unwrap_or([0; 4]);
+            let tpa: [u8; 4] = body[24..28].try_into().unwrap_or([0; 4]);
+            if spa == DOM0_IP {
+                seen.dom0_mac = Some(sha);
+            }
+            if op == 1 && tpa == GUEST_IP {
+                out.push(eth(sha, mac, 0x0806, &arp(2, mac, GUEST_IP, sha, spa)));
+                seen.arps_answered += 1;
+            }
+        }
+        0x0800 if body.len() >= 20 => {
+            let ihl = usize::from(body[0] & 0x0F) * 4;
+            let total = usize::from(u16::from_be_bytes([body[2], body[3]]));
+            if body[0] >> 4 != 4 || ihl < 20 || total < ihl || total > body.len() {
+                seen.other += 1;
+                return;
+            }
+            let proto = body[9];
+            let ipsrc: [u8; 4] = body[12..16].try_into().unwrap_or([0; 4]);
+            let ipdst: [u8; 4] = body[16..20].try_into().unwrap_or([0; 4]);
+            let l4 = &body[ihl..total];
+            if ipdst != GUEST_IP {
+                seen.other += 1;
+                return;
+            }
+            match proto {
+                1 if l4.len() >= 8 => {
+                    let id = u16::from_be_bytes([l4[4], l4[5]]);
+                    let seq = u16::from_be_bytes([l4[6], l4[7]]);
+                    match l4[0] {
+                        0 if id == ICMP_ID => seen.echo_replies += 1,
+                        8 => {
+                            let reply = icmp_echo(0, id, seq, &l4[8..]);
+                            out.push(eth(
+                                src,
+                                mac,
+                                0x0800,
+                                &ipv4(1, GUEST_IP, ipsrc, seq, &reply),
+                            ));
+                            seen.pings_answered += 1;
+                        }
+                        _ => seen.other += 1,
+                    }
+                }
+                17 if l4.len() >= 8 => {
+                    let sport = u16::from_be_bytes([l4[0], l4[1]]);
+                    let dport = u16::from_be_bytes([l4[2], l4[3]]);
+                    if sport == UDP_PORT && dport == OUR_UDP_PORT {
+                        seen.udp_echo = Some(l4[8..].to_vec());
+                    } else {
+                        seen.other += 1;
+                    }
+                }
+                _ => seen.other += 1,
+            }
+        }
+        _ => seen.other += 1,
+    }
+}
+
+struct Net<'x> {
+    ev: Events,
+    xs: &'x mut GuestXs,
+    bus: Bus<GuestXs>,
+    slot: Slot,
+    error: Rc<RefCell<Option<String>>>,
+    store_port: u32,
+    seen: Seen,
+}
+
+impl Net<'_> {
+    fn ports(&self) -> Vec<u32> {
+        let mut v = Vec::new();
+        if let Some(s) = self.slot.borrow().as_ref() {
+            for q in &s.setup.queues {
+                let p = q.ports();
+                v.push(p.tx);
+                if p.rx != p.tx {
+                    v.push(p.rx);
+                }
+            }
+        }
+        v
+    }
+
+    /// One round: xenstore, then every queue; whether anything happened.
+    fn step(&mut self) -> Result<bool, String> {
+        let mut any = false;
+        while let Some((id, ev)) = self.xs.poll_event().map_err(|e| format!("xenstore: {e}"))? {
+            any = true;
+            self.bus.handle_event(self.xs, id, &ev);
+        }
+        if let Some(e) = self.error.borrow().as_ref() {
+            return Err(e.clone());
+        }
+        for p in self.ports() {
+            any |= self.ev.take_pending(p);
+        }
+        let mut out = Vec::new();
+        let mut slot = self.slot.borrow_mut();
+        let Some(side) = slot.as_mut() else {
+            return Ok(any);
+        };
+        let mac = side.mac;
+        for q in &mut side.setup.queues {
+            if q.poll_tx().map_err(|e| format!("tx: {e:?}"))? > 0 {
+                any = true;
+            }
+            let seen = &mut self.seen;
+            let w = q
+                .poll_rx(|frame, _meta| receive(mac, frame, seen, &mut out))
+                .map_err(|e| format!("rx: {e:?}"))?;
+            any |= w.packets > 0 || w.more;
+        }
+        drop(slot);
+        for p in out {
+            self.send(&p)?;
+        }
+        Ok(any)
+    }
+
+    fn send(&mut self, frame: &[u8]) -> Result<(), String> {
+        let mut slot = self.slot.borrow_mut();
+        let side = slot.as_mut().ok_or("not connected")?;
+        let q = side.setup.queues.first_mut().ok_or("no queue")?;
+        q.send(frame, &PacketMeta::default())
+            .map_err(|e| format!("send: {e:?}"))
+    }
+
+    fn run_until(
+        &mut self,
+        ms: u64,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) -> Result<(), String> {
+        let deadline = Deadline::after_ms(&self.ev.si, ms);
+        loop {
+            let any = self.step()?;
+            if done(self) {
+                return Ok(());
+            }
+            if deadline.passed(&self.ev.si) {
+                return Err(format!("timed out after {ms} ms"));
+            }
+            if !any {
+                let mut ports = self.ports();
+                ports.push(self.store_port);
+                let _ = self
+                    .ev
+                    .hv
+                    .sched_poll(&ports, Deadline::after_ms(&self.ev.si, 20).at());
+            }
+        }
+    }
+
+    fn mac(&self) -> [u8; 6] {
+        self.slot.borrow().as_ref().map_or([0; 6], |s| s.mac)
+    }
+}
+
+/// The scenario; returns the detail of the result line.
+pub fn run(
+    ev: Events,
+    xs: &mut GuestXs,
+    gt: &'static Gnttab,
+    domid: u16,
+    nonce: &str,
+) -> Result<String, String> {
+    let pool: &'static PagePool = Box::leak(Box::new(PagePool::new()));
+    let slot: Slot = Rc::new(RefCell::new(None));
+    let error = Rc::new(RefCell::new(None));
+    let cfg = FrontendConfig {
+        queues: 2,
+        ..FrontendConfig::default()
+    };
+    let store_port = xs.transport().port().number();
+    let mut bus: Bus<GuestXs> = Bus::new(Role::Frontend, domid);
+    bus.register(Box::new(VifDriver {
+        ev,
+        gt,
+        pool,
+        cfg,
+        slot: Rc::clone(&slot),
+        error: Rc::clone(&error),
+    }));
+    bus.start(xs).map_err(|e| format!("bus start: {e}"))?;
+    let mut n = Net {
+        ev,
+        xs,
+        bus,
+        slot,
+        error,
+        store_port,
+        seen: Seen::default(),
+    };
+    n.run_until(60_000, |n| {
+        n.slot.borrow().is_some()
+            && n.bus
+                .devices()
+                .next()
+                .is_some_and(|d| d.otherend_state() == XenbusState::Connected)
+    })
+    .map_err(|e| format!("connecting: {e}"))?;
+    let mac = n.mac();
+
+    // ARP for dom0 (retried: the bridge port may still be coming up).
+    let who_has = eth(
+        [0xFF; 6],
+        mac,
+        0x0806,
+        &arp(1, mac, GUEST_IP, [0; 6], DOM0_IP),
+    );
+    for _ in 0..20 {
+        n.send(&who_has)?;
+        if n.run_until(500, |n| n.seen.dom0_mac.is_some()).is_ok() {
+            break;
+        }
+    }
+    let dom0_mac = n.seen.dom0_mac.ok_or("no ARP reply from 10.99.0.1")?;
+
+    // Ping dom0.
+    let t0 = time::now_ns(&ev.si).unwrap_or(0);
+    for seq in 1..=3u16 {
+        let payload = format!("pvh-net ping {nonce}");
+        let req = icmp_echo(8, ICMP_ID, seq, payload.as_bytes());
+        n.send(&eth(
+            dom0_mac,
+            mac,
+            0x0800,
+            &ipv4(1, GUEST_IP, DOM0_IP, seq, &req),
+        ))?;
+        let want = u32::from(seq);
+        n.run_until(5_000, |n| n.seen.echo_replies >= want)
+            .map_err(|e| format!("echo reply {seq}: {e}"))?;
+    }
+    let rtt_us = time::now_ns(&ev.si).unwrap_or(t0).saturating_sub(t0) / 3_000;
+
+    // UDP datagram with the nonce; dom0 echoes it back.
+    let msg = format!("pvh-net {nonce}\n");
+    let dgram = udp(OUR_UDP_PORT, UDP_PORT, msg.as_bytes());
+    for _ in 0..10 {
+        n.send(&eth(
+            dom0_mac,
+            mac,
+            0x0800,
+            &ipv4(17, GUEST_IP, DOM0_IP, 100, &dgram),
+        ))?;
+        if n.run_until(1_000, |n| n.seen.udp_echo.is_some()).is_ok() {
+            break;
+        }
+    }
+    match &n.seen.udp_echo {
+        Some(e) if e.as_slice() == msg.as_bytes() => {}
+        Some(e) => {
+            return Err(format!(
+                "UDP echo differs: {:?}",
+                String::from_utf8_lossy(e)
+            ))
+        }
+        None => return Err("no UDP echo from dom0".into()),
+    }
+
+    let (offer, split, queues, stats) = {
+        let s = n.slot.borrow();
+        let s = s.as_ref().ok_or("disconnected")?;
+        let stats = s.setup.queues.iter().fold((0u64, 0u64), |acc, q| {
+            let st = q.stats();
+            (acc.0 + st.tx_packets, acc.1 + st.rx_packets)
+        });
+        (s.offer, s.setup.split, s.setup.queues.len(), stats)
+    };
+    let summary = format!(
+        "mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}; queues {queues}/{} split {split} sg {} gso4 {} gso6 {} csum6 {} ctrl {}; ping rtt {rtt_us} us; udp echo ok",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
+        offer.max_queues, offer.sg, offer.gso_v4, offer.gso_v6, offer.ipv6_csum, offer.ctrl_ring,
+    );
+    // Let dom0 ping us (answered by `receive`) until it acks.
+    n.xs.write_str("data/pvh-net", &summary)
+        .map_err(|e| format!("write data/pvh-net: {e}"))?;
+    let ack = format!("/local/domain/{domid}/data/pvh-net-ack");
+    let w = n.xs.watch(&ack).map_err(|e| format!("watch: {e}"))?;
+    let acked = n.run_until(60_000, |n| matches!(n.xs.try_read(&ack), Ok(Some(_))));
+    let _ = n.xs.unwatch(w);
+    acked.map_err(|e| format!("dom0 ack: {e}"))?;
+    Ok(format!(
+        "{summary}; answered {} pings, {} ARPs from dom0; tx {} rx {} packets",
+        n.seen.pings_answered, n.seen.arps_answered, stats.0, stats.1
+    ))
+}
