@@ -1017,4 +1017,177 @@ mod tests {
         f.poll();
         assert_eq!(completions(&f), vec![(1, Ok(()))]);
     }
+
+    // ------------------------------------------------------------------ negotiation
+
+    /// Both multi-page schemes (blkif.h note 3): a frontend that only writes the older
+    /// `num-ring-pages` gets its multi-page ring; a backend that only offers `max-ring-pages`
+    /// gets one from our frontend, which publishes both schemes.
+    #[test]
+    fn legacy_ring_page_schemes() {
+        let mut b = BackBench::new(cfg(), 4096, false);
+        assert!(b.connect(RawFrontConfig {
+            order: 2,
+            legacy_pages: true,
+            ..RawFrontConfig::default()
+        }));
+        let n = b.be.borrow().negotiated().unwrap();
+        assert_eq!((n.ring_page_order, n.ring_entries), (2, 128));
+        assert_eq!(
+            b.xs.get_str(&format!("{BE_DIR}/max-ring-pages")).as_deref(),
+            Some("16")
+        );
+        assert_eq!(
+            b.xs.get_str(&format!("{BE_DIR}/max-ring-page-order"))
+                .as_deref(),
+            Some("4")
+        );
+
+        let mut f = FrontBench::new(FrontendConfig::default(), true);
+        assert!(
+            f.connect(RawBackConfig {
+                max_ring_pages: Some(4),
+                ..RawBackConfig::default()
+            }),
+            "{f:?}"
+        );
+        assert_eq!(
+            f.xs.get_str(&format!("{FE_DIR}/ring-page-order"))
+                .as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            f.xs.get_str(&format!("{FE_DIR}/num-ring-pages")).as_deref(),
+            Some("4")
+        );
+        assert!(f.xs.get(&format!("{FE_DIR}/ring-ref")).is_none());
+        assert!(f.xs.get(&format!("{FE_DIR}/ring-ref3")).is_some());
+        assert_eq!(f.fe.borrow().negotiated().unwrap().ring_entries, 128);
+        let b = bio(&f, BioOp::Read, 0, &[(0, 7)], 0, 1);
+        f.fe.borrow_mut().submit(b).unwrap();
+        let q = f.take_requests()[0];
+        f.respond(&WireResponse {
+            id: q.id,
+            operation: 0,
+            status: 0,
+        });
+        f.poll();
+        assert_eq!(completions(&f), vec![(1, Ok(()))]);
+    }
+
+    /// Transport parameters beyond the offer, or an unknown ring layout, are refused: the
+    /// backend logs the reason, writes `error` and closes; nothing is mapped.
+    #[test]
+    fn frontend_asks_beyond_the_offer() {
+        let mut b = BackBench::new(
+            BackendConfig {
+                max_queues: 2,
+                max_ring_page_order: 1,
+                ..cfg()
+            },
+            4096,
+            false,
+        );
+        assert!(!b.connect(RawFrontConfig {
+            queues: 3,
+            ..RawFrontConfig::default()
+        }));
+        assert!(
+            matches!(failed(&b), Some(Failure::Negotiation(_))),
+            "{:?}",
+            failed(&b)
+        );
+        assert!(b
+            .xs
+            .get_str(&format!("{BE_DIR}/error"))
+            .unwrap()
+            .contains("multi-queue-num-queues 3"));
+        assert_eq!(b.state(), XenbusState::Closing);
+        assert_eq!(b.leftovers(), (0, 0));
+
+        let mut b = BackBench::new(
+            BackendConfig {
+                max_ring_page_order: 1,
+                ..cfg()
+            },
+            4096,
+            false,
+        );
+        assert!(!b.connect(RawFrontConfig {
+            order: 2,
+            ..RawFrontConfig::default()
+        }));
+        assert!(b
+            .xs
+            .get_str(&format!("{BE_DIR}/error"))
+            .unwrap()
+            .contains("ring-page-order 2"));
+
+        let mut b = BackBench::new(cfg(), 4096, false);
+        b.xs.set(&format!("{FE_DIR}/protocol"), b"arm-abi");
+        b.xs.set(&format!("{FE_DIR}/ring-ref"), b"100");
+        b.xs.set(&format!("{FE_DIR}/event-channel"), b"10");
+        b.hv.grant(100, 0, false);
+        b.xs.set(&format!("{FE_DIR}/state"), b"3");
+        b.settle();
+        assert!(b
+            .xs
+            .get_str(&format!("{BE_DIR}/error"))
+            .unwrap()
+            .contains("unsupported protocol"));
+        assert_eq!(b.leftovers(), (0, 0));
+        // A ring grant that does not exist.
+        let mut b = BackBench::new(cfg(), 4096, false);
+        b.xs.set(&format!("{FE_DIR}/ring-ref"), b"99999");
+        b.xs.set(&format!("{FE_DIR}/event-channel"), b"10");
+        b.xs.set(&format!("{FE_DIR}/state"), b"3");
+        b.settle();
+        assert!(b
+            .xs
+            .get_str(&format!("{BE_DIR}/error"))
+            .unwrap()
+            .contains("mapping ring"));
+        assert_eq!(b.leftovers(), (0, 0));
+    }
+
+    /// A frontend that restarts (Closed, then Initialising) gets a fresh connection; the old
+    /// persistent grants and ring are gone.
+    #[test]
+    fn frontend_reconnects_from_closed() {
+        let mut b = BackBench::new(
+            BackendConfig {
+                persistent: true,
+                ..cfg()
+            },
+            4096,
+            false,
+        );
+        assert!(b.connect(RawFrontConfig {
+            persistent: true,
+            ..RawFrontConfig::default()
+        }));
+        b.push(
+            0,
+            &WireRequest::rw(BlkifOp::Write, 1, 0, 0, &[seg(DATA_BASE, 0, 7)]),
+        );
+        b.poll();
+        assert_eq!(b.be.borrow().persistent_grants(), 1);
+        b.close();
+        assert_eq!(b.state(), XenbusState::Closed);
+        assert_eq!(b.leftovers(), (0, 0));
+        b.xs.set(&format!("{FE_DIR}/state"), b"1");
+        b.settle();
+        assert_eq!(b.state(), XenbusState::InitWait);
+        assert!(b.connect(RawFrontConfig {
+            order: 1,
+            ..RawFrontConfig::default()
+        }));
+        assert_eq!(b.be.borrow().stats().connections, 2);
+        b.push(
+            0,
+            &WireRequest::rw(BlkifOp::Read, 2, 0, 0, &[seg(DATA_BASE, 0, 7)]),
+        );
+        b.poll();
+        assert_eq!(b.responses(0)[0].status, 0);
+    }
 }

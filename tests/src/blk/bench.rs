@@ -71,6 +71,8 @@ pub struct RawFrontConfig {
     pub queues: u32,
     /// Ask for persistent grants.
     pub persistent: bool,
+    /// Publish the ring size only in the older scheme (`num-ring-pages`).
+    pub legacy_pages: bool,
 }
 
 impl Default for RawFrontConfig {
@@ -80,6 +82,7 @@ impl Default for RawFrontConfig {
             order: 0,
             queues: 1,
             persistent: false,
+            legacy_pages: false,
         }
     }
 }
@@ -122,7 +125,8 @@ impl BackBench {
     /// As [`BackBench::new`] over a given store.
     #[must_use]
     pub fn with_store(cfg: BackendConfig, store: MemStore, readonly: bool) -> BackBench {
-        let hv = MockHv::fresh();
+        // Rings and the data pages tests use; the backend zeroes its own pages.
+        let hv = MockHv::fresh_zeroing(&[(0, DATA_BASE + 128)]);
         let log = Log::default();
         let mut xs = MemXs::new();
         toolstack(&mut xs, readonly);
@@ -224,10 +228,17 @@ impl BackBench {
                 format!("{}", cfg.queues).as_bytes(),
             );
         }
-        self.xs.set(
-            &format!("{FE_DIR}/ring-page-order"),
-            format!("{}", cfg.order).as_bytes(),
-        );
+        if cfg.legacy_pages {
+            self.xs.set(
+                &format!("{FE_DIR}/num-ring-pages"),
+                format!("{}", 1u32 << cfg.order).as_bytes(),
+            );
+        } else {
+            self.xs.set(
+                &format!("{FE_DIR}/ring-page-order"),
+                format!("{}", cfg.order).as_bytes(),
+            );
+        }
         self.xs
             .set(&format!("{FE_DIR}/protocol"), cfg.abi.protocol().as_bytes());
         self.xs.set(
@@ -331,6 +342,8 @@ pub struct RawBackConfig {
     pub info: u32,
     /// `feature-flush-cache` / `feature-barrier` / `feature-discard`.
     pub flush: bool,
+    /// Offer multi-page rings in the older scheme only (`max-ring-pages`).
+    pub max_ring_pages: Option<u32>,
 }
 
 impl Default for RawBackConfig {
@@ -341,6 +354,7 @@ impl Default for RawBackConfig {
             persistent: false,
             info: 0,
             flush: true,
+            max_ring_pages: None,
         }
     }
 }
@@ -376,7 +390,8 @@ impl FrontBench {
     /// with `trusted` as given.
     #[must_use]
     pub fn new(mut cfg: FrontendConfig, trusted: bool) -> FrontBench {
-        let hv = MockHv::fresh();
+        // The frontend zeroes what it allocates; only the grant frames must start clean.
+        let hv = MockHv::fresh_zeroing(&[]);
         let log = Log::default();
         let mut xs = MemXs::new();
         toolstack(&mut xs, false);
@@ -472,31 +487,52 @@ impl FrontBench {
             if cfg.flush { "1" } else { "0" },
         );
         set(&mut self.xs, "feature-discard", "1");
+        if let Some(n) = cfg.max_ring_pages {
+            set(&mut self.xs, "max-ring-pages", &n.to_string());
+        }
         set(&mut self.xs, "state", "2");
         self.settle();
-        let Some(r) = self
-            .xs
-            .get_str(&format!("{FE_DIR}/ring-ref"))
-            .and_then(|v| v.parse::<u32>().ok())
-        else {
+        let num = |xs: &MemXs, k: &str| {
+            xs.get_str(&format!("{FE_DIR}/{k}"))
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        let pages = num(&self.xs, "num-ring-pages").unwrap_or(1);
+        let refs: Vec<u32> = if pages == 1 {
+            num(&self.xs, "ring-ref").into_iter().collect()
+        } else {
+            (0..pages)
+                .filter_map(|i| num(&self.xs, &format!("ring-ref{i}")))
+                .collect()
+        };
+        let Some(&r) = refs.first() else {
             return false;
         };
         self.ring_ref = r;
-        let Some((flags, dom, frame)) = grant_entry(self.hv, r) else {
+        let mut first = None;
+        for (i, &g) in refs.iter().enumerate() {
+            let Some((flags, dom, frame)) = grant_entry(self.hv, g) else {
+                return false;
+            };
+            if flags & 1 == 0 || dom != 0 {
+                return false;
+            }
+            let f0 = *first.get_or_insert(frame);
+            if frame != f0 + i as u32 {
+                return false;
+            }
+            set_mapped(self.hv, g, true);
+        }
+        let Some(frame) = first else {
             return false;
         };
-        if flags & 1 == 0 || dom != 0 {
-            return false;
-        }
         let abi = self
             .xs
             .get(&format!("{FE_DIR}/protocol"))
             .and_then(Abi::parse)
             .unwrap_or(Abi::X86_64);
-        let Some(mem) = self.hv.pages(frame as usize, 1) else {
+        let Some(mem) = self.hv.pages(frame as usize, pages as usize) else {
             return false;
         };
-        set_mapped(self.hv, r, true);
         self.ring = BackRingAny::attach(abi, mem).ok();
         set(&mut self.xs, "sectors", &cfg.sectors.to_string());
         set(&mut self.xs, "info", &cfg.info.to_string());

@@ -132,10 +132,18 @@ impl MockHv {
     /// This thread's mock, reset: zeroed memory, no grants, no mappings, no scripts.
     #[must_use]
     pub fn fresh() -> &'static MockHv {
+        Self::fresh_zeroing(&[(0, ARENA)])
+    }
+
+    /// As [`MockHv::fresh`], zeroing only the page ranges `(first, end)` (and the grant
+    /// frames): the rest is zeroed by whoever allocates it. Zeroing the whole arena would
+    /// dominate a fuzz iteration.
+    #[must_use]
+    pub fn fresh_zeroing(ranges: &[(usize, usize)]) -> &'static MockHv {
         let m = MOCK.with(|m| *m);
-        for p in m.arena.iter() {
-            for w in &p.0 {
-                w.store(0, std::sync::atomic::Ordering::Relaxed);
+        for &(a, z) in ranges.iter().chain(&[(GT_BASE, ARENA)]) {
+            if let Some(p) = m.arena.get(a..z.min(ARENA)) {
+                SharedMem::from_pages(p).zero_all();
             }
         }
         *m.state() = MockState {
