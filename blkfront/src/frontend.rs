@@ -40,8 +40,8 @@ use xen_blkback::env::Level;
 use xen_blkback::proto::{
     encode_indirect_page, keys, parse_bool, parse_u64, switch_state, Abi, FrontRingAny,
     WireRequest, WireResponse, WireSegment, MAX_DIRECT_SEGMENTS, MAX_DIRECT_SEGMENTS_U32,
-    MAX_INDIRECT_SEGMENTS, MAX_QUEUES, MAX_RING_PAGE_ORDER, PAGE_SIZE, SECTOR_SHIFT,
-    SEGS_PER_INDIRECT_PAGE,
+    MAX_INDIRECT_PAGES, MAX_INDIRECT_SEGMENTS, MAX_QUEUES, MAX_RING_PAGE_ORDER, PAGE_SIZE,
+    SECTOR_SHIFT, SEGS_PER_INDIRECT_PAGE,
 };
 use xen_blkback::store::DiscardInfo;
 use xen_gnttab::{GrantRef, Revoke};
@@ -717,16 +717,20 @@ impl<'a, E: FrontendEnv<'a>> Frontend<'a, E> {
 
     /// A persistent pool page of queue `qi` (granted writable for the connection's life).
     fn pool_page(&mut self, qi: usize) -> Option<PoolPage<'a>> {
+        // The pool grows on demand (LIFO reuse keeps it small, as blkif.h recommends) and is
+        // bounded by what the ring can have in flight: every slot a direct request's worth,
+        // plus one full indirect request.
         let cap = {
             let q = self.conn.as_ref()?.queues.get(qi)?;
-            // Enough for every slot's worth of segments and indirect pages.
-            q.shadow.len() * (MAX_DIRECT_SEGMENTS + 1) + self.cfg.max_indirect_segments as usize + 8
+            q.shadow.len() * (MAX_DIRECT_SEGMENTS + 1)
+                + self.cfg.max_indirect_segments as usize
+                + MAX_INDIRECT_PAGES
         };
         let q = self.conn.as_mut()?.queues.get_mut(qi)?;
         if let Some(p) = q.pool.pop() {
             return Some(p);
         }
-        if q.pool_total >= cap.max(q.shadow.len() * 16) {
+        if q.pool_total >= cap {
             return None;
         }
         let page = self.env.alloc_pages(1)?;
@@ -1258,6 +1262,25 @@ impl<'a, E: FrontendEnv<'a>> Frontend<'a, E> {
                 result: b.result,
             });
         }
+    }
+
+    /// Grants on bios' own pages that the backend has not released yet (their bios are held).
+    /// While non-zero the platform should call [`Frontend::retry_held`] from a timer, as it
+    /// runs `GrantTable::poll_deferred` for the frontend's own pages.
+    pub fn held_grants(&self) -> usize {
+        self.bios.iter().flatten().map(|b| b.zombies.len()).sum()
+    }
+
+    /// Retries the held grants; bios whose pages are free again complete (or are re-issued).
+    /// Returns how many grants were released.
+    pub fn retry_held(&mut self) -> usize {
+        let before = self.held_grants();
+        self.retry_zombies();
+        let released = before - self.held_grants();
+        if released > 0 {
+            self.issue();
+        }
+        released
     }
 
     /// Retries ending access to grants the backend held on bios' own pages.

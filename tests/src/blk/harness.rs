@@ -456,6 +456,8 @@ impl World {
                     });
             }
         }
+        // The platform's timers: deferred revocations, and grants held on bios' pages.
+        any |= self.frontend.borrow_mut().retry_held() > 0;
         any |= self.collect();
         let d = self.frontend.borrow().env().poll_deferred();
         any |= d.completed > 0;
