@@ -1573,7 +1573,14 @@ impl<'a> Queue<'a> {
         match ctx.cfg.data_path {
             DataPath::Map => {
                 let mut scratch = InFlight::scratch();
-                let pages = self.map_pages(ctx, grefs, true, &mut scratch)?;
+                let pages = match self.map_pages(ctx, grefs, true, &mut scratch) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Whatever did map (and the slots reserved for it) goes back.
+                        self.release_scratch(ctx, scratch);
+                        return Err(e);
+                    }
+                };
                 for (i, p) in pages.iter().enumerate() {
                     let n = bytes_of(i);
                     let Some(dst) = buf.get_mut(..n) else { break };

@@ -387,6 +387,36 @@ mod tests {
         );
     }
 
+    /// XSA-361 on an indirect page (found by the `blkback_ring` fuzzer): the indirect page's
+    /// grant fails to map; the slots reserved for it are released, not leaked.
+    #[test]
+    fn xsa361_indirect_page_map_failure_leaks_nothing() {
+        for script in [vec![BAD_GNTREF], vec![0, BAD_GNTREF]] {
+            let mut b = bench(BackendConfig {
+                max_indirect_segments: 1024,
+                ..cfg()
+            });
+            let pages = script.len();
+            b.hv.state().map_script.extend(script);
+            let grefs: Vec<u32> = (0..pages).map(|i| gref_of(DATA_BASE + i)).collect();
+            let nr = 512 * (pages as u16 - 1) + 1;
+            b.push(
+                0,
+                &WireRequest::indirect(BlkifOp::Read, 1, 0, 0, nr, &grefs),
+            );
+            b.poll();
+            assert_eq!(b.responses(0)[0].status, -1);
+            assert!(failed(&b).is_none());
+            assert_eq!(
+                b.leftovers(),
+                (1, 1),
+                "only the ring is mapped and reserved"
+            );
+            b.close();
+            assert_eq!(b.leftovers(), (0, 0));
+        }
+    }
+
     /// XSA-361 in the faithful simulator: the hypervisor fails some of the backend's grant
     /// maps; the affected bios fail with an I/O error, the others succeed, nothing panics,
     /// and the device keeps going.
