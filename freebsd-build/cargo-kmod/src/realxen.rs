@@ -8,7 +8,7 @@
 //! real-xen <scenario> <arch> PASS|FAIL <seconds>s <detail>
 //! ```
 //!
-//! Each such line is one check. The packages it needs (QEMU, Xen's tools, busybox) are in
+//! Each such line is one check, and so is `cargo fmt --check` of the guest (its own workspace). The packages it needs (QEMU, Xen's tools, busybox) are in
 //! `setup::Needs::real_xen`; the hypervisor and dom0 kernel images are fetched by the harness
 //! itself (`apt-get download`, unpacked under `target/real-xen/cache`). Logs: docs/REAL-XEN.md.
 
@@ -34,9 +34,24 @@ fn verdict(line: &str) -> Option<bool> {
     }
 }
 
-/// Runs every real-Xen scenario for `arches`; one check per scenario per architecture.
+/// `cargo fmt --check` of the guest, which is its own workspace (the suite's fmt step covers
+/// only the main one); one check.
+fn guest_fmt(cargo: &str) -> bool {
+    let manifest = workspace_root().join("tests/pvh-guest/Cargo.toml");
+    let ok = Command::new(cargo)
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(&manifest)
+        .status()
+        .is_ok_and(|status| status.success());
+    println!("real-xen guest-fmt - {}", if ok { "PASS" } else { "FAIL" });
+    ok
+}
+
+/// Runs every real-Xen scenario for `arches`; one check per scenario per architecture, plus
+/// the guest's formatting.
 pub fn run(arches: &[Arch]) -> Tally {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let fmt_ok = guest_fmt(&cargo);
     let mut cmd = Command::new(cargo);
     cmd.args(["run", "--quiet", "-p", "xen-harness", "--", "run"]);
     for arch in arches {
@@ -52,12 +67,15 @@ pub fn run(arches: &[Arch]) -> Tally {
         Err(error) => {
             eprintln!("cannot run the real-Xen harness: {error}");
             return Tally {
-                passed: 0,
-                failed: 1,
+                passed: u64::from(fmt_ok),
+                failed: 1 + u64::from(!fmt_ok),
             };
         }
     };
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        passed: u64::from(fmt_ok),
+        failed: u64::from(!fmt_ok),
+    };
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             println!("{line}");

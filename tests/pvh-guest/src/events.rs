@@ -33,11 +33,6 @@ impl Events {
         let _ = self.si.evtchn_mask().test_and_set(port);
     }
 
-    /// Unmasks `port` by clearing its mask bit (no re-delivery of an already pending event).
-    pub fn unmask(&self, port: u32) {
-        let _ = self.si.evtchn_mask().test_and_clear(port);
-    }
-
     /// Takes the pending bit of `port`: whether it was set.
     pub fn take_pending(&self, port: u32) -> bool {
         self.si.evtchn_pending().test_and_clear(port) == Some(true)

@@ -264,6 +264,7 @@ struct Seen {
     pings_answered: u32,
     arps_answered: u32,
     udp_echo: Option<Vec<u8>>,
+    unreachable: u32,
     other: u32,
 }
 
@@ -311,6 +312,7 @@ fn receive(mac: [u8; 6], frame: &[u8], seen: &mut Seen, out: &mut Vec<Vec<u8>>) 
                     let seq = u16::from_be_bytes([l4[6], l4[7]]);
                     match l4[0] {
                         0 if id == ICMP_ID => seen.echo_replies += 1,
+                        3 => seen.unreachable += 1,
                         8 => {
                             let reply = icmp_echo(0, id, seq, &l4[8..]);
                             out.push(eth(
@@ -538,7 +540,12 @@ pub fn run(
                 String::from_utf8_lossy(e)
             ))
         }
-        None => return Err("no UDP echo from dom0".into()),
+        None => {
+            return Err(format!(
+                "no UDP echo from dom0 ({} ICMP unreachable, {} other frames)",
+                n.seen.unreachable, n.seen.other
+            ))
+        }
     }
 
     let (offer, split, queues, stats) = {

@@ -61,8 +61,9 @@ impl Qemu {
             .arg("qemu-system-x86_64")
             .args(["-accel", "tcg,thread=multi"])
             // `max` gives Xen SVM (HVM/PVH guests); without -smap,-smep the PV dom0 crashes
-            // under TCG.
-            .args(["-cpu", "max,-smap,-smep"])
+            // under TCG. Without -fsgsbase, dom0 processes now and then run with another's FS
+            // base (TLS) under TCG: static busybox and xl segfaulted on %fs-relative loads.
+            .args(["-cpu", "max,-smap,-smep,-fsgsbase"])
             .args(["-m", &spec.memory_mib.to_string()])
             .args(["-smp", &spec.cpus.to_string()])
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
@@ -198,7 +199,7 @@ mod tests {
             .collect();
         let joined = args.join(" ");
         assert!(joined.starts_with("--kill-after=5 600 qemu-system-x86_64"));
-        assert!(joined.contains("-accel tcg,thread=multi -cpu max,-smap,-smep"));
+        assert!(joined.contains("-accel tcg,thread=multi -cpu max,-smap,-smep,-fsgsbase"));
         assert!(joined.contains("-append console=com1 dom0_mem=512M,max:512M"));
         assert!(args.contains(&"/x/vmlinuz console=hvc0,/x/d0.cpio".to_string()));
         let mut bad = spec();

@@ -248,6 +248,31 @@ pub fn install_idt() {
     };
 }
 
+/// State shared between the guest's main flow and its upcall handler.
+///
+/// The guest runs on one vCPU; the main flow touches the cell only with interrupts disabled,
+/// and the handler runs with interrupts disabled (interrupt gate) and returns every borrow
+/// before it returns, so the two never overlap. `try_borrow_mut` is used anyway, so a misuse
+/// shows up as a skipped access, never as two live `&mut`.
+#[derive(Debug)]
+pub struct IrqCell<T>(core::cell::RefCell<T>);
+
+// SAFETY: see the type's documentation: one vCPU, accesses from the main flow only with
+// interrupts off, and the handler cannot be interrupted; so no two accesses are ever concurrent.
+unsafe impl<T> Sync for IrqCell<T> {}
+
+impl<T> IrqCell<T> {
+    /// A cell holding `v`.
+    pub const fn new(v: T) -> Self {
+        IrqCell(core::cell::RefCell::new(v))
+    }
+
+    /// Runs `f` on the contents, unless they are borrowed already.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        self.0.try_borrow_mut().ok().map(|mut g| f(&mut g))
+    }
+}
+
 /// Registers the function the upcall vector runs (with interrupts off, before the EOI).
 pub fn set_upcall_handler(handler: fn()) {
     UPCALL_HANDLER.store(handler as usize, Ordering::SeqCst);
@@ -402,7 +427,7 @@ static CMDLINE: CmdlineBuf = CmdlineBuf(UnsafeCell::new([0; CMDLINE_MAX]));
 fn read_start_info(paddr: usize) -> Result<StartInfo, StartInfoError> {
     use xen_sys::native::hvm_start_info;
     let size = core::mem::size_of::<hvm_start_info>();
-    if paddr == 0 || paddr % 8 != 0 || (paddr as u64) + (size as u64) > ADDRESSABLE_END {
+    if paddr == 0 || !paddr.is_multiple_of(8) || (paddr as u64) + (size as u64) > ADDRESSABLE_END {
         return Err(StartInfoError::BadAddress(paddr));
     }
     // SAFETY: Xen placed the structure at `paddr` (checked addressable and aligned); it is
