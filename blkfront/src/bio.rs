@@ -180,3 +180,32 @@ pub struct Completion<'a> {
     /// Its outcome.
     pub result: Result<(), BioError>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xen_shmem::Page;
+
+    #[test]
+    fn segments_map_to_descriptors() {
+        let page = Page::new();
+        let mem = SharedMem::from_pages(core::slice::from_ref(&page));
+        let s = |offset, len| BufSeg {
+            gfn: 1,
+            page: mem,
+            offset,
+            len,
+        };
+        let a = s(1024, 2048);
+        assert!(a.is_valid());
+        assert_eq!((a.first_sect(), a.last_sect(), a.sectors()), (2, 5, 4));
+        assert!(s(0, 4096).is_valid());
+        for bad in [s(0, 0), s(100, 512), s(512, 100), s(3584, 1024)] {
+            assert!(!bad.is_valid(), "{bad:?}");
+        }
+        let bio = Bio::new(BioOp::Write, 8, alloc::vec![a, s(0, 4096)], 7);
+        assert_eq!(bio.len_sectors(), 12);
+        assert_eq!(Bio::discard(0, 99, true, 1).len_sectors(), 99);
+        assert_eq!(Bio::flush(1).len_sectors(), 0);
+    }
+}
