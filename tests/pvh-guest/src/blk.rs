@@ -32,12 +32,12 @@ use crate::time::Deadline;
 use crate::xs::GuestXs;
 
 /// The frontend's platform in this guest.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GuestFrontEnv {
     gt: &'static Gnttab,
     ev: Events,
-    pool: PagePool,
-    errors: Cell<u32>,
+    pool: &'static PagePool,
+    errors: Rc<Cell<u32>>,
 }
 
 impl FrontendEnv<'static> for GuestFrontEnv {
@@ -86,8 +86,14 @@ impl FrontendEnv<'static> for GuestFrontEnv {
 
 type Fe = Frontend<'static, GuestFrontEnv>;
 
-/// The frontend as the bus's `vbd` driver.
-struct FrontDriver(Rc<RefCell<Fe>>);
+/// The frontend as the bus's `vbd` driver. Each probe after the first (the disk was detached
+/// and attached again) starts a fresh frontend core.
+struct FrontDriver {
+    fe: Rc<RefCell<Fe>>,
+    env: GuestFrontEnv,
+    probes: Rc<Cell<u32>>,
+    removes: Rc<Cell<u32>>,
+}
 
 impl Driver<GuestXs> for FrontDriver {
     fn devtype(&self) -> &str {
@@ -95,7 +101,11 @@ impl Driver<GuestXs> for FrontDriver {
     }
 
     fn probe(&mut self, xs: &mut GuestXs, dev: &mut Device) -> Result<(), XsErr> {
-        self.0.borrow_mut().probe(xs, dev)
+        if self.probes.get() > 0 {
+            *self.fe.borrow_mut() = Frontend::new(self.env.clone(), FrontendConfig::default());
+        }
+        self.probes.set(self.probes.get() + 1);
+        self.fe.borrow_mut().probe(xs, dev)
     }
 
     fn otherend_changed(
@@ -104,11 +114,12 @@ impl Driver<GuestXs> for FrontDriver {
         dev: &mut Device,
         state: XenbusState,
     ) -> Result<(), XsErr> {
-        self.0.borrow_mut().otherend_changed(xs, dev, state)
+        self.fe.borrow_mut().otherend_changed(xs, dev, state)
     }
 
     fn remove(&mut self, xs: &mut GuestXs, dev: &mut Device) {
-        self.0.borrow_mut().remove(xs, dev);
+        self.fe.borrow_mut().remove(xs, dev);
+        self.removes.set(self.removes.get() + 1);
     }
 }
 
@@ -237,26 +248,103 @@ fn buffer(
     Ok((run, segs))
 }
 
-/// The scenario; returns the detail of the result line.
+/// Writes `PAGES` pages of the pattern at `first_sector`, reads them back, compares.
+fn write_and_verify(
+    d: &mut Driving<'_>,
+    nonce: &str,
+    first_sector: u64,
+    tag: u64,
+) -> Result<(), String> {
+    let (wrun, wsegs) = buffer(d.fe.borrow().env(), PAGES)?;
+    for s in 0..u64::from(PAGES) * 8 {
+        let off = usize::try_from(s).unwrap_or(0) * 512;
+        let _ = wrun
+            .mem
+            .copy_from_slice(off, &sector_image(nonce, first_sector + s));
+    }
+    let wbio = d.io(Bio::new(BioOp::Write, first_sector, wsegs, tag))?;
+    drop(wbio);
+    let result = read_and_compare(d, &wrun, first_sector, tag + 1);
+    d.fe.borrow().env().pool.free(&wrun);
+    result
+}
+
+/// Reads `PAGES` pages at `first_sector` and compares them with `expected`.
+fn read_and_compare(
+    d: &mut Driving<'_>,
+    expected: &PageRun<'static>,
+    first_sector: u64,
+    tag: u64,
+) -> Result<(), String> {
+    let (rrun, rsegs) = buffer(d.fe.borrow().env(), PAGES)?;
+    let rbio = d.io(Bio::new(BioOp::Read, first_sector, rsegs, tag))?;
+    drop(rbio);
+    let len = usize::try_from(PAGES).unwrap_or(0) * 4096;
+    let mut want = alloc::vec![0u8; len];
+    let mut got = alloc::vec![0u8; len];
+    expected
+        .mem
+        .copy_to_slice(0, &mut want)
+        .map_err(|e| format!("{e:?}"))?;
+    rrun.mem
+        .copy_to_slice(0, &mut got)
+        .map_err(|e| format!("{e:?}"))?;
+    d.fe.borrow().env().pool.free(&rrun);
+    if want != got {
+        let at = want.iter().zip(&got).position(|(a, b)| a != b);
+        return Err(format!(
+            "read back at sector {first_sector} differs at byte {at:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Pages per bio: 64 KiB, more than 11 segments, so indirect (or a split) is used.
+const PAGES: u32 = 16;
+
+/// Publishes `value` under `data/<key>` and waits (at most 60 s) for dom0's `<key>-ack`.
+fn handshake(d: &mut Driving<'_>, domid: u16, key: &str, value: &str) -> Result<(), String> {
+    d.xs.write_str(&format!("data/{key}"), value)
+        .map_err(|e| format!("write data/{key}: {e}"))?;
+    let ack = format!("/local/domain/{domid}/data/{key}-ack");
+    let w = d.xs.watch(&ack).map_err(|e| format!("watch: {e}"))?;
+    let acked = d.run_until(60_000, |d| matches!(d.xs.try_read(&ack), Ok(Some(_))));
+    let _ = d.xs.unwatch(w);
+    acked.map_err(|e| format!("dom0 ack of {key}: {e}"))
+}
+
+/// The scenarios `blk` and `blk-reattach`; each result goes to `report`.
 pub fn run(
     ev: Events,
     xs: &mut GuestXs,
     gt: &'static Gnttab,
     domid: u16,
     nonce: &str,
-) -> Result<String, String> {
-    const PAGES: u32 = 16; // 64 KiB: more than 11 segments, so indirect (or a split) is used.
+    report: &mut dyn FnMut(&str, Result<String, String>),
+) {
+    let pool: &'static PagePool = Box::leak(Box::new(PagePool::new()));
     let env = GuestFrontEnv {
         gt,
         ev,
-        pool: PagePool::new(),
-        errors: Cell::new(0),
+        pool,
+        errors: Rc::new(Cell::new(0)),
     };
-    let fe = Rc::new(RefCell::new(Frontend::new(env, FrontendConfig::default())));
+    let errors = Rc::clone(&env.errors);
+    let fe = Rc::new(RefCell::new(Frontend::new(
+        env.clone(),
+        FrontendConfig::default(),
+    )));
+    let probes = Rc::new(Cell::new(0));
+    let removes = Rc::new(Cell::new(0));
     let store_port = xs.transport().port().number();
     let mut bus: Bus<GuestXs> = Bus::new(Role::Frontend, domid);
-    bus.register(Box::new(FrontDriver(Rc::clone(&fe))));
-    bus.start(xs).map_err(|e| format!("bus start: {e}"))?;
+    bus.register(Box::new(FrontDriver {
+        fe: Rc::clone(&fe),
+        env,
+        probes: Rc::clone(&probes),
+        removes: Rc::clone(&removes),
+    }));
+    let started = bus.start(xs).map_err(|e| format!("bus start: {e}"));
     let mut d = Driving {
         ev,
         xs,
@@ -265,6 +353,64 @@ pub fn run(
         more: false,
         store_port,
     };
+    let first = started.and_then(|()| first_connection(&mut d, domid, nonce, &errors));
+    let ok = first.is_ok();
+    if let Err(e) = &first {
+        let _ = d.xs.write_str("data/pvh-blk", &format!("FAIL: {e}"));
+    }
+    report("blk", first);
+    if !ok {
+        return;
+    }
+    // dom0 now detaches the disk and attaches it again.
+    let second = (|| -> Result<String, String> {
+        d.run_until(90_000, |d| {
+            removes.get() >= 1 && probes.get() >= 2 && d.fe.borrow().is_connected()
+        })
+        .map_err(|e| {
+            format!(
+                "waiting for detach + attach: {e} (removed {}, probed {})",
+                removes.get(),
+                probes.get()
+            )
+        })?;
+        // What was written before the detach is still there...
+        let (old, _) = buffer(d.fe.borrow().env(), PAGES)?;
+        for s in 0..u64::from(PAGES) * 8 {
+            let off = usize::try_from(s).unwrap_or(0) * 512;
+            let _ = old.mem.copy_from_slice(off, &sector_image(nonce, s));
+        }
+        let before = read_and_compare(&mut d, &old, 0, 10);
+        d.fe.borrow().env().pool.free(&old);
+        before?;
+        // ...and the new connection writes and reads too.
+        write_and_verify(&mut d, nonce, u64::from(PAGES) * 8, 20)?;
+        let neg =
+            d.fe.borrow()
+                .negotiated()
+                .ok_or("no negotiation after re-attach")?;
+        Ok(format!(
+            "disk removed and probed again: new connection ({} queues, ring-order {}), 64 KiB from before read back, 64 KiB written at sector {}",
+            neg.queues,
+            neg.ring_page_order,
+            PAGES * 8
+        ))
+    })();
+    let msg = match &second {
+        Ok(s) => format!("ok: {s}"),
+        Err(e) => format!("FAIL: {e}"),
+    };
+    let acked = handshake(&mut d, domid, "pvh-blk2", &msg);
+    report("blk-reattach", second.and_then(|s| acked.map(|()| s)));
+}
+
+/// Connect, write the pattern, read it back, publish the negotiation and wait for dom0.
+fn first_connection(
+    d: &mut Driving<'_>,
+    domid: u16,
+    nonce: &str,
+    errors: &Cell<u32>,
+) -> Result<String, String> {
     d.run_until(60_000, |d| d.fe.borrow().is_connected())
         .map_err(|e| format!("connecting: {e}"))?;
     let (disk, neg) = {
@@ -273,36 +419,11 @@ pub fn run(
     };
     let disk = disk.ok_or("connected without disk info")?;
     let neg = neg.ok_or("connected without negotiated features")?;
-
-    // Write the pattern, read it back into other pages, compare.
-    let (wrun, wsegs) = buffer(d.fe.borrow().env(), PAGES)?;
-    for s in 0..u64::from(PAGES) * 8 {
-        let off = usize::try_from(s).unwrap_or(0) * 512;
-        let _ = wrun.mem.copy_from_slice(off, &sector_image(nonce, s));
-    }
-    let wbio = d.io(Bio::new(BioOp::Write, 0, wsegs, 1))?;
-    drop(wbio);
-    if neg_flush(&disk) {
-        d.io(Bio::flush(2))?;
-    }
-    let (rrun, rsegs) = buffer(d.fe.borrow().env(), PAGES)?;
-    let rbio = d.io(Bio::new(BioOp::Read, 0, rsegs, 3))?;
-    drop(rbio);
-    let len = usize::try_from(PAGES).unwrap_or(0) * 4096;
-    let mut wrote = alloc::vec![0u8; len];
-    let mut read = alloc::vec![0u8; len];
-    wrun.mem
-        .copy_to_slice(0, &mut wrote)
-        .map_err(|e| format!("{e:?}"))?;
-    rrun.mem
-        .copy_to_slice(0, &mut read)
-        .map_err(|e| format!("{e:?}"))?;
-    if wrote != read {
-        let at = wrote.iter().zip(&read).position(|(a, b)| a != b);
-        return Err(format!("read back differs at byte {at:?}"));
+    write_and_verify(d, nonce, 0, 1)?;
+    if disk.flush {
+        d.io(Bio::flush(3))?;
     }
     let stats = d.fe.borrow().stats();
-    let errors = d.fe.borrow().env().errors.get();
     let summary = format!(
         "{} sectors x {} B; abi {:?} queues {} ring-order {} persistent {} indirect {} max-segs {} flush {} discard {}; {} requests ({} indirect) for 64 KiB w+r",
         disk.sectors,
@@ -318,22 +439,12 @@ pub fn run(
         stats.requests,
         stats.indirect,
     );
-    // Publish for dom0 and wait for its ack (it records the negotiated xenstore nodes).
-    d.xs.write_str("data/pvh-blk", &summary)
-        .map_err(|e| format!("write data/pvh-blk: {e}"))?;
-    let ack = format!("/local/domain/{domid}/data/pvh-blk-ack");
-    let w = d.xs.watch(&ack).map_err(|e| format!("watch: {e}"))?;
-    let acked = d.run_until(30_000, |d| matches!(d.xs.try_read(&ack), Ok(Some(_))));
-    let _ = d.xs.unwatch(w);
-    acked.map_err(|e| format!("dom0 ack: {e}"))?;
-    if errors > 0 {
+    handshake(d, domid, "pvh-blk", &summary)?;
+    if errors.get() > 0 {
         return Err(format!(
-            "{errors} error(s) logged by the frontend; {summary}"
+            "{} error(s) logged by the frontend; {summary}",
+            errors.get()
         ));
     }
     Ok(summary)
-}
-
-fn neg_flush(disk: &xen_blkfront::DiskInfo) -> bool {
-    disk.flush
 }

@@ -451,10 +451,9 @@ run_blk() {     # ARCH NONCE RAMDISK
     local a=$1 nonce=$2 ram=$3 name=pvh-blk-$1 id=blk-$1
     echo "=== RUN $id BEGIN"
     if create_guest "$id" "$name"; then
-        local p=/local/domain/$d/data
+        local p=/local/domain/$d/data vbd=/local/domain/$d/device/vbd v2=
         ack_xenstore "$a" "$d" "$nonce" | sed 's/^CHECK xenstore/NOTE xenstore/'
         if wait_for 1200 reported "$p/pvh-blk" "$name" && xenstore-read "$p/pvh-blk"; then
-            local vbd=/local/domain/$d/device/vbd
             {
                 for v in $(xenstore-list "$vbd"); do
                     echo "--- frontend $vbd/$v"
@@ -464,6 +463,22 @@ run_blk() {     # ARCH NONCE RAMDISK
                 done
             } > "/tmp/blk-$a.txt" 2>&1
             xenstore-write "$p/pvh-blk-ack" 1
+            # Detach and attach again while the guest runs.
+            local dev
+            dev=$(xenstore-list "$vbd" | head -n 1)
+            if xl block-detach "$d" "$dev"; then
+                wait_for 300 sh -c "! xenstore-read $vbd/$dev/state"
+                if xl block-attach "$d" "format=raw, vdev=xvda, access=rw, script=/etc/xen/scripts/pvh-block, target=$ram"; then
+                    if wait_for 1200 reported "$p/pvh-blk2" "$name"; then
+                        v2=$(xenstore-read "$p/pvh-blk2")
+                        xenstore-write "$p/pvh-blk2-ack" 1
+                    fi
+                else
+                    echo "NOTE blk $a xl block-attach failed"
+                fi
+            else
+                echo "NOTE blk $a xl block-detach $d $dev failed"
+            fi
         else
             echo "CHECK blk $a FAIL no data/pvh-blk from the guest"
             post_mortem "$d" "$name"
@@ -474,7 +489,7 @@ run_blk() {     # ARCH NONCE RAMDISK
             clean_up
         fi
         echo 3 > /proc/sys/vm/drop_caches
-        local n last
+        local n last n2
         n=$(dd if="$ram" bs=512 count=128 2>/dev/null | grep -c "^PVHBLK $nonce ")
         last=$(dd if="$ram" bs=512 skip=127 count=1 2>/dev/null | head -n 1)
         if [ "$n" = 128 ] && [ "$last" = "PVHBLK $nonce 000127" ]; then
@@ -482,6 +497,20 @@ run_blk() {     # ARCH NONCE RAMDISK
         else
             echo "CHECK blk $a FAIL $ram: $n of 128 sectors; sector 127: '$last'"
         fi
+        n2=$(dd if="$ram" bs=512 count=256 2>/dev/null | grep -c "^PVHBLK $nonce ")
+        last=$(dd if="$ram" bs=512 skip=255 count=1 2>/dev/null | head -n 1)
+        case "$v2" in
+        ok:*)
+            if [ "$n2" = 256 ] && [ "$last" = "PVHBLK $nonce 000255" ]; then
+                echo "CHECK blk-reattach $a PASS after detach+attach: 256 sectors on $ram"
+            else
+                echo "CHECK blk-reattach $a FAIL $ram: $n2 of 256 sectors; 255: '$last'"
+            fi
+            ;;
+        *)
+            echo "CHECK blk-reattach $a FAIL guest: '$(echo "$v2" | head -c 60)'"
+            ;;
+        esac
         dump_file blk-xenstore.txt "/tmp/blk-$a.txt"
         dump_file guest-console.log "/tmp/xc/guest-$name.log"
     else

@@ -95,13 +95,16 @@ pub enum Scenario {
     Destroy,
     /// xen-blkfront against Linux's xen-blkback: write, read back, dom0 checks the bytes.
     Blk,
+    /// `xl block-detach` + `block-attach` while the guest runs: a fresh connection, old data
+    /// still there, new data written.
+    BlkReattach,
     /// xen-netfront against Linux's xen-netback: ARP, ping both ways, UDP echo.
     Net,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Boot,
         Scenario::Console,
         Scenario::Xenstore,
@@ -110,6 +113,7 @@ impl Scenario {
         Scenario::Shutdown,
         Scenario::Destroy,
         Scenario::Blk,
+        Scenario::BlkReattach,
         Scenario::Net,
     ];
 
@@ -124,6 +128,7 @@ impl Scenario {
             Scenario::Shutdown => "shutdown",
             Scenario::Destroy => "destroy",
             Scenario::Blk => "blk",
+            Scenario::BlkReattach => "blk-reattach",
             Scenario::Net => "net",
         }
     }
@@ -139,6 +144,7 @@ impl Scenario {
             Scenario::Shutdown => "SCHEDOP_shutdown(poweroff): the domain disappears, xl list holds only Domain-0",
             Scenario::Destroy => "xl destroy of a guest busy with console and xenstore I/O: no zombie domain",
             Scenario::Blk => "xen-blkfront vs Linux xen-blkback on a RAM disk: 64 KiB written, read back, verified by dom0",
+            Scenario::BlkReattach => "xl block-detach + block-attach while the guest runs: reconnect, old data read back, new data written, dom0 verifies",
             Scenario::Net => "xen-netfront vs Linux xen-netback on a bridge: ARP, ICMP echo both ways, UDP echo via dom0",
         }
     }
@@ -161,7 +167,7 @@ impl Scenario {
     pub fn run_kind(self) -> RunKind {
         match self {
             Scenario::Destroy => RunKind::Busy,
-            Scenario::Blk => RunKind::Blk,
+            Scenario::Blk | Scenario::BlkReattach => RunKind::Blk,
             Scenario::Net => RunKind::Net,
             _ => RunKind::Basic,
         }
@@ -178,6 +184,7 @@ impl Scenario {
             Scenario::Shutdown => &[Source::Dom0("shutdown")],
             Scenario::Destroy => &[Source::Dom0("destroy")],
             Scenario::Blk => &[Source::Guest("blk"), Source::Dom0("blk")],
+            Scenario::BlkReattach => &[Source::Guest("blk-reattach"), Source::Dom0("blk-reattach")],
             Scenario::Net => &[Source::Guest("net"), Source::Dom0("net")],
         }
     }
