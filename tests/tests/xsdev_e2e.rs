@@ -13,7 +13,12 @@ mod tests {
 
     fn msg(ty: u32, req_id: u32, tx_id: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
-        for w in [ty, req_id, tx_id, payload.len() as u32] {
+        for w in [
+            ty,
+            req_id,
+            tx_id,
+            u32::try_from(payload.len()).expect("test payload fits u32"),
+        ] {
             v.extend_from_slice(&w.to_le_bytes());
         }
         v.extend_from_slice(payload);
@@ -154,7 +159,7 @@ mod tests {
             (msg(t(MsgType::Read), 9, 1234, b"/tool\0"), XsError::Inval),
             // Unprivileged device: domain management refused; never the shared reset.
             (
-                msg(t(MsgType::Introduce), 10, 0, b"5\0100\01\0"),
+                msg(t(MsgType::Introduce), 10, 0, b"5\x00100\x001\0"),
                 XsError::Acces,
             ),
             (msg(t(MsgType::Release), 11, 0, b"5\0"), XsError::Acces),
@@ -163,7 +168,10 @@ mod tests {
                 XsError::Acces,
             ),
             (msg(t(MsgType::ResetWatches), 13, 0, b""), XsError::Acces),
-            (msg(t(MsgType::SetTarget), 14, 0, b"5\00\0"), XsError::NoSys),
+            (
+                msg(t(MsgType::SetTarget), 14, 0, b"5\x000\0"),
+                XsError::NoSys,
+            ),
             // Unwatch of a watch the file does not have.
             (
                 msg(t(MsgType::Unwatch), 15, 0, b"/tool\0tok\0"),
@@ -202,9 +210,13 @@ mod tests {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let len = (seed % 40) as usize;
-            let mut junk: Vec<u8> = (0..len).map(|i| (seed >> (i % 8)) as u8).collect();
+            let mut junk: Vec<u8> = (0..len)
+                .map(|i| (seed >> (i % 8)).to_le_bytes()[0])
+                .collect();
             if junk.len() >= 16 {
-                junk[12..16].copy_from_slice(&((seed >> 20) as u32 % 24).to_le_bytes());
+                junk[12..16].copy_from_slice(
+                    &(u32::try_from((seed >> 20) % 24).expect("below 24")).to_le_bytes(),
+                );
                 junk[0..4].copy_from_slice(&((seed >> 40) as u32 % 24).to_le_bytes());
             }
             let _ = g.write(rig.client(), &junk);
@@ -369,7 +381,7 @@ mod tests {
         for (i, tok) in ["a", "b", "c"].iter().enumerate() {
             let m = msg(
                 t(MsgType::Watch),
-                i as u32,
+                u32::try_from(i).expect("small index"),
                 0,
                 format!("/tool/w\0{tok}\0").as_bytes(),
             );
