@@ -115,6 +115,24 @@ struct VifDriver {
     cfg: FrontendConfig,
     slot: Slot,
     error: Rc<RefCell<Option<String>>>,
+    removes: Rc<core::cell::Cell<u32>>,
+}
+
+impl VifDriver {
+    /// Releases a connection (queues first, then pages, grants and ports; a page the backend
+    /// still maps is never reused).
+    fn drop_side(&mut self) {
+        if let Some(mut side) = self.slot.borrow_mut().take() {
+            side.setup.queues.clear();
+            side.setup.ctrl = None;
+            let mut plat = NetPlat {
+                ev: self.ev,
+                gt: self.gt,
+                pool: self.pool,
+            };
+            side.setup.resources.release(&mut plat);
+        }
+    }
 }
 
 impl Driver<GuestXs> for VifDriver {
@@ -132,6 +150,14 @@ impl Driver<GuestXs> for VifDriver {
         dev: &mut Device,
         state: XenbusState,
     ) -> Result<(), XsErr> {
+        if matches!(state, XenbusState::Closing | XenbusState::Closed) {
+            // The toolstack is detaching the vif (or the backend went away).
+            self.drop_side();
+            if dev.state() != XenbusState::Closed {
+                dev.switch_state(xs, XenbusState::Closed)?;
+            }
+            return Ok(());
+        }
         if state != XenbusState::InitWait
             || dev.state() != XenbusState::Initialising
             || self.slot.borrow().is_some()
@@ -177,7 +203,10 @@ impl Driver<GuestXs> for VifDriver {
         Ok(())
     }
 
-    fn remove(&mut self, _xs: &mut GuestXs, _dev: &mut Device) {}
+    fn remove(&mut self, _xs: &mut GuestXs, _dev: &mut Device) {
+        self.drop_side();
+        self.removes.set(self.removes.get() + 1);
+    }
 }
 
 // ------------------------------------------------------------------ a tiny IPv4 stack
@@ -441,41 +470,20 @@ impl Net<'_> {
     }
 }
 
-/// The scenario; returns the detail of the result line.
-pub fn run(
-    ev: Events,
-    xs: &mut GuestXs,
-    gt: &'static Gnttab,
-    domid: u16,
-    nonce: &str,
-) -> Result<String, String> {
-    let pool: &'static PagePool = Box::leak(Box::new(PagePool::new()));
-    let slot: Slot = Rc::new(RefCell::new(None));
-    let error = Rc::new(RefCell::new(None));
-    let cfg = FrontendConfig {
-        queues: 2,
-        ..FrontendConfig::default()
-    };
-    let store_port = xs.transport().port().number();
-    let mut bus: Bus<GuestXs> = Bus::new(Role::Frontend, domid);
-    bus.register(Box::new(VifDriver {
-        ev,
-        gt,
-        pool,
-        cfg,
-        slot: Rc::clone(&slot),
-        error: Rc::clone(&error),
-    }));
-    bus.start(xs).map_err(|e| format!("bus start: {e}"))?;
-    let mut n = Net {
-        ev,
-        xs,
-        bus,
-        slot,
-        error,
-        store_port,
-        seen: Seen::default(),
-    };
+/// Publishes `value` under `data/<key>` and waits (at most 60 s, answering pings meanwhile)
+/// for dom0's `<key>-ack`.
+fn handshake(n: &mut Net<'_>, domid: u16, key: &str, value: &str) -> Result<(), String> {
+    n.xs.write_str(&format!("data/{key}"), value)
+        .map_err(|e| format!("write data/{key}: {e}"))?;
+    let ack = format!("/local/domain/{domid}/data/{key}-ack");
+    let w = n.xs.watch(&ack).map_err(|e| format!("watch: {e}"))?;
+    let acked = n.run_until(60_000, |n| matches!(n.xs.try_read(&ack), Ok(Some(_))));
+    let _ = n.xs.unwatch(w);
+    acked.map_err(|e| format!("dom0 ack of {key}: {e}"))
+}
+
+/// Waits for a connection, then ARP, 3 pings and the UDP echo; returns the summary.
+fn exchange(n: &mut Net<'_>, nonce: &str) -> Result<String, String> {
     n.run_until(60_000, |n| {
         n.slot.borrow().is_some()
             && n.bus
@@ -484,6 +492,7 @@ pub fn run(
                 .is_some_and(|d| d.otherend_state() == XenbusState::Connected)
     })
     .map_err(|e| format!("connecting: {e}"))?;
+    n.seen = Seen::default();
     let mac = n.mac();
 
     // ARP for dom0 (retried: the bridge port may still be coming up).
@@ -502,7 +511,7 @@ pub fn run(
     let dom0_mac = n.seen.dom0_mac.ok_or("no ARP reply from 10.99.0.1")?;
 
     // Ping dom0.
-    let t0 = time::now_ns(&ev.si).unwrap_or(0);
+    let t0 = time::now_ns(&n.ev.si).unwrap_or(0);
     for seq in 1..=3u16 {
         let payload = format!("pvh-net ping {nonce}");
         let req = icmp_echo(8, ICMP_ID, seq, payload.as_bytes());
@@ -516,7 +525,7 @@ pub fn run(
         n.run_until(5_000, |n| n.seen.echo_replies >= want)
             .map_err(|e| format!("echo reply {seq}: {e}"))?;
     }
-    let rtt_us = time::now_ns(&ev.si).unwrap_or(t0).saturating_sub(t0) / 3_000;
+    let rtt_us = time::now_ns(&n.ev.si).unwrap_or(t0).saturating_sub(t0) / 3_000;
 
     // UDP datagram with the nonce; dom0 echoes it back.
     let msg = format!("pvh-net {nonce}\n");
@@ -547,31 +556,95 @@ pub fn run(
             ))
         }
     }
-
-    let (offer, split, queues, stats) = {
-        let s = n.slot.borrow();
-        let s = s.as_ref().ok_or("disconnected")?;
-        let stats = s.setup.queues.iter().fold((0u64, 0u64), |acc, q| {
-            let st = q.stats();
-            (acc.0 + st.tx_packets, acc.1 + st.rx_packets)
-        });
-        (s.offer, s.setup.split, s.setup.queues.len(), stats)
-    };
-    let summary = format!(
-        "mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}; queues {queues}/{} split {split} sg {} gso4 {} gso6 {} csum6 {} ctrl {}; ping rtt {rtt_us} us; udp echo ok",
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
-        offer.max_queues, offer.sg, offer.gso_v4, offer.gso_v6, offer.ipv6_csum, offer.ctrl_ring,
-    );
-    // Let dom0 ping us (answered by `receive`) until it acks.
-    n.xs.write_str("data/pvh-net", &summary)
-        .map_err(|e| format!("write data/pvh-net: {e}"))?;
-    let ack = format!("/local/domain/{domid}/data/pvh-net-ack");
-    let w = n.xs.watch(&ack).map_err(|e| format!("watch: {e}"))?;
-    let acked = n.run_until(60_000, |n| matches!(n.xs.try_read(&ack), Ok(Some(_))));
-    let _ = n.xs.unwatch(w);
-    acked.map_err(|e| format!("dom0 ack: {e}"))?;
+    let s = n.slot.borrow();
+    let s = s.as_ref().ok_or("disconnected")?;
+    let o = s.offer;
     Ok(format!(
-        "{summary}; answered {} pings, {} ARPs from dom0; tx {} rx {} packets",
-        n.seen.pings_answered, n.seen.arps_answered, stats.0, stats.1
+        "mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}; queues {}/{} split {} sg {} gso4 {} gso6 {} csum6 {} ctrl {}; ping rtt {rtt_us} us; udp echo ok",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
+        s.setup.queues.len(), o.max_queues, s.setup.split, o.sg, o.gso_v4, o.gso_v6, o.ipv6_csum, o.ctrl_ring,
     ))
+}
+
+/// The scenarios `net` and `net-reattach`; each result goes to `report`.
+pub fn run(
+    ev: Events,
+    xs: &mut GuestXs,
+    gt: &'static Gnttab,
+    domid: u16,
+    nonce: &str,
+    report: &mut dyn FnMut(&str, Result<String, String>),
+) {
+    let pool: &'static PagePool = Box::leak(Box::new(PagePool::new()));
+    let slot: Slot = Rc::new(RefCell::new(None));
+    let error = Rc::new(RefCell::new(None));
+    let removes = Rc::new(core::cell::Cell::new(0));
+    let cfg = FrontendConfig {
+        queues: 2,
+        ..FrontendConfig::default()
+    };
+    let store_port = xs.transport().port().number();
+    let mut bus: Bus<GuestXs> = Bus::new(Role::Frontend, domid);
+    bus.register(Box::new(VifDriver {
+        ev,
+        gt,
+        pool,
+        cfg,
+        slot: Rc::clone(&slot),
+        error: Rc::clone(&error),
+        removes: Rc::clone(&removes),
+    }));
+    let started = bus.start(xs).map_err(|e| format!("bus start: {e}"));
+    let mut n = Net {
+        ev,
+        xs,
+        bus,
+        slot,
+        error,
+        store_port,
+        seen: Seen::default(),
+    };
+    let first = started.and_then(|()| exchange(&mut n, nonce));
+    let msg = match &first {
+        Ok(s) => s.clone(),
+        Err(e) => format!("FAIL: {e}"),
+    };
+    // dom0 pings us while we wait for its ack (answered in `receive`).
+    let acked = handshake(&mut n, domid, "pvh-net", &msg);
+    let ok = first.is_ok() && acked.is_ok();
+    report(
+        "net",
+        first.and_then(|s| {
+            acked.map(|()| {
+                format!(
+                    "{s}; answered {} pings, {} ARPs from dom0",
+                    n.seen.pings_answered, n.seen.arps_answered
+                )
+            })
+        }),
+    );
+    if !ok {
+        return;
+    }
+    // dom0 now detaches the vif and attaches it again.
+    let second = n
+        .run_until(90_000, |_| removes.get() >= 1)
+        .map_err(|e| format!("waiting for the detach: {e}"))
+        .and_then(|()| exchange(&mut n, nonce));
+    let msg = match &second {
+        Ok(s) => format!("ok: {s}"),
+        Err(e) => format!("FAIL: {e}"),
+    };
+    let acked = handshake(&mut n, domid, "pvh-net2", &msg);
+    report(
+        "net-reattach",
+        second.and_then(|_| {
+            acked.map(|()| {
+                format!(
+                    "vif removed and probed again: new connection; ARP, 3 pings and UDP echo again; answered {} pings from dom0",
+                    n.seen.pings_answered
+                )
+            })
+        }),
+    );
 }

@@ -520,35 +520,68 @@ run_blk() {     # ARCH NONCE RAMDISK
 }
 
 run_net() {     # ARCH NONCE
-    local a=$1 nonce=$2 name=pvh-net-$1 id=net-$1
+    local a=$1 nonce=$2 name=pvh-net-$1 id=net-$1 mac=00:16:3e:5a:00:0$3
     echo "=== RUN $id BEGIN"
-    # dom0's UDP echo: the guest's datagram is logged and sent back to it.
-    socat -T 120 UDP4-RECVFROM:5555,bind=10.99.0.1,reuseaddr,fork SYSTEM:"tee -a /tmp/udp-$a.txt" &
+    # dom0's UDP echo: the guest's datagrams are logged and sent back to it.
+    socat -T 300 UDP4-RECVFROM:5555,bind=10.99.0.1,reuseaddr,fork SYSTEM:"tee -a /tmp/udp-$a.txt" &
     local sp=$!
     wait_for 300 udp_listening || echo "NOTE net $a socat is not listening on UDP 5555"
     if create_guest "$id" "$name"; then
-        local p=/local/domain/$d/data
+        local p=/local/domain/$d/data vif=/local/domain/$d/device/vif v
         ack_xenstore "$a" "$d" "$nonce" | sed 's/^CHECK xenstore/NOTE xenstore/'
-        if wait_for 1200 reported "$p/pvh-net" "$name" && xenstore-read "$p/pvh-net"; then
+        if wait_for 1200 reported "$p/pvh-net" "$name" && v=$(xenstore-read "$p/pvh-net"); then
             local pinged=no
             ping -c 3 -W 5 10.99.0.2 > "/tmp/ping-$a.txt" 2>&1 && pinged=yes
-            local vif=/local/domain/$d/device/vif
             {
                 cat "/tmp/ping-$a.txt"
                 ip -s link
-                for v in $(xenstore-list "$vif"); do
-                    echo "--- frontend $vif/$v"
-                    xenstore-ls -f "$vif/$v"
+                for f in $(xenstore-list "$vif"); do
+                    echo "--- frontend $vif/$f"
+                    xenstore-ls -f "$vif/$f"
                     echo "--- backend"
-                    xenstore-ls -f "$(xenstore-read "$vif/$v/backend")"
+                    xenstore-ls -f "$(xenstore-read "$vif/$f/backend")"
                 done
             } > "/tmp/net-$a.txt" 2>&1
             xenstore-write "$p/pvh-net-ack" 1
-            if [ "$pinged" = yes ] && grep -q "pvh-net $nonce" "/tmp/udp-$a.txt"; then
-                echo "CHECK net $a PASS dom0 got the UDP datagram; 3/3 pings to 10.99.0.2 answered"
+            case "$v" in
+            FAIL*) echo "CHECK net $a FAIL guest: $(echo "$v" | head -c 60)" ;;
+            *)
+                if [ "$pinged" = yes ] && grep -q "pvh-net $nonce" "/tmp/udp-$a.txt"; then
+                    echo "CHECK net $a PASS dom0 got the UDP datagram; 3/3 pings to 10.99.0.2 answered"
+                else
+                    echo "CHECK net $a FAIL udp '$(head -c 40 "/tmp/udp-$a.txt" 2>/dev/null)' ping $pinged"
+                fi
+                ;;
+            esac
+            # Detach and attach the vif again while the guest runs.
+            local dev v2=
+            dev=$(xenstore-list "$vif" | head -n 1)
+            if xl network-detach "$d" "$dev"; then
+                wait_for 300 sh -c "! xenstore-read $vif/$dev/state"
+                rm -f "/tmp/udp-$a.txt"
+                if xl network-attach "$d" "mac=$mac" bridge=xenbr0 script=/etc/xen/scripts/pvh-vif; then
+                    if wait_for 1200 reported "$p/pvh-net2" "$name"; then
+                        v2=$(xenstore-read "$p/pvh-net2")
+                        pinged=no
+                        ping -c 3 -W 5 10.99.0.2 >> "/tmp/net-$a.txt" 2>&1 && pinged=yes
+                        xenstore-write "$p/pvh-net2-ack" 1
+                    fi
+                else
+                    echo "NOTE net $a xl network-attach failed"
+                fi
             else
-                echo "CHECK net $a FAIL udp '$(head -c 40 "/tmp/udp-$a.txt" 2>/dev/null)' ping $pinged"
+                echo "NOTE net $a xl network-detach $d $dev failed"
             fi
+            case "$v2" in
+            ok:*)
+                if [ "$pinged" = yes ] && grep -q "pvh-net $nonce" "/tmp/udp-$a.txt"; then
+                    echo "CHECK net-reattach $a PASS after detach+attach: UDP datagram again, 3/3 pings"
+                else
+                    echo "CHECK net-reattach $a FAIL udp '$(head -c 40 "/tmp/udp-$a.txt" 2>/dev/null)' ping $pinged"
+                fi
+                ;;
+            *) echo "CHECK net-reattach $a FAIL guest: '$(echo "$v2" | head -c 60)'" ;;
+            esac
         else
             echo "CHECK net $a FAIL no data/pvh-net from the guest; udp '$(head -c 40 "/tmp/udp-$a.txt" 2>/dev/null)'"
             post_mortem "$d" "$name"
@@ -587,7 +620,8 @@ pub fn init_script(runs: &[Run]) -> String {
             (RunKind::Busy, a) => format!("run_busy {a} {}", run.nonce),
             (RunKind::Blk, Arch::X86_64) => format!("run_blk x86_64 {} /dev/ram0", run.nonce),
             (RunKind::Blk, Arch::I686) => format!("run_blk i686 {} /dev/ram1", run.nonce),
-            (RunKind::Net, a) => format!("run_net {a} {}", run.nonce),
+            (RunKind::Net, Arch::X86_64) => format!("run_net x86_64 {} 1", run.nonce),
+            (RunKind::Net, Arch::I686) => format!("run_net i686 {} 2", run.nonce),
         };
         let _ = writeln!(s, "{call}");
     }

@@ -100,11 +100,13 @@ pub enum Scenario {
     BlkReattach,
     /// xen-netfront against Linux's xen-netback: ARP, ping both ways, UDP echo.
     Net,
+    /// `xl network-detach` + `network-attach` while the guest runs: traffic again.
+    NetReattach,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Boot,
         Scenario::Console,
         Scenario::Xenstore,
@@ -115,6 +117,7 @@ impl Scenario {
         Scenario::Blk,
         Scenario::BlkReattach,
         Scenario::Net,
+        Scenario::NetReattach,
     ];
 
     /// Its name.
@@ -130,6 +133,7 @@ impl Scenario {
             Scenario::Blk => "blk",
             Scenario::BlkReattach => "blk-reattach",
             Scenario::Net => "net",
+            Scenario::NetReattach => "net-reattach",
         }
     }
 
@@ -146,6 +150,7 @@ impl Scenario {
             Scenario::Blk => "xen-blkfront vs Linux xen-blkback on a RAM disk: 64 KiB written, read back, verified by dom0",
             Scenario::BlkReattach => "xl block-detach + block-attach while the guest runs: reconnect, old data read back, new data written, dom0 verifies",
             Scenario::Net => "xen-netfront vs Linux xen-netback on a bridge: ARP, ICMP echo both ways, UDP echo via dom0",
+            Scenario::NetReattach => "xl network-detach + network-attach while the guest runs: reconnect, ARP/ping/UDP again",
         }
     }
 
@@ -168,7 +173,7 @@ impl Scenario {
         match self {
             Scenario::Destroy => RunKind::Busy,
             Scenario::Blk | Scenario::BlkReattach => RunKind::Blk,
-            Scenario::Net => RunKind::Net,
+            Scenario::Net | Scenario::NetReattach => RunKind::Net,
             _ => RunKind::Basic,
         }
     }
@@ -186,6 +191,7 @@ impl Scenario {
             Scenario::Blk => &[Source::Guest("blk"), Source::Dom0("blk")],
             Scenario::BlkReattach => &[Source::Guest("blk-reattach"), Source::Dom0("blk-reattach")],
             Scenario::Net => &[Source::Guest("net"), Source::Dom0("net")],
+            Scenario::NetReattach => &[Source::Guest("net-reattach"), Source::Dom0("net-reattach")],
         }
     }
 }
