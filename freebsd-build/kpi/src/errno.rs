@@ -34,14 +34,24 @@ macro_rules! errnos {
 errnos! {
     EPERM = 1, "Operation not permitted.";
     ENOENT = 2, "No such file or directory.";
+    ESRCH = 3, "No such process (no such domain).";
     EIO = 5, "Input/output error.";
     ENXIO = 6, "Device not configured (for example: not running on Xen).";
+    E2BIG = 7, "Argument list too long.";
     ENOMEM = 12, "Cannot allocate memory.";
+    EACCES = 13, "Permission denied.";
+    EFAULT = 14, "Bad address.";
     EBUSY = 16, "Device busy: refuses an unload while something is in use.";
     EEXIST = 17, "File exists.";
     EINVAL = 22, "Invalid argument (for example: a malformed loader tunable).";
+    ENOTTY = 25, "Inappropriate ioctl for device.";
+    ENOSPC = 28, "No space left (a table is full).";
     ERANGE = 34, "Result too large (for example: a tunable outside its range).";
+    EAGAIN = 35, "Resource temporarily unavailable.";
     EOPNOTSUPP = 45, "Operation not supported.";
+    ETIMEDOUT = 60, "Operation timed out.";
+    EDEADLK = 11, "Resource deadlock avoided.";
+    ENOSYS = 78, "Function not implemented.";
 }
 
 impl Errno {
