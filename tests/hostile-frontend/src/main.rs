@@ -1,0 +1,187 @@
+//! `hostile-frontend`: a blkif frontend with bad intentions, for a Linux domU.
+//!
+//! It attaches to the backend of one of its domain's `vbd` devices the way a real frontend
+//! does (grants through `/dev/xen/gntalloc`, an event channel through `/dev/xen/evtchn`,
+//! xenstore through `/dev/xen/xenbus`, `Initialised` → `Connected`) and then misbehaves, one
+//! phase per connection (see [`blk::Phase`]): garbage slots, unknown operations, bad segment
+//! counts and sector ranges, unknown and read-only grants, indirect pages of junk, runaway
+//! ring indexes, event floods and xenstore games. Each phase is logged with what the backend
+//! did and whether that is what a correct backend does.
+//!
+//! ```text
+//! hostile-frontend blk [--device ID] [--phase NAME]... [--seed N] [--report KEY]
+//! hostile-frontend list
+//! ```
+//!
+//! Output: `HOSTILE blk <phase> PASS|FAIL|SKIP <detail>` per phase, then `HOSTILE blk SUMMARY
+//! <ok>/<n> as expected`. With `--report KEY`, the summary is also written to our domain's
+//! `data/KEY` node, where dom0 reads it. Exit status 0 when every phase went as expected.
+//!
+//! Built statically (`-C target-feature=+crt-static`) so it runs in a busybox initramfs.
+
+use hostile_frontend::{blk, dev, os};
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use xen_xenbus::client::Config;
+use xen_xenbus::{Store, Xs};
+
+const USAGE: &str =
+    "usage: hostile-frontend blk [--device ID] [--phase NAME]... [--seed N] [--report KEY] | list";
+
+#[derive(Debug, Default)]
+struct Options {
+    device: Option<String>,
+    phases: Vec<blk::Phase>,
+    seed: u64,
+    report: Option<String>,
+}
+
+fn parse(args: &[String]) -> Result<Option<Options>, String> {
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("blk") => {}
+        Some("list") => return Ok(None),
+        _ => return Err(USAGE.into()),
+    }
+    let mut o = Options {
+        seed: 0x5eed,
+        ..Options::default()
+    };
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--device" => o.device = Some(value()?.clone()),
+            "--phase" => {
+                let v = value()?;
+                o.phases
+                    .push(blk::Phase::parse(v).ok_or_else(|| format!("unknown phase {v}"))?);
+            }
+            "--seed" => o.seed = value()?.parse().map_err(|_| "--seed needs a number")?,
+            "--report" => o.report = Some(value()?.clone()),
+            _ => return Err(format!("unknown argument {a}\n{USAGE}")),
+        }
+    }
+    if o.phases.is_empty() {
+        o.phases = blk::Phase::ALL.to_vec();
+    }
+    Ok(Some(o))
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "HOSTILE {line}");
+    let _ = out.flush();
+}
+
+fn run(o: &Options) -> Result<bool, String> {
+    let gnt = os::Gntalloc::open().map_err(|e| e.to_string())?;
+    let mut ev = os::Evtchn::open().map_err(|e| e.to_string())?;
+    let mut xs = Xs::new(
+        os::XenbusDev::open().map_err(|e| e.to_string())?,
+        Config::default(),
+    );
+    // 100 ms per wait: 10 s per xenstore request at most.
+    xs.set_max_waits(100);
+    let mut dev = dev::Dev::find(xs, "vbd", o.device.as_deref())?;
+    say(&format!(
+        "blk START frontend {} backend {} (domain {}), {} phases, seed {}",
+        dev.fe,
+        dev.be,
+        dev.be_id,
+        o.phases.len(),
+        o.seed
+    ));
+    let mut env = blk::Env {
+        dev: &mut dev,
+        gnt: &gnt,
+        ev: &mut ev,
+        seed: o.seed,
+    };
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    for &p in &o.phases {
+        let r = blk::run(&mut env, p);
+        let verdict = match (r.skipped, r.as_expected) {
+            (true, _) => "SKIP",
+            (false, true) => "PASS",
+            (false, false) => "FAIL",
+        };
+        say(&format!("blk {} {verdict} {}", p.name(), r.detail));
+        if r.as_expected {
+            ok += 1;
+        } else {
+            failed.push(p.name());
+        }
+    }
+    let summary = format!(
+        "{ok}/{} as expected{}",
+        o.phases.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" (not: {})", failed.join(" "))
+        }
+    );
+    say(&format!("blk SUMMARY {summary}"));
+    if let Some(key) = &o.report {
+        let path = format!("data/{key}");
+        if let Err(e) = dev.xs.write_str(&path, &summary) {
+            say(&format!("blk cannot write {path}: {e}"));
+        }
+    }
+    Ok(failed.is_empty())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let o = match parse(&args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            for p in blk::Phase::ALL {
+                println!("{:<18} {:?}", p.name(), p.expect());
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&o) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            say(&format!("blk ERROR {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = parse(&args(
+            "blk --phase runaway --phase bad-op --seed 9 --report h",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.phases, [blk::Phase::Runaway, blk::Phase::BadOp]);
+        assert_eq!(o.seed, 9);
+        assert_eq!(o.report.as_deref(), Some("h"));
+        let o = parse(&args("blk")).unwrap().unwrap();
+        assert_eq!(o.phases.len(), blk::Phase::ALL.len());
+        assert!(parse(&args("list")).unwrap().is_none());
+        assert!(parse(&args("blk --phase nope")).is_err());
+        assert!(parse(&args("blk --seed")).is_err());
+        assert!(parse(&args("")).is_err());
+    }
+}
