@@ -9,9 +9,14 @@
 //! did and whether that is what a correct backend does.
 //!
 //! ```text
-//! hostile-frontend blk [--device ID] [--phase NAME]... [--seed N] [--report KEY]
+//! hostile-frontend blk [--class CLASS] [--device ID] [--phase NAME]... [--seed N] [--report KEY]
 //! hostile-frontend list
 //! ```
+//!
+//! `--class` is the directory under our `device/` holding the device (default `vbd`). The
+//! real-Xen scenario uses another name, so that the domU's own xen-blkfront (loaded for other
+//! scenarios) does not claim the device first: a backend only follows its `frontend` node,
+//! whatever class directory that names.
 //!
 //! Output: `HOSTILE blk <phase> PASS|FAIL|SKIP <detail>` per phase, then `HOSTILE blk SUMMARY
 //! <ok>/<n> as expected`. With `--report KEY`, the summary is also written to our domain's
@@ -32,6 +37,7 @@ const USAGE: &str =
 
 #[derive(Debug, Default)]
 struct Options {
+    class: String,
     device: Option<String>,
     phases: Vec<blk::Phase>,
     seed: u64,
@@ -46,19 +52,21 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         _ => return Err(USAGE.into()),
     }
     let mut o = Options {
+        class: "vbd".into(),
         seed: 0x5eed,
         ..Options::default()
     };
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
+            "--class" => o.class.clone_from(value()?),
             "--device" => o.device = Some(value()?.clone()),
             "--phase" => {
                 let v = value()?;
                 o.phases
                     .push(blk::Phase::parse(v).ok_or_else(|| format!("unknown phase {v}"))?);
             }
-            "--seed" => o.seed = value()?.parse().map_err(|_| "--seed needs a number")?,
+            "--seed" => o.seed = parse_seed(value()?).ok_or("--seed needs a number")?,
             "--report" => o.report = Some(value()?.clone()),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
@@ -67,6 +75,14 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         o.phases = blk::Phase::ALL.to_vec();
     }
     Ok(Some(o))
+}
+
+/// A decimal number, or hexadecimal after `0x`.
+fn parse_seed(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
 }
 
 fn say(line: &str) {
@@ -84,7 +100,7 @@ fn run(o: &Options) -> Result<bool, String> {
     );
     // 100 ms per wait: 10 s per xenstore request at most.
     xs.set_max_waits(100);
-    let mut dev = dev::Dev::find(xs, "vbd", o.device.as_deref())?;
+    let mut dev = dev::Dev::find(xs, &o.class, o.device.as_deref())?;
     say(&format!(
         "blk START frontend {} backend {} (domain {}), {} phases, seed {}",
         dev.fe,
@@ -179,6 +195,12 @@ mod tests {
         assert_eq!(o.report.as_deref(), Some("h"));
         let o = parse(&args("blk")).unwrap().unwrap();
         assert_eq!(o.phases.len(), blk::Phase::ALL.len());
+        assert_eq!(o.class, "vbd");
+        let o = parse(&args("blk --class hostile-vbd --seed 0xfF01"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((o.class.as_str(), o.seed), ("hostile-vbd", 0xff01));
+        assert!(parse(&args("blk --seed 0xzz")).is_err());
         assert!(parse(&args("list")).unwrap().is_none());
         assert!(parse(&args("blk --phase nope")).is_err());
         assert!(parse(&args("blk --seed")).is_err());
