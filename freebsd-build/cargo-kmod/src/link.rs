@@ -5,7 +5,7 @@
 //! 1. `cc -E` the C shim `freebsd-build/modules/<m>/<m>_kmod.c`: the declarations the verifier
 //!    accepts as KPI (`headers.rs`);
 //! 2. `cc -c` the shim with FreeBSD's kernel-module flags (`-D_KERNEL -DKLD_MODULE
-//!    -ffreestanding -fno-pic -mno-mmx -mno-sse -msoft-float`, and `-mcmodel=kernel
+//!    -ffreestanding -fno-pic -mno-mmx -mno-sse -mno-sse2 -mno-avx -msoft-float`, and `-mcmodel=kernel
 //!    -mno-red-zone` on amd64);
 //! 3. `ld.lld -r -d` the shim object with `lib<m>.a` (only the archive members the shim needs
 //!    are pulled in; the library is LTO'd into one object, so that is the module's Rust code
@@ -104,6 +104,10 @@ pub fn cflags(arch: Arch) -> Vec<String> {
             "-fno-asynchronous-unwind-tables",
             "-mno-mmx",
             "-mno-sse",
+            // Without these clang keeps SSE2 on x86-64 and zeroes structures with
+            // xorps/movups (seen in sx_init's inlined bzero), which the verifier rejects.
+            "-mno-sse2",
+            "-mno-avx",
             "-msoft-float",
             "-std=gnu99",
             "-O2",

@@ -22,6 +22,8 @@ struct FakeKernel {
     env_copies_out: usize,
     /// Live heap blocks: address -> layout.
     heap: BTreeMap<usize, std::alloc::Layout>,
+    /// Live sx locks.
+    locks: usize,
 }
 
 static KERNEL: Mutex<Option<FakeKernel>> = Mutex::new(None);
@@ -134,4 +136,70 @@ pub unsafe extern "C" fn xenrs_printf_str(message: *const c_char) {
     // SAFETY: NUL-terminated by the caller's contract.
     let message = unsafe { CStr::from_ptr(message) }.to_string_lossy();
     kernel(|k| k.console.push_str(&message));
+}
+
+/// `sx` locks created by `xenrs_sx_new` and not yet freed.
+pub fn locks_out() -> usize {
+    kernel(|k| k.locks)
+}
+
+/// A fake `struct sx`: a flag and a condition variable.
+struct FakeSx {
+    held: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+/// Fake of xen.ko's `void *xenrs_sx_new(const char *name);`.
+#[no_mangle]
+pub extern "C" fn xenrs_sx_new(_name: *const c_char) -> *mut core::ffi::c_void {
+    kernel(|k| k.locks += 1);
+    std::boxed::Box::into_raw(std::boxed::Box::new(FakeSx {
+        held: Mutex::new(false),
+        cv: std::sync::Condvar::new(),
+    }))
+    .cast()
+}
+
+/// Fake of `void xenrs_sx_lock(void *lock);`.
+///
+/// # Safety
+/// `lock` came from [`xenrs_sx_new`] and is not freed.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_sx_lock(lock: *mut core::ffi::c_void) {
+    // SAFETY: a live FakeSx by the caller's contract.
+    let sx = unsafe { &*lock.cast::<FakeSx>() };
+    let mut held = sx.held.lock().unwrap_or_else(PoisonError::into_inner);
+    while *held {
+        held = sx.cv.wait(held).unwrap_or_else(PoisonError::into_inner);
+    }
+    *held = true;
+}
+
+/// Fake of `void xenrs_sx_unlock(void *lock);`.
+///
+/// # Safety
+/// `lock` came from [`xenrs_sx_new`] and is held by the caller.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_sx_unlock(lock: *mut core::ffi::c_void) {
+    // SAFETY: a live FakeSx by the caller's contract.
+    let sx = unsafe { &*lock.cast::<FakeSx>() };
+    let mut held = sx.held.lock().unwrap_or_else(PoisonError::into_inner);
+    assert!(*held, "sx unlock of a lock not held");
+    *held = false;
+    sx.cv.notify_one();
+}
+
+/// Fake of `void xenrs_sx_free(void *lock);`.
+///
+/// # Safety
+/// `lock` came from [`xenrs_sx_new`], is not held and is freed once.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_sx_free(lock: *mut core::ffi::c_void) {
+    // SAFETY: created by Box::into_raw in xenrs_sx_new, freed once.
+    let sx = unsafe { std::boxed::Box::from_raw(lock.cast::<FakeSx>()) };
+    assert!(
+        !*sx.held.lock().unwrap_or_else(PoisonError::into_inner),
+        "sx freed while held"
+    );
+    kernel(|k| k.locks -= 1);
 }

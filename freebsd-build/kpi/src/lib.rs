@@ -10,6 +10,7 @@
 //! - [`tunable`]: loader tunables, parsed strictly, with a logged reason for a bad value.
 //! - [`print`]: `kprintln!` to the console and dmesg.
 //! - [`alloc`]: `malloc(9)` as the global allocator on the kernel targets.
+//! - [`sync`]: [`sync::SxLock`], a value behind an `sx(9)` lock.
 //! - `fake` (feature `fake-kpi`): `#[no_mangle] extern "C"` fakes of every kernel function
 //!   this crate calls, for host tests of the glue.
 //!
@@ -19,6 +20,8 @@
 //! after a broken invariant is worse than a crash dump. Protocol cores never panic on peer
 //! input (they move the device to an error state), so this is reached only on our own bugs.
 #![no_std]
+#[cfg(test)]
+extern crate std;
 
 pub mod alloc;
 pub mod errno;
@@ -26,6 +29,7 @@ pub mod errno;
 pub mod fake;
 pub mod module;
 pub mod print;
+pub mod sync;
 mod sys;
 pub mod tunable;
 

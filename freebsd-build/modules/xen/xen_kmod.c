@@ -10,7 +10,12 @@
 #include <sys/malloc.h>
 #include <sys/sysctl.h>
 
-XENRS_MODULE(xen, SI_SUB_DRIVERS, SI_ORDER_FIRST);
+/*
+ * After the platform PCI driver below (DRIVER_MODULE, SI_ORDER_MIDDLE) has attached, so the
+ * upcall can use its interrupt; the driver modules (SI_ORDER_ANY, MODULE_DEPEND on xen) come
+ * later still.
+ */
+XENRS_MODULE(xen, SI_SUB_DRIVERS, SI_ORDER_MIDDLE + 1);
 
 void
 xenrs_printf_str(const char *message)
@@ -90,3 +95,305 @@ XENRS_XEN_LEAF(upcall, XENRS_XEN_STAT_UPCALL,
     "Event upcall (loader tunable hw.xenrs.upcall): 0 auto, 1 vector, 2 pci");
 XENRS_XEN_LEAF(users, XENRS_XEN_STAT_USERS,
     "Open users of xen.ko; unloading is refused while non-zero");
+
+/*
+ * The KPI xen.ko's Rust bring-up uses (src/kpi.rs): fixed-arity wrappers of macros and
+ * variadic or header-private interfaces.
+ */
+#include <sys/lock.h>
+#include <sys/sx.h>
+#include <sys/taskqueue.h>
+#include <sys/time.h>
+#include <sys/smp.h>
+#include <sys/rman.h>
+#include <vm/vm.h>
+#include <vm/pmap.h>
+#include <machine/resource.h>
+#include <machine/bus.h>
+
+#include "xenrs_api.h"
+
+/* Locks for freebsd_kpi::sync::SxLock (exported: the drivers' Rust uses them too). */
+void *
+xenrs_sx_new(const char *name)
+{
+	struct sx *sx;
+
+	sx = malloc(sizeof(*sx), M_XENRS, M_WAITOK | M_ZERO);
+	sx_init(sx, name);
+	return (sx);
+}
+
+void
+xenrs_sx_lock(void *lock)
+{
+	sx_xlock((struct sx *)lock);
+}
+
+void
+xenrs_sx_unlock(void *lock)
+{
+	sx_xunlock((struct sx *)lock);
+}
+
+void
+xenrs_sx_free(void *lock)
+{
+	sx_destroy((struct sx *)lock);
+	free(lock, M_XENRS);
+}
+
+void *
+xenrs_kpi_pages_alloc(uint32_t npages, int exec, uint64_t *paddr)
+{
+	void *va;
+
+	if (npages == 0 || npages > 512)
+		return (NULL);
+	if (exec) {
+		if (npages != 1)
+			return (NULL);
+		va = malloc_exec(PAGE_SIZE, M_XENRS, M_WAITOK | M_ZERO);
+		if (va != NULL && ((uintptr_t)va & PAGE_MASK) != 0) {
+			free(va, M_XENRS);
+			return (NULL);
+		}
+	} else
+		va = contigmalloc(ptoa(npages), M_XENRS, M_WAITOK | M_ZERO, 0,
+		    ~(vm_paddr_t)0, PAGE_SIZE, 0);
+	if (va != NULL)
+		*paddr = vtophys(va);
+	return (va);
+}
+
+void
+xenrs_kpi_pages_free(void *va, uint32_t npages, int exec)
+{
+	if (exec)
+		free(va, M_XENRS);
+	else
+		contigfree(va, ptoa(npages), M_XENRS);
+}
+
+void *
+xenrs_kpi_map_frame(uint64_t paddr)
+{
+	return (pmap_mapdev_attr(paddr, PAGE_SIZE, VM_MEMATTR_WRITE_BACK));
+}
+
+void
+xenrs_kpi_unmap_frame(void *va)
+{
+	pmap_unmapdev(va, PAGE_SIZE);
+}
+
+uint64_t
+xenrs_kpi_uptime_ns(void)
+{
+	return (sbttons(sbinuptime()));
+}
+
+void
+xenrs_kpi_sleep(const void *chan, int ms)
+{
+	(void)tsleep(__DECONST(void *, chan), 0, "xenrs",
+	    MAX(1, (int)(((int64_t)ms * hz + 999) / 1000)));
+}
+
+void
+xenrs_kpi_wakeup(const void *chan)
+{
+	wakeup(__DECONST(void *, chan));
+}
+
+uint32_t
+xenrs_kpi_ncpus(void)
+{
+	return ((uint32_t)mp_ncpus);
+}
+
+/* The two taskqueue threads: events (handlers) and xenbus (registration callbacks). */
+void	xenrs_xen_run_events(void);
+void	xenrs_xen_run_xenbus(void);
+
+static struct taskqueue *xenrs_tq[2];
+static struct task xenrs_task[2];
+
+static void
+xenrs_events_task(void *arg __unused, int pending __unused)
+{
+	xenrs_xen_run_events();
+}
+
+static void
+xenrs_xenbus_task(void *arg __unused, int pending __unused)
+{
+	xenrs_xen_run_xenbus();
+}
+
+int
+xenrs_kpi_threads_start(void)
+{
+	static const char *names[2] = { "xenrs events", "xenrs xenbus" };
+	int i;
+
+	TASK_INIT(&xenrs_task[0], 0, xenrs_events_task, NULL);
+	TASK_INIT(&xenrs_task[1], 0, xenrs_xenbus_task, NULL);
+	for (i = 0; i < 2; i++) {
+		/* Fast queue: the events task is queued from an interrupt filter. */
+		xenrs_tq[i] = taskqueue_create_fast(names[i], M_WAITOK,
+		    taskqueue_thread_enqueue, &xenrs_tq[i]);
+		if (taskqueue_start_threads(&xenrs_tq[i], 1, PI_NET, "%s",
+		    names[i]) != 0) {
+			taskqueue_free(xenrs_tq[i]);
+			xenrs_tq[i] = NULL;
+			while (i-- > 0) {
+				taskqueue_free(xenrs_tq[i]);
+				xenrs_tq[i] = NULL;
+			}
+			return (ENOMEM);
+		}
+	}
+	return (0);
+}
+
+void
+xenrs_kpi_threads_stop(void)
+{
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		if (xenrs_tq[i] == NULL)
+			continue;
+		taskqueue_drain(xenrs_tq[i], &xenrs_task[i]);
+		taskqueue_free(xenrs_tq[i]);
+		xenrs_tq[i] = NULL;
+	}
+}
+
+void
+xenrs_kpi_kick(int which)
+{
+	if (which >= 0 && which < 2 && xenrs_tq[which] != NULL)
+		taskqueue_enqueue(xenrs_tq[which], &xenrs_task[which]);
+}
+
+/*
+ * The upcall through the Xen platform PCI device's interrupt (level-triggered): no filter,
+ * an ithread handler, so the interrupt framework keeps the source masked while the handler
+ * polls the event-channel core (bounded) and runs handlers in thread context; the line
+ * drops when the poll clears vCPU 0's upcall-pending flag.
+ */
+/*
+ * The Xen platform PCI device (vendor 0x5853, device 0x0001) is claimed by a small newbus
+ * driver on pci, so its interrupt is allocated and set up the ordinary way. <dev/pci/
+ * pcivar.h> is not in the FreeBSD header set available on Linux; the ivar index used below
+ * is PCI_IVAR_DEVID of its `enum pci_device_ivars` (subvendor 0, subdevice 1, vendor 2,
+ * device 3, devid 4), read through BUS_READ_IVAR as pci_get_devid() does.
+ */
+#define	XENRS_PCI_VENDOR	0x5853
+#define	XENRS_PCI_DEVICE	0x0001
+#define	XENRS_PCI_IVAR_DEVID	4
+
+static device_t xenrs_pci_dev;
+static struct resource *xenrs_irq;
+static int xenrs_irq_rid;
+static void *xenrs_irq_cookie;
+
+static void
+xenrs_upcall_ithread(void *arg __unused)
+{
+	xenrs_xen_run_events();
+}
+
+int
+xenrs_kpi_upcall_setup(int mode, uint32_t *where)
+{
+	int error;
+
+	if (mode != 2) {
+		printf("xen: upcall: the per-vCPU vector is not implemented by this "
+		    "build (no IDT entry stub); set hw.xenrs.upcall=pci on HVM\n");
+		return (EOPNOTSUPP);
+	}
+	if (xenrs_pci_dev == NULL) {
+		printf("xen: upcall: no Xen platform PCI device (5853:0001) attached\n");
+		return (ENXIO);
+	}
+	xenrs_irq_rid = 0;
+	xenrs_irq = bus_alloc_resource_any(xenrs_pci_dev, SYS_RES_IRQ,
+	    &xenrs_irq_rid, RF_SHAREABLE | RF_ACTIVE);
+	if (xenrs_irq == NULL) {
+		printf("xen: upcall: cannot allocate the platform device's IRQ\n");
+		return (ENXIO);
+	}
+	error = bus_setup_intr(xenrs_pci_dev, xenrs_irq,
+	    INTR_TYPE_MISC | INTR_MPSAFE, NULL, xenrs_upcall_ithread, NULL,
+	    &xenrs_irq_cookie);
+	if (error != 0) {
+		bus_release_resource(xenrs_pci_dev, SYS_RES_IRQ, xenrs_irq_rid,
+		    xenrs_irq);
+		xenrs_irq = NULL;
+		printf("xen: upcall: bus_setup_intr failed: %d\n", error);
+		return (error);
+	}
+	*where = (uint32_t)rman_get_start(xenrs_irq);
+	return (0);
+}
+
+void
+xenrs_kpi_upcall_teardown(void)
+{
+	if (xenrs_irq == NULL)
+		return;
+	bus_teardown_intr(xenrs_pci_dev, xenrs_irq, xenrs_irq_cookie);
+	bus_release_resource(xenrs_pci_dev, SYS_RES_IRQ, xenrs_irq_rid,
+	    xenrs_irq);
+	xenrs_irq = NULL;
+}
+
+static int
+xenrs_pci_probe(device_t dev)
+{
+	uintptr_t devid;
+
+	if (BUS_READ_IVAR(device_get_parent(dev), dev, XENRS_PCI_IVAR_DEVID,
+	    &devid) != 0)
+		return (ENXIO);
+	if (devid != (((uintptr_t)XENRS_PCI_DEVICE << 16) | XENRS_PCI_VENDOR))
+		return (ENXIO);
+	device_set_desc(dev, "Xen platform device (xen-freebsd-rs)");
+	return (BUS_PROBE_DEFAULT);
+}
+
+static int
+xenrs_pci_attach(device_t dev)
+{
+	xenrs_pci_dev = dev;
+	return (0);
+}
+
+static int
+xenrs_pci_detach(device_t dev __unused)
+{
+	/* xen.ko's upcall still uses the interrupt: unload xen first (it tears it down). */
+	if (xenrs_irq != NULL)
+		return (EBUSY);
+	xenrs_pci_dev = NULL;
+	return (0);
+}
+
+static device_method_t xenrs_pci_methods[] = {
+	DEVMETHOD(device_probe,		xenrs_pci_probe),
+	DEVMETHOD(device_attach,	xenrs_pci_attach),
+	DEVMETHOD(device_detach,	xenrs_pci_detach),
+	DEVMETHOD_END
+};
+
+static driver_t xenrs_pci_driver = {
+	"xenrs_pci",
+	xenrs_pci_methods,
+	0,
+};
+
+DRIVER_MODULE(xenrs_pci, pci, xenrs_pci_driver, NULL, NULL);

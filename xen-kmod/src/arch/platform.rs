@@ -148,6 +148,16 @@ impl XenPlatform {
         self.mode
     }
 
+    /// Performs one raw hypercall: what xen.ko exports to the driver modules, which marshal
+    /// their own typed calls (`marshal`) and trap through this one page.
+    ///
+    /// # Safety
+    /// Every pointer among `call.args` must be valid for whatever Xen does with it during the
+    /// call (as `marshal` guarantees for the typed calls).
+    pub unsafe fn raw_call(&self, call: &RawCall) -> isize {
+        self.trap(call)
+    }
+
     /// Performs one raw hypercall.
     fn trap(&self, call: &RawCall) -> isize {
         match self.mode {

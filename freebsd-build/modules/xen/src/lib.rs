@@ -18,10 +18,16 @@
 //! not a number ...`) and the default is used.
 #![cfg_attr(target_os = "none", no_std)]
 // The glue itself has no `unsafe`; the host tests call the C entry points as the shim does.
-#![cfg_attr(not(test), forbid(unsafe_code))]
-#![cfg_attr(test, deny(unsafe_code))]
+// The glue's `unsafe` is confined to the KPI layers: `kpi` (the shim's functions) and
+// `services` (the C symbols exported to the driver modules).
+#![deny(unsafe_code)]
 
-use core::sync::atomic::{AtomicU32, Ordering};
+extern crate alloc;
+
+use alloc::collections::BTreeMap;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use freebsd_kpi::sync::SxLock;
 
 use freebsd_kpi::module::KernelModule;
 use freebsd_kpi::{kprintln, tunable, Errno};
@@ -36,6 +42,12 @@ pub use xen_ring;
 pub use xen_shmem;
 pub use xen_sys;
 pub use xen_xenbus;
+
+#[allow(unsafe_code)]
+pub mod kpi;
+pub mod platform;
+#[allow(unsafe_code)]
+pub mod services;
 
 /// How event upcalls reach us (tunable `hw.xenrs.upcall`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +124,19 @@ pub struct XenModule {
     vendor: Vendor,
     config: Config,
     users: AtomicU32,
+    /// Driver registrations (services.rs).
+    regs: SxLock<services::Regs>,
+    /// Which registration owns each watch.
+    watch_owner: SxLock<BTreeMap<xen_xenbus::WatchId, usize>>,
+    /// Serialises registration callbacks with unregistering.
+    xenbus_serial: SxLock<()>,
+    /// Foreign mappings by handle.
+    maps: SxLock<BTreeMap<u64, services::Mapping>>,
+    next_map: AtomicU64,
+    /// Page runs handed out, by address.
+    pages: SxLock<BTreeMap<usize, kpi::KPages>>,
+    /// Declared last: dropped after everything above that refers to it.
+    platform: Option<platform::Platform>,
 }
 
 impl XenModule {
@@ -119,6 +144,12 @@ impl XenModule {
     /// the matching [`XenModule::release`].
     pub fn acquire(&self) {
         self.users.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The platform (absent only in the middle of load/unload).
+    #[must_use]
+    pub fn platform(&self) -> Option<&platform::Platform> {
+        self.platform.as_ref()
     }
 
     /// Ends a use counted by [`XenModule::acquire`].
@@ -151,6 +182,11 @@ impl XenModule {
 fn detect_xen() -> Option<(XenCpuid, Vendor)> {
     xen_kmod::arch::XenPlatform::detect()
 }
+
+#[cfg(not(test))]
+use kpi::install_hypercall_page;
+#[cfg(test)]
+use tests::install_hypercall_page;
 
 #[cfg(test)]
 fn detect_xen() -> Option<(XenCpuid, Vendor)> {
@@ -187,16 +223,38 @@ impl KernelModule for XenModule {
                 vendor
             );
         }
-        if config.upcall == Upcall::Vector && !xen.has_upcall_vector() {
-            kprintln!("xen: hw.xenrs.upcall=vector, but Xen offers no per-vCPU upcall vector");
-            return Err(Errno::EOPNOTSUPP);
-        }
-        Ok(XenModule {
+        let platform = platform::Platform::bring_up(xen, config.upcall, install_hypercall_page)?;
+        let lock = |name| {
+            SxLock::new(name, ()).inspect_err(|_| {
+                kprintln!("xen: out of memory for locks; not loading");
+            })
+        };
+        let module = XenModule {
             xen,
             vendor,
             config,
             users: AtomicU32::new(0),
-        })
+            regs: SxLock::new(c"xenrs regs", BTreeMap::new())?,
+            watch_owner: SxLock::new(c"xenrs watches", BTreeMap::new())?,
+            xenbus_serial: lock(c"xenrs xenbus")?,
+            maps: SxLock::new(c"xenrs maps", BTreeMap::new())?,
+            next_map: AtomicU64::new(1),
+            pages: SxLock::new(c"xenrs pages", BTreeMap::new())?,
+            platform: Some(platform),
+        };
+        if config.verbose >= 1 {
+            if let Some(p) = module.platform() {
+                kprintln!(
+                    "xen: up: event channels {:?}, upcall {:?} at {}, grant table {} frame(s), xenstore port {}",
+                    p.evtchn.lock().abi(),
+                    p.upcall_mode,
+                    p.upcall_at,
+                    p.gnttab.nr_frames(),
+                    p.store_port
+                );
+            }
+        }
+        Ok(module)
     }
 
     fn quiesce(&self) -> Result<(), Errno> {
@@ -206,7 +264,9 @@ impl KernelModule for XenModule {
         }
     }
 
-    fn unload(self) {
+    fn unload(mut self) {
+        // Everything the platform holds is released in reverse bring-up order (its Drop).
+        drop(self.platform.take());
         if self.config.verbose >= 1 {
             kprintln!("xen: unloaded");
         }
@@ -234,5 +294,7 @@ freebsd_kpi::kernel_module! {
     stat: xenrs_xen_stat,
 }
 
+#[cfg(test)]
+mod fake_kpi;
 #[cfg(test)]
 mod tests;

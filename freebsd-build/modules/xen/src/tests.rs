@@ -12,6 +12,7 @@ use super::*;
 pub(crate) static FAKE_XEN: Mutex<Option<(XenCpuid, Vendor)>> = Mutex::new(None);
 
 fn on_xen(hvm_features: u32) {
+    crate::fake_kpi::reset();
     let xen = XenCpuid {
         base: 0x4000_0000,
         max_leaf: 0x4000_0005,
@@ -24,6 +25,18 @@ fn on_xen(hvm_features: u32) {
         domid: Some(3),
     };
     *FAKE_XEN.lock().unwrap() = Some((xen, Vendor::Intel));
+}
+
+/// Test version of step 1: the scripted hypervisor, no MSR.
+pub(crate) fn install_hypercall_page(
+    _xen: &XenCpuid,
+    _page: &kpi::KPages,
+) -> Result<(platform::Hv, platform::RawTrap), Errno> {
+    if crate::fake_kpi::state(|s| s.fail_ops.contains(&"install")) {
+        kprintln!("xen: hypercall-page: refused (test); not loading");
+        return Err(Errno::ENXIO);
+    }
+    Ok((&crate::fake_kpi::FAKE_HV, &crate::fake_kpi::raw_trap))
 }
 
 fn bare_metal() {
@@ -191,4 +204,184 @@ fn c_shim_and_rust_agree_on_the_sysctl_leaves() {
         let value: i32 = line.split_whitespace().last().unwrap().parse().unwrap();
         assert_eq!(value, stat as i32, "{define}");
     }
+}
+
+/// Nothing of bring-up is left in the fake kernel.
+fn nothing_outstanding() {
+    crate::fake_kpi::state(|s| {
+        assert!(s.pages.is_empty(), "pages left: {:?}", s.pages.len());
+        assert_eq!(s.frames_mapped, 0, "xenstore frame still mapped");
+        assert!(!s.threads, "threads still running");
+        assert!(!s.upcall, "upcall still installed");
+    });
+    assert_eq!(fake::locks_out(), 0, "sx locks left");
+}
+
+#[test]
+fn load_then_unload_leaves_nothing_registered() {
+    let _kernel = fake::session();
+    on_xen(0);
+    assert_eq!(xenrs_xen_load(), 0);
+    crate::fake_kpi::state(|s| {
+        // hypercall page, shared_info, grant-table frames, and the FIFO control block the
+        // core offered before Xen refused FIFO (freed at unload: Xen never saw it).
+        assert_eq!(s.pages.len(), 4);
+        assert_eq!(s.frames_mapped, 1);
+        assert!(s.threads && s.upcall);
+    });
+    let callback = xen_sys::native::HVM_PARAM_CALLBACK_IRQ;
+    crate::fake_kpi::state(|s| {
+        // PCI mode (no per-vCPU vector offered): Xen is told the platform device's GSI.
+        assert_eq!(
+            s.params,
+            [(callback, xen_kmod::hvm::CallbackVia::Gsi(11).encode())]
+        );
+    });
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+    crate::fake_kpi::state(|s| {
+        assert_eq!(
+            s.params.last(),
+            Some(&(callback, 0)),
+            "upcalls off at unload"
+        )
+    });
+    // The adopted xenstore port is only forgotten, never closed: it is the toolstack's.
+    crate::fake_kpi::state(|s| assert!(!s.closed.contains(&1)));
+}
+
+#[test]
+fn every_bring_up_failure_unwinds_with_a_logged_reason() {
+    type Inject = fn(&mut crate::fake_kpi::State);
+    let cases: [(&str, Inject); 11] = [
+        ("hypercall-page", |s| s.fail_page_alloc = Some(0)),
+        ("hypercall-page", |s| s.fail_ops.push("install")),
+        ("version", |s| s.fail_ops.push("Version")),
+        ("shared-info", |s| s.fail_page_alloc = Some(1)),
+        ("shared-info", |s| s.fail_ops.push("AddToPhysmap")),
+        ("threads", |s| s.fail_threads = true),
+        ("upcall", |s| s.fail_upcall = true),
+        ("upcall", |s| s.fail_ops.push("SetParam")),
+        ("grant-table", |s| s.fail_ops.push("QuerySize")),
+        ("xenstore", |s| s.fail_ops.push("GetParam")),
+        ("xenstore", |s| s.fail_map_frame = true),
+    ];
+    for (step, inject) in cases {
+        let _kernel = fake::session();
+        on_xen(0);
+        crate::fake_kpi::state(inject);
+        let rc = xenrs_xen_load();
+        assert_ne!(rc, 0, "{step}: load must fail");
+        assert!(!MODULE_SLOT.is_loaded());
+        let console = fake::console();
+        assert!(
+            console.contains(&format!("xen: {step}:")),
+            "{step}: console says {console:?}"
+        );
+        nothing_outstanding();
+    }
+}
+
+#[test]
+#[expect(
+    unsafe_code,
+    reason = "calls the exported C ABI as a driver module does"
+)]
+fn unload_refused_while_a_port_is_bound_and_nothing_fires_after_unbind() {
+    use core::sync::atomic::{AtomicU32, Ordering};
+    static FIRED: AtomicU32 = AtomicU32::new(0);
+    unsafe extern "C" fn handler(_arg: *mut core::ffi::c_void, _port: u32) {
+        FIRED.fetch_add(1, Ordering::SeqCst);
+    }
+    let _kernel = fake::session();
+    on_xen(0);
+    FIRED.store(0, Ordering::SeqCst);
+    assert_eq!(xenrs_xen_load(), 0);
+    let mut port = 0u32;
+    assert_eq!(
+        services::xenrs_evtchn_alloc_unbound(0, 0, Some(handler), core::ptr::null_mut(), &mut port),
+        0
+    );
+    assert_eq!(
+        services::xenrs_evtchn_alloc_unbound(0, 2, Some(handler), core::ptr::null_mut(), &mut port),
+        22,
+        "unknown flag"
+    );
+    assert_eq!(stat(XenStat::Users), Ok(1));
+    assert_eq!(xenrs_xen_quiesce(), 16, "busy while a port is bound");
+    assert_eq!(xenrs_xen_unload(), 16, "even when forced");
+    let raise = || {
+        MODULE_SLOT.with(|m| {
+            let p = m.platform().unwrap();
+            let si = p.shared_info_view();
+            si.evtchn_pending().test_and_set(port);
+            let v = si.legacy_vcpu_info(0).unwrap();
+            v.set_pending_sel_bit(port / xen_kmod::shared::BITS_PER_XEN_ULONG);
+            v.set_upcall_pending();
+            p.run_events();
+        })
+    };
+    raise();
+    assert_eq!(
+        FIRED.load(Ordering::SeqCst),
+        1,
+        "a bound port's event reaches its handler"
+    );
+    assert_eq!(services::xenrs_evtchn_unbind(port), 0);
+    assert_eq!(
+        services::xenrs_evtchn_unbind(port),
+        2,
+        "second unbind: ENOENT"
+    );
+    raise();
+    assert_eq!(
+        FIRED.load(Ordering::SeqCst),
+        1,
+        "nothing fires after unbind"
+    );
+    crate::fake_kpi::state(|s| assert!(s.closed.contains(&port)));
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
+
+#[test]
+#[expect(
+    unsafe_code,
+    reason = "calls the exported C ABI as a driver module does"
+)]
+fn grants_pages_and_maps_count_as_users_and_bad_arguments_change_nothing() {
+    let _kernel = fake::session();
+    on_xen(0);
+    assert_eq!(xenrs_xen_load(), 0);
+    let mut gref = 0u32;
+    let mut va = core::ptr::null_mut();
+    let mut gfn = 0u64;
+    let mut handle = 0u64;
+    let mut mva = core::ptr::null_mut();
+    // SAFETY: every pointer is a live local, valid for the writes the exports make.
+    let (too_big, granted, zero_pages, pages, mapped) = unsafe {
+        (
+            services::xenrs_grant_access(0x1_0000, 5, 0, &mut gref),
+            services::xenrs_grant_access(0, 5, 0, &mut gref),
+            services::xenrs_pages_alloc(0, &mut va, &mut gfn),
+            services::xenrs_pages_alloc(2, &mut va, &mut gfn),
+            services::xenrs_grant_map(1, 9, 1, &mut handle, &mut mva),
+        )
+    };
+    assert_eq!(too_big, 22, "domid > 16 bits");
+    assert_eq!(granted, 0);
+    assert_eq!(zero_pages, 22, "zero pages");
+    assert_eq!(pages, 0);
+    assert_eq!(mapped, 0);
+    assert!(!mva.is_null());
+    assert_eq!(stat(XenStat::Users), Ok(3));
+    assert_eq!(xenrs_xen_unload(), 16);
+    assert_eq!(services::xenrs_grant_end_access(gref), 0);
+    assert_eq!(services::xenrs_grant_end_access(gref), 2);
+    services::xenrs_pages_free(va, 2);
+    assert_eq!(services::xenrs_grant_unmap(handle), 0);
+    assert_eq!(services::xenrs_grant_unmap(handle), 2);
+    assert_eq!(stat(XenStat::Users), Ok(0));
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
 }

@@ -1,0 +1,283 @@
+//! Host-test fakes of the shim's KPI functions (`kpi.rs`) and a scripted hypervisor: they
+//! record what bring-up acquired (pages, mappings, threads, upcall) so a test can check that
+//! unload or a failed load leaves nothing behind, and fail on request so every unwinding
+//! path runs.
+#![allow(
+    unsafe_code,
+    reason = "fake C entry points, called as the kernel would"
+)]
+
+use core::ffi::{c_int, c_void};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use xen_kmod::{
+    EventChannelOp, GrantTableOp, HvmOp, Hypervisor, MemoryOp, SchedOp, VcpuOp, XenError,
+    XenVersionOp,
+};
+
+/// What the fake kernel holds for xen.ko.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Live page runs: address -> (layout, npages).
+    pub pages: BTreeMap<usize, (std::alloc::Layout, u32)>,
+    pub frames_mapped: usize,
+    pub threads: bool,
+    pub upcall: bool,
+    pub kicks: [u64; 2],
+    /// Fail the n-th page allocation (0-based), if set.
+    pub fail_page_alloc: Option<u32>,
+    pub page_allocs: u32,
+    pub fail_threads: bool,
+    pub fail_upcall: bool,
+    pub fail_map_frame: bool,
+    /// Hypervisor operations to fail (by name).
+    pub fail_ops: Vec<&'static str>,
+    pub next_port: u32,
+    pub closed: Vec<u32>,
+    /// `HVMOP_set_param` calls: (index, value).
+    pub params: Vec<(u32, u64)>,
+    pub sent: Vec<u32>,
+}
+
+pub static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+pub fn state<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut g = STATE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(g.get_or_insert_with(State::default))
+}
+
+pub fn reset() {
+    *STATE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(State {
+        next_port: 10,
+        ..State::default()
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_pages_alloc(npages: u32, _exec: c_int, paddr: *mut u64) -> *mut c_void {
+    let fail = state(|s| {
+        let n = s.page_allocs;
+        s.page_allocs += 1;
+        s.fail_page_alloc == Some(n)
+    });
+    if fail || npages == 0 {
+        return core::ptr::null_mut();
+    }
+    let layout = std::alloc::Layout::from_size_align(4096 * npages as usize, 4096).unwrap();
+    // SAFETY: non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    state(|s| s.pages.insert(p.addr(), (layout, npages)));
+    // SAFETY: the caller passes a writable out-pointer.
+    unsafe { paddr.write(p.addr() as u64) };
+    p.cast()
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_pages_free(va: *mut c_void, npages: u32, _exec: c_int) {
+    let (layout, n) = state(|s| s.pages.remove(&va.addr())).expect("freeing pages not handed out");
+    assert_eq!(n, npages, "freed with a different page count");
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(va.cast(), layout) };
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_map_frame(_paddr: u64) -> *mut c_void {
+    if state(|s| s.fail_map_frame) {
+        return core::ptr::null_mut();
+    }
+    state(|s| s.frames_mapped += 1);
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    // SAFETY: non-zero size.
+    unsafe { std::alloc::alloc_zeroed(layout) }.cast()
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_unmap_frame(va: *mut c_void) {
+    state(|s| s.frames_mapped -= 1);
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+    // SAFETY: allocated by xenrs_kpi_map_frame with this layout.
+    unsafe { std::alloc::dealloc(va.cast(), layout) };
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_threads_start() -> c_int {
+    if state(|s| s.fail_threads) {
+        return 12;
+    }
+    state(|s| s.threads = true);
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_threads_stop() {
+    state(|s| {
+        assert!(s.threads, "threads stopped twice");
+        s.threads = false;
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_kick(which: c_int) {
+    state(|s| s.kicks[usize::try_from(which).unwrap()] += 1);
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_upcall_setup(_mode: c_int, at: *mut u32) -> c_int {
+    if state(|s| s.fail_upcall) {
+        return 6;
+    }
+    state(|s| s.upcall = true);
+    // SAFETY: writable out-pointer.
+    unsafe { at.write(11) };
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_upcall_teardown() {
+    state(|s| {
+        assert!(s.upcall, "upcall torn down twice");
+        s.upcall = false;
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_uptime_ns() -> u64 {
+    1_000_000
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_sleep(_chan: *const c_void, _ms: c_int) {}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_wakeup(_chan: *const c_void) {}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_ncpus() -> u32 {
+    1
+}
+
+/// A scripted hypervisor: enough of Xen for bring-up and the exported services.
+#[derive(Debug)]
+pub struct FakeHv;
+
+fn fails(name: &str) -> bool {
+    state(|s| s.fail_ops.contains(&name))
+}
+
+impl Hypervisor for FakeHv {
+    fn event_channel_op(&self, op: EventChannelOp<'_>) -> Result<(), XenError> {
+        if fails(op.name()) {
+            return Err(XenError::EINVAL);
+        }
+        match op {
+            EventChannelOp::InitControl(_) => Err(XenError::ENOSYS),
+            EventChannelOp::AllocUnbound(a) => {
+                a.port = state(|s| {
+                    s.next_port += 1;
+                    s.next_port
+                });
+                Ok(())
+            }
+            EventChannelOp::BindInterdomain(a) => {
+                a.local_port = state(|s| {
+                    s.next_port += 1;
+                    s.next_port
+                });
+                Ok(())
+            }
+            EventChannelOp::Close(c) => {
+                state(|s| s.closed.push(c.port));
+                Ok(())
+            }
+            EventChannelOp::Send(c) => {
+                state(|s| s.sent.push(c.port));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    fn grant_table_op(&self, op: GrantTableOp<'_>) -> Result<(), XenError> {
+        if fails(op.name()) {
+            return Err(XenError::EINVAL);
+        }
+        match op {
+            GrantTableOp::QuerySize(q) => {
+                q.nr_frames = 1;
+                q.max_nr_frames = 32;
+                q.status = 0;
+            }
+            GrantTableOp::MapGrantRef(ops) => {
+                for (i, o) in ops.iter_mut().enumerate() {
+                    o.status = 0;
+                    o.handle = u32::try_from(i).unwrap() + 1;
+                }
+            }
+            GrantTableOp::UnmapGrantRef(ops) => {
+                for o in ops.iter_mut() {
+                    o.status = 0;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    fn memory_op(&self, op: MemoryOp<'_>) -> Result<u64, XenError> {
+        if fails(op.name()) {
+            return Err(XenError::EINVAL);
+        }
+        match op {
+            MemoryOp::DecreaseReservation { .. } | MemoryOp::PopulatePhysmap { .. } => Ok(1),
+            _ => Ok(0),
+        }
+    }
+    fn hvm_op(&self, op: HvmOp<'_>) -> Result<(), XenError> {
+        match op {
+            HvmOp::GetParam(p) => {
+                if fails("GetParam") {
+                    return Err(XenError::EINVAL);
+                }
+                p.value = if p.index == xen_sys::native::HVM_PARAM_STORE_EVTCHN {
+                    1
+                } else {
+                    0xfeffc
+                };
+                Ok(())
+            }
+            HvmOp::SetParam(p) => {
+                if fails("SetParam") {
+                    return Err(XenError::EINVAL);
+                }
+                state(|s| s.params.push((p.index, p.value)));
+                Ok(())
+            }
+            HvmOp::SetEvtchnUpcallVector(_) => Ok(()),
+        }
+    }
+    fn sched_op(&self, _op: SchedOp<'_>) -> Result<u64, XenError> {
+        Ok(0)
+    }
+    fn vcpu_op(&self, _vcpu: u32, _op: VcpuOp<'_>) -> Result<u64, XenError> {
+        Ok(0)
+    }
+    fn xen_version(&self, op: XenVersionOp<'_>) -> Result<u64, XenError> {
+        if fails("Version") {
+            return Err(XenError::ENOSYS);
+        }
+        match op {
+            XenVersionOp::Version => Ok((4 << 16) | 17),
+            _ => Ok(0),
+        }
+    }
+}
+
+pub static FAKE_HV: FakeHv = FakeHv;
+
+/// The raw trap of the tests: records nothing, returns Xen's -ENOSYS.
+pub fn raw_trap(_call: &xen_kmod::arch::marshal::RawCall) -> isize {
+    -38
+}
