@@ -137,6 +137,15 @@ impl GrantRef {
     pub fn raw(&self) -> u32 {
         self.0
     }
+
+    /// Takes ownership of reference `raw` allocated by a grant table this code cannot reach
+    /// as a [`GrantTable`]: a FreeBSD driver module's grants live in xen.ko's table and come
+    /// back through the xenrs API as numbers. The holder must give it back exactly once, to
+    /// that table (which is what not being `Clone` keeps true from here on).
+    #[must_use]
+    pub fn from_foreign_table(raw: u32) -> GrantRef {
+        GrantRef(raw)
+    }
 }
 
 /// What became of a revoked reference.

@@ -1,8 +1,240 @@
 /*-
  * SPDX-License-Identifier: BSD-2-Clause
  *
- * xbd.ko: module registration; everything else is the Rust library (src/lib.rs).
+ * xbd.ko: module registration and the thin FreeBSD side of the disk glue: disk(9) objects,
+ * the d_strategy entry, biodone(9), the physical address of a buffer page, a mutex per
+ * disk and the per-disk sysctl tree dev.xbd.<unit>. Every decision (what a bio becomes,
+ * bouncing, completion, resize, detach) is the Rust library's (src/disk.rs); each function
+ * here is a few lines of KPI with fixed arity, so the host tests replace them with fakes.
  */
 #include "xenrs_module.h"
 
+#include <sys/bio.h>
+#include <sys/lock.h>
+#include <sys/malloc.h>
+#include <sys/mutex.h>
+#include <sys/sysctl.h>
+
+#include <geom/geom_disk.h>
+
+#include <vm/vm.h>
+#include <vm/pmap.h>
+
 XENRS_DRIVER_MODULE(xbd);
+
+/*
+ * What the Rust side sees of a bio (src/sys.rs `Cmd`): the command, translated here so no
+ * BIO_* value is duplicated in Rust.
+ */
+#define	XENRS_XBD_READ		0
+#define	XENRS_XBD_WRITE		1
+#define	XENRS_XBD_FLUSH		2
+#define	XENRS_XBD_DELETE	3
+#define	XENRS_XBD_OTHER		4
+
+/* Disk flags as the Rust side passes them (src/sys.rs `DiskFlags`). */
+#define	XENRS_XBD_CANDELETE	0x1
+#define	XENRS_XBD_CANFLUSH	0x2
+#define	XENRS_XBD_READONLY	0x4
+
+/* Defined by the Rust library. */
+void	xenrs_xbd_strategy(void *softc, struct bio *bp, int cmd, int ordered,
+	    int64_t offset, int64_t length, void *data);
+int	xenrs_xbd_dev_stat(void *softc, int which, uint64_t *out);
+
+static void
+xbd_kmod_strategy(struct bio *bp)
+{
+	int cmd;
+
+	switch (bp->bio_cmd) {
+	case BIO_READ:
+		cmd = XENRS_XBD_READ;
+		break;
+	case BIO_WRITE:
+		cmd = XENRS_XBD_WRITE;
+		break;
+	case BIO_FLUSH:
+		cmd = XENRS_XBD_FLUSH;
+		break;
+	case BIO_DELETE:
+		cmd = XENRS_XBD_DELETE;
+		break;
+	default:
+		cmd = XENRS_XBD_OTHER;
+		break;
+	}
+	xenrs_xbd_strategy(bp->bio_disk->d_drv1, bp, cmd,
+	    (bp->bio_flags & BIO_ORDERED) != 0, bp->bio_offset, bp->bio_length,
+	    bp->bio_data);
+}
+
+/* Completes a bio: error 0 or an errno, resid the bytes not transferred. */
+void
+xenrs_xbd_biodone(struct bio *bp, int error, int64_t resid)
+{
+	bp->bio_resid = resid;
+	if (error != 0) {
+		bp->bio_error = error;
+		bp->bio_flags |= BIO_ERROR;
+	}
+	biodone(bp);
+}
+
+/* The physical address of a mapped kernel virtual address (a bio's data). */
+uint64_t
+xenrs_xbd_vtophys(const void *va)
+{
+	return (vtophys(va));
+}
+
+struct disk *
+xenrs_xbd_disk_create(void *softc, u_int unit, u_int sectorsize,
+    int64_t mediasize, u_int maxsize, int64_t stripesize, u_int flags,
+    const char *descr)
+{
+	struct disk *dp;
+
+	dp = disk_alloc();
+	dp->d_name = "xbd";
+	dp->d_unit = unit;
+	dp->d_drv1 = softc;
+	dp->d_strategy = xbd_kmod_strategy;
+	dp->d_sectorsize = sectorsize;
+	dp->d_mediasize = mediasize;
+	dp->d_maxsize = maxsize;
+	dp->d_stripesize = stripesize;
+	dp->d_flags = 0;
+	if ((flags & XENRS_XBD_CANDELETE) != 0)
+		dp->d_flags |= DISKFLAG_CANDELETE;
+	if ((flags & XENRS_XBD_CANFLUSH) != 0)
+		dp->d_flags |= DISKFLAG_CANFLUSHCACHE;
+	if ((flags & XENRS_XBD_READONLY) != 0)
+		dp->d_flags |= DISKFLAG_WRITE_PROTECT;
+	strlcpy(dp->d_descr, descr, sizeof(dp->d_descr));
+	disk_create(dp, DISK_VERSION);
+	return (dp);
+}
+
+int
+xenrs_xbd_disk_resize(struct disk *dp, int64_t mediasize)
+{
+	dp->d_mediasize = mediasize;
+	return (disk_resize(dp, M_NOWAIT));
+}
+
+void
+xenrs_xbd_disk_destroy(struct disk *dp)
+{
+	disk_destroy(dp);
+}
+
+/* One MTX_DEF mutex per disk: d_strategy, the event handler and xenbus callbacks. */
+struct mtx *
+xenrs_xbd_lock_new(void)
+{
+	struct mtx *m;
+
+	m = malloc(sizeof(*m), M_DEVBUF, M_NOWAIT | M_ZERO);
+	if (m != NULL)
+		mtx_init(m, "xbd", NULL, MTX_DEF);
+	return (m);
+}
+
+void
+xenrs_xbd_lock(struct mtx *m)
+{
+	mtx_lock(m);
+}
+
+/* 1 when taken, 0 when another thread holds it (the event handler never waits). */
+int
+xenrs_xbd_trylock(struct mtx *m)
+{
+	return (mtx_trylock(m));
+}
+
+void
+xenrs_xbd_unlock(struct mtx *m)
+{
+	mtx_unlock(m);
+}
+
+void
+xenrs_xbd_lock_free(struct mtx *m)
+{
+	mtx_destroy(m);
+	free(m, M_DEVBUF);
+}
+
+/*
+ * dev.xbd.<unit>.<leaf>: numeric statistics read from the Rust device. The indices are
+ * `DevStat` in src/disk.rs; a unit test there checks that both lists agree.
+ */
+static const struct {
+	const char *name;
+	const char *descr;
+} xbd_kmod_leaves[] = {
+	{ "bios", "Bios accepted" },
+	{ "completed", "Bios completed" },
+	{ "errors", "Bios completed with an error" },
+	{ "bounced", "Bios bounced through pages of ours (unaligned buffers)" },
+	{ "waits", "Bios queued because the ring was full" },
+	{ "requests", "Ring requests issued" },
+	{ "reissued", "Requests re-issued after a reconnection" },
+	{ "connections", "Connections to the backend" },
+	{ "in_flight", "Bios accepted and not completed" },
+	{ "sectors", "Size in 512-byte sectors" },
+};
+
+static SYSCTL_NODE(_dev, OID_AUTO, xbd, CTLFLAG_RD | CTLFLAG_MPSAFE, 0,
+    "Xen PV block frontend disks (xen-freebsd-rs)");
+
+static int
+xbd_kmod_sysctl(SYSCTL_HANDLER_ARGS)
+{
+	uint64_t value;
+	int error;
+
+	value = 0;
+	error = xenrs_xbd_dev_stat(arg1, (int)arg2, &value);
+	if (error != 0)
+		return (error);
+	return (sysctl_handle_64(oidp, &value, 0, req));
+}
+
+struct sysctl_ctx_list *
+xenrs_xbd_sysctl_attach(void *softc, u_int unit)
+{
+	struct sysctl_ctx_list *ctx;
+	struct sysctl_oid *node;
+	char name[16];
+	u_int i;
+
+	ctx = malloc(sizeof(*ctx), M_DEVBUF, M_NOWAIT | M_ZERO);
+	if (ctx == NULL)
+		return (NULL);
+	sysctl_ctx_init(ctx);
+	snprintf(name, sizeof(name), "%u", unit);
+	node = SYSCTL_ADD_NODE(ctx, SYSCTL_STATIC_CHILDREN(_dev_xbd), OID_AUTO,
+	    name, CTLFLAG_RD | CTLFLAG_MPSAFE, NULL, "Xen PV disk");
+	if (node == NULL) {
+		sysctl_ctx_free(ctx);
+		free(ctx, M_DEVBUF);
+		return (NULL);
+	}
+	for (i = 0; i < nitems(xbd_kmod_leaves); i++)
+		SYSCTL_ADD_PROC(ctx, SYSCTL_CHILDREN(node), OID_AUTO,
+		    xbd_kmod_leaves[i].name,
+		    CTLTYPE_U64 | CTLFLAG_RD | CTLFLAG_MPSAFE, softc, i,
+		    xbd_kmod_sysctl, "QU", xbd_kmod_leaves[i].descr);
+	return (ctx);
+}
+
+/* Removes the tree; sysctl waits for handlers that are running. */
+void
+xenrs_xbd_sysctl_detach(struct sysctl_ctx_list *ctx)
+{
+	sysctl_ctx_free(ctx);
+	free(ctx, M_DEVBUF);
+}
