@@ -25,6 +25,8 @@ extern crate alloc;
 mod arch;
 mod blk;
 mod console;
+mod dd;
+mod dd_blk;
 mod events;
 mod gnt;
 mod log;
@@ -329,6 +331,35 @@ pub fn guest_main(si: &arch::StartInfo) -> ! {
     if run == "busy" {
         busy(&mut g, &mut xs);
     }
+    if run == "dd" {
+        let backends = arg(si.cmdline, "dd").unwrap_or("blk");
+        let gt: Option<&'static gnt::Gnttab> = gt.map(|gt| &*Box::leak(Box::new(gt)));
+        match (gt, domid.and_then(|d| u16::try_from(d).ok())) {
+            (Some(gt), Some(domid)) => {
+                let ev = g.ev;
+                let mut failed = false;
+                let r = {
+                    let mut report = |name: &str, r: Result<String, String>| match r {
+                        Ok(detail) => g.report(name, true, format_args!("{detail}")),
+                        Err(e) => g.report(name, false, format_args!("{e}")),
+                    };
+                    dd::run(ev, &mut xs, gt, domid, backends, &mut report)
+                };
+                match r {
+                    Ok(detail) => e9!("dd: {detail}"),
+                    Err(e) => {
+                        failed = true;
+                        g.report("dd", false, format_args!("{e}"));
+                    }
+                }
+                if failed {
+                    let _ = xs.write_str("data/dd-ready", "FAIL");
+                }
+            }
+            _ => g.report("dd", false, format_args!("no grant table or domid")),
+        }
+        g.shutdown(xen_sys::native::SHUTDOWN_poweroff)
+    }
     if run == "blk" || run == "net" {
         let gt: Option<&'static gnt::Gnttab> = gt.map(|gt| &*Box::leak(Box::new(gt)));
         match (gt, domid.and_then(|d| u16::try_from(d).ok())) {
@@ -340,7 +371,8 @@ pub fn guest_main(si: &arch::StartInfo) -> ! {
                     Err(e) => g.report(name, false, format_args!("{e}")),
                 };
                 if run == "blk" {
-                    blk::run(ev, &mut xs, gt, domid, nonce, &mut report);
+                    let once = arg(si.cmdline, "blk") == Some("once");
+                    blk::run(ev, &mut xs, gt, domid, nonce, once, &mut report);
                 } else {
                     net::run(ev, &mut xs, gt, domid, nonce, &mut report);
                 }

@@ -26,7 +26,8 @@ use std::process::Command;
 
 use crate::assets::Assets;
 use crate::cpio::Archive;
-use crate::plan::{Arch, Run, RunKind};
+use crate::domu;
+use crate::plan::{Arch, Run, RunKind, Scenario};
 
 /// Xen tool binaries copied into dom0 (with their libraries).
 const XEN_TOOLS: &[&str] = &[
@@ -99,7 +100,8 @@ fn libraries(binary: &str) -> Result<Vec<String>, String> {
     Ok(libs)
 }
 
-fn find_module(modules: &Path, name: &str) -> Option<PathBuf> {
+/// The path of `<name>.ko` under a kernel's `lib/modules/<version>`.
+pub fn find_module(modules: &Path, name: &str) -> Option<PathBuf> {
     let file = format!("{name}.ko");
     let mut stack = vec![modules.join("kernel")];
     while let Some(dir) = stack.pop() {
@@ -123,6 +125,8 @@ pub fn build(
     assets: &Assets,
     guests: &[(Arch, PathBuf)],
     runs: &[Run],
+    scenarios: &[Scenario],
+    domu_extra: &[(String, u32, Vec<u8>)],
     out: &Path,
 ) -> Result<usize, String> {
     let mut a = Archive::new();
@@ -186,7 +190,12 @@ pub fn build(
             read(path)?,
         );
     }
-    a.file("/init", 0o755, init_script(runs).into_bytes());
+    if runs.iter().any(|r| r.kind == RunKind::Dd) {
+        // The Linux domU of the driver-domain scenarios: dom0's own kernel, its own image.
+        a.file(domu::KERNEL_PATH, 0o644, read(&assets.vmlinuz)?);
+        a.file(domu::IMAGE_PATH, 0o644, domu::build(assets, domu_extra)?);
+    }
+    a.file("/init", 0o755, init_script(runs, scenarios).into_bytes());
     a.file(
         "/etc/xen/scripts/pvh-block",
         0o755,
@@ -228,14 +237,23 @@ fn guest_config(run: &Run) -> String {
                 Arch::I686 => 2,
             }
         ),
+        // The driver domain: `driver_domain` is what xl has for it (it only creates the
+        // `libxl` and `device-model` directories writable for the domain, used by `xl devd`);
+        // the backends need no privilege beyond a plain domU's (see docs/REAL-XEN.md).
+        RunKind::Dd => "driver_domain = 1\n".to_string(),
         _ => String::new(),
+    };
+    let (memory, extra_args) = match run.kind {
+        // 16 MiB RAM disk + 8 MiB for the 32-bit frontend's disk + the backends' heap.
+        RunKind::Dd => (128, format!(" dd={}", DD_BACKENDS.join(","))),
+        _ => (64, String::new()),
     };
     format!(
         r#"name = "{name}"
 type = "pvh"
 kernel = "/guests/pvh-guest-{arch}"
-cmdline = "run={kind} name={name} nonce={nonce}"
-memory = 64
+cmdline = "run={kind} name={name} nonce={nonce}{extra_args}"
+memory = {memory}
 vcpus = 1
 # Without it Xen's SVM emulation of RDTSCP fails under QEMU TCG.
 tsc_mode = "native"
@@ -613,12 +631,219 @@ run_net() {     # ARCH NONCE
 }
 "#;
 
-/// The whole `/init`.
-pub fn init_script(runs: &[Run]) -> String {
+/// dom0's functions for the driver-domain run (issue 8): the Linux domU, the xenstore nodes
+/// of a device served by the driver domain, and the run itself. Other driver-domain
+/// scenarios add their step to `run_dd` (one `case` line) and their function here.
+const DD_FUNCTIONS: &str = r#"
+# ---- Driver domain ------------------------------------------------------------------------
+# is_value KEY VALUE: the xenstore node KEY holds VALUE.
+is_value() { [ "$(xenstore-read "$1" 2>/dev/null)" = "$2" ]; }
+# wait_secs SECONDS CMD...: run CMD every 0.2 s until it succeeds, for at most SECONDS of wall
+# time (wait_for counts rounds, which stretch when each CMD is slow under TCG).
+wait_secs() {
+    local end=$(($(date +%s) + $1))
+    shift
+    while ! "$@" >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt "$end" ] || return 1
+        sleep 0.2
+    done
+}
+
+# domu_start NAME SCRIPT NONCE [MEMORY [VCPUS]]: creates the Linux PVH domU NAME paused, running
+# /scripts/SCRIPT of its image; its domid in $d. Unpause it with `xl unpause` once its devices
+# are written.
+domu_start() {
+    cat > "/tmp/$1.cfg" <<EOC
+name = "$1"
+type = "pvh"
+kernel = "/guests/linux-vmlinuz"
+ramdisk = "/guests/linux-domu.cpio"
+cmdline = "console=hvc0 loglevel=4 script=$2 nonce=$3"
+memory = ${4:-192}
+vcpus = ${5:-2}
+tsc_mode = "native"
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "preserve"
+EOC
+    if ! xl create -p "/tmp/$1.cfg"; then
+        dump_file xl.log "/var/log/xen/xl-$1.log"
+        return 1
+    fi
+    d=$(xl domid "$1")
+}
+# domu_log NAME: the domU's console so far (xenconsoled's log, without CRs).
+domu_log() { tr -d '\r' < "/tmp/xc/guest-$1.log" 2>/dev/null; }
+# domu_done NAME DOMID: the domU printed DOMU DONE or its xenstore home is gone (cheaper than
+# asking xl every round).
+domu_done() { domu_log "$1" | grep -q '^DOMU DONE' || ! xenstore-exists "/local/domain/$2"; }
+# domu_wait NAME SECONDS: until the domU printed DOMU DONE (or is gone).
+domu_wait() { wait_secs "$2" domu_done "$1" "$(xl domid "$1" 2>/dev/null)"; }
+# domu_verdict NAME SCENARIO ARCH: the domU's `DOMU SCENARIO PASS|FAIL ...` line as a CHECK.
+domu_verdict() {
+    local l
+    l=$(domu_log "$1" | grep "^DOMU $2 " | tail -n 1)
+    case "$l" in
+    "DOMU $2 PASS "*) echo "CHECK $2 $3 PASS $(echo "${l#DOMU $2 PASS }" | head -c 90)" ;;
+    "DOMU $2 FAIL "*) echo "CHECK $2 $3 FAIL domU: $(echo "${l#DOMU $2 FAIL }" | head -c 84)" ;;
+    *) echo "CHECK $2 $3 FAIL no verdict from domU $1: $(domu_log "$1" | tail -n 1 | head -c 60)" ;;
+    esac
+}
+# domu_finish NAME: waits for the domU to power off (destroys it after 30 s).
+domu_finish() {
+    if ! wait_for 300 gone "$1"; then
+        echo "NOTE domU $1 did not power off; destroyed"
+        xl destroy "$1"
+        wait_for 100 gone "$1"
+    fi
+}
+
+# dd_attach_vbd FE DD DEVID PARAMS [MODE]: the nodes `xl block-attach` writes for a disk whose
+# backend runs in driver domain DD, for frontend domain FE (created paused). The frontend
+# directory is owned by FE and readable by DD; the backend directory is owned by DD and
+# readable by FE. Each directory is created with its permissions first, so every node
+# written into it inherits them (xenstored copies the parent's permissions to a new node);
+# the backend's content is then written in one transaction (one xenstore-write), so the
+# driver domain's bus sees a complete device.
+dd_attach_vbd() {
+    local fe=$1 dd=$2 id=$3 params=$4 mode=${5:-w}
+    local fp=/local/domain/$1/device/vbd/$3 bp=/local/domain/$2/backend/vbd/$1/$3
+    xenstore-write "$fp" "" && xenstore-chmod "$fp" "n$fe" "r$dd" &&
+        xenstore-write "$fp/backend" "$bp" "$fp/backend-id" "$dd" "$fp/virtual-device" "$id" \
+            "$fp/device-type" disk "$fp/state" 1 &&
+        xenstore-write "$bp" "" && xenstore-chmod "$bp" "n$dd" "r$fe" &&
+        xenstore-write "$bp/frontend" "$fp" "$bp/frontend-id" "$fe" "$bp/params" "$params" \
+            "$bp/mode" "$mode" "$bp/type" ram "$bp/device-type" disk "$bp/online" 1 \
+            "$bp/removable" 0 "$bp/bootable" 1 "$bp/dev" xvda "$bp/state" 1
+}
+# dd_detach_vbd FE DD DEVID: removes both directories (after the frontend is gone).
+dd_detach_vbd() {
+    xenstore-rm "/local/domain/$2/backend/vbd/$1/$3" 2>/dev/null
+    xenstore-rm "/local/domain/$1/device/vbd/$3" 2>/dev/null
+}
+# dd_attach_vif FE DD DEVID MAC: the same for a vif (the network driver domain's scenario
+# provides it).
+
+# dd_report DD SCENARIO TYPE FE DEVID EXPECT: asks the driver domain for its RESULT line about
+# backend TYPE/FE/DEVID (negotiated features, counters; EXPECT: the protocol it must have
+# negotiated, or -) and waits for it to confirm (data/dd-report-done = the request).
+dd_report() {
+    local p=/local/domain/$1/data req="$2 $3 $4 $5 $6"
+    xenstore-write "$p/dd-report" "$req"
+    wait_secs 30 is_value "$p/dd-report-done" "$req" ||
+        echo "NOTE $2 the driver domain did not answer the report request"
+}
+
+# dd_blk_linux ARCH DD NONCE: scenario dd-blk.
+dd_blk_linux() {
+    local a=$1 dd=$2 n=pvh-ddblk-$1 fe bp
+    if ! domu_start "$n" dd-blk "$3"; then
+        echo "CHECK dd-blk $a FAIL xl create -p of the Linux domU failed"
+        return
+    fi
+    fe=$d
+    bp=/local/domain/$dd/backend/vbd/$fe/51712
+    echo "NOTE dd-blk $a Linux PVH domU d$fe, driver domain d$dd"
+    dd_attach_vbd "$fe" "$dd" 51712 ram:16M || echo "NOTE dd-blk $a writing the vbd nodes failed"
+    xl unpause "$fe"
+    if wait_secs 150 is_value "$bp/state" 4; then
+        { xenstore-ls -f "/local/domain/$fe/device/vbd"; xenstore-ls -f "$bp"; } > "/tmp/ddblk-$a.txt" 2>&1
+    else
+        echo "NOTE dd-blk $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 150 s"
+    fi
+    domu_wait "$n" 150
+    domu_verdict "$n" dd-blk "$a"
+    domu_finish "$n"
+    dd_detach_vbd "$fe" "$dd" 51712
+    dd_report "$dd" dd-blk vbd "$fe" 51712 x86_64-abi
+    dump_file dd-blk-xenstore.txt "/tmp/ddblk-$a.txt"
+    dump_file dd-blk-domu.log "/tmp/xc/guest-$n.log"
+}
+
+# dd_blk_abi32 ARCH DD NONCE: scenario dd-blk-abi32, our i686 PVH guest's blkfront against
+# the driver domain's blkback (x86_32-abi ring layout).
+dd_blk_abi32() {
+    local a=$1 dd=$2 n=pvh-ddfe32-$1 fe v
+    cat > "/tmp/$n.cfg" <<EOC
+name = "$n"
+type = "pvh"
+kernel = "/guests/pvh-guest-i686"
+cmdline = "run=blk name=$n nonce=$3 blk=once"
+memory = 64
+vcpus = 1
+tsc_mode = "native"
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "preserve"
+EOC
+    if ! xl create -p "/tmp/$n.cfg"; then
+        dump_file xl.log "/var/log/xen/xl-$n.log"
+        echo "CHECK dd-blk-abi32 $a FAIL xl create -p $n failed"
+        return
+    fi
+    fe=$(xl domid "$n")
+    echo "NOTE dd-blk-abi32 $a i686 frontend d$fe, driver domain d$dd"
+    dd_attach_vbd "$fe" "$dd" 51712 ram:8M || echo "NOTE dd-blk-abi32 $a writing the vbd nodes failed"
+    xl unpause "$fe"
+    ack_xenstore i686 "$fe" "$3" | sed 's/^CHECK xenstore/NOTE xenstore/'
+    local p=/local/domain/$fe/data
+    if wait_secs 150 reported "$p/pvh-blk" "$n" && v=$(xenstore-read "$p/pvh-blk"); then
+        xenstore-write "$p/pvh-blk-ack" 1
+        case "$v" in
+        FAIL*) echo "CHECK dd-blk-abi32 $a FAIL frontend: $(echo "$v" | head -c 80)" ;;
+        *"abi X86_32 "*) echo "CHECK dd-blk-abi32 $a PASS i686 blkfront wrote+read 64 KiB via d$dd: $(echo "$v" | head -c 50)" ;;
+        *) echo "CHECK dd-blk-abi32 $a FAIL not x86_32: $(echo "$v" | head -c 80)" ;;
+        esac
+    else
+        echo "CHECK dd-blk-abi32 $a FAIL no data/pvh-blk from the i686 frontend"
+        post_mortem "$fe" "$n"
+    fi
+    domu_finish "$n"
+    dd_detach_vbd "$fe" "$dd" 51712
+    dd_report "$dd" dd-blk-abi32 vbd "$fe" 51712 x86_32-abi
+}
+
+# run_dd ARCH NONCE "SCENARIOS": the driver domain (our PVH guest with run=dd) and, one after
+# the other, the frontends of the selected scenarios; then data/dd-stop and the driver
+# domain powers off.
+run_dd() {
+    local a=$1 nonce=$2 scen=" $3 " name=pvh-dd-$1 id=dd-$1
+    echo "=== RUN $id BEGIN"
+    if create_guest "$id" "$name"; then
+        local dd=$d p=/local/domain/$d/data
+        ack_xenstore "$a" "$dd" "$nonce" | sed 's/^CHECK xenstore/NOTE xenstore/'
+        if wait_for 600 reported "$p/dd-ready" "$name" && xenstore-read "$p/dd-ready" >/dev/null; then
+            case "$scen" in *" dd-blk "*) dd_blk_linux "$a" "$dd" "$nonce" ;; esac
+            case "$scen" in *" dd-blk-abi32 "*) dd_blk_abi32 "$a" "$dd" "$nonce" ;; esac
+            xenstore-write "$p/dd-stop" 1
+        else
+            echo "NOTE dd $a the driver domain never wrote data/dd-ready"
+            post_mortem "$dd" "$name"
+        fi
+        if ! { wait_for 300 gone "$name" && wait_for 100 no_others; }; then
+            echo "NOTE dd $a domains still present: $(others | tr '\n' ';')"
+            post_mortem "$dd" "$name"
+            clean_up
+        fi
+        dump_file guest-console.log "/tmp/xc/guest-$name.log"
+    else
+        echo "CHECK create $a FAIL xl create $name failed"
+    fi
+    echo "=== RUN $id END"
+}
+"#;
+
+/// The backends the driver domain runs (its `dd=` option).
+pub const DD_BACKENDS: &[&str] = &["blk", "net"];
+
+/// The whole `/init`; `scenarios` are the selected ones (a driver-domain run does only the
+/// steps they need).
+pub fn init_script(runs: &[Run], scenarios: &[Scenario]) -> String {
     let mut s = PRELUDE.replace(
         "for m in MODULES;",
         &format!("for m in {};", MODULES.join(" ")),
     );
+    s.push_str(DD_FUNCTIONS);
     for run in runs {
         let _ = writeln!(
             s,
@@ -633,6 +858,14 @@ pub fn init_script(runs: &[Run]) -> String {
             (RunKind::Blk, Arch::I686) => format!("run_blk i686 {} /dev/ram1", run.nonce),
             (RunKind::Net, Arch::X86_64) => format!("run_net x86_64 {} 1", run.nonce),
             (RunKind::Net, Arch::I686) => format!("run_net i686 {} 2", run.nonce),
+            (RunKind::Dd, a) => {
+                let names: Vec<&str> = scenarios
+                    .iter()
+                    .filter(|s| s.run_kind() == RunKind::Dd)
+                    .map(|s| s.name())
+                    .collect();
+                format!("run_dd {a} {} \"{}\"", run.nonce, names.join(" "))
+            }
         };
         let _ = writeln!(s, "{call}");
     }
@@ -658,7 +891,7 @@ mod tests {
                 nonce: "n2".into(),
             },
         ];
-        let s = init_script(&runs);
+        let s = init_script(&runs, &[Scenario::Xenstore]);
         assert!(s.contains("run_basic x86_64 n1\n"));
         assert!(s.contains("run_busy i686 n2\n"));
         assert!(s.contains("kernel = \"/guests/pvh-guest-i686\""));

@@ -18,6 +18,7 @@
 mod assets;
 mod cpio;
 mod dom0;
+mod domu;
 mod guest;
 mod monitor;
 mod plan;
@@ -139,7 +140,11 @@ fn prepare(o: &Options, runs: &[plan::Run]) -> Result<(assets::Assets, PathBuf),
     let assets = assets::fetch(&o.out.join("cache"))?;
     let root = workspace_root();
     let mut guests = Vec::new();
-    for &arch in &o.arches {
+    let mut arches = o.arches.clone();
+    arches.extend(o.scenarios.iter().flat_map(|s| s.extra_guests()));
+    arches.sort();
+    arches.dedup();
+    for &arch in &arches {
         let g = guest::build(&root, arch, &o.out.join("guests"))?;
         println!(
             "xen-harness: {} guest {} (symbols: {})",
@@ -150,7 +155,7 @@ fn prepare(o: &Options, runs: &[plan::Run]) -> Result<(assets::Assets, PathBuf),
         guests.push((arch, g.stripped));
     }
     let initrd = o.out.join("dom0.cpio");
-    let size = dom0::build(&assets, &guests, runs, &initrd)?;
+    let size = dom0::build(&assets, &guests, runs, &o.scenarios, &[], &initrd)?;
     println!(
         "xen-harness: dom0 image {} ({:.1} MiB, kernel {})",
         initrd.display(),
@@ -190,7 +195,8 @@ fn run(o: &Options) -> Result<bool, String> {
     }
     let hard_limit = monitor::BOOT_TIMEOUT
         + monitor::TOOLS_TIMEOUT
-        + monitor::RUN_TIMEOUT * u32::try_from(runs.len() + 1).unwrap_or(u32::MAX)
+        + runs.iter().map(|r| r.kind.timeout()).sum::<Duration>()
+        + monitor::RUN_TIMEOUT
         + monitor::EXIT_GRACE;
     let spec = BootSpec {
         xen: assets.xen.clone(),

@@ -176,7 +176,12 @@ impl Monitor {
                 self.phase_at + TOOLS_TIMEOUT,
                 "xenstored/xenconsoled did not come up",
             ),
-            Phase::ToolsUp => (self.phase_at + RUN_TIMEOUT, "a guest run did not finish"),
+            Phase::ToolsUp => {
+                let limit = self
+                    .current
+                    .map_or(RUN_TIMEOUT, |i| self.runs[i].run.kind.timeout());
+                (self.phase_at + limit, "a guest run did not finish")
+            }
             Phase::Done => (
                 self.phase_at + EXIT_GRACE,
                 "QEMU did not exit after dom0 finished",

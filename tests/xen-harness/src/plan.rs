@@ -53,6 +53,8 @@ pub enum RunKind {
     Blk,
     /// With a vif: netfront against dom0's xen-netback.
     Net,
+    /// The driver domain (`run=dd`): our backends serving other domains' frontends.
+    Dd,
 }
 
 impl RunKind {
@@ -63,6 +65,17 @@ impl RunKind {
             RunKind::Busy => "busy",
             RunKind::Blk => "blk",
             RunKind::Net => "net",
+            RunKind::Dd => "dd",
+        }
+    }
+
+    /// How long one run of this kind may take, from its `BEGIN` marker to its `END`.
+    pub fn timeout(self) -> std::time::Duration {
+        match self {
+            // The driver domain boots Linux domUs (≈ 20–40 s each under TCG) and other
+            // frontends one after the other.
+            RunKind::Dd => std::time::Duration::from_secs(480),
+            _ => std::time::Duration::from_secs(180),
         }
     }
 }
@@ -102,11 +115,15 @@ pub enum Scenario {
     Net,
     /// `xl network-detach` + `network-attach` while the guest runs: traffic again.
     NetReattach,
+    /// Our driver domain's blkback serving a Linux PVH domU's xen-blkfront (RAM disk).
+    DdBlk,
+    /// Our driver domain's blkback serving our i686 guest's blkfront (`x86_32-abi`).
+    DdBlkAbi32,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Boot,
         Scenario::Console,
         Scenario::Xenstore,
@@ -118,6 +135,8 @@ impl Scenario {
         Scenario::BlkReattach,
         Scenario::Net,
         Scenario::NetReattach,
+        Scenario::DdBlk,
+        Scenario::DdBlkAbi32,
     ];
 
     /// Its name.
@@ -134,6 +153,8 @@ impl Scenario {
             Scenario::BlkReattach => "blk-reattach",
             Scenario::Net => "net",
             Scenario::NetReattach => "net-reattach",
+            Scenario::DdBlk => "dd-blk",
+            Scenario::DdBlkAbi32 => "dd-blk-abi32",
         }
     }
 
@@ -151,6 +172,8 @@ impl Scenario {
             Scenario::BlkReattach => "xl block-detach + block-attach while the guest runs: reconnect, old data read back, new data written, dom0 verifies",
             Scenario::Net => "xen-netfront vs Linux xen-netback on a bridge: ARP, ICMP echo both ways, UDP echo via dom0",
             Scenario::NetReattach => "xl network-detach + network-attach while the guest runs: reconnect, ARP/ping/UDP again",
+            Scenario::DdBlk => "driver domain: our blkback (RAM disk) serves a Linux PVH domU's xen-blkfront: O_DIRECT + cached I/O, vfat, sha256",
+            Scenario::DdBlkAbi32 => "driver domain: our blkback serves our i686 guest's blkfront (x86_32-abi ring layout)",
         }
     }
 
@@ -168,12 +191,22 @@ impl Scenario {
             })
     }
 
+    /// The guest architectures a scenario needs besides the run's own (a frontend of another
+    /// width).
+    pub fn extra_guests(self) -> &'static [Arch] {
+        match self {
+            Scenario::DdBlkAbi32 => &[Arch::I686],
+            _ => &[],
+        }
+    }
+
     /// The guest run that decides it.
     pub fn run_kind(self) -> RunKind {
         match self {
             Scenario::Destroy => RunKind::Busy,
             Scenario::Blk | Scenario::BlkReattach => RunKind::Blk,
             Scenario::Net | Scenario::NetReattach => RunKind::Net,
+            Scenario::DdBlk | Scenario::DdBlkAbi32 => RunKind::Dd,
             _ => RunKind::Basic,
         }
     }
@@ -192,6 +225,8 @@ impl Scenario {
             Scenario::BlkReattach => &[Source::Guest("blk-reattach"), Source::Dom0("blk-reattach")],
             Scenario::Net => &[Source::Guest("net"), Source::Dom0("net")],
             Scenario::NetReattach => &[Source::Guest("net-reattach"), Source::Dom0("net-reattach")],
+            Scenario::DdBlk => &[Source::Guest("dd-blk"), Source::Dom0("dd-blk")],
+            Scenario::DdBlkAbi32 => &[Source::Guest("dd-blk-abi32"), Source::Dom0("dd-blk-abi32")],
         }
     }
 }
@@ -223,7 +258,13 @@ impl Run {
 pub fn runs(scenarios: &[Scenario], arches: &[Arch], seed: u64) -> Vec<Run> {
     let mut out = Vec::new();
     for (i, &arch) in arches.iter().enumerate() {
-        let kinds = [RunKind::Basic, RunKind::Busy, RunKind::Blk, RunKind::Net];
+        let kinds = [
+            RunKind::Basic,
+            RunKind::Busy,
+            RunKind::Blk,
+            RunKind::Net,
+            RunKind::Dd,
+        ];
         for (j, kind) in kinds.into_iter().enumerate() {
             if scenarios.iter().any(|s| s.run_kind() == kind) {
                 let n = seed.wrapping_add((i * kinds.len() + j) as u64);
@@ -257,10 +298,12 @@ mod tests {
                 "busy-x86_64",
                 "blk-x86_64",
                 "net-x86_64",
+                "dd-x86_64",
                 "basic-i686",
                 "busy-i686",
                 "blk-i686",
-                "net-i686"
+                "net-i686",
+                "dd-i686"
             ]
         );
         assert!(r.windows(2).all(|w| w[0].nonce != w[1].nonce));

@@ -1,111 +1,132 @@
-//! The heap behind `alloc`: power-of-two size classes with free lists over a static arena.
+//! The heap behind `alloc`: power-of-two size classes with free lists, carved from a static
+//! arena.
 //!
 //! The guest is single-threaded with interrupts off outside the upcall handler (which does not
-//! allocate). A bump allocator was enough while every run was short; a driver domain forwards
-//! megabytes through the netback/netfront cores, whose per-packet buffers are freed in no
-//! particular order, so freed blocks must be reusable: each request is rounded up to a power
-//! of two (at least 16 bytes, at least its alignment), a freed block goes onto its class's
-//! free list (the list link lives in the block itself), and a request takes a block from its
-//! class's list before carving a new one from the arena. Nothing is ever merged or split:
-//! the data path's sizes are few and recurring, so each class settles at its peak use.
+//! allocate). A plain bump allocator was enough for the short checks, but the driver domain
+//! serves frontends for minutes and frees its per-request vectors in any order, so every freed
+//! block goes on the free list of its class and is reused by the next allocation of that
+//! class: the heap's size is bounded by the peak use per class, never by the number of
+//! requests served. A block of class `c` (16 B .. 32 MiB) is carved aligned to `min(c, 4096)`;
+//! a request for a larger alignment only takes a free block that has it. The arena holds the
+//! driver domain's RAM disks (16 MiB each, one class) besides the small allocations.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
-const ARENA_SIZE: usize = 16 << 20;
-/// Smallest block: 16 bytes (room for the free-list link, and `u128` alignment).
+const ARENA_SIZE: usize = 24 << 20;
+/// Smallest class: 16 bytes (room for the free-list link).
 const MIN_SHIFT: u32 = 4;
-/// Size classes 2^4 .. 2^24 (the whole arena).
-const CLASSES: usize = 21;
-/// Largest alignment served (a page; the arena is page aligned).
-const MAX_ALIGN: usize = 4096;
+/// Classes 2^4 .. 2^25.
+const CLASSES: usize = 22;
 
 #[repr(C, align(4096))]
 struct Arena(UnsafeCell<[u8; ARENA_SIZE]>);
 
-// SAFETY: the arena is only handed out in disjoint blocks by `Heap`, whose bookkeeping is atomic.
+// SAFETY: the arena is only handed out in disjoint blocks by `Heap`, under its lock.
 unsafe impl Sync for Arena {}
 
 static ARENA: Arena = Arena(UnsafeCell::new([0; ARENA_SIZE]));
 
-struct Heap {
+struct State {
     /// Offset of the first never-used byte.
-    next: AtomicUsize,
-    /// Per class: offset + 1 of the first free block (0: none).
-    free: [AtomicUsize; CLASSES],
+    next: usize,
+    /// Head of each class's free list (an arena offset + 1; 0 = empty). The link to the next
+    /// free block is stored in the block's first word.
+    free: [usize; CLASSES],
 }
+
+struct Heap {
+    lock: AtomicBool,
+    state: UnsafeCell<State>,
+}
+
+// SAFETY: `state` is only touched with `lock` held.
+unsafe impl Sync for Heap {}
 
 #[global_allocator]
 static HEAP: Heap = Heap {
-    next: AtomicUsize::new(0),
-    free: [const { AtomicUsize::new(0) }; CLASSES],
+    lock: AtomicBool::new(false),
+    state: UnsafeCell::new(State {
+        next: 0,
+        free: [0; CLASSES],
+    }),
 };
 
 /// Nothing to do at run time (the arena is in `.bss`); kept as the place to say so.
 pub fn init() {}
 
-/// The class index and block size for `layout`, or `None` if it cannot be served.
+/// The class of a layout: the index and the block size.
 fn class_of(layout: Layout) -> Option<(usize, usize)> {
-    if layout.align() > MAX_ALIGN {
-        return None;
-    }
-    let size = layout
-        .size()
-        .max(layout.align())
-        .max(1 << MIN_SHIFT)
-        .checked_next_power_of_two()?;
-    let class = usize::try_from(size.trailing_zeros() - MIN_SHIFT).ok()?;
-    (class < CLASSES).then_some((class, size))
+    let size = layout.size().max(layout.align()).max(1 << MIN_SHIFT);
+    let block = size.checked_next_power_of_two()?;
+    let idx = usize::try_from(block.trailing_zeros().checked_sub(MIN_SHIFT)?).ok()?;
+    (idx < CLASSES).then_some((idx, block))
 }
 
-// SAFETY: `alloc` returns disjoint blocks inside the static arena (carved once from `next`, or
-// taken back from a free list they were put on by `dealloc`), each at least `layout.size()`
-// bytes and aligned to `layout.align()` (a block of size `s` is carved at a multiple of
-// `min(s, 4096)` from the page-aligned arena, and `s >= align`), or null. `dealloc` receives the
-// same layout as the `alloc` that returned `ptr` (GlobalAlloc's contract), so the block goes
-// back onto the list it came from; its first word holds the link while it is free. The guest
-// runs on one vCPU and the only interrupt handler does not allocate, so the load/store pairs
-// below never race.
+impl Heap {
+    fn with<R>(&self, f: impl FnOnce(&mut State, *mut u8) -> R) -> R {
+        while self
+            .lock
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        // SAFETY: the lock is held, so this is the only reference to the state.
+        let r = f(
+            unsafe { &mut *self.state.get() },
+            ARENA.0.get().cast::<u8>(),
+        );
+        self.lock.store(false, Ordering::Release);
+        r
+    }
+}
+
+// SAFETY: `alloc` returns disjoint blocks inside the static arena (free-list blocks were
+// returned by `dealloc` and are no longer used by anyone; fresh ones lie beyond every block
+// handed out), at least `layout.size()` long and aligned to `layout.align()`, or null.
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some((class, size)) = class_of(layout) else {
+        let Some((idx, block)) = class_of(layout) else {
             return core::ptr::null_mut();
         };
-        let base = ARENA.0.get().cast::<u8>() as usize;
-        let head = self.free[class].load(Ordering::Acquire);
-        if head != 0 {
-            let block = base + head - 1;
-            // SAFETY: `block` is a free block of this class inside the arena (16-aligned, at
-            // least 16 bytes); its first word is the link `dealloc` wrote.
-            let link = unsafe { core::ptr::read(block as *const usize) };
-            self.free[class].store(link, Ordering::Release);
-            return block as *mut u8;
-        }
-        let next = self.next.load(Ordering::Acquire);
-        let start = next.next_multiple_of(size.min(MAX_ALIGN));
-        let Some(end) = start.checked_add(size) else {
-            return core::ptr::null_mut();
-        };
-        if end > ARENA_SIZE {
-            return core::ptr::null_mut();
-        }
-        self.next.store(end, Ordering::Release);
-        (base + start) as *mut u8
+        self.with(|st, base| {
+            let head = st.free[idx];
+            if head != 0 {
+                let off = head - 1;
+                // SAFETY: `off` is a free block of this class inside the arena; its first word
+                // holds the link written by `dealloc` (blocks are at least 16-byte aligned).
+                let p = unsafe { base.add(off) };
+                if (p as usize).is_multiple_of(layout.align()) {
+                    // SAFETY: as above.
+                    st.free[idx] = unsafe { p.cast::<usize>().read() };
+                    return p;
+                }
+            }
+            let align = block.min(4096).max(layout.align());
+            let start = ((base as usize + st.next).next_multiple_of(align)) - base as usize;
+            match start.checked_add(block) {
+                Some(end) if end <= ARENA_SIZE => {
+                    st.next = end;
+                    // SAFETY: `start..end` lies inside the arena and was never handed out.
+                    unsafe { base.add(start) }
+                }
+                _ => core::ptr::null_mut(),
+            }
+        })
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some((class, _)) = class_of(layout) else {
+        let Some((idx, _)) = class_of(layout) else {
             return;
         };
-        let base = ARENA.0.get().cast::<u8>() as usize;
-        let Some(off) = (ptr as usize).checked_sub(base).filter(|&o| o < ARENA_SIZE) else {
-            return;
-        };
-        let head = self.free[class].load(Ordering::Acquire);
-        // SAFETY: `ptr` is a block of this class that the caller no longer uses (at least 16
-        // bytes, 16-aligned): its first word becomes the free-list link.
-        unsafe { core::ptr::write(ptr.cast::<usize>(), head) };
-        self.free[class].store(off + 1, Ordering::Release);
+        self.with(|st, base| {
+            let off = ptr as usize - base as usize;
+            // SAFETY: `ptr` is a block of this class the caller no longer uses; its first word
+            // becomes the free-list link.
+            unsafe { ptr.cast::<usize>().write(st.free[idx]) };
+            st.free[idx] = off + 1;
+        });
     }
 }

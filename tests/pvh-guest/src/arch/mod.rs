@@ -392,6 +392,40 @@ pub fn map_foreign_frame(pfn: u64) -> Result<SharedMem<'static>, MapError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The foreign-mapping window of the driver domain.
+
+/// Start of the guest-physical window where the driver domain maps other domains' grants
+/// (`GNTTABOP_map_grant_ref` with `GNTMAP_host_map`: for a PVH domain `host_addr` is a
+/// guest-physical address, and Xen puts the foreign frame into our p2m there). 2 GiB: above
+/// any RAM xl gives the guests (at most 128 MiB), below the special pages, ACPI tables and
+/// LAPIC Xen places under 4 GiB, and inside our 4 GiB identity map.
+pub const FOREIGN_BASE: u64 = 0x8000_0000;
+/// Pages in the window (64 MiB): rings, indirect pages and persistent grants of a few devices.
+pub const FOREIGN_PAGES: u32 = 16384;
+
+/// Views `pages` pages of the foreign-mapping window from `addr`, once the caller has mapped
+/// grants there; `None` for a range outside the window or misaligned.
+pub fn foreign_view(addr: u64, pages: u32) -> Option<SharedMem<'static>> {
+    let end = addr.checked_add(u64::from(pages) * PAGE_SIZE as u64)?;
+    if pages == 0
+        || !addr.is_multiple_of(PAGE_SIZE as u64)
+        || addr < FOREIGN_BASE
+        || end > FOREIGN_BASE + u64::from(FOREIGN_PAGES) * PAGE_SIZE as u64
+    {
+        return None;
+    }
+    let ptr = usize::try_from(addr).ok()? as *mut u8;
+    let len = usize::try_from(end - addr).ok()?;
+    // SAFETY: the range lies inside the window, which is below 4 GiB (addressable: identity
+    // map / no paging), holds no RAM of ours and no Rust object; only foreign frames Xen maps
+    // there on our request are ever there. Every access goes through the returned
+    // `SharedMem` (atomic/volatile accesses that tolerate a peer writing concurrently), and an
+    // access to a slot with nothing mapped reads what Xen gives for a p2m hole instead of
+    // corrupting anything of ours.
+    unsafe { SharedMem::new(ptr, len) }.ok()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Start of day.
 
 /// What Xen told us in `hvm_start_info`, copied and checked.
