@@ -1,29 +1,133 @@
-//! xn.ko: the PV network frontend (FreeBSD's interface name xn<N>).
+//! xn.ko: the PV network frontend as `if_t` interfaces `xn<N>`.
 //!
-//! The kernel-target static library behind `xn.ko`: the protocol core plus this glue, which
-//! the C shim `xn_kmod.c` (module registration, `MODULE_DEPEND` on xen) calls into.
-//! The network frontend core has not landed yet, so loading only says so; the newbus attachment and
-//! the device glue come with the core.
+//! The kernel-target static library behind `xn.ko`: the netfront core plus this glue, which
+//! the C shim `xn_kmod.c` (module registration with `MODULE_DEPEND` on xen, the ifnet and its
+//! entry points, mbufs, the per-interface mutex and sysctl tree) calls into.
+//!
+//! * [`net`]: safe glue between the ifnet and the core ([`net::XnIf`]: mbuf → packet on a
+//!   queue's ring with its offloads, packet → mbuf, connection and link state, gratuitous ARP
+//!   after a reconnection), written against the narrow [`net::IfKpi`] trait;
+//! * [`sys`]: the kernel side of that trait, the softc and mutex, and the `extern "C"` entry
+//!   points; the only `unsafe` of the crate;
+//! * [`xen`]: the core's platform over xen.ko's services and the `vif` xenbus driver.
+//!
+//! | loader tunable | values | default |
+//! |---|---|---|
+//! | `hw.xn.num_queues` | 1..=16: queues asked for | 4 |
+//! | `hw.xn.split_evtchn` | boolean: separate TX/RX event channels when offered | 1 |
+//! | `hw.xn.sg` | boolean: scatter-gather (frames over one page, TSO) | 1 |
+//! | `hw.xn.tso` | boolean: TSO / GSO both ways | 1 |
+//! | `hw.xn.csum` | boolean: IPv4 checksum offload | 1 |
+//! | `hw.xn.ipv6_csum` | boolean: IPv6 checksum offload | 1 |
+//!
+//! A malformed value is reported on the console and the default is used.
 #![cfg_attr(target_os = "none", no_std)]
-#![forbid(unsafe_code)]
+// The safe glue has no `unsafe`; `sys` (the KPI layer) allows it, block by block.
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+pub mod net;
+pub mod sys;
+pub mod xen;
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use freebsd_kpi::module::KernelModule;
-use freebsd_kpi::{kprintln, Errno};
+use freebsd_kpi::{kprintln, tunable, Errno};
+use xen_netfront::FrontendConfig;
+use xen_xenbus::Role;
+use xenrs_api::kernel::KernelXen;
+use xenrs_api::XenServices;
 
 // Keep the KPI crate (and with it the kernel panic handler) linked into the library.
 pub use freebsd_kpi;
 pub use xen_netfront;
 
-/// The loaded xn.ko (no devices yet).
-#[derive(Debug)]
-pub struct XnModule;
+/// Most queues asked for.
+pub const MAX_QUEUES: u32 = 16;
+
+/// Reads the loader tunables into the core's configuration, logging each malformed one and
+/// using its default.
+#[must_use]
+pub fn config_from_tunables() -> FrontendConfig {
+    let d = FrontendConfig::default();
+    let queues = tunable::get("xn", c"hw.xn.num_queues", u64::from(d.queues), |t| {
+        tunable::parse_u64_in(t, 1, u64::from(MAX_QUEUES))
+    });
+    let flag = |name, default| tunable::get("xn", name, default, tunable::parse_bool);
+    FrontendConfig {
+        queues: u32::try_from(queues).unwrap_or(d.queues),
+        split_evtchn: flag(c"hw.xn.split_evtchn", d.split_evtchn),
+        sg: flag(c"hw.xn.sg", d.sg),
+        gso: flag(c"hw.xn.tso", d.gso),
+        csum: flag(c"hw.xn.csum", d.csum),
+        ipv6_csum: flag(c"hw.xn.ipv6_csum", d.ipv6_csum),
+        ..d
+    }
+}
+
+/// The loaded xn.ko: the `vif` frontend driver registered with xen.ko.
+pub struct XnModule {
+    config: FrontendConfig,
+    live: Arc<AtomicUsize>,
+    registration: Option<<KernelXen as XenServices>::Reg>,
+    _xen: Arc<KernelXen>,
+}
+
+impl core::fmt::Debug for XnModule {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("XnModule")
+            .field("config", &self.config)
+            .field("interfaces", &self.live.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
 
 impl KernelModule for XnModule {
     const NAME: &'static str = "xn";
 
     fn load() -> Result<XnModule, Errno> {
-        kprintln!("xn: loaded; no devices yet (the network frontend is not implemented)");
-        Ok(XnModule)
+        let config = config_from_tunables();
+        let xen = Arc::new(KernelXen::new()?);
+        let live = Arc::new(AtomicUsize::new(0));
+        let driver = xen::XnDriver::new(xen.clone(), config, live.clone());
+        let registration = xen.register_driver(Role::Frontend, Box::new(driver))?;
+        kprintln!(
+            "xn: loaded (up to {} queue(s), sg {}, tso {}, csum {}/{})",
+            config.queues,
+            u8::from(config.sg),
+            u8::from(config.gso),
+            u8::from(config.csum),
+            u8::from(config.ipv6_csum)
+        );
+        Ok(XnModule {
+            config,
+            live,
+            registration: Some(registration),
+            _xen: xen,
+        })
+    }
+
+    /// Refused while an interface exists: detach it first (`xl network-detach`).
+    fn quiesce(&self) -> Result<(), Errno> {
+        match self.live.load(Ordering::Acquire) {
+            0 => Ok(()),
+            n => {
+                kprintln!("xn: {n} interface(s) attached; detach them first");
+                Err(Errno::EBUSY)
+            }
+        }
+    }
+
+    fn unload(mut self) {
+        drop(self.registration.take());
+    }
+
+    fn stat(&self, which: u32) -> Option<u64> {
+        (which == 0).then(|| self.live.load(Ordering::Acquire) as u64)
     }
 }
 
@@ -36,18 +140,4 @@ freebsd_kpi::kernel_module! {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use freebsd_kpi::fake;
-
-    #[test]
-    fn load_then_unload_through_the_c_entry_points() {
-        let _kernel = fake::session();
-        assert_eq!(xenrs_xn_load(), 0);
-        assert!(MODULE_SLOT.is_loaded());
-        assert!(fake::console().starts_with("xn: loaded"));
-        assert_eq!(xenrs_xn_quiesce(), 0);
-        assert_eq!(xenrs_xn_unload(), 0);
-        assert!(!MODULE_SLOT.is_loaded());
-    }
-}
+mod tests;

@@ -1,0 +1,736 @@
+//! Host tests of xn.ko's glue: the C entry points against fake KPI symbols, and the
+//! interface glue driving the real netfront core against the real netback core over xensim.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use xen_netback::config::{self as be_config, BackendFeatures};
+use xen_netback::Limits;
+use xen_netfront::FrontendConfig;
+use xen_netif::{csum, Csum, Gso, GsoKind, PacketMeta};
+use xen_tests::net::bus::machine;
+use xen_tests::net::pair::{Collect, Env};
+use xen_tests::net::sim::{SimBackend, SimFrontend};
+use xen_tests::xensim::xenstored::XenstoreSim;
+use xen_xenbus::bus::XenStore;
+use xen_xenbus::{Bus, Device, Driver, Error as XsErr, Role, Store, XenbusState};
+
+use super::*;
+use crate::net::{caps, errno, tx, DevStat, IfHandle, MbufHandle, XnIf};
+use freebsd_kpi::fake;
+
+#[path = "../../fake_xenrs_api.rs"]
+mod fake_xenrs_api;
+
+/// Fakes of the shim's functions (`xn_kmod.c`).
+mod shim {
+    use std::collections::BTreeMap;
+    use std::ffi::{c_char, c_int, c_void};
+    use std::sync::{Mutex, PoisonError};
+
+    #[derive(Debug, Default)]
+    pub struct State {
+        /// Live ifnets: handle -> (mac, caps, enabled, mtu).
+        pub ifnets: BTreeMap<usize, ([u8; 6], u32, u32, i32)>,
+        pub destroyed: usize,
+        /// Link changes in order.
+        pub links: Vec<bool>,
+        /// Packets to transmit: handle -> bytes.
+        pub tx: BTreeMap<usize, Vec<u8>>,
+        /// Received mbufs: handle -> (bytes, csum_valid).
+        pub rx: BTreeMap<usize, (Vec<u8>, bool)>,
+        /// Mbufs passed to if_input, in order.
+        pub input: Vec<usize>,
+        pub ipv4: Option<[u8; 4]>,
+        pub locks_live: usize,
+        pub lock_held: bool,
+        pub sysctl_live: usize,
+        pub next: usize,
+    }
+
+    static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+    pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+        let mut g = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+        f(g.get_or_insert_with(State::default))
+    }
+
+    pub fn reset() {
+        with(|s| *s = State::default());
+    }
+
+    fn next(s: &mut State) -> usize {
+        s.next += 1;
+        0x10_0000 + s.next * 16
+    }
+
+    /// A packet for the glue's transmit path.
+    pub fn mbuf(bytes: &[u8]) -> usize {
+        with(|s| {
+            let h = next(s);
+            s.tx.insert(h, bytes.to_vec());
+            h
+        })
+    }
+
+    /// # Safety
+    /// `mac` is valid for 6 bytes.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xn_ifnet_create(
+        _softc: *mut c_void,
+        _name: *const c_char,
+        _unit: c_int,
+        mac: *const u8,
+        caps: u32,
+        enabled: u32,
+        mtu: c_int,
+    ) -> *mut c_void {
+        let mut m = [0u8; 6];
+        // SAFETY: by contract.
+        m.copy_from_slice(unsafe { std::slice::from_raw_parts(mac, 6) });
+        with(|s| {
+            let h = next(s);
+            s.ifnets.insert(h, (m, caps, enabled, mtu));
+            h as *mut c_void
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_ifnet_caps(ifp: *mut c_void, caps: u32, enabled: u32) {
+        with(|s| {
+            let e = s.ifnets.get_mut(&(ifp as usize)).expect("live ifnet");
+            e.1 = caps;
+            e.2 = enabled;
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_ifnet_destroy(ifp: *mut c_void) {
+        with(|s| {
+            s.ifnets.remove(&(ifp as usize)).expect("live ifnet");
+            s.destroyed += 1;
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_link(ifp: *mut c_void, up: c_int) {
+        with(|s| {
+            assert!(
+                s.ifnets.contains_key(&(ifp as usize)),
+                "link of a dead ifnet"
+            );
+            s.links.push(up != 0);
+        });
+    }
+
+    /// # Safety
+    /// `buf` is valid for `len` bytes.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xn_m_copydata(m: *mut c_void, off: u32, len: u32, buf: *mut u8) {
+        let src = with(|s| s.tx.get(&(m as usize)).cloned()).expect("live mbuf");
+        let (off, len) = (off as usize, len as usize);
+        // SAFETY: by contract.
+        unsafe { std::ptr::copy_nonoverlapping(src[off..off + len].as_ptr(), buf, len) };
+    }
+
+    /// # Safety
+    /// `data` is valid for `len` bytes.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xn_mbuf(
+        _ifp: *mut c_void,
+        data: *const u8,
+        len: u32,
+        csum_valid: c_int,
+    ) -> *mut c_void {
+        // SAFETY: by contract.
+        let bytes = unsafe { std::slice::from_raw_parts(data, len as usize) }.to_vec();
+        with(|s| {
+            let h = next(s);
+            s.rx.insert(h, (bytes, csum_valid != 0));
+            h as *mut c_void
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_input(ifp: *mut c_void, m: *mut c_void) {
+        with(|s| {
+            assert!(!s.lock_held, "if_input with the interface's mutex held");
+            assert!(
+                s.ifnets.contains_key(&(ifp as usize)),
+                "input on a dead ifnet"
+            );
+            s.input.push(m as usize);
+        });
+    }
+
+    /// # Safety
+    /// `out` is valid for 4 bytes.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xn_ipv4(_ifp: *mut c_void, out: *mut u8) -> c_int {
+        match with(|s| s.ipv4) {
+            Some(ip) => {
+                // SAFETY: by contract.
+                unsafe { std::ptr::copy_nonoverlapping(ip.as_ptr(), out, 4) };
+                1
+            }
+            None => 0,
+        }
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_lock_new() -> *mut c_void {
+        with(|s| s.locks_live += 1);
+        Box::into_raw(Box::new(0u64)).cast()
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_lock(_m: *mut c_void) {
+        with(|s| {
+            assert!(!s.lock_held, "xn mutex taken recursively");
+            s.lock_held = true;
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_trylock(_m: *mut c_void) -> c_int {
+        with(|s| {
+            if s.lock_held {
+                0
+            } else {
+                s.lock_held = true;
+                1
+            }
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_unlock(_m: *mut c_void) {
+        with(|s| {
+            assert!(s.lock_held, "xn mutex released but not held");
+            s.lock_held = false;
+        });
+    }
+
+    /// # Safety
+    /// `m` came from `xenrs_xn_lock_new`.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xn_lock_free(m: *mut c_void) {
+        with(|s| s.locks_live -= 1);
+        // SAFETY: from Box::into_raw in lock_new, freed once.
+        drop(unsafe { Box::from_raw(m.cast::<u64>()) });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_sysctl_attach(_softc: *mut c_void, _unit: u32) -> *mut c_void {
+        with(|s| {
+            s.sysctl_live += 1;
+            next(s) as *mut c_void
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_sysctl_detach(_ctx: *mut c_void) {
+        with(|s| s.sysctl_live -= 1);
+    }
+}
+
+// ---------------------------------------------------------------- pure mappings
+
+#[test]
+fn offload_flags_map_to_netif_metadata() {
+    assert_eq!(tx_meta_of(0, 0), Ok(PacketMeta::default()));
+    assert_eq!(
+        tx_meta_of(tx::PARTIAL, 0).map(|m| m.csum),
+        Ok(Csum::Partial)
+    );
+    let m = tx_meta_of(tx::PARTIAL | tx::TSO4, 1448).unwrap();
+    assert_eq!(
+        (m.csum, m.gso),
+        (
+            Csum::Partial,
+            Some(Gso {
+                kind: GsoKind::TcpV4,
+                size: 1448
+            })
+        )
+    );
+    assert_eq!(
+        tx_meta_of(tx::TSO6, 1220).map(|m| m.gso.map(|g| g.kind)),
+        Ok(Some(GsoKind::TcpV6))
+    );
+    assert_eq!(tx_meta_of(tx::TSO4, 0), Err(errno::EINVAL));
+    assert_eq!(tx_meta_of(tx::TSO4, 70_000), Err(errno::EINVAL));
+    assert_eq!(tx_meta_of(tx::TSO4 | tx::TSO6, 1000), Err(errno::EINVAL));
+    assert_eq!(net::pick_queue(7, true, 4), 3);
+    assert_eq!(net::pick_queue(7, false, 4), 0);
+    assert_eq!(net::pick_queue(7, true, 0), 0);
+    let cfg = FrontendConfig::default();
+    assert_eq!(
+        net::config_caps(&cfg),
+        caps::TXCSUM | caps::TXCSUM6 | caps::TSO4 | caps::TSO6 | caps::RXCSUM | caps::RXCSUM6
+    );
+    let no_gso = xen_netfront::BackendOffer {
+        sg: true,
+        rx_copy: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        net::negotiated_caps(&cfg, &no_gso),
+        caps::TXCSUM | caps::RXCSUM | caps::RXCSUM6
+    );
+}
+
+fn tx_meta_of(offload: u32, segsz: u32) -> Result<PacketMeta, i32> {
+    net::tx_meta(offload, segsz)
+}
+
+// ---------------------------------------------------------------- module
+
+#[test]
+fn load_registers_the_vif_frontend_and_unload_unregisters_it() {
+    let _kernel = fake::session();
+    fake_xenrs_api::reset(1);
+    assert_eq!(xenrs_xn_load(), 0);
+    assert!(fake::console().starts_with("xn: loaded (up to 4 queue(s), sg 1, tso 1, csum 1/1)"));
+    assert_eq!(
+        fake_xenrs_api::with(|s| s
+            .registered
+            .iter()
+            .map(|r| (r.0, r.1.clone()))
+            .collect::<Vec<_>>()),
+        vec![(0, String::from("vif"))]
+    );
+    assert_eq!(xenrs_xn_quiesce(), 0);
+    assert_eq!(xenrs_xn_unload(), 0);
+    assert_eq!(
+        fake_xenrs_api::with(|s| (s.registered.len(), s.unregistered)),
+        (0, 1)
+    );
+    assert_eq!(fake::heap_blocks_out(), 0);
+}
+
+#[test]
+fn tunables_are_read_and_bad_ones_rejected_with_a_reason() {
+    let _kernel = fake::session();
+    fake::set_env("hw.xn.num_queues", "17");
+    fake::set_env("hw.xn.tso", "0");
+    fake::set_env("hw.xn.csum", "maybe");
+    let c = config_from_tunables();
+    assert_eq!(c.queues, FrontendConfig::default().queues);
+    assert!(!c.gso);
+    assert!(c.csum);
+    let console = fake::console();
+    assert!(
+        console.contains("xn: loader tunable hw.xn.num_queues=\"17\": out of range (allowed: 1..=16); using the default"),
+        "{console}"
+    );
+    assert!(
+        console.contains("xn: loader tunable hw.xn.csum=\"maybe\": not a boolean"),
+        "{console}"
+    );
+}
+
+#[test]
+fn sysctl_leaves_agree_with_the_shim() {
+    let shim = include_str!("../xn_kmod.c");
+    let start = shim.find("xn_kmod_leaves[] = {").expect("leaf table");
+    let names: Vec<&str> = shim[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("};"))
+        .filter_map(|l| l.trim().strip_prefix("{ \"")?.split('"').next())
+        .collect();
+    let ours: Vec<&str> = DevStat::ALL.iter().map(|(_, n)| *n).collect();
+    assert_eq!(names, ours);
+    for (i, (stat, _)) in DevStat::ALL.iter().enumerate() {
+        assert_eq!(*stat as usize, i);
+    }
+}
+
+// ---------------------------------------------------------------- over xensim
+
+type Front = XnIf<'static, SimFrontend<'static, 'static>, sys::Kernel>;
+
+struct TestDriver(Rc<RefCell<Front>>);
+
+impl<S: XenStore + ?Sized> Driver<S> for TestDriver {
+    fn devtype(&self) -> &str {
+        "vif"
+    }
+    fn probe(&mut self, xs: &mut S, dev: &mut Device) -> Result<(), XsErr> {
+        self.0.borrow_mut().probe(xs, dev)
+    }
+    fn otherend_changed(
+        &mut self,
+        xs: &mut S,
+        dev: &mut Device,
+        state: XenbusState,
+    ) -> Result<(), XsErr> {
+        self.0.borrow_mut().otherend_changed(xs, dev, state)
+    }
+    fn remove(&mut self, _xs: &mut S, _dev: &mut Device) {
+        self.0.borrow_mut().detach();
+    }
+}
+
+type Xs = xen_xenbus::Xs<xen_tests::xensim::xenstored::SimTransport>;
+
+/// The guest with the xn glue on its bus; dom0's netback driven by hand.
+struct Rig {
+    env: &'static Env<'static>,
+    xs: &'static XenstoreSim,
+    fe_xs: Xs,
+    be_xs: Xs,
+    fe_bus: Bus<Xs>,
+    xn: Rc<RefCell<Front>>,
+    features: BackendFeatures,
+    back: Option<(
+        xen_netback::Connection<'static, SimBackend<'static, 'static>>,
+        SimBackend<'static, 'static>,
+    )>,
+}
+
+const MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x01, 0x02, 0x03];
+
+impl Rig {
+    fn new(cfg: FrontendConfig) -> Rig {
+        shim::reset();
+        let (env, xs) = machine(2, "00:16:3e:01:02:03");
+        let w = env.world;
+        let plat = SimFrontend::new(&w.guest, &env.fe_hub, &env.table);
+        let xn = Rc::new(RefCell::new(XnIf::new(
+            plat,
+            cfg,
+            sys::kernel_for_tests(),
+            0,
+        )));
+        let mut fe_xs = xs.client(w.guest.domid());
+        let be_xs = xs.client(0);
+        let mut fe_bus = Bus::new(Role::Frontend, w.guest.domid());
+        fe_bus.register(Box::new(TestDriver(xn.clone())));
+        fe_bus.start(&mut fe_xs).expect("bus");
+        let mut rig = Rig {
+            env,
+            xs,
+            fe_xs,
+            be_xs,
+            fe_bus,
+            xn,
+            features: BackendFeatures {
+                max_queues: 2,
+                ctrl_ring: false,
+                ..BackendFeatures::default()
+            },
+            back: None,
+        };
+        rig.settle();
+        rig
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..64 {
+            self.xs.settle();
+            let mut n = 0;
+            while let Ok(Some((id, ev))) = self.fe_xs.poll_event() {
+                n += 1;
+                self.fe_bus.handle_event(&mut self.fe_xs, id, &ev);
+            }
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    fn be_state(&mut self, state: &str) {
+        let bd = self.env.world.be_dir();
+        self.be_xs.write_str(&format!("{bd}/state"), state).unwrap();
+        self.settle();
+    }
+
+    fn fe_state(&self) -> XenbusState {
+        self.fe_bus
+            .device(&self.env.world.fe_dir())
+            .map_or(XenbusState::Unknown, Device::state)
+    }
+
+    /// Dom0's half of the handshake: offer, InitWait, then connect to what the guest wrote.
+    fn backend_connect(&mut self) {
+        let (bd, fd) = (self.env.world.be_dir(), self.env.world.fe_dir());
+        be_config::publish(&mut self.be_xs, &bd, &self.features).unwrap();
+        self.be_state("2");
+        assert_eq!(self.fe_state(), XenbusState::Connected);
+        let info = be_config::read_frontend(&mut self.be_xs, &fd, &self.features).unwrap();
+        let mut plat = SimBackend::new(&self.env.world.dom0, &self.env.be_hub);
+        let conn = xen_netback::connect(
+            &mut plat,
+            self.env.world.guest.domid(),
+            &info,
+            Limits::default(),
+        )
+        .unwrap();
+        self.back = Some((conn, plat));
+        self.be_state("4");
+    }
+
+    fn backend_close(&mut self) {
+        self.be_state("5");
+        if let Some((mut conn, mut plat)) = self.back.take() {
+            conn.queues.clear();
+            conn.ctrl = None;
+            conn.resources.release(&mut plat);
+        }
+        self.be_state("6");
+    }
+
+    /// Dom0 takes what the guest sent.
+    fn backend_tx(&mut self) -> Vec<(u16, Vec<u8>, PacketMeta)> {
+        let mut io = Collect::default();
+        if let Some((conn, _)) = self.back.as_mut() {
+            for q in &mut conn.queues {
+                let _ = q.process_tx(&mut io);
+            }
+        }
+        io.packets
+    }
+
+    /// Dom0 sends `data` to the guest on queue `q`.
+    fn backend_rx(&mut self, q: usize, data: &[u8], meta: &PacketMeta) {
+        let (conn, _) = self.back.as_mut().expect("connected");
+        conn.queues[q].enqueue_rx(data, meta).expect("queued");
+        let _ = conn.queues[q].process_rx(0);
+    }
+
+    fn transmit(&self, frame: &[u8], offload: u32, segsz: u32, flowid: u32) -> i32 {
+        let m = shim::mbuf(frame);
+        self.xn.borrow_mut().transmit(
+            MbufHandle(m),
+            u32::try_from(frame.len()).unwrap(),
+            offload,
+            segsz,
+            flowid,
+            true,
+        )
+    }
+}
+
+/// An Ethernet + IPv4 + TCP frame with `payload` bytes, its TCP checksum in the
+/// `csum_blank` form (pseudo-header sum only) when `partial`, else complete.
+fn tcp_frame(payload: usize, partial: bool) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 20 + payload];
+    f[0..6].copy_from_slice(&[0x00, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+    f[6..12].copy_from_slice(&MAC);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = u16::try_from(20 + 20 + payload).unwrap();
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 0, 0, 5]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 1]);
+    f[34..36].copy_from_slice(&4000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&80u16.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = 0x18;
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = u8::try_from(i % 251).unwrap_or(0);
+    }
+    if partial {
+        csum::set_pseudo(&mut f).unwrap();
+    } else {
+        csum::fill_full(&mut f).unwrap();
+    }
+    f
+}
+
+#[test]
+fn frames_cross_both_ways_with_offloads_queues_and_link_state() {
+    let _kernel = fake::session();
+    let mut rig = Rig::new(FrontendConfig {
+        queues: 2,
+        ctrl_ring: false,
+        ..FrontendConfig::default()
+    });
+    // Probe created the interface with the toolstack's MAC; not connected yet.
+    let ifnets = shim::with(|s| s.ifnets.clone());
+    assert_eq!(ifnets.len(), 1);
+    let (&ifp, &(mac, _, _, mtu)) = ifnets.iter().next().unwrap();
+    assert_eq!((mac, mtu), (MAC, 1500));
+    assert_eq!(
+        rig.transmit(&tcp_frame(10, false), 0, 0, 0),
+        errno::ENETDOWN
+    );
+    rig.backend_connect();
+    assert!(rig.xn.borrow().link());
+    assert_eq!(shim::with(|s| s.links.clone()), vec![true]);
+
+    // Guest -> dom0: checksum offload, TSO, and the flow hash picking the queue.
+    let small = tcp_frame(100, true);
+    assert_eq!(rig.transmit(&small, tx::PARTIAL, 0, 1), 0);
+    let big = tcp_frame(9000, true);
+    assert_eq!(rig.transmit(&big, tx::PARTIAL | tx::TSO4, 1448, 2), 0);
+    let got = rig.backend_tx();
+    assert_eq!(got.len(), 2, "{got:?}");
+    let (q0, d0, m0) = &got.iter().find(|p| p.1.len() == small.len()).unwrap();
+    assert_eq!((*q0, d0 == &small, m0.csum), (1, true, Csum::Partial));
+    let (q1, d1, m1) = &got.iter().find(|p| p.1.len() == big.len()).unwrap();
+    assert_eq!((*q1, d1 == &big), (0, true));
+    assert_eq!(
+        m1.gso,
+        Some(Gso {
+            kind: GsoKind::TcpV4,
+            size: 1448
+        })
+    );
+    assert_eq!(rig.transmit(&[0u8; 70_000], 0, 0, 0), errno::EMSGSIZE);
+
+    // Dom0 -> guest: a csum_blank frame is completed in software and marked valid; a frame
+    // without checksum information is passed up unmarked.
+    rig.backend_rx(
+        0,
+        &small,
+        &PacketMeta {
+            csum: Csum::Partial,
+            ..PacketMeta::default()
+        },
+    );
+    let plain = tcp_frame(60, false);
+    rig.backend_rx(1, &plain, &PacketMeta::default());
+    let inputs = rig.xn.borrow_mut().event();
+    assert_eq!(inputs.len(), 2);
+    assert!(inputs.iter().all(|(i, _)| *i == IfHandle(ifp)));
+    let rx = shim::with(|s| s.rx.clone());
+    let (bytes, valid) = &rx[&inputs[0].1 .0];
+    assert!(*valid);
+    assert_eq!(csum::verify(bytes), Some(true), "checksum completed");
+    assert_eq!(bytes[..40], small[..40]);
+    assert_eq!(rx[&inputs[1].1 .0], (plain.clone(), false));
+    assert_eq!(rig.xn.borrow().stats().rx_sw_csum, 1);
+    assert_eq!(rig.xn.borrow().stat(DevStat::RxPackets as u32), Some(2));
+    assert_eq!(rig.xn.borrow().stat(DevStat::TxPackets as u32), Some(2));
+    assert_eq!(rig.xn.borrow().stat(DevStat::TxDropped as u32), Some(2));
+    assert_eq!(rig.xn.borrow().stat(DevStat::Link as u32), Some(1));
+
+    // The backend goes away and comes back: link down, then up, and a gratuitous ARP for
+    // the interface's address reaches dom0 first.
+    shim::with(|s| s.ipv4 = Some([10, 0, 0, 5]));
+    rig.backend_close();
+    assert!(!rig.xn.borrow().link());
+    assert_eq!(rig.fe_state(), XenbusState::Initialising);
+    assert_eq!(rig.transmit(&small, tx::PARTIAL, 0, 1), errno::ENETDOWN);
+    rig.backend_connect();
+    assert_eq!(shim::with(|s| s.links.clone()), vec![true, false, true]);
+    let got = rig.backend_tx();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].1,
+        xen_netfront::arp::gratuitous(MAC, [10, 0, 0, 5]).to_vec()
+    );
+    assert_eq!(rig.xn.borrow().stat(DevStat::Connections as u32), Some(2));
+    // Counters of the first connection are kept.
+    assert_eq!(rig.xn.borrow().stat(DevStat::TxPackets as u32), Some(3));
+
+    // Detach: the interface is gone, and nothing reaches the stack afterwards.
+    rig.xn.borrow_mut().detach();
+    assert_eq!(shim::with(|s| (s.ifnets.len(), s.destroyed)), (0, 1));
+    assert!(rig.xn.borrow_mut().event().is_empty());
+    assert_eq!(rig.transmit(&small, tx::PARTIAL, 0, 1), errno::ENETDOWN);
+}
+
+#[test]
+fn a_backend_without_gso_narrows_the_capabilities() {
+    let _kernel = fake::session();
+    let mut rig = Rig::new(FrontendConfig {
+        queues: 1,
+        ctrl_ring: false,
+        ..FrontendConfig::default()
+    });
+    rig.features.gso = false;
+    rig.features.ipv6_csum = false;
+    rig.backend_connect();
+    let (c, e) = shim::with(|s| s.ifnets.values().next().map(|v| (v.1, v.2))).unwrap();
+    assert_eq!(c & (caps::TSO4 | caps::TSO6 | caps::TXCSUM6), 0);
+    assert_eq!(e, c);
+    assert_eq!(rig.xn.borrow().caps().0, c);
+    // The stack would not ask for TSO now; if it did, the glue refuses cleanly.
+    assert_eq!(
+        rig.transmit(&tcp_frame(3000, true), tx::PARTIAL | tx::TSO4, 1448, 0),
+        errno::EINVAL
+    );
+}
+
+// ---------------------------------------------------------------- the C entry points
+
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<u32>>>);
+
+impl sys::IfDevice for Recorder {
+    fn transmit(&mut self, _m: MbufHandle, len: u32, _o: u32, _s: u32, _f: u32, _h: bool) -> i32 {
+        self.0.lock().unwrap().push(len);
+        0
+    }
+    fn set_mtu(&mut self, mtu: i32) -> i32 {
+        if mtu > 9000 {
+            errno::EINVAL
+        } else {
+            0
+        }
+    }
+    fn set_caps(&mut self, enabled: u32) {
+        self.0.lock().unwrap().push(enabled);
+    }
+    fn stat(&self, which: u32) -> Option<u64> {
+        (which == 0).then(|| self.0.lock().unwrap().len() as u64)
+    }
+    fn event(&mut self, out: &mut sys::Inputs) {
+        out.push((IfHandle(0x77), MbufHandle(0x88)));
+    }
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+#[test]
+fn entry_points_reach_the_device_and_input_happens_unlocked() {
+    let _kernel = fake::session();
+    shim::reset();
+    // The fake if_input checks that the ifnet exists.
+    shim::with(|s| {
+        s.ifnets.insert(0x77, ([0; 6], 0, 0, 1500));
+    });
+    let softc = sys::SoftcBox::new(0).expect("softc");
+    let raw = softc.as_raw();
+    // SAFETY: a live softc; the mbuf handle is never dereferenced (no device yet).
+    let refused = unsafe { sys::xenrs_xn_transmit(raw, std::ptr::dangling_mut(), 60, 0, 0, 0, 0) };
+    assert_eq!(refused, errno::ENETDOWN);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    softc.with(|d| *d = Some(Box::new(Recorder(seen.clone()))));
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(
+            sys::xenrs_xn_transmit(raw, std::ptr::dangling_mut(), 60, 0, 0, 0, 0),
+            0
+        );
+        assert_eq!(sys::xenrs_xn_ioctl_mtu(raw, 9001), errno::EINVAL);
+        assert_eq!(sys::xenrs_xn_ioctl_mtu(raw, 1500), 0);
+        sys::xenrs_xn_ioctl_caps(raw, 0x11);
+        let mut v = 0;
+        assert_eq!(sys::xenrs_xn_dev_stat(raw, 0, &mut v), 0);
+        assert_eq!(v, 2);
+    }
+    assert_eq!(seen.lock().unwrap().as_slice(), &[60, 0x11]);
+    // An event while nobody holds the mutex: the frame goes up, after the unlock.
+    softc.event();
+    assert_eq!(shim::with(|s| s.input.clone()), vec![0x88]);
+    let sink = sys::EventSink::default();
+    softc.connect(&sink);
+    sink.fire();
+    assert_eq!(shim::with(|s| s.input.len()), 2);
+    softc.with(|d| *d = None);
+    softc.free(&sink);
+    // A late event after free is dropped.
+    sink.fire();
+    assert_eq!(
+        shim::with(|s| (s.input.len(), s.locks_live, s.sysctl_live)),
+        (2, 0, 0)
+    );
+}
