@@ -38,11 +38,13 @@ errnos! {
     EIO = 5, "Input/output error.";
     ENXIO = 6, "Device not configured (for example: not running on Xen).";
     E2BIG = 7, "Argument list too long.";
+    EBADF = 9, "Bad file descriptor (a closed device file).";
     ENOMEM = 12, "Cannot allocate memory.";
     EACCES = 13, "Permission denied.";
     EFAULT = 14, "Bad address.";
     EBUSY = 16, "Device busy: refuses an unload while something is in use.";
     EEXIST = 17, "File exists.";
+    ENODEV = 19, "Operation not supported by device.";
     EINVAL = 22, "Invalid argument (for example: a malformed loader tunable).";
     ENOTTY = 25, "Inappropriate ioctl for device.";
     ENOSPC = 28, "No space left (a table is full).";

@@ -397,3 +397,235 @@ static driver_t xenrs_pci_driver = {
 };
 
 DRIVER_MODULE(xenrs_pci, pci, xenrs_pci_driver, NULL, NULL);
+
+/*
+ * The Dom0 character devices /dev/xen/{evtchn,xenstore,privcmd}: the cdevsw entry points
+ * keep a struct xenrs_cfile per open (cdevpriv), move bytes with uiomove(9), sleep for
+ * blocking reads and record selects; the device logic is the Rust side (src/cdev.rs).
+ */
+#include <sys/conf.h>
+#include <sys/fcntl.h>
+#include <sys/poll.h>
+#include <sys/selinfo.h>
+#include <sys/uio.h>
+
+#define	XENRS_NCDEV		3
+#define	XENRS_CDEV_CHUNK	8192
+
+struct xenrs_cfile {
+	uint64_t	handle;
+	struct selinfo	sel;
+};
+
+int	xenrs_cdev_open(int kind, void *cookie, uint64_t *out);
+void	xenrs_cdev_close(uint64_t handle);
+int	xenrs_cdev_read(uint64_t handle, uint8_t *buf, size_t len, size_t *done);
+int	xenrs_cdev_write(uint64_t handle, const uint8_t *buf, size_t len,
+	    size_t *done);
+int	xenrs_cdev_ioctl(uint64_t handle, uint64_t cmd, uint8_t *data, size_t len);
+int	xenrs_cdev_readable(uint64_t handle);
+
+static struct cdev *xenrs_cdev[XENRS_NCDEV];
+
+void
+xenrs_kpi_cfile_wakeup(void *cookie)
+{
+	struct xenrs_cfile *cf = cookie;
+
+	wakeup(cf);
+	selwakeup(&cf->sel);
+}
+
+int
+xenrs_kpi_copyin(uint64_t uaddr, void *kaddr, size_t len)
+{
+	return (copyin((const void *)(uintptr_t)uaddr, kaddr, len));
+}
+
+int
+xenrs_kpi_copyout(const void *kaddr, uint64_t uaddr, size_t len)
+{
+	return (copyout(kaddr, (void *)(uintptr_t)uaddr, len));
+}
+
+static void
+xenrs_cfile_dtor(void *arg)
+{
+	struct xenrs_cfile *cf = arg;
+
+	xenrs_cdev_close(cf->handle);
+	seldrain(&cf->sel);
+	free(cf, M_XENRS);
+}
+
+static int
+xenrs_d_open(struct cdev *dev, int oflags __unused, int devtype __unused,
+    struct thread *td __unused)
+{
+	struct xenrs_cfile *cf;
+	int error;
+
+	cf = malloc(sizeof(*cf), M_XENRS, M_WAITOK | M_ZERO);
+	error = xenrs_cdev_open((int)(intptr_t)dev->si_drv1, cf, &cf->handle);
+	if (error != 0) {
+		free(cf, M_XENRS);
+		return (error);
+	}
+	error = devfs_set_cdevpriv(cf, xenrs_cfile_dtor);
+	if (error != 0)
+		xenrs_cfile_dtor(cf);
+	return (error);
+}
+
+static int
+xenrs_d_read(struct cdev *dev __unused, struct uio *uio, int ioflag)
+{
+	struct xenrs_cfile *cf;
+	uint8_t *buf;
+	size_t len, done;
+	int error;
+
+	error = devfs_get_cdevpriv((void **)&cf);
+	if (error != 0)
+		return (error);
+	len = MIN((size_t)uio->uio_resid, XENRS_CDEV_CHUNK);
+	if (len == 0)
+		return (0);
+	buf = malloc(len, M_XENRS, M_WAITOK);
+	for (;;) {
+		done = 0;
+		error = xenrs_cdev_read(cf->handle, buf, len, &done);
+		if (error != EAGAIN)
+			break;
+		if ((ioflag & O_NONBLOCK) != 0) {
+			error = EWOULDBLOCK;
+			break;
+		}
+		/* A wakeup between the read and the sleep costs at most the timeout. */
+		error = tsleep(cf, PCATCH, "xenrsrd", MAX(1, hz / 10));
+		if (error != 0 && error != EWOULDBLOCK)
+			break;
+	}
+	if (error == 0 && done > 0)
+		error = uiomove(buf, (int)done, uio);
+	free(buf, M_XENRS);
+	return (error);
+}
+
+static int
+xenrs_d_write(struct cdev *dev __unused, struct uio *uio, int ioflag)
+{
+	struct xenrs_cfile *cf;
+	uint8_t *buf;
+	size_t len, done;
+	int error;
+
+	error = devfs_get_cdevpriv((void **)&cf);
+	if (error != 0)
+		return (error);
+	len = MIN((size_t)uio->uio_resid, XENRS_CDEV_CHUNK);
+	if (len == 0)
+		return (0);
+	buf = malloc(len, M_XENRS, M_WAITOK);
+	error = uiomove(buf, (int)len, uio);
+	for (; error == 0;) {
+		done = 0;
+		error = xenrs_cdev_write(cf->handle, buf, len, &done);
+		if (error != EAGAIN)
+			break;
+		if ((ioflag & O_NONBLOCK) != 0) {
+			error = EWOULDBLOCK;
+			break;
+		}
+		error = tsleep(cf, PCATCH, "xenrswr", MAX(1, hz / 10));
+		if (error == EWOULDBLOCK)
+			error = 0;
+	}
+	/* What the device did not consume is still the caller's to write. */
+	if (done < len)
+		uio->uio_resid += (ssize_t)(len - done);
+	free(buf, M_XENRS);
+	return (error);
+}
+
+static int
+xenrs_d_ioctl(struct cdev *dev __unused, u_long cmd, caddr_t data,
+    int fflag __unused, struct thread *td __unused)
+{
+	struct xenrs_cfile *cf;
+	int error;
+
+	error = devfs_get_cdevpriv((void **)&cf);
+	if (error != 0)
+		return (error);
+	return (xenrs_cdev_ioctl(cf->handle, (uint64_t)cmd, (uint8_t *)data,
+	    IOCPARM_LEN(cmd)));
+}
+
+static int
+xenrs_d_poll(struct cdev *dev __unused, int events, struct thread *td)
+{
+	struct xenrs_cfile *cf;
+	int revents;
+
+	if (devfs_get_cdevpriv((void **)&cf) != 0)
+		return (events & (POLLHUP | POLLIN | POLLRDNORM | POLLOUT | POLLWRNORM));
+	revents = events & (POLLOUT | POLLWRNORM);
+	if ((events & (POLLIN | POLLRDNORM)) != 0) {
+		if (xenrs_cdev_readable(cf->handle))
+			revents |= events & (POLLIN | POLLRDNORM);
+		else
+			selrecord(td, &cf->sel);
+	}
+	return (revents);
+}
+
+static struct cdevsw xenrs_cdevsw = {
+	.d_version =	D_VERSION,
+	.d_open =	xenrs_d_open,
+	.d_read =	xenrs_d_read,
+	.d_write =	xenrs_d_write,
+	.d_ioctl =	xenrs_d_ioctl,
+	.d_poll =	xenrs_d_poll,
+	.d_name =	"xenrs",
+};
+
+void
+xenrs_kpi_cdevs_destroy(void)
+{
+	int i;
+
+	for (i = 0; i < XENRS_NCDEV; i++) {
+		if (xenrs_cdev[i] != NULL) {
+			destroy_dev(xenrs_cdev[i]);
+			xenrs_cdev[i] = NULL;
+		}
+	}
+}
+
+int
+xenrs_kpi_cdevs_create(void)
+{
+	/* Indices are src/cdev.rs's KIND_* values. */
+	static const char *names[XENRS_NCDEV] = { "evtchn", "xenstore", "privcmd" };
+	struct make_dev_args args;
+	int error, i;
+
+	for (i = 0; i < XENRS_NCDEV; i++) {
+		make_dev_args_init(&args);
+		args.mda_devsw = &xenrs_cdevsw;
+		args.mda_flags = MAKEDEV_WAITOK | MAKEDEV_CHECKNAME;
+		args.mda_uid = UID_ROOT;
+		args.mda_gid = GID_WHEEL;
+		args.mda_mode = 0600;
+		args.mda_si_drv1 = (void *)(intptr_t)i;
+		error = make_dev_s(&args, &xenrs_cdev[i], "xen/%s", names[i]);
+		if (error != 0) {
+			printf("xen: devices: make_dev_s(xen/%s): %d\n", names[i],
+			    error);
+			xenrs_kpi_cdevs_destroy();
+			return (error);
+		}
+	}
+	return (0);
+}

@@ -35,6 +35,10 @@ pub struct State {
     pub fail_ops: Vec<&'static str>,
     pub next_port: u32,
     pub closed: Vec<u32>,
+    pub cdevs: bool,
+    pub fail_cdevs: bool,
+    /// Wake-ups of open files (by cookie address).
+    pub wakeups: Vec<usize>,
     /// `HVMOP_set_param` calls: (index, value).
     pub params: Vec<(u32, u64)>,
     pub sent: Vec<u32>,
@@ -280,4 +284,50 @@ pub static FAKE_HV: FakeHv = FakeHv;
 /// The raw trap of the tests: records nothing, returns Xen's -ENOSYS.
 pub fn raw_trap(_call: &xen_kmod::arch::marshal::RawCall) -> isize {
     -38
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_cdevs_create() -> c_int {
+    if state(|s| s.fail_cdevs) {
+        return 17;
+    }
+    state(|s| s.cdevs = true);
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_cdevs_destroy() {
+    state(|s| {
+        assert!(s.cdevs, "devices destroyed twice");
+        s.cdevs = false;
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_cfile_wakeup(cookie: *mut c_void) {
+    state(|s| s.wakeups.push(cookie.addr()));
+}
+
+/// `copyin` over host memory: user addresses are host addresses in the tests; 0 is a fault.
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_copyin(uaddr: u64, kaddr: *mut c_void, len: usize) -> c_int {
+    let Some(src) = usize::try_from(uaddr).ok().filter(|a| *a != 0) else {
+        return 14;
+    };
+    let src = core::ptr::with_exposed_provenance::<u8>(src);
+    // SAFETY: tests pass addresses of live buffers of at least `len` bytes.
+    unsafe { core::ptr::copy_nonoverlapping(src, kaddr.cast::<u8>(), len) };
+    0
+}
+
+/// `copyout` over host memory (see `xenrs_kpi_copyin`).
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_copyout(kaddr: *const c_void, uaddr: u64, len: usize) -> c_int {
+    let Some(dst) = usize::try_from(uaddr).ok().filter(|a| *a != 0) else {
+        return 14;
+    };
+    let dst = core::ptr::with_exposed_provenance_mut::<u8>(dst);
+    // SAFETY: as in xenrs_kpi_copyin.
+    unsafe { core::ptr::copy_nonoverlapping(kaddr.cast::<u8>(), dst, len) };
+    0
 }

@@ -38,6 +38,11 @@ extern "C" {
     fn xenrs_kpi_sleep(chan: *const c_void, ms: c_int);
     /// Wakes the sleepers on `chan` (`wakeup`).
     fn xenrs_kpi_wakeup(chan: *const c_void);
+    /// Creates /dev/xen/{evtchn,xenstore,privcmd} (`make_dev_s`). 0 or an errno.
+    fn xenrs_kpi_cdevs_create() -> c_int;
+    /// Destroys them (`destroy_dev`: waits for threads inside the entry points; open files
+    /// are closed through their `cdevpriv` destructors).
+    fn xenrs_kpi_cdevs_destroy();
     /// Number of CPUs (`mp_ncpus`).
     fn xenrs_kpi_ncpus() -> u32;
 }
@@ -232,6 +237,29 @@ impl Drop for Upcall {
     fn drop(&mut self) {
         // SAFETY: set up in `setup`.
         unsafe { xenrs_kpi_upcall_teardown() }
+    }
+}
+
+/// /dev/xen/*; destroyed on drop.
+#[derive(Debug)]
+pub struct Cdevs(());
+
+impl Cdevs {
+    /// Creates them.
+    ///
+    /// # Errors
+    /// What the kernel said.
+    pub fn create() -> Result<Cdevs, Errno> {
+        // SAFETY: no arguments; paired with destroy in Drop.
+        check(unsafe { xenrs_kpi_cdevs_create() })?;
+        Ok(Cdevs(()))
+    }
+}
+
+impl Drop for Cdevs {
+    fn drop(&mut self) {
+        // SAFETY: created in `create`.
+        unsafe { xenrs_kpi_cdevs_destroy() }
     }
 }
 

@@ -44,6 +44,8 @@ pub use xen_sys;
 pub use xen_xenbus;
 
 #[allow(unsafe_code)]
+pub mod cdev;
+#[allow(unsafe_code)]
 pub mod kpi;
 pub mod platform;
 #[allow(unsafe_code)]
@@ -135,6 +137,15 @@ pub struct XenModule {
     next_map: AtomicU64,
     /// Page runs handed out, by address.
     pages: SxLock<BTreeMap<usize, kpi::KPages>>,
+    /// Open /dev/xen files by handle.
+    files: SxLock<cdev::Files>,
+    next_token: AtomicU64,
+    /// xenstore files' close clean-ups still to send.
+    xs_cleanups: SxLock<alloc::vec::Vec<xen_xenbus::xsdev::Cleanup>>,
+    /// /dev/xen/privcmd.
+    privcmd: SxLock<cdev::PrivcmdDev>,
+    /// The device nodes; dropped (destroyed) first at unload, before the platform.
+    cdevs: Option<kpi::Cdevs>,
     /// Declared last: dropped after everything above that refers to it.
     platform: Option<platform::Platform>,
 }
@@ -240,8 +251,28 @@ impl KernelModule for XenModule {
             maps: SxLock::new(c"xenrs maps", BTreeMap::new())?,
             next_map: AtomicU64::new(1),
             pages: SxLock::new(c"xenrs pages", BTreeMap::new())?,
+            files: SxLock::new(c"xenrs files", BTreeMap::new())?,
+            next_token: AtomicU64::new(cdev::FILE_TOKEN_BASE),
+            xs_cleanups: SxLock::new(c"xenrs xs cleanups", alloc::vec::Vec::new())?,
+            privcmd: SxLock::new(
+                c"xenrs privcmd",
+                xen_kmod::privcmd::Privcmd::new(
+                    cdev::NoRegions,
+                    xen_kmod::privcmd::Config {
+                        control_domain: xen.domid == Some(0),
+                        own_domid: xen.domid.unwrap_or(0),
+                        ..xen_kmod::privcmd::Config::default()
+                    },
+                ),
+            )?,
+            cdevs: None,
             platform: Some(platform),
         };
+        // The devices last: from here user space can reach the module.
+        let mut module = module;
+        module.cdevs = Some(kpi::Cdevs::create().inspect_err(|e| {
+            kprintln!("xen: devices: /dev/xen nodes could not be created: {e}; not loading");
+        })?);
         if config.verbose >= 1 {
             if let Some(p) = module.platform() {
                 kprintln!(
@@ -265,7 +296,9 @@ impl KernelModule for XenModule {
     }
 
     fn unload(mut self) {
-        // Everything the platform holds is released in reverse bring-up order (its Drop).
+        // The device nodes first (no open file remains: each holds the module), then
+        // everything the platform holds, in reverse bring-up order (its Drop).
+        drop(self.cdevs.take());
         drop(self.platform.take());
         if self.config.verbose >= 1 {
             kprintln!("xen: unloaded");

@@ -428,7 +428,7 @@ impl Platform {
 
     /// The events task: polls the core in bounded rounds and runs each event's target with no
     /// lock of the core held; queues itself again when work remains.
-    pub fn run_events(&self) {
+    pub fn run_events(&self, m: &crate::XenModule) {
         self.counters.upcalls.fetch_add(1, Ordering::Relaxed);
         let mut buf = [Event::default(); 32];
         for _ in 0..8 {
@@ -452,6 +452,11 @@ impl Platform {
                         self.counters.events.fetch_add(1, Ordering::Relaxed);
                         // SAFETY-free: the call is in services.rs (the KPI layer).
                         crate::services::call_handler(h, ev.port);
+                    }
+                    None if ev.token >= crate::cdev::FILE_TOKEN_BASE => {
+                        if !crate::cdev::deliver_evtchn(m, ev.token, ev.port) {
+                            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     None => {
                         self.counters.dropped.fetch_add(1, Ordering::Relaxed);

@@ -323,11 +323,16 @@ pub(crate) fn run_xenbus(m: &crate::XenModule, p: &Platform) {
             )
         };
     }
+    crate::cdev::retry_cleanups(m, p);
     for _ in 0..64 {
         let ev = p.xs.lock().poll_event();
         let Ok(Some((id, ev))) = ev else { break };
         let owner = m.watch_owner.lock().get(&id).copied();
-        let Some(key) = owner else { continue };
+        let Some(key) = owner else {
+            // Not a registration's: one of the /dev/xen/xenstore files' (or stale).
+            let _ = crate::cdev::service_xenstore(m, p, Some((id, ev)));
+            continue;
+        };
         let target = m.regs.lock().get(&key).map(|r| Reg2 {
             cb: r.cb,
             arg: r.arg,
@@ -347,6 +352,12 @@ pub(crate) fn run_xenbus(m: &crate::XenModule, p: &Platform) {
             );
         }
     }
+    finish_xenbus(m, p);
+}
+
+/// The xenstore files' replies (after the loop above pumped the ring).
+fn finish_xenbus(m: &crate::XenModule, p: &Platform) {
+    let _ = crate::cdev::service_xenstore(m, p, None);
 }
 
 struct Reg2 {
@@ -741,7 +752,7 @@ pub extern "C" fn xenrs_pages_free(va: *mut c_void, count: u32) {
 pub extern "C" fn xenrs_xen_run_events() {
     crate::MODULE_SLOT.with(|m| {
         if let Some(p) = m.platform() {
-            p.run_events();
+            p.run_events(m);
         }
     });
 }

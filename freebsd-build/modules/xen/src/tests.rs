@@ -213,6 +213,7 @@ fn nothing_outstanding() {
         assert_eq!(s.frames_mapped, 0, "xenstore frame still mapped");
         assert!(!s.threads, "threads still running");
         assert!(!s.upcall, "upcall still installed");
+        assert!(!s.cdevs, "/dev/xen nodes still there");
     });
     assert_eq!(fake::locks_out(), 0, "sx locks left");
 }
@@ -253,7 +254,7 @@ fn load_then_unload_leaves_nothing_registered() {
 #[test]
 fn every_bring_up_failure_unwinds_with_a_logged_reason() {
     type Inject = fn(&mut crate::fake_kpi::State);
-    let cases: [(&str, Inject); 11] = [
+    let cases: [(&str, Inject); 12] = [
         ("hypercall-page", |s| s.fail_page_alloc = Some(0)),
         ("hypercall-page", |s| s.fail_ops.push("install")),
         ("version", |s| s.fail_ops.push("Version")),
@@ -265,6 +266,7 @@ fn every_bring_up_failure_unwinds_with_a_logged_reason() {
         ("grant-table", |s| s.fail_ops.push("QuerySize")),
         ("xenstore", |s| s.fail_ops.push("GetParam")),
         ("xenstore", |s| s.fail_map_frame = true),
+        ("devices", |s| s.fail_cdevs = true),
     ];
     for (step, inject) in cases {
         let _kernel = fake::session();
@@ -318,7 +320,7 @@ fn unload_refused_while_a_port_is_bound_and_nothing_fires_after_unbind() {
             let v = si.legacy_vcpu_info(0).unwrap();
             v.set_pending_sel_bit(port / xen_kmod::shared::BITS_PER_XEN_ULONG);
             v.set_upcall_pending();
-            p.run_events();
+            p.run_events(m);
         })
     };
     raise();
@@ -384,4 +386,150 @@ fn grants_pages_and_maps_count_as_users_and_bad_arguments_change_nothing() {
     assert_eq!(stat(XenStat::Users), Ok(0));
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
+}
+
+/// The cdevsw entry points as the shim calls them.
+mod cdevs {
+    #![expect(unsafe_code, reason = "calls the C entry points as the shim does")]
+
+    use super::*;
+    use crate::cdev;
+
+    fn open(kind: i32, cookie: &mut u64) -> Result<u64, i32> {
+        let mut h = 0u64;
+        // SAFETY: `h` is a live out-pointer; the cookie outlives the file (closed below).
+        match unsafe { cdev::xenrs_cdev_open(kind, core::ptr::from_mut(cookie).cast(), &mut h) } {
+            0 => Ok(h),
+            e => Err(e),
+        }
+    }
+
+    fn ioctl(h: u64, cmd: u32, arg: &mut [u8]) -> i32 {
+        // SAFETY: `arg` is a live buffer of its length.
+        unsafe { cdev::xenrs_cdev_ioctl(h, u64::from(cmd), arg.as_mut_ptr(), arg.len()) }
+    }
+
+    fn read(h: u64, buf: &mut [u8]) -> Result<usize, i32> {
+        let mut done = 0usize;
+        // SAFETY: live buffer and out-pointer.
+        match unsafe { cdev::xenrs_cdev_read(h, buf.as_mut_ptr(), buf.len(), &mut done) } {
+            0 => Ok(done),
+            e => Err(e),
+        }
+    }
+
+    fn write(h: u64, buf: &[u8]) -> Result<usize, i32> {
+        let mut done = 0usize;
+        // SAFETY: live buffer and out-pointer.
+        match unsafe { cdev::xenrs_cdev_write(h, buf.as_ptr(), buf.len(), &mut done) } {
+            0 => Ok(done),
+            e => Err(e),
+        }
+    }
+
+    #[test]
+    fn evtchn_open_ioctl_event_read_close() {
+        use xen_evtchn::dev::{
+            IOCTL_EVTCHN_BIND_UNBOUND_PORT, IOCTL_EVTCHN_NOTIFY, IOCTL_EVTCHN_UNBIND,
+        };
+        let _kernel = fake::session();
+        on_xen(0);
+        assert_eq!(xenrs_xen_load(), 0);
+        let mut cookie = 0u64;
+        let h = open(cdev::KIND_EVTCHN, &mut cookie).unwrap();
+        assert_eq!(stat(XenStat::Users), Ok(1), "an open file holds the module");
+        assert_eq!(xenrs_xen_unload(), 16);
+        // Bad: unknown command, wrong size, notify of a port not bound here.
+        assert_eq!(ioctl(h, 0xc008_45ff, &mut [0; 8]), 25, "ENOTTY");
+        assert_eq!(
+            ioctl(h, IOCTL_EVTCHN_BIND_UNBOUND_PORT, &mut [0; 4]),
+            22,
+            "short argument"
+        );
+        assert_eq!(
+            ioctl(h, IOCTL_EVTCHN_NOTIFY, &mut 99u32.to_ne_bytes()),
+            57,
+            "ENOTCONN"
+        );
+        // Good: bind an unbound port for domain 0.
+        let mut arg = [0u8; 8];
+        assert_eq!(ioctl(h, IOCTL_EVTCHN_BIND_UNBOUND_PORT, &mut arg), 0);
+        let port = u32::from_ne_bytes(arg[4..8].try_into().unwrap());
+        assert_ne!(port, 0);
+        assert_eq!(read(h, &mut [0; 4]), Err(35), "nothing yet: EAGAIN");
+        assert_eq!(cdev::xenrs_cdev_readable(h), 0);
+        // Xen raises it: the event reaches the file, wakes it, and reads back as the port.
+        MODULE_SLOT.with(|m| {
+            let p = m.platform().unwrap();
+            let si = p.shared_info_view();
+            si.evtchn_pending().test_and_set(port);
+            let v = si.legacy_vcpu_info(0).unwrap();
+            v.set_pending_sel_bit(port / xen_kmod::shared::BITS_PER_XEN_ULONG);
+            v.set_upcall_pending();
+            p.run_events(m);
+        });
+        crate::fake_kpi::state(|s| {
+            assert!(s.wakeups.contains(&core::ptr::from_ref(&cookie).addr()))
+        });
+        assert_eq!(cdev::xenrs_cdev_readable(h), 1);
+        let mut out = [0u8; 8];
+        assert_eq!(read(h, &mut out), Ok(4));
+        assert_eq!(u32::from_ne_bytes(out[..4].try_into().unwrap()), port);
+        // Re-enable it by writing the port back, then unbind; a second unbind is refused.
+        assert_eq!(write(h, &port.to_ne_bytes()), Ok(4));
+        assert_eq!(ioctl(h, IOCTL_EVTCHN_UNBIND, &mut port.to_ne_bytes()), 0);
+        assert_eq!(ioctl(h, IOCTL_EVTCHN_UNBIND, &mut port.to_ne_bytes()), 57);
+        // A port left bound is released by close.
+        let mut arg = [0u8; 8];
+        assert_eq!(ioctl(h, IOCTL_EVTCHN_BIND_UNBOUND_PORT, &mut arg), 0);
+        let second = u32::from_ne_bytes(arg[4..8].try_into().unwrap());
+        cdev::xenrs_cdev_close(h);
+        crate::fake_kpi::state(|s| assert!(s.closed.contains(&port) && s.closed.contains(&second)));
+        assert_eq!(
+            ioctl(h, IOCTL_EVTCHN_UNBIND, &mut port.to_ne_bytes()),
+            9,
+            "closed: EBADF"
+        );
+        assert_eq!(xenrs_xen_unload(), 0);
+        nothing_outstanding();
+    }
+
+    #[test]
+    fn xenstore_and_privcmd_refuse_bad_calls_and_release_on_close() {
+        let _kernel = fake::session();
+        on_xen(0);
+        assert_eq!(xenrs_xen_load(), 0);
+        let mut c1 = 0u64;
+        let mut c2 = 0u64;
+        let xs = open(cdev::KIND_XENSTORE, &mut c1).unwrap();
+        let pc = open(cdev::KIND_PRIVCMD, &mut c2).unwrap();
+        assert_eq!(open(7, &mut c1), Err(6), "unknown kind: ENXIO");
+        assert_eq!(
+            ioctl(xs, 0x2000_4500, &mut []),
+            25,
+            "xenstore has no ioctls"
+        );
+        // A header announcing more than 4096 payload bytes is refused.
+        let mut bad = [0u8; 16];
+        bad[12..16].copy_from_slice(&5000u32.to_le_bytes());
+        assert_eq!(write(xs, &bad), Err(22));
+        // A well-formed XS_READ goes to the (silent) daemon; nothing to read yet.
+        let mut msg = Vec::new();
+        xen_xenbus::Request::Read { path: "domid" }
+            .encode(7, 0, &mut msg)
+            .unwrap();
+        assert_eq!(write(xs, &msg), Ok(msg.len()));
+        assert_eq!(read(xs, &mut [0; 64]), Err(35));
+        // privcmd: an unknown command, then a hypercall from a domU (not the control domain).
+        assert_eq!(ioctl(pc, 0xc000_45ff, &mut []), 78, "ENOSYS");
+        let abi = xen_kmod::privcmd::abi::Abi::NATIVE;
+        let mut hc = vec![0u8; xen_sys::freebsd::ioccom::iocparm_len(abi.hypercall())];
+        assert_eq!(ioctl(pc, abi.hypercall(), &mut hc), 1, "EPERM outside dom0");
+        assert_eq!(read(pc, &mut [0; 4]), Err(19), "privcmd has no read");
+        assert_eq!(stat(XenStat::Users), Ok(2));
+        cdev::xenrs_cdev_close(xs);
+        cdev::xenrs_cdev_close(pc);
+        assert_eq!(xenrs_xen_unload(), 0);
+        nothing_outstanding();
+    }
 }
