@@ -113,7 +113,11 @@ int	xenrs_evtchn_bind_interdomain(uint32_t remote_domid, uint32_t remote_port,
 	    uint32_t flags, xenrs_evtchn_handler_t *handler, void *arg, uint32_t *port);
 int	xenrs_evtchn_notify(uint32_t port);
 int	xenrs_evtchn_unmask(uint32_t port);
-/* Closes the port (ENOENT: not bound through this ABI). May sleep (drains the handler). */
+/*
+ * Closes the port (ENOENT: not bound through this ABI). May sleep (waits for a handler run
+ * in progress). EDEADLK from inside any event handler (the wait would be for itself):
+ * defer the unbind to a task.
+ */
 int	xenrs_evtchn_unbind(uint32_t port);
 
 /*

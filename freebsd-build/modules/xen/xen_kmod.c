@@ -105,6 +105,7 @@ XENRS_XEN_LEAF(users, XENRS_XEN_STAT_USERS,
 #include <sys/taskqueue.h>
 #include <sys/time.h>
 #include <sys/smp.h>
+#include <sys/proc.h>
 #include <sys/rman.h>
 #include <vm/vm.h>
 #include <vm/pmap.h>
@@ -204,6 +205,12 @@ void
 xenrs_kpi_wakeup(const void *chan)
 {
 	wakeup(__DECONST(void *, chan));
+}
+
+const void *
+xenrs_kpi_curthread(void)
+{
+	return (curthread);
 }
 
 uint32_t

@@ -331,3 +331,10 @@ pub extern "C" fn xenrs_kpi_copyout(kaddr: *const c_void, uaddr: u64, len: usize
     unsafe { core::ptr::copy_nonoverlapping(kaddr.cast::<u8>(), dst, len) };
     0
 }
+
+/// The test thread's identity: a thread-local's address.
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_curthread() -> *const c_void {
+    std::thread_local!(static ME: u8 = const { 0 });
+    ME.with(|m| core::ptr::from_ref(m).cast())
+}

@@ -45,6 +45,8 @@ extern "C" {
     fn xenrs_kpi_cdevs_destroy();
     /// Number of CPUs (`mp_ncpus`).
     fn xenrs_kpi_ncpus() -> u32;
+    /// The running thread (`curthread`), as an identity only.
+    fn xenrs_kpi_curthread() -> *const c_void;
 }
 
 fn check(rc: c_int) -> Result<(), Errno> {
@@ -280,6 +282,12 @@ pub fn sleep<T>(chan: &T, ms: u32) {
 pub fn wakeup<T>(chan: &T) {
     // SAFETY: the address is only a wait-channel key.
     unsafe { xenrs_kpi_wakeup(core::ptr::from_ref(chan).cast()) }
+}
+
+/// The running thread's identity (for refusing re-entry from a callback).
+pub fn curthread() -> usize {
+    // SAFETY: no arguments; the pointer is only compared.
+    unsafe { xenrs_kpi_curthread() }.addr()
 }
 
 /// Number of CPUs.

@@ -132,6 +132,8 @@ pub struct XenModule {
     watch_owner: SxLock<BTreeMap<xen_xenbus::WatchId, usize>>,
     /// Serialises registration callbacks with unregistering.
     xenbus_serial: SxLock<()>,
+    /// The thread running registration callbacks now (0 when none).
+    xenbus_thread: core::sync::atomic::AtomicUsize,
     /// Foreign mappings by handle.
     maps: SxLock<BTreeMap<u64, services::Mapping>>,
     next_map: AtomicU64,
@@ -248,6 +250,7 @@ impl KernelModule for XenModule {
             regs: SxLock::new(c"xenrs regs", BTreeMap::new())?,
             watch_owner: SxLock::new(c"xenrs watches", BTreeMap::new())?,
             xenbus_serial: lock(c"xenrs xenbus")?,
+            xenbus_thread: core::sync::atomic::AtomicUsize::new(0),
             maps: SxLock::new(c"xenrs maps", BTreeMap::new())?,
             next_map: AtomicU64::new(1),
             pages: SxLock::new(c"xenrs pages", BTreeMap::new())?,

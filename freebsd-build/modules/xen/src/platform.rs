@@ -204,6 +204,9 @@ pub enum Target {
 /// Statistics under `hw.xenrs`.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// The thread running handlers now (0 when none): unbinding from a handler would wait
+    /// for itself, and is refused with `EDEADLK` instead.
+    pub dispatching: AtomicU64,
     pub upcalls: AtomicU64,
     pub events: AtomicU64,
     pub dropped: AtomicU64,
@@ -440,6 +443,10 @@ impl Platform {
             };
             let Ok(outcome) = outcome else { return };
             let _serial = self.dispatch.lock();
+            self.counters.dispatching.store(
+                u64::try_from(kpi::curthread()).unwrap_or(u64::MAX),
+                Ordering::Release,
+            );
             for ev in buf.iter().take(outcome.delivered) {
                 let target = self.targets.lock().get(&ev.port).copied();
                 match target {
@@ -463,6 +470,7 @@ impl Platform {
                     }
                 }
             }
+            self.counters.dispatching.store(0, Ordering::Release);
             if !outcome.more {
                 return;
             }

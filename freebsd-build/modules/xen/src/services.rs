@@ -7,6 +7,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::ffi::{c_char, c_int, c_void, CStr};
+use core::sync::atomic::Ordering;
 
 use freebsd_kpi::Errno;
 use xen_evtchn::BindOptions;
@@ -210,6 +211,10 @@ pub unsafe extern "C" fn xenrs_xenbus_register(
 pub extern "C" fn xenrs_xenbus_unregister(reg: *mut c_void) -> c_int {
     let key = reg.expose_provenance();
     to_c(with_platform(|m, p| {
+        if m.xenbus_thread.load(Ordering::Acquire) == crate::kpi::curthread() {
+            // From a registration's callback: the stop would wait for ourselves.
+            return Err(Errno::EDEADLK);
+        }
         // The xenbus lock serialises with the xenbus thread's callbacks.
         let _serial = m.xenbus_serial.lock();
         let Some(reg) = m.regs.lock().remove(&key) else {
@@ -295,6 +300,8 @@ pub extern "C" fn xenrs_xs_unwatch(reg: *mut c_void, watch: u32) -> c_int {
 /// The xenbus task: start new registrations, deliver queued watch events (bounded).
 pub(crate) fn run_xenbus(m: &crate::XenModule, p: &Platform) {
     let _serial = m.xenbus_serial.lock();
+    m.xenbus_thread
+        .store(crate::kpi::curthread(), Ordering::Release);
     let pending: Vec<(usize, Reg2)> = m
         .regs
         .lock()
@@ -353,6 +360,7 @@ pub(crate) fn run_xenbus(m: &crate::XenModule, p: &Platform) {
         }
     }
     finish_xenbus(m, p);
+    m.xenbus_thread.store(0, Ordering::Release);
 }
 
 /// The xenstore files' replies (after the loop above pumped the ring).
@@ -467,6 +475,11 @@ pub extern "C" fn xenrs_evtchn_unmask(port: u32) -> c_int {
 #[no_mangle]
 pub extern "C" fn xenrs_evtchn_unbind(port: u32) -> c_int {
     to_c(with_platform(|m, p| {
+        let me = u64::try_from(crate::kpi::curthread()).unwrap_or(u64::MAX);
+        if p.counters.dispatching.load(Ordering::Acquire) == me {
+            // From a handler: waiting for the dispatch below would wait for ourselves.
+            return Err(Errno::EDEADLK);
+        }
         // Taking the dispatch lock waits for a handler run in progress; once the target is
         // removed, later events of the port find none and are dropped.
         let _serial = p.dispatch.lock();
@@ -605,9 +618,7 @@ pub unsafe extern "C" fn xenrs_grant_map(
         }
         let [op] = op;
         let addr = page.va().expose_provenance();
-        let key = m
-            .next_map
-            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        let key = m.next_map.fetch_add(1, Ordering::Relaxed);
         m.maps.lock().insert(
             key,
             Mapping {

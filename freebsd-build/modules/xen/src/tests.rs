@@ -292,8 +292,12 @@ fn every_bring_up_failure_unwinds_with_a_logged_reason() {
 fn unload_refused_while_a_port_is_bound_and_nothing_fires_after_unbind() {
     use core::sync::atomic::{AtomicU32, Ordering};
     static FIRED: AtomicU32 = AtomicU32::new(0);
-    unsafe extern "C" fn handler(_arg: *mut core::ffi::c_void, _port: u32) {
+    static UNBIND_FROM_HANDLER: core::sync::atomic::AtomicI32 =
+        core::sync::atomic::AtomicI32::new(0);
+    unsafe extern "C" fn handler(_arg: *mut core::ffi::c_void, port: u32) {
         FIRED.fetch_add(1, Ordering::SeqCst);
+        // Unbinding from inside a handler is refused rather than deadlocking.
+        UNBIND_FROM_HANDLER.store(services::xenrs_evtchn_unbind(port), Ordering::SeqCst);
     }
     let _kernel = fake::session();
     on_xen(0);
@@ -328,6 +332,11 @@ fn unload_refused_while_a_port_is_bound_and_nothing_fires_after_unbind() {
         FIRED.load(Ordering::SeqCst),
         1,
         "a bound port's event reaches its handler"
+    );
+    assert_eq!(
+        UNBIND_FROM_HANDLER.load(Ordering::SeqCst),
+        11,
+        "EDEADLK from the handler"
     );
     assert_eq!(services::xenrs_evtchn_unbind(port), 0);
     assert_eq!(
@@ -532,4 +541,99 @@ mod cdevs {
         assert_eq!(xenrs_xen_unload(), 0);
         nothing_outstanding();
     }
+}
+
+#[test]
+#[expect(
+    unsafe_code,
+    reason = "calls the exported C ABI as a driver module does"
+)]
+fn xenbus_registration_start_stop_and_refusals() {
+    use std::sync::Mutex as StdMutex;
+    static CALLS: StdMutex<Vec<(i32, i32)>> = StdMutex::new(Vec::new());
+    static REG: core::sync::atomic::AtomicPtr<core::ffi::c_void> =
+        core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+    unsafe extern "C" fn cb(
+        _arg: *mut core::ffi::c_void,
+        kind: i32,
+        _watch: u32,
+        _path: *const core::ffi::c_char,
+        _missed: i32,
+    ) {
+        // Unregistering from the callback is refused, not a deadlock.
+        let reg = REG.load(core::sync::atomic::Ordering::SeqCst);
+        let rc = if kind == 0 {
+            services::xenrs_xenbus_unregister(reg)
+        } else {
+            0
+        };
+        CALLS.lock().unwrap().push((kind, rc));
+    }
+    let _kernel = fake::session();
+    on_xen(0);
+    CALLS.lock().unwrap().clear();
+    assert_eq!(xenrs_xen_load(), 0);
+    let mut reg = core::ptr::null_mut();
+    // SAFETY: NUL-terminated type, live out-pointer; `cb` lives for the program.
+    let rc = unsafe {
+        services::xenrs_xenbus_register(
+            0,
+            c"vbd".as_ptr(),
+            Some(cb),
+            core::ptr::null_mut(),
+            &mut reg,
+        )
+    };
+    assert_eq!(rc, 0);
+    REG.store(reg, core::sync::atomic::Ordering::SeqCst);
+    let mut other = core::ptr::null_mut();
+    // SAFETY: as above.
+    let dup = unsafe {
+        services::xenrs_xenbus_register(
+            0,
+            c"vbd".as_ptr(),
+            Some(cb),
+            core::ptr::null_mut(),
+            &mut other,
+        )
+    };
+    assert_eq!(dup, 17, "the same role and type twice: EEXIST");
+    // SAFETY: as above.
+    let bad_role = unsafe {
+        services::xenrs_xenbus_register(
+            5,
+            c"vif".as_ptr(),
+            Some(cb),
+            core::ptr::null_mut(),
+            &mut other,
+        )
+    };
+    assert_eq!(bad_role, 22);
+    crate::fake_kpi::state(|s| {
+        assert!(s.kicks[1] >= 1, "the start is queued on the xenbus thread")
+    });
+    assert_eq!(stat(XenStat::Users), Ok(1));
+    assert_eq!(xenrs_xen_quiesce(), 16);
+    // The xenbus thread runs: START, whose attempt to unregister is refused.
+    services::xenrs_xen_run_xenbus();
+    assert_eq!(*CALLS.lock().unwrap(), [(0, 11)]);
+    // A watch needs the daemon's acknowledgement; with no daemon the wait gives up.
+    let mut w = 0u32;
+    // SAFETY: NUL-terminated path, live out-pointer.
+    assert_eq!(
+        unsafe { services::xenrs_xs_watch(reg, c"device/vbd".as_ptr(), &mut w) },
+        5
+    );
+    assert_eq!(
+        services::xenrs_xs_unwatch(reg, 77),
+        2,
+        "not this registration's watch"
+    );
+    assert_eq!(services::xenrs_xenbus_unregister(reg), 0);
+    assert_eq!(*CALLS.lock().unwrap(), [(0, 11), (2, 0)], "STOP last");
+    assert_eq!(services::xenrs_xenbus_unregister(reg), 2, "gone: ENOENT");
+    services::xenrs_xen_run_xenbus();
+    assert_eq!(CALLS.lock().unwrap().len(), 2, "nothing after unregister");
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
 }
