@@ -620,10 +620,8 @@ fn xenbus_registration_start_stop_and_refusals() {
     // A watch needs the daemon's acknowledgement; with no daemon the wait gives up.
     let mut w = 0u32;
     // SAFETY: NUL-terminated path, live out-pointer.
-    assert_eq!(
-        unsafe { services::xenrs_xs_watch(reg, c"device/vbd".as_ptr(), &mut w) },
-        5
-    );
+    let watched = unsafe { services::xenrs_xs_watch(reg, c"device/vbd".as_ptr(), &mut w) };
+    assert_eq!(watched, 5);
     assert_eq!(
         services::xenrs_xs_unwatch(reg, 77),
         2,
