@@ -195,6 +195,7 @@ pub fn run(
     for name in backends.split(',').filter(|n| !n.is_empty()) {
         match name {
             "blk" => services.push(crate::dd_blk::start(&ctx, &mut bus)),
+            "net" => services.push(crate::dd_net::start(&ctx, xs, &mut bus)),
             _ => {
                 crate::e9!("dd: backend `{name}` is not built into this guest; skipped");
                 continue;

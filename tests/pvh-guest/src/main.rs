@@ -27,6 +27,7 @@ mod blk;
 mod console;
 mod dd;
 mod dd_blk;
+mod dd_net;
 mod events;
 mod gnt;
 mod log;

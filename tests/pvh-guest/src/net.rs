@@ -48,6 +48,14 @@ pub struct NetPlat {
     pool: &'static PagePool,
 }
 
+impl NetPlat {
+    /// The platform over our hypervisor handle, grant table and page pool (also the driver
+    /// domain's uplink, `dd_net.rs`).
+    pub fn new(ev: Events, gt: &'static Gnttab, pool: &'static PagePool) -> NetPlat {
+        NetPlat { ev, gt, pool }
+    }
+}
+
 impl FrontendPlatform<'static> for NetPlat {
     type Hv = &'static XenPlatform;
     type Grant = GrantRef;

@@ -240,7 +240,15 @@ fn guest_config(run: &Run) -> String {
         // The driver domain: `driver_domain` is what xl has for it (it only creates the
         // `libxl` and `device-model` directories writable for the domain, used by `xl devd`);
         // the backends need no privilege beyond a plain domU's (see docs/REAL-XEN.md).
-        RunKind::Dd => "driver_domain = 1\n".to_string(),
+        // dd-net: the driver domain's own vif (uplink, backend in dom0 on xenbr0) that its
+        // network backend bridges the frontends it serves to.
+        RunKind::Dd => format!(
+            "driver_domain = 1\nvif = [ 'mac=00:16:3e:5a:01:0{}, bridge=xenbr0, script=/etc/xen/scripts/pvh-vif' ]\n",
+            match run.arch {
+                Arch::X86_64 => 1,
+                Arch::I686 => 2,
+            }
+        ),
         _ => String::new(),
     };
     let (memory, extra_args) = match run.kind {
@@ -721,8 +729,86 @@ dd_detach_vbd() {
     xenstore-rm "/local/domain/$2/backend/vbd/$1/$3" 2>/dev/null
     xenstore-rm "/local/domain/$1/device/vbd/$3" 2>/dev/null
 }
-# dd_attach_vif FE DD DEVID MAC: the same for a vif (the network driver domain's scenario
-# provides it).
+# dd_attach_vif FE DD DEVID MAC: the nodes `xl network-attach` writes for a vif whose backend
+# runs in driver domain DD, for frontend domain FE (created paused); ownership and order as
+# dd_attach_vbd. The backend's feature-* keys are not written here: the driver domain's
+# netback publishes its own offer when it probes the device.
+dd_attach_vif() {
+    local fe=$1 dd=$2 id=$3 mac=$4
+    local fp=/local/domain/$1/device/vif/$3 bp=/local/domain/$2/backend/vif/$1/$3
+    xenstore-write "$fp" "" && xenstore-chmod "$fp" "n$fe" "r$dd" &&
+        xenstore-write "$fp/backend" "$bp" "$fp/backend-id" "$dd" "$fp/handle" "$id" \
+            "$fp/mac" "$mac" "$fp/state" 1 &&
+        xenstore-write "$bp" "" && xenstore-chmod "$bp" "n$dd" "r$fe" &&
+        xenstore-write "$bp/frontend" "$fp" "$bp/frontend-id" "$fe" "$bp/handle" "$id" \
+            "$bp/mac" "$mac" "$bp/type" vif "$bp/online" 1 "$bp/state" 1
+}
+# dd_detach_vif FE DD DEVID: removes both directories (after the frontend is gone).
+dd_detach_vif() {
+    xenstore-rm "/local/domain/$2/backend/vif/$1/$3" 2>/dev/null
+    xenstore-rm "/local/domain/$1/device/vif/$3" 2>/dev/null
+}
+# pid_gone PID: the process has exited.
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# dd_net_linux ARCH DD NONCE: scenario dd-net. dom0 listens on 7001 (the domU's upload,
+# saved) and 7002 (3 MiB of random data, the domU's download); the Linux domU (10.99.0.3,
+# 2 vCPUs so its netfront can use 2 queues) reaches 10.99.0.1 through the driver domain,
+# whose uplink vif is on xenbr0.
+dd_net_linux() {
+    local a=$1 dd=$2 n=pvh-ddnet-$1 fe bp lp sp got want l m=1
+    local up=/tmp/ddnet-up-$1.bin down=/tmp/ddnet-down-$1.bin hold=/tmp/ddnet-hold-$1
+    [ "$a" = x86_64 ] || m=2
+    ip neigh flush dev xenbr0 2>/dev/null
+    head -c 3145728 /dev/urandom > "$down"
+    rm -f "$up" "$hold"
+    mkfifo "$hold"
+    exec 4<>"$hold"
+    nc -l -p 7001 < "$hold" > "$up" &
+    lp=$!
+    nc -l -p 7002 < "$down" > /dev/null &
+    sp=$!
+    if ! domu_start "$n" dd-net "$3" 192 2; then
+        echo "CHECK dd-net $a FAIL xl create -p of the Linux domU failed"
+        kill "$lp" "$sp" 2>/dev/null
+        exec 4>&-
+        return
+    fi
+    fe=$d
+    bp=/local/domain/$dd/backend/vif/$fe/0
+    echo "NOTE dd-net $a Linux PVH domU d$fe, driver domain d$dd"
+    dd_attach_vif "$fe" "$dd" 0 "00:16:3e:5a:02:0$m" || echo "NOTE dd-net $a writing the vif nodes failed"
+    xl unpause "$fe"
+    if wait_for 1200 is_value "$bp/state" 4; then
+        { xenstore-ls -f "/local/domain/$fe/device/vif"; xenstore-ls -f "$bp"; } > "/tmp/ddnet-$a.txt" 2>&1
+    else
+        echo "NOTE dd-net $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 120 s"
+    fi
+    domu_wait "$n" 2400
+    wait_for 300 pid_gone "$lp"
+    kill "$lp" "$sp" 2>/dev/null
+    exec 4>&-
+    l=$(domu_log "$n" | grep '^DOMU dd-net ' | tail -n 1)
+    got=$(sha256sum < "$up" | cut -c1-64)
+    want=$(domu_log "$n" | grep '^NETUP ' | tail -n 1 | cut -d' ' -f2)
+    case "$l" in
+    "DOMU dd-net PASS "*)
+        if [ "$got" != "$want" ]; then
+            echo "CHECK dd-net $a FAIL upload: dom0 got $(wc -c < "$up") B sha $(echo "$got" | cut -c1-8), domU sent $(echo "$want" | cut -c1-8)"
+        elif ! domu_log "$n" | grep -q "^NETDOWN $(sha256sum < "$down" | cut -c1-64) 3145728"; then
+            echo "CHECK dd-net $a FAIL download: domU's sha256 differs: $(domu_log "$n" | grep '^NETDOWN ' | cut -c1-50)"
+        else
+            echo "CHECK dd-net $a PASS sha256 ok both ways; $(echo "${l#DOMU dd-net PASS }" | head -c 70)"
+        fi
+        ;;
+    *) domu_verdict "$n" dd-net "$a" ;;
+    esac
+    domu_finish "$n"
+    dd_detach_vif "$fe" "$dd" 0
+    dd_report "$dd" dd-net vif "$fe" 0 -
+    dump_file dd-net-xenstore.txt "/tmp/ddnet-$a.txt"
+    dump_file dd-net-domu.log "/tmp/xc/guest-$n.log"
+}
 
 # dd_report DD SCENARIO TYPE FE DEVID EXPECT: asks the driver domain for its RESULT line about
 # backend TYPE/FE/DEVID (negotiated features, counters; EXPECT: the protocol it must have
@@ -815,6 +901,7 @@ run_dd() {
         if wait_for 600 reported "$p/dd-ready" "$name" && xenstore-read "$p/dd-ready" >/dev/null; then
             case "$scen" in *" dd-blk "*) dd_blk_linux "$a" "$dd" "$nonce" ;; esac
             case "$scen" in *" dd-blk-abi32 "*) dd_blk_abi32 "$a" "$dd" "$nonce" ;; esac
+            case "$scen" in *" dd-net "*) dd_net_linux "$a" "$dd" "$nonce" ;; esac
             xenstore-write "$p/dd-stop" 1
         else
             echo "NOTE dd $a the driver domain never wrote data/dd-ready"

@@ -157,8 +157,52 @@ else
 fi
 "#;
 
+/// `dd-net`: xen-netfront against our driver domain's netback, bridged there to dom0's
+/// xenbr0 (10.99.0.1): ping, then 3 MiB of random data up (`nc` to dom0's listener on 7001)
+/// and 3 MiB down (from dom0's listener on 7002), each sha256 printed for dom0 to compare
+/// (`NETUP`/`NETDOWN` lines). A receiving `nc` exits when its stdin ends, so the download
+/// reads a FIFO held open until the transfer is over.
+const DD_NET: &str = r#"
+net_check() {
+    wait_for 300 test -e /sys/class/net/eth0 || { echo "no eth0 within 30 s"; return 1; }
+    ip addr add 10.99.0.3/24 dev eth0 && ip link set eth0 up || { echo "cannot configure eth0"; return 1; }
+    local q n=0 rtt t0 t1 t2 rc
+    q="$(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)tx/$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)rx"
+    dmesg | grep -i -e netfront -e 'eth0' | tail -n 3
+    while ! ping -c 1 -W 2 10.99.0.1 >/dev/null 2>&1; do
+        n=$((n + 1))
+        [ "$n" -lt 15 ] || { echo "no echo reply from 10.99.0.1 in 15 tries"; return 1; }
+    done
+    ping -c 3 -W 5 10.99.0.1 > /tmp/ping.out 2>&1 || { echo "ping: $(tail -n 2 /tmp/ping.out | tr '\n' ' ')"; return 1; }
+    cat /tmp/ping.out
+    rtt=$(grep -o 'min/avg/max = [0-9./]*' /tmp/ping.out | cut -d' ' -f3 | cut -d/ -f2)
+    head -c 3145728 /dev/urandom > /tmp/up
+    echo "NETUP $(sha256sum < /tmp/up | cut -c1-64) $(wc -c < /tmp/up)"
+    t0=$(date +%s)
+    timeout 150 nc 10.99.0.1 7001 < /tmp/up || { echo "upload: nc failed"; return 1; }
+    t1=$(date +%s)
+    mkfifo /tmp/hold
+    exec 3<>/tmp/hold
+    timeout 150 nc 10.99.0.1 7002 < /tmp/hold > /tmp/down
+    rc=$?
+    exec 3>&-
+    t2=$(date +%s)
+    echo "NETDOWN $(sha256sum < /tmp/down | cut -c1-64) $(wc -c < /tmp/down)"
+    echo "eth0 rx $(cat /sys/class/net/eth0/statistics/rx_packets)p/$(cat /sys/class/net/eth0/statistics/rx_bytes)B tx $(cat /sys/class/net/eth0/statistics/tx_packets)p/$(cat /sys/class/net/eth0/statistics/tx_bytes)B"
+    [ "$rc" = 0 ] || { echo "download: nc exit $rc after $((t2 - t1)) s"; return 1; }
+    echo "NETOK ping 3/3 avg $rtt ms; 3 MiB up $((t1 - t0)) s, down $((t2 - t1)) s; queues $q"
+}
+net_check > /tmp/net.out 2>&1
+cat /tmp/net.out
+if grep -q '^NETOK ' /tmp/net.out; then
+    verdict dd-net PASS "$(grep '^NETOK ' /tmp/net.out | cut -c7-)"
+else
+    verdict dd-net FAIL "$(tail -n 1 /tmp/net.out)"
+fi
+"#;
+
 /// The scripts of the domU image, by name (`script=<name>` on the kernel command line).
-pub const SCRIPTS: &[(&str, &str)] = &[("dd-blk", DD_BLK)];
+pub const SCRIPTS: &[(&str, &str)] = &[("dd-blk", DD_BLK), ("dd-net", DD_NET)];
 
 /// Builds the domU initramfs; `extra` are more files (path in the image, mode, bytes).
 ///

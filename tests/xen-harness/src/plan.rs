@@ -119,11 +119,13 @@ pub enum Scenario {
     DdBlk,
     /// Our driver domain's blkback serving our i686 guest's blkfront (`x86_32-abi`).
     DdBlkAbi32,
+    /// Our driver domain's netback serving a Linux PVH domU's xen-netfront, bridged to dom0.
+    DdNet,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Boot,
         Scenario::Console,
         Scenario::Xenstore,
@@ -137,6 +139,7 @@ impl Scenario {
         Scenario::NetReattach,
         Scenario::DdBlk,
         Scenario::DdBlkAbi32,
+        Scenario::DdNet,
     ];
 
     /// Its name.
@@ -155,6 +158,7 @@ impl Scenario {
             Scenario::NetReattach => "net-reattach",
             Scenario::DdBlk => "dd-blk",
             Scenario::DdBlkAbi32 => "dd-blk-abi32",
+            Scenario::DdNet => "dd-net",
         }
     }
 
@@ -174,6 +178,7 @@ impl Scenario {
             Scenario::NetReattach => "xl network-detach + network-attach while the guest runs: reconnect, ARP/ping/UDP again",
             Scenario::DdBlk => "driver domain: our blkback (RAM disk) serves a Linux PVH domU's xen-blkfront: O_DIRECT + cached I/O, vfat, sha256",
             Scenario::DdBlkAbi32 => "driver domain: our blkback serves our i686 guest's blkfront (x86_32-abi ring layout)",
+            Scenario::DdNet => "driver domain: our netback serves a Linux domU's xen-netfront, bridged to dom0: ping, 3 MiB TCP each way, sha256",
         }
     }
 
@@ -206,7 +211,7 @@ impl Scenario {
             Scenario::Destroy => RunKind::Busy,
             Scenario::Blk | Scenario::BlkReattach => RunKind::Blk,
             Scenario::Net | Scenario::NetReattach => RunKind::Net,
-            Scenario::DdBlk | Scenario::DdBlkAbi32 => RunKind::Dd,
+            Scenario::DdBlk | Scenario::DdBlkAbi32 | Scenario::DdNet => RunKind::Dd,
             _ => RunKind::Basic,
         }
     }
@@ -227,6 +232,7 @@ impl Scenario {
             Scenario::NetReattach => &[Source::Guest("net-reattach"), Source::Dom0("net-reattach")],
             Scenario::DdBlk => &[Source::Guest("dd-blk"), Source::Dom0("dd-blk")],
             Scenario::DdBlkAbi32 => &[Source::Guest("dd-blk-abi32"), Source::Dom0("dd-blk-abi32")],
+            Scenario::DdNet => &[Source::Guest("dd-net"), Source::Dom0("dd-net")],
         }
     }
 }
