@@ -49,11 +49,10 @@ pub use xen_sys::freebsd::Errno;
 
 /// FreeBSD's `sys/xen/gntdev.h` and `sys/sys/ioccom.h`: command numbers and argument layouts.
 pub mod abi {
+    pub use xen_sys::freebsd::gntdev::GROUP;
     pub use xen_sys::freebsd::ioccom::{
         ioc, iocparm_len, IOCPARM_MASK, IOC_IN, IOC_INOUT, IOC_OUT,
     };
-    /// The gntdev ioctl group, `'E'`.
-    pub const GROUP: u32 = b'E' as u32;
 
     /// `UNMAP_NOTIFY_CLEAR_BYTE`.
     pub const UNMAP_NOTIFY_CLEAR_BYTE: u32 = 0x1;
@@ -62,115 +61,9 @@ pub mod abi {
     /// `GNTDEV_ALLOC_FLAG_WRITABLE`.
     pub const GNTDEV_ALLOC_FLAG_WRITABLE: u16 = 1;
 
-    /// The user process's data model: pointer size and 64-bit integer alignment differ, so
-    /// the structure sizes — and with them the command numbers — differ too.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Abi {
-        /// amd64: 8-byte pointers, `uint64_t` 8-aligned.
-        Lp64,
-        /// i386: 4-byte pointers, `uint64_t` 4-aligned inside structures.
-        Ilp32,
-    }
-
-    impl Abi {
-        /// The data model of the kernel this is compiled for.
-        #[cfg(target_pointer_width = "64")]
-        pub const NATIVE: Abi = Abi::Lp64;
-        /// The data model of the kernel this is compiled for.
-        #[cfg(not(target_pointer_width = "64"))]
-        pub const NATIVE: Abi = Abi::Ilp32;
-
-        const fn lp64(self) -> bool {
-            matches!(self, Abi::Lp64)
-        }
-
-        /// `sizeof(struct ioctl_gntdev_unmap_notify)`: index u64, action u32, port u32.
-        #[must_use]
-        pub const fn unmap_notify_size(self) -> u32 {
-            16
-        }
-        /// `sizeof(struct ioctl_gntdev_alloc_gref)`: domid u16, flags u16, count u32,
-        /// index u64, gref_ids pointer.
-        #[must_use]
-        pub const fn alloc_gref_size(self) -> u32 {
-            if self.lp64() {
-                24
-            } else {
-                20
-            }
-        }
-        /// `sizeof(struct ioctl_gntdev_dealloc_gref)`: index u64, count u32 (+ tail padding
-        /// on LP64).
-        #[must_use]
-        pub const fn dealloc_gref_size(self) -> u32 {
-            if self.lp64() {
-                16
-            } else {
-                12
-            }
-        }
-        /// `sizeof(struct ioctl_gntdev_map_grant_ref)`: count u32, pad0 u32, index u64, refs
-        /// pointer.
-        #[must_use]
-        pub const fn map_grant_ref_size(self) -> u32 {
-            self.alloc_gref_size()
-        }
-        /// `sizeof(struct ioctl_gntdev_unmap_grant_ref)`: index u64, count u32.
-        #[must_use]
-        pub const fn unmap_grant_ref_size(self) -> u32 {
-            self.dealloc_gref_size()
-        }
-        /// `sizeof(struct ioctl_gntdev_get_offset_for_vaddr)`: vaddr u64, offset u64, count
-        /// u32.
-        #[must_use]
-        pub const fn get_offset_for_vaddr_size(self) -> u32 {
-            if self.lp64() {
-                24
-            } else {
-                20
-            }
-        }
-        /// Size of a user pointer.
-        #[must_use]
-        pub const fn ptr_size(self) -> usize {
-            if self.lp64() {
-                8
-            } else {
-                4
-            }
-        }
-
-        /// `IOCTL_GNTDEV_SET_UNMAP_NOTIFY`: `_IOW('E', 0, ...)`.
-        #[must_use]
-        pub const fn set_unmap_notify(self) -> u32 {
-            ioc(IOC_IN, GROUP, 0, self.unmap_notify_size())
-        }
-        /// `IOCTL_GNTDEV_ALLOC_GREF`: `_IOWR('E', 1, ...)`.
-        #[must_use]
-        pub const fn alloc_gref(self) -> u32 {
-            ioc(IOC_INOUT, GROUP, 1, self.alloc_gref_size())
-        }
-        /// `IOCTL_GNTDEV_DEALLOC_GREF`: `_IOW('E', 2, ...)`.
-        #[must_use]
-        pub const fn dealloc_gref(self) -> u32 {
-            ioc(IOC_IN, GROUP, 2, self.dealloc_gref_size())
-        }
-        /// `IOCTL_GNTDEV_MAP_GRANT_REF`: `_IOWR('E', 3, ...)`.
-        #[must_use]
-        pub const fn map_grant_ref(self) -> u32 {
-            ioc(IOC_INOUT, GROUP, 3, self.map_grant_ref_size())
-        }
-        /// `IOCTL_GNTDEV_UNMAP_GRANT_REF`: `_IOW('E', 4, ...)`.
-        #[must_use]
-        pub const fn unmap_grant_ref(self) -> u32 {
-            ioc(IOC_IN, GROUP, 4, self.unmap_grant_ref_size())
-        }
-        /// `IOCTL_GNTDEV_GET_OFFSET_FOR_VADDR`: `_IOWR('E', 5, ...)`.
-        #[must_use]
-        pub const fn get_offset_for_vaddr(self) -> u32 {
-            ioc(IOC_INOUT, GROUP, 5, self.get_offset_for_vaddr_size())
-        }
-    }
+    /// The user process's data model, shared by every device (`xen_sys::freebsd::Abi`); its
+    /// gntdev layouts and command numbers are in `xen_sys::freebsd::gntdev`.
+    pub use xen_sys::freebsd::Abi;
 
     /// Size of `struct ioctl_gntdev_grant_ref` (domid u32, ref u32) in the user's array.
     pub const GRANT_REF_SIZE: usize = 8;

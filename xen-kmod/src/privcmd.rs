@@ -102,8 +102,7 @@ pub mod abi {
     pub use xen_sys::freebsd::ioccom::{
         ioc, iocparm_len, IOCPARM_MASK, IOC_IN, IOC_INOUT, IOC_OUT,
     };
-    /// The privcmd ioctl group, `'E'`.
-    pub const GROUP: u32 = b'E' as u32;
+    pub use xen_sys::freebsd::privcmd::GROUP;
 
     /// `MAX_DMOP_BUFFERS` of the C driver.
     pub const MAX_DMOP_BUFFERS: u32 = 16;
@@ -116,92 +115,9 @@ pub mod abi {
     /// Slots of the hypercall page (4096 / 32): larger op numbers do not exist.
     pub const HYPERCALL_PAGE_SLOTS: u64 = 128;
 
-    /// The user process's data model (`long` and pointers are 8 or 4 bytes).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Abi {
-        /// amd64.
-        Lp64,
-        /// i386.
-        Ilp32,
-    }
-
-    impl Abi {
-        /// The data model of the kernel this is compiled for.
-        #[cfg(target_pointer_width = "64")]
-        pub const NATIVE: Abi = Abi::Lp64;
-        /// The data model of the kernel this is compiled for.
-        #[cfg(not(target_pointer_width = "64"))]
-        pub const NATIVE: Abi = Abi::Ilp32;
-
-        /// Size of `long`, of pointers and of `xen_pfn_t` (`unsigned long` on x86).
-        #[must_use]
-        pub const fn word(self) -> usize {
-            match self {
-                Abi::Lp64 => 8,
-                Abi::Ilp32 => 4,
-            }
-        }
-
-        const fn word32(self) -> u32 {
-            match self {
-                Abi::Lp64 => 8,
-                Abi::Ilp32 => 4,
-            }
-        }
-
-        /// `sizeof(struct ioctl_privcmd_hypercall)`: op, arg\[5\], retval.
-        #[must_use]
-        pub const fn hypercall_size(self) -> u32 {
-            7 * self.word32()
-        }
-        /// `sizeof(struct ioctl_privcmd_mmapbatch)`: int num, domid_t dom, (pad), addr, arr,
-        /// err.
-        #[must_use]
-        pub const fn mmapbatch_size(self) -> u32 {
-            8 + 3 * self.word32()
-        }
-        /// `sizeof(struct ioctl_privcmd_mmapresource)`: dom, type, id, idx, num, addr.
-        #[must_use]
-        pub const fn mmapresource_size(self) -> u32 {
-            16 + 2 * self.word32()
-        }
-        /// `sizeof(struct ioctl_privcmd_dmop)`: dom, num, ubufs.
-        #[must_use]
-        pub const fn dmop_size(self) -> u32 {
-            8 + self.word32()
-        }
-        /// `sizeof(struct privcmd_dmop_buf)`: uptr, size.
-        #[must_use]
-        pub const fn dmop_buf_size(self) -> usize {
-            2 * self.word()
-        }
-
-        /// `IOCTL_PRIVCMD_HYPERCALL`: `_IOWR('E', 0, ...)`.
-        #[must_use]
-        pub const fn hypercall(self) -> u32 {
-            ioc(IOC_INOUT, GROUP, 0, self.hypercall_size())
-        }
-        /// `IOCTL_PRIVCMD_MMAPBATCH`: `_IOWR('E', 1, ...)`.
-        #[must_use]
-        pub const fn mmapbatch(self) -> u32 {
-            ioc(IOC_INOUT, GROUP, 1, self.mmapbatch_size())
-        }
-        /// `IOCTL_PRIVCMD_MMAP_RESOURCE`: `_IOWR('E', 2, ...)`.
-        #[must_use]
-        pub const fn mmap_resource(self) -> u32 {
-            ioc(IOC_INOUT, GROUP, 2, self.mmapresource_size())
-        }
-        /// `IOCTL_PRIVCMD_DM_OP`: `_IOW('E', 3, ...)`.
-        #[must_use]
-        pub const fn dm_op(self) -> u32 {
-            ioc(IOC_IN, GROUP, 3, self.dmop_size())
-        }
-        /// `IOCTL_PRIVCMD_RESTRICT`: `_IOW('E', 4, domid_t)`.
-        #[must_use]
-        pub const fn restrict(self) -> u32 {
-            ioc(IOC_IN, GROUP, 4, 2)
-        }
-    }
+    /// The user process's data model, shared by every device (`xen_sys::freebsd::Abi`); its
+    /// privcmd layouts and command numbers are in `xen_sys::freebsd::privcmd`.
+    pub use xen_sys::freebsd::Abi;
 }
 
 use abi::Abi;
