@@ -59,6 +59,17 @@ xenrs_free(void *ptr)
 #define	XENRS_XEN_STAT_VERBOSE		4
 #define	XENRS_XEN_STAT_UPCALL		5
 #define	XENRS_XEN_STAT_USERS		6
+#define	XENRS_XEN_STAT_UPCALL_AT	7
+#define	XENRS_XEN_STAT_UPCALLS		8
+#define	XENRS_XEN_STAT_EVENTS		9
+#define	XENRS_XEN_STAT_EVENTS_DROPPED	10
+#define	XENRS_XEN_STAT_EVTCHN_ABI	11
+#define	XENRS_XEN_STAT_EVTCHN_PORTS	12
+#define	XENRS_XEN_STAT_EVTCHN_FIFO_PAGES	13
+#define	XENRS_XEN_STAT_GNTTAB_FRAMES	14
+#define	XENRS_XEN_STAT_GNTTAB_GRANTS	15
+#define	XENRS_XEN_STAT_REGISTRATIONS	16
+#define	XENRS_XEN_STAT_OPEN_FILES	17
 
 int	xenrs_xen_stat(int which, uint64_t *out);
 
@@ -95,6 +106,28 @@ XENRS_XEN_LEAF(upcall, XENRS_XEN_STAT_UPCALL,
     "Event upcall (loader tunable hw.xenrs.upcall): 0 auto, 1 vector, 2 pci");
 XENRS_XEN_LEAF(users, XENRS_XEN_STAT_USERS,
     "Open users of xen.ko; unloading is refused while non-zero");
+XENRS_XEN_LEAF(upcall_at, XENRS_XEN_STAT_UPCALL_AT,
+    "The upcall's IRQ (pci) or IDT vector (vector)");
+XENRS_XEN_LEAF(upcalls, XENRS_XEN_STAT_UPCALLS,
+    "Runs of the event task (upcalls and requeues)");
+XENRS_XEN_LEAF(events, XENRS_XEN_STAT_EVENTS,
+    "Events delivered to the driver modules' handlers");
+XENRS_XEN_LEAF(events_dropped, XENRS_XEN_STAT_EVENTS_DROPPED,
+    "Events for ports nobody has bound any more (dropped)");
+XENRS_XEN_LEAF(evtchn_abi, XENRS_XEN_STAT_EVTCHN_ABI,
+    "Event channel ABI: 0 2-level, 1 FIFO");
+XENRS_XEN_LEAF(evtchn_ports, XENRS_XEN_STAT_EVTCHN_PORTS,
+    "Event channel ports bound (drivers, /dev/xen/evtchn, xenstore)");
+XENRS_XEN_LEAF(evtchn_fifo_pages, XENRS_XEN_STAT_EVTCHN_FIFO_PAGES,
+    "FIFO control/array pages Xen holds for good (left behind by unloads)");
+XENRS_XEN_LEAF(gnttab_frames, XENRS_XEN_STAT_GNTTAB_FRAMES,
+    "Grant table frames in use");
+XENRS_XEN_LEAF(gnttab_grants, XENRS_XEN_STAT_GNTTAB_GRANTS,
+    "Grant references handed to the driver modules");
+XENRS_XEN_LEAF(registrations, XENRS_XEN_STAT_REGISTRATIONS,
+    "xenbus driver registrations");
+XENRS_XEN_LEAF(open_files, XENRS_XEN_STAT_OPEN_FILES,
+    "Open /dev/xen files");
 
 /*
  * The KPI xen.ko's Rust bring-up uses (src/kpi.rs): fixed-arity wrappers of macros and

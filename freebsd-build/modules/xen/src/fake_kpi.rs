@@ -131,9 +131,13 @@ pub extern "C" fn xenrs_kpi_kick(which: c_int) {
 }
 
 #[no_mangle]
-pub extern "C" fn xenrs_kpi_upcall_setup(_mode: c_int, at: *mut u32) -> c_int {
+pub extern "C" fn xenrs_kpi_upcall_setup(mode: c_int, at: *mut u32) -> c_int {
     if state(|s| s.fail_upcall) {
         return 6;
+    }
+    if mode != 2 {
+        // As the shim: only the platform PCI interrupt exists in this build.
+        return 45;
     }
     state(|s| s.upcall = true);
     // SAFETY: writable out-pointer.

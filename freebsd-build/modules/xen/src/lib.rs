@@ -3,16 +3,18 @@
 //! The kernel-target static library behind `xen.ko`: the protocol cores plus this glue, which
 //! the C shim `xen_kmod.c` (module registration, sysctl tree `hw.xenrs`) calls into.
 //!
-//! What loading does today: reads the loader tunables, detects Xen from the CPUID hypervisor
-//! leaves and refuses to load with `ENXIO` when the machine is not a Xen guest, and publishes
-//! what it found under `hw.xenrs`. Unloading is refused (`EBUSY`) while a user holds the module
-//! ([`XenModule::acquire`]). Event channels, grant tables, xenstore and the /dev/xen devices
-//! attach here as their cores land.
+//! Loading reads the loader tunables, detects Xen from the CPUID hypervisor leaves (`ENXIO`
+//! on anything else) and brings the platform up in order (`platform.rs`: hypercall page,
+//! version, shared_info, event channels, threads, upcall, grant table, xenstore), then creates
+//! the /dev/xen devices (`cdev.rs`). Each step failing is logged (`xen: <step>: <why>`) and
+//! undoes the ones before it. The driver modules use xen.ko through the exported xenrs API
+//! (`services.rs`, `include/xenrs_api.h`). Unloading is refused (`EBUSY`) while anything
+//! holds the module: a registration, port, grant, mapping, page run or open file.
 //!
 //! | loader tunable | values | default |
 //! |---|---|---|
 //! | `hw.xenrs.verbose` | `0` quiet, `1` a line at load, `2` also the CPUID details | `0` |
-//! | `hw.xenrs.upcall` | `auto`, `vector` (per-vCPU vector, PVH), `pci` (platform PCI interrupt, HVM) | `auto` |
+//! | `hw.xenrs.upcall` | `auto` (= `pci` in this build), `vector` (per-vCPU vector: refused, not implemented), `pci` (platform PCI interrupt, HVM) | `auto` |
 //!
 //! A malformed value is reported on the console (`xen: loader tunable hw.xenrs.verbose="x":
 //! not a number ...`) and the default is used.
@@ -105,10 +107,21 @@ pub enum XenStat {
     Verbose = 4,
     Upcall = 5,
     Users = 6,
+    UpcallAt = 7,
+    Upcalls = 8,
+    Events = 9,
+    EventsDropped = 10,
+    EvtchnAbi = 11,
+    EvtchnPorts = 12,
+    EvtchnFifoPages = 13,
+    GnttabFrames = 14,
+    GnttabGrants = 15,
+    Registrations = 16,
+    OpenFiles = 17,
 }
 
 impl XenStat {
-    pub const ALL: [XenStat; 7] = [
+    pub const ALL: [XenStat; 18] = [
         XenStat::XenMajor,
         XenStat::XenMinor,
         XenStat::Domid,
@@ -116,6 +129,17 @@ impl XenStat {
         XenStat::Verbose,
         XenStat::Upcall,
         XenStat::Users,
+        XenStat::UpcallAt,
+        XenStat::Upcalls,
+        XenStat::Events,
+        XenStat::EventsDropped,
+        XenStat::EvtchnAbi,
+        XenStat::EvtchnPorts,
+        XenStat::EvtchnFifoPages,
+        XenStat::GnttabFrames,
+        XenStat::GnttabGrants,
+        XenStat::Registrations,
+        XenStat::OpenFiles,
     ];
 }
 
@@ -318,6 +342,38 @@ impl KernelModule for XenModule {
             XenStat::Verbose => u64::from(self.config.verbose),
             XenStat::Upcall => self.config.upcall as u64,
             XenStat::Users => u64::from(self.users.load(Ordering::Relaxed)),
+            XenStat::UpcallAt => u64::from(self.platform.as_ref()?.upcall_at),
+            XenStat::Upcalls => self
+                .platform
+                .as_ref()?
+                .counters
+                .upcalls
+                .load(Ordering::Relaxed),
+            XenStat::Events => self
+                .platform
+                .as_ref()?
+                .counters
+                .events
+                .load(Ordering::Relaxed),
+            XenStat::EventsDropped => self
+                .platform
+                .as_ref()?
+                .counters
+                .dropped
+                .load(Ordering::Relaxed),
+            XenStat::EvtchnAbi => {
+                u64::from(self.platform.as_ref()?.evtchn.lock().abi() == xen_evtchn::Abi::Fifo)
+            }
+            XenStat::EvtchnPorts => {
+                u64::try_from(self.platform.as_ref()?.evtchn.lock().bound()).unwrap_or(u64::MAX)
+            }
+            XenStat::EvtchnFifoPages => u64::from(platform::FIFO_PAGES.load(Ordering::Relaxed)),
+            XenStat::GnttabFrames => u64::from(self.platform.as_ref()?.gnttab.nr_frames()),
+            XenStat::GnttabGrants => {
+                u64::try_from(self.platform.as_ref()?.grants.lock().len()).unwrap_or(u64::MAX)
+            }
+            XenStat::Registrations => u64::try_from(self.regs.lock().len()).unwrap_or(u64::MAX),
+            XenStat::OpenFiles => u64::try_from(self.files.lock().len()).unwrap_or(u64::MAX),
         })
     }
 }

@@ -251,14 +251,15 @@ impl core::fmt::Debug for Platform {
     }
 }
 
-/// The upcall mode to use: `auto` picks the vector when Xen offers it, else PCI.
+/// The upcall mode to use. `auto` is the platform PCI device for now: the per-vCPU vector
+/// needs an IDT entry stub (assembly with FreeBSD's trap-frame and PTI trampolines) that
+/// this build does not have, so the shim refuses `vector` with a message.
 fn upcall_mode(xen: &XenCpuid, asked: UpcallMode) -> Result<UpcallMode, Errno> {
     match asked {
         UpcallMode::Vector if !xen.has_upcall_vector() => {
             kprintln!("xen: upcall: hw.xenrs.upcall=vector, but Xen offers no per-vCPU upcall vector; not loading");
             Err(Errno::EOPNOTSUPP)
         }
-        UpcallMode::Auto if xen.has_upcall_vector() => Ok(UpcallMode::Vector),
         UpcallMode::Auto => Ok(UpcallMode::Pci),
         other => Ok(other),
     }

@@ -118,13 +118,13 @@ fn tunables_are_applied() {
     let _kernel = fake::session();
     on_xen(xen_kmod::arch::cpuid::hvm_features::UPCALL_VECTOR);
     fake::set_env("hw.xenrs.verbose", "2");
-    fake::set_env("hw.xenrs.upcall", "Vector");
+    fake::set_env("hw.xenrs.upcall", "PCI");
     assert_eq!(xenrs_xen_load(), 0);
     assert_eq!(stat(XenStat::Verbose), Ok(2));
-    assert_eq!(stat(XenStat::Upcall), Ok(Upcall::Vector as u64));
+    assert_eq!(stat(XenStat::Upcall), Ok(Upcall::Pci as u64));
     let console = fake::console();
     assert!(
-        console.contains("xen: Xen 4.17, domain 3, upcall Vector"),
+        console.contains("xen: Xen 4.17, domain 3, upcall Pci"),
         "{console}"
     );
     assert!(console.contains("hypercall MSR 0x40000000"), "{console}");
@@ -230,6 +230,20 @@ fn load_then_unload_leaves_nothing_registered() {
         assert_eq!(s.frames_mapped, 1);
         assert!(s.threads && s.upcall);
     });
+    assert_eq!(
+        stat(XenStat::EvtchnAbi),
+        Ok(0),
+        "2-level: the fake refuses FIFO"
+    );
+    assert_eq!(
+        stat(XenStat::EvtchnPorts),
+        Ok(1),
+        "the adopted xenstore port"
+    );
+    assert_eq!(stat(XenStat::GnttabFrames), Ok(1));
+    assert_eq!(stat(XenStat::UpcallAt), Ok(11));
+    assert_eq!(stat(XenStat::Registrations), Ok(0));
+    assert_eq!(stat(XenStat::OpenFiles), Ok(0));
     let callback = xen_sys::native::HVM_PARAM_CALLBACK_IRQ;
     crate::fake_kpi::state(|s| {
         // PCI mode (no per-vCPU vector offered): Xen is told the platform device's GSI.
@@ -633,5 +647,21 @@ fn xenbus_registration_start_stop_and_refusals() {
     services::xenrs_xen_run_xenbus();
     assert_eq!(CALLS.lock().unwrap().len(), 2, "nothing after unregister");
     assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
+
+#[test]
+fn auto_upcall_uses_the_platform_device_even_when_xen_offers_the_vector() {
+    let _kernel = fake::session();
+    on_xen(xen_kmod::arch::cpuid::hvm_features::UPCALL_VECTOR);
+    assert_eq!(xenrs_xen_load(), 0);
+    assert_eq!(stat(XenStat::UpcallAt), Ok(11), "the platform device's IRQ");
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+    // Asking for the vector explicitly is refused (not in this build), cleanly.
+    on_xen(xen_kmod::arch::cpuid::hvm_features::UPCALL_VECTOR);
+    fake::set_env("hw.xenrs.upcall", "vector");
+    assert_eq!(xenrs_xen_load(), 45);
+    assert!(fake::console().contains("xen: upcall:"));
     nothing_outstanding();
 }
