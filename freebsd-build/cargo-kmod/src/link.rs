@@ -32,6 +32,14 @@ pub fn ziglang_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/tools/ziglang"))
 }
 
+/// Where `cargo kmod setup` unpacks Debian's `libck-dev` (Concurrency Kit headers, which
+/// FreeBSD's `net/if_var.h` includes in the kernel; `contrib/ck/include` on FreeBSD).
+pub fn ck_dir() -> PathBuf {
+    std::env::var_os("KMOD_CK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/tools/ck"))
+}
+
 /// The FreeBSD system headers inside the ziglang package.
 pub fn freebsd_header_dirs(arch: Arch) -> [PathBuf; 2] {
     let include = ziglang_dir().join("ziglang/lib/libc/include");
@@ -122,6 +130,9 @@ pub fn cflags(arch: Arch) -> Vec<String> {
         flags.push("-isystem".into());
         flags.push(dir.display().to_string());
     }
+    // After FreeBSD's own headers, so only the ck_*.h they include come from here.
+    flags.push("-isystem".into());
+    flags.push(ck_dir().join("usr/include").display().to_string());
     flags.push("-I".into());
     flags.push(root.join("freebsd-build/include").display().to_string());
     flags.push("-I".into());

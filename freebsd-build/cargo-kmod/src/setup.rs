@@ -162,6 +162,7 @@ pub fn ensure(needs: &Needs, allow_install: bool) -> Result<(), String> {
     ensure_packages(&needs.packages(), allow_install)?;
     if needs.modules {
         ensure_ziglang(allow_install)?;
+        ensure_ck(allow_install)?;
     }
     if needs.host_tests {
         ensure_cargo_fuzz(allow_install)?;
@@ -225,6 +226,71 @@ fn ensure_ziglang(allow_install: bool) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("pip install {ZIGLANG} failed"))
+    }
+}
+
+/// Concurrency Kit's headers: FreeBSD's `net/if_var.h` (the network modules' shims) includes
+/// `<sys/ck.h>`, which in the kernel includes `<ck_queue.h>`/`<ck_epoch.h>` from the kernel
+/// source's `contrib/ck/include` (bsd.kmod.mk adds it on FreeBSD). They are not in the ziglang
+/// package; Debian's `libck-dev` carries the same upstream headers. Unpacked (not installed)
+/// into `target/tools/ck` with `apt-get download` and `dpkg-deb -x`: no root, nothing outside
+/// the build tree changes.
+fn ensure_ck(allow_install: bool) -> Result<(), String> {
+    let dir = crate::link::ck_dir();
+    if dir.join("usr/include/ck_queue.h").is_file() {
+        return Ok(());
+    }
+    let tools = dir
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| dir.clone());
+    if !allow_install {
+        return Err(format!(
+            "missing Concurrency Kit headers (FreeBSD's net/if_var.h needs ck_queue.h): \
+             cd {} && apt-get download libck-dev && dpkg-deb -x libck-dev_*.deb {}",
+            tools.display(),
+            dir.display()
+        ));
+    }
+    println!(
+        "cargo kmod: unpacking Debian's libck-dev into {} (Concurrency Kit headers for \
+         FreeBSD's net/if_var.h)",
+        dir.display()
+    );
+    std::fs::create_dir_all(&tools)
+        .map_err(|error| format!("cannot create {}: {error}", tools.display()))?;
+    let download = Command::new("apt-get")
+        .args(["download", "libck-dev"])
+        .current_dir(&tools)
+        .status()
+        .is_ok_and(|status| status.success());
+    if !download {
+        return Err("apt-get download libck-dev failed".into());
+    }
+    let deb = std::fs::read_dir(&tools)
+        .map_err(|error| format!("cannot list {}: {error}", tools.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libck-dev_") && n.ends_with(".deb"))
+        })
+        .ok_or("apt-get download libck-dev left no .deb")?;
+    let unpacked = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&dir)
+        .status()
+        .is_ok_and(|status| status.success());
+    if unpacked && dir.join("usr/include/ck_queue.h").is_file() {
+        Ok(())
+    } else {
+        Err(format!(
+            "dpkg-deb -x {} {} failed",
+            deb.display(),
+            dir.display()
+        ))
     }
 }
 

@@ -42,7 +42,7 @@ XENRS_DRIVER_MODULE(xn);
 
 /* Defined by the Rust library. */
 int	xenrs_xn_transmit(void *softc, struct mbuf *m, uint32_t len, uint32_t offload,
-	    uint32_t tso_segsz, uint32_t flowid, int hashed);
+	    uint32_t segsz, uint32_t flowid, int hashed);
 int	xenrs_xn_ioctl_mtu(void *softc, int mtu);
 void	xenrs_xn_ioctl_caps(void *softc, uint32_t caps);
 int	xenrs_xn_dev_stat(void *softc, int which, uint64_t *out);
@@ -225,7 +225,7 @@ xenrs_xn_link(if_t ifp, int up)
 void
 xenrs_xn_m_copydata(struct mbuf *m, uint32_t off, uint32_t len, uint8_t *buf)
 {
-	m_copydata(m, off, len, buf);
+	m_copydata(m, off, len, (caddr_t)buf);
 }
 
 /* A received frame as an mbuf chain; csum_valid: the TCP/UDP checksum is known good. */
@@ -237,7 +237,7 @@ xenrs_xn_mbuf(if_t ifp, const uint8_t *data, uint32_t len, int csum_valid)
 	m = m_getcl(M_NOWAIT, MT_DATA, M_PKTHDR);
 	if (m == NULL)
 		return (NULL);
-	if (m_append(m, len, data) == 0) {
+	if (m_append(m, len, (c_caddr_t)data) == 0) {
 		m_freem(m);
 		return (NULL);
 	}

@@ -1,8 +1,290 @@
 /*-
  * SPDX-License-Identifier: BSD-2-Clause
  *
- * xnb.ko: module registration; everything else is the Rust library (src/lib.rs).
+ * xnb.ko: module registration and the thin FreeBSD side of the network backend: one ifnet
+ * per guest vif (named xnb<domid>.<handle>, IFT_ETHER, so bridge(4) can hold it and put it in
+ * promiscuous mode), its transmit/ioctl entry points (the bridge sends frames for the guest
+ * through if_transmit), mbuf copies both ways, link state, a mutex per vif and the sysctl
+ * tree dev.xnb.<unit>. Every decision is the Rust library's (src/vif.rs); each function here
+ * is a few lines of KPI with fixed arity, so the host tests replace them with fakes.
  */
 #include "xenrs_module.h"
 
+#include <sys/lock.h>
+#include <sys/malloc.h>
+#include <sys/mbuf.h>
+#include <sys/mutex.h>
+#include <sys/socket.h>
+#include <sys/sockio.h>
+#include <sys/sysctl.h>
+#include <sys/time.h>
+
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <net/if_var.h>
+#include <net/if_types.h>
+
 XENRS_DRIVER_MODULE(xnb);
+
+/* What a packet asks of the offloads (src/vif.rs `tx`). */
+#define	XENRS_XNB_TX_PARTIAL	0x1
+#define	XENRS_XNB_TX_TSO4	0x2
+#define	XENRS_XNB_TX_TSO6	0x4
+
+/* Defined by the Rust library. */
+int	xenrs_xnb_transmit(void *softc, struct mbuf *m, uint32_t len, uint32_t offload,
+	    uint32_t flowid, int hashed);
+int	xenrs_xnb_ioctl_mtu(void *softc, int mtu);
+int	xenrs_xnb_dev_stat(void *softc, int which, uint64_t *out);
+
+static int
+xnb_kmod_transmit(if_t ifp, struct mbuf *m)
+{
+	uint32_t offload;
+	int error;
+
+	offload = 0;
+	if ((m->m_pkthdr.csum_flags & (CSUM_TCP | CSUM_UDP | CSUM_TCP_IPV6 |
+	    CSUM_UDP_IPV6)) != 0)
+		offload |= XENRS_XNB_TX_PARTIAL;
+	if ((m->m_pkthdr.csum_flags & CSUM_IP_TSO) != 0)
+		offload |= XENRS_XNB_TX_TSO4;
+	if ((m->m_pkthdr.csum_flags & CSUM_IP6_TSO) != 0)
+		offload |= XENRS_XNB_TX_TSO6;
+	/* The Rust side copies the packet out before returning; the mbuf is ours to free. */
+	error = xenrs_xnb_transmit(if_getsoftc(ifp), m, m->m_pkthdr.len, offload,
+	    m->m_pkthdr.flowid, M_HASHTYPE_GET(m) != M_HASHTYPE_NONE);
+	m_freem(m);
+	return (error);
+}
+
+/* Nothing is queued in the driver: packets are copied to the ring in if_transmit. */
+static void
+xnb_kmod_qflush(if_t ifp __unused)
+{
+}
+
+/* Nothing to start: the link follows the frontend's connection. */
+static void
+xnb_kmod_init(void *arg __unused)
+{
+}
+
+static int
+xnb_kmod_ioctl(if_t ifp, u_long cmd, caddr_t data)
+{
+	struct ifreq *ifr;
+	int error;
+
+	ifr = (struct ifreq *)data;
+	switch (cmd) {
+	case SIOCSIFMTU:
+		error = xenrs_xnb_ioctl_mtu(if_getsoftc(ifp), ifr->ifr_mtu);
+		if (error == 0)
+			if_setmtu(ifp, ifr->ifr_mtu);
+		return (error);
+	case SIOCSIFFLAGS:
+		/*
+		 * Up/down and promiscuous (bridge(4) sets it on its members) need nothing here:
+		 * every frame the bridge sends is for the guest, and every frame of the guest
+		 * goes up.
+		 */
+		return (0);
+	case SIOCSIFCAP:
+		/* No offloads to switch (see src/vif.rs). */
+		return (0);
+	case SIOCADDMULTI:
+	case SIOCDELMULTI:
+		/* Multicast frames all go to the guest, which filters. */
+		return (0);
+	default:
+		return (ether_ioctl(ifp, cmd, data));
+	}
+}
+
+/*
+ * The vif's interface: name is xnb<domid>.<handle> (kept by the ifnet as if_dname, so the
+ * caller keeps it alive until xenrs_xnb_ifnet_destroy), no offloads, the fixed backend MAC.
+ */
+if_t
+xenrs_xnb_ifnet_create(void *softc, const char *name, const uint8_t *mac, int mtu)
+{
+	if_t ifp;
+
+	ifp = if_alloc(IFT_ETHER);
+	if_setsoftc(ifp, softc);
+	if_initname(ifp, name, IF_DUNIT_NONE);
+	if_setflags(ifp, IFF_BROADCAST | IFF_SIMPLEX | IFF_MULTICAST);
+	if_setinitfn(ifp, xnb_kmod_init);
+	if_setioctlfn(ifp, xnb_kmod_ioctl);
+	if_settransmitfn(ifp, xnb_kmod_transmit);
+	if_setqflushfn(ifp, xnb_kmod_qflush);
+	if_setcapabilities(ifp, 0);
+	if_setcapenable(ifp, 0);
+	if_sethwassist(ifp, 0);
+	ether_ifattach(ifp, mac);
+	if_setmtu(ifp, mtu);
+	return (ifp);
+}
+
+void
+xenrs_xnb_ifnet_destroy(if_t ifp)
+{
+	ether_ifdetach(ifp);
+	if_free(ifp);
+}
+
+void
+xenrs_xnb_link(if_t ifp, int up)
+{
+	if (up)
+		if_setdrvflagbits(ifp, IFF_DRV_RUNNING, IFF_DRV_OACTIVE);
+	if_link_state_change(ifp, up ? LINK_STATE_UP : LINK_STATE_DOWN);
+}
+
+void
+xenrs_xnb_m_copydata(struct mbuf *m, uint32_t off, uint32_t len, uint8_t *buf)
+{
+	m_copydata(m, off, len, (caddr_t)buf);
+}
+
+/* A received frame as an mbuf chain; csum_valid: the TCP/UDP checksum is known good. */
+struct mbuf *
+xenrs_xnb_mbuf(if_t ifp, const uint8_t *data, uint32_t len, int csum_valid)
+{
+	struct mbuf *m;
+
+	m = m_getcl(M_NOWAIT, MT_DATA, M_PKTHDR);
+	if (m == NULL)
+		return (NULL);
+	if (m_append(m, len, (c_caddr_t)data) == 0) {
+		m_freem(m);
+		return (NULL);
+	}
+	m->m_pkthdr.rcvif = ifp;
+	if (csum_valid) {
+		m->m_pkthdr.csum_flags = CSUM_DATA_VALID | CSUM_PSEUDO_HDR;
+		m->m_pkthdr.csum_data = 0xffff;
+	}
+	return (m);
+}
+
+void
+xenrs_xnb_input(if_t ifp, struct mbuf *m)
+{
+	if_input(ifp, m);
+}
+
+/* Monotonic time in nanoseconds (the netback core's stall timer). */
+uint64_t
+xenrs_xnb_now_ns(void)
+{
+	return (sbttons(sbinuptime()));
+}
+
+/* One MTX_DEF mutex per vif: transmit, the event handler and xenbus callbacks. */
+struct mtx *
+xenrs_xnb_lock_new(void)
+{
+	struct mtx *m;
+
+	m = malloc(sizeof(*m), M_DEVBUF, M_NOWAIT | M_ZERO);
+	if (m != NULL)
+		mtx_init(m, "xnb", NULL, MTX_DEF);
+	return (m);
+}
+
+void
+xenrs_xnb_lock(struct mtx *m)
+{
+	mtx_lock(m);
+}
+
+int
+xenrs_xnb_trylock(struct mtx *m)
+{
+	return (mtx_trylock(m));
+}
+
+void
+xenrs_xnb_unlock(struct mtx *m)
+{
+	mtx_unlock(m);
+}
+
+void
+xenrs_xnb_lock_free(struct mtx *m)
+{
+	mtx_destroy(m);
+	free(m, M_DEVBUF);
+}
+
+/*
+ * dev.xnb.<unit>.<leaf>: the indices are `DevStat` in src/vif.rs; a unit test there checks
+ * that both lists agree.
+ */
+static const struct {
+	const char *name;
+	const char *descr;
+} xnb_kmod_leaves[] = {
+	{ "domid", "Frontend domain id" },
+	{ "handle", "Frontend vif handle" },
+	{ "to_guest_packets", "Frames queued for the guest" },
+	{ "to_guest_dropped", "Frames for the guest dropped (queue full, link down)" },
+	{ "from_guest_packets", "Frames from the guest passed up" },
+	{ "from_guest_dropped", "Frames from the guest dropped (no mbuf)" },
+	{ "queues", "Queues connected" },
+	{ "connections", "Connections of the frontend" },
+	{ "link", "Link up (1) or down (0)" },
+};
+
+static SYSCTL_NODE(_dev, OID_AUTO, xnb, CTLFLAG_RD | CTLFLAG_MPSAFE, 0,
+    "Xen PV network backend vifs (xen-freebsd-rs)");
+
+static int
+xnb_kmod_sysctl(SYSCTL_HANDLER_ARGS)
+{
+	uint64_t value;
+	int error;
+
+	value = 0;
+	error = xenrs_xnb_dev_stat(arg1, (int)arg2, &value);
+	if (error != 0)
+		return (error);
+	return (sysctl_handle_64(oidp, &value, 0, req));
+}
+
+struct sysctl_ctx_list *
+xenrs_xnb_sysctl_attach(void *softc, u_int unit)
+{
+	struct sysctl_ctx_list *ctx;
+	struct sysctl_oid *node;
+	char name[16];
+	u_int i;
+
+	ctx = malloc(sizeof(*ctx), M_DEVBUF, M_NOWAIT | M_ZERO);
+	if (ctx == NULL)
+		return (NULL);
+	sysctl_ctx_init(ctx);
+	snprintf(name, sizeof(name), "%u", unit);
+	node = SYSCTL_ADD_NODE(ctx, SYSCTL_STATIC_CHILDREN(_dev_xnb), OID_AUTO,
+	    name, CTLFLAG_RD | CTLFLAG_MPSAFE, NULL, "Xen PV network backend vif");
+	if (node == NULL) {
+		sysctl_ctx_free(ctx);
+		free(ctx, M_DEVBUF);
+		return (NULL);
+	}
+	for (i = 0; i < nitems(xnb_kmod_leaves); i++)
+		SYSCTL_ADD_PROC(ctx, SYSCTL_CHILDREN(node), OID_AUTO,
+		    xnb_kmod_leaves[i].name,
+		    CTLTYPE_U64 | CTLFLAG_RD | CTLFLAG_MPSAFE, softc, i,
+		    xnb_kmod_sysctl, "QU", xnb_kmod_leaves[i].descr);
+	return (ctx);
+}
+
+void
+xenrs_xnb_sysctl_detach(struct sysctl_ctx_list *ctx)
+{
+	sysctl_ctx_free(ctx);
+	free(ctx, M_DEVBUF);
+}

@@ -1,0 +1,429 @@
+//! The FreeBSD side of xnb.ko: the C shim's functions (`xnb_kmod.c`), the kernel
+//! implementation of [`IfKpi`], the per-vif mutex and softc, and the `extern "C"`
+//! entry points the shim calls (`if_transmit`, ioctls, sysctl leaves).
+//!
+//! This is the only part of the crate with `unsafe`: each block says why it holds.
+#![allow(unsafe_code)]
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::ffi::{c_char, c_int, c_void, CStr};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use crate::vif::{IfHandle, IfKpi, MbufHandle};
+
+extern "C" {
+    fn xenrs_xnb_ifnet_create(
+        softc: *mut c_void,
+        name: *const c_char,
+        mac: *const u8,
+        mtu: c_int,
+    ) -> *mut c_void;
+    fn xenrs_xnb_ifnet_destroy(ifp: *mut c_void);
+    fn xenrs_xnb_link(ifp: *mut c_void, up: c_int);
+    fn xenrs_xnb_m_copydata(m: *mut c_void, off: u32, len: u32, buf: *mut u8);
+    fn xenrs_xnb_mbuf(
+        ifp: *mut c_void,
+        data: *const u8,
+        len: u32,
+        csum_valid: c_int,
+    ) -> *mut c_void;
+    fn xenrs_xnb_input(ifp: *mut c_void, m: *mut c_void);
+    fn xenrs_xnb_now_ns() -> u64;
+    fn xenrs_xnb_lock_new() -> *mut c_void;
+    fn xenrs_xnb_lock(m: *mut c_void);
+    fn xenrs_xnb_trylock(m: *mut c_void) -> c_int;
+    fn xenrs_xnb_unlock(m: *mut c_void);
+    fn xenrs_xnb_lock_free(m: *mut c_void);
+    fn xenrs_xnb_sysctl_attach(softc: *mut c_void, unit: u32) -> *mut c_void;
+    fn xenrs_xnb_sysctl_detach(ctx: *mut c_void);
+}
+
+/// The kernel's network stack, for the interface whose softc is `softc`.
+#[derive(Debug)]
+pub struct Kernel {
+    softc: *mut c_void,
+}
+
+// SAFETY: `softc` is an address handed to the shim only; the kernel functions may be called
+// from any thread.
+unsafe impl Send for Kernel {}
+
+/// The kernel stack with no softc, for host tests (the fakes ignore it).
+#[cfg(test)]
+pub(crate) fn kernel_for_tests() -> Kernel {
+    Kernel {
+        softc: core::ptr::null_mut(),
+    }
+}
+
+impl IfKpi for Kernel {
+    fn ifnet_create(&self, name: &CStr, mac: [u8; 6], mtu: u32) -> Option<IfHandle> {
+        // SAFETY: `name` stays valid as long as the ifnet (the vif keeps it in a box it drops
+        // only after `ifnet_destroy`; if_initname keeps the pointer as if_dname); the MAC is
+        // copied by ether_ifattach; `softc` is the live Softc, which outlives the ifnet.
+        let ifp = unsafe {
+            xenrs_xnb_ifnet_create(
+                self.softc,
+                name.as_ptr(),
+                mac.as_ptr(),
+                c_int::try_from(mtu).ok()?,
+            )
+        };
+        (!ifp.is_null()).then_some(IfHandle(ifp as usize))
+    }
+
+    fn ifnet_destroy(&self, ifp: IfHandle) {
+        // SAFETY: from ifnet_create, destroyed once (the glue forgets the handle).
+        unsafe { xenrs_xnb_ifnet_destroy(ifp.0 as *mut c_void) }
+    }
+
+    fn link(&self, ifp: IfHandle, up: bool) {
+        // SAFETY: a live ifnet.
+        unsafe { xenrs_xnb_link(ifp.0 as *mut c_void, c_int::from(up)) }
+    }
+
+    fn copydata(&self, m: MbufHandle, buf: &mut [u8]) {
+        let Ok(len) = u32::try_from(buf.len()) else {
+            return;
+        };
+        // SAFETY: `m` is the packet if_transmit handed over (freed by the shim after this
+        // returns), at least `buf.len()` bytes long (checked against m_pkthdr.len by the
+        // caller); `buf` is valid for that many bytes.
+        unsafe { xenrs_xnb_m_copydata(m.0 as *mut c_void, 0, len, buf.as_mut_ptr()) }
+    }
+
+    fn mbuf(&self, ifp: IfHandle, data: &[u8], csum_valid: bool) -> Option<MbufHandle> {
+        let len = u32::try_from(data.len()).ok()?;
+        // SAFETY: a live ifnet; `data` is valid for `len` bytes during the call (copied).
+        let m = unsafe {
+            xenrs_xnb_mbuf(
+                ifp.0 as *mut c_void,
+                data.as_ptr(),
+                len,
+                c_int::from(csum_valid),
+            )
+        };
+        (!m.is_null()).then_some(MbufHandle(m as usize))
+    }
+
+    fn input(&self, ifp: IfHandle, m: MbufHandle) {
+        // SAFETY: a live ifnet and an mbuf from `mbuf`, handed to the stack once.
+        unsafe { xenrs_xnb_input(ifp.0 as *mut c_void, m.0 as *mut c_void) }
+    }
+
+    fn now_ns(&self) -> u64 {
+        // SAFETY: no arguments; reads the kernel's uptime.
+        unsafe { xenrs_xnb_now_ns() }
+    }
+}
+
+/// A FreeBSD `MTX_DEF` mutex around a value.
+///
+/// # Invariants
+/// `mtx` is a live mutex from `xenrs_xnb_lock_new`; `value` is only reached while it is held.
+pub struct Locked<T> {
+    mtx: NonNull<c_void>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is only reached under the mutex (type invariant), from any thread.
+unsafe impl<T: Send> Sync for Locked<T> {}
+// SAFETY: as above; the mutex itself may be used and freed from any thread.
+unsafe impl<T: Send> Send for Locked<T> {}
+
+impl<T> core::fmt::Debug for Locked<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Locked").finish_non_exhaustive()
+    }
+}
+
+impl<T> Locked<T> {
+    /// `None` when the kernel has no memory for the mutex.
+    pub fn new(value: T) -> Option<Self> {
+        // SAFETY: no arguments; NULL on failure.
+        let mtx = NonNull::new(unsafe { xenrs_xnb_lock_new() })?;
+        // INVARIANT: a fresh mutex.
+        Some(Locked {
+            mtx,
+            value: UnsafeCell::new(value),
+        })
+    }
+
+    /// Runs `f` with the mutex held (not re-entrant).
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: a live mutex (invariant).
+        unsafe { xenrs_xnb_lock(self.mtx.as_ptr()) };
+        // SAFETY: the mutex is held, so this is the only reference to the value.
+        let r = f(unsafe { &mut *self.value.get() });
+        // SAFETY: held by us, above.
+        unsafe { xenrs_xnb_unlock(self.mtx.as_ptr()) };
+        r
+    }
+
+    /// Runs `f` if the mutex is free now; `None` when another thread holds it.
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        // SAFETY: a live mutex (invariant).
+        if unsafe { xenrs_xnb_trylock(self.mtx.as_ptr()) } == 0 {
+            return None;
+        }
+        // SAFETY: the mutex is held, so this is the only reference to the value.
+        let r = f(unsafe { &mut *self.value.get() });
+        // SAFETY: held by us, above.
+        unsafe { xenrs_xnb_unlock(self.mtx.as_ptr()) };
+        Some(r)
+    }
+}
+
+impl<T> Drop for Locked<T> {
+    fn drop(&mut self) {
+        // SAFETY: a live mutex nobody holds (we are being dropped).
+        unsafe { xenrs_xnb_lock_free(self.mtx.as_ptr()) }
+    }
+}
+
+/// Received mbufs waiting for `if_input` (called once the mutex is released).
+pub type Inputs = Vec<(IfHandle, MbufHandle)>;
+
+/// What the shim's entry points and the event handler reach through the softc.
+pub trait IfDevice: Send {
+    /// `if_transmit` (the shim frees the mbuf afterwards).
+    fn transmit(&mut self, m: MbufHandle, len: u32, offload: u32, flowid: u32, hashed: bool)
+        -> i32;
+    /// `SIOCSIFMTU`.
+    fn set_mtu(&mut self, mtu: i32) -> i32;
+    /// A `dev.xnb.<unit>` leaf.
+    fn stat(&self, which: u32) -> Option<u64>;
+    /// An event on one of the vif's ports: frames from the guest go to `out`.
+    fn event(&mut self, out: &mut Inputs);
+    /// The device as `Any`, for the xenbus side that knows its concrete type.
+    fn as_any(&mut self) -> &mut dyn core::any::Any;
+}
+
+type Slot = Option<Box<dyn IfDevice>>;
+
+impl core::fmt::Debug for dyn IfDevice {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("IfDevice")
+    }
+}
+
+/// The per-interface object: `if_getsoftc()` and the sysctl handlers' `arg1`.
+#[derive(Debug)]
+pub struct Softc {
+    dev: Locked<Slot>,
+    sysctl: Option<NonNull<c_void>>,
+    /// Events that arrived while another thread held the mutex.
+    pending: AtomicBool,
+}
+
+/// Most event rounds one caller runs before leaving the rest to the next event.
+const EVENT_ROUNDS: usize = 64;
+
+impl Softc {
+    /// An event from xen.ko's event thread; never waits for the mutex (see xbd's softc for
+    /// the argument: a holder that unbinds this port waits for this handler).
+    fn event(&self) {
+        self.pending.store(true, Ordering::Release);
+        for _ in 0..EVENT_ROUNDS {
+            let mut inputs = Inputs::new();
+            let ran = self.dev.try_with(|dev| {
+                while self.pending.swap(false, Ordering::AcqRel) {
+                    if let Some(dev) = dev.as_mut() {
+                        dev.event(&mut inputs);
+                    }
+                }
+            });
+            pass_up(inputs);
+            if ran.is_none() || !self.pending.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
+        let mut inputs = Inputs::new();
+        let r = self.dev.with(|dev| {
+            let r = f(dev);
+            for _ in 0..EVENT_ROUNDS {
+                if !self.pending.swap(false, Ordering::AcqRel) {
+                    break;
+                }
+                if let Some(dev) = dev.as_mut() {
+                    dev.event(&mut inputs);
+                }
+            }
+            r
+        });
+        pass_up(inputs);
+        r
+    }
+}
+
+/// `if_input` for each received frame, with no mutex of ours held.
+fn pass_up(inputs: Inputs) {
+    for (ifp, m) in inputs {
+        // SAFETY: a live ifnet (it is destroyed only after every port is unbound, so no
+        // event is being handled) and an mbuf handed to the stack once.
+        unsafe { xenrs_xnb_input(ifp.0 as *mut c_void, m.0 as *mut c_void) }
+    }
+}
+
+/// The event handlers' way to the softc (see xbd's `EventSink`).
+#[derive(Debug, Default)]
+pub struct EventSink {
+    softc: AtomicPtr<Softc>,
+}
+
+impl EventSink {
+    /// Delivers an event to the interface, if attached.
+    pub fn fire(&self) {
+        let softc = self.softc.load(Ordering::Acquire);
+        if softc.is_null() {
+            return;
+        }
+        // SAFETY: stored by `SoftcBox::connect`, cleared by `SoftcBox::free` before the softc
+        // is freed; every port is unbound before that and unbind waits for a running handler.
+        unsafe { &*softc }.event();
+    }
+}
+
+/// An attached interface's softc, owned by the driver until [`SoftcBox::free`].
+///
+/// # Invariants
+/// `ptr` is a `Box<Softc>` leaked by [`SoftcBox::new`]; the shim holds it as the ifnet's
+/// softc and the sysctl leaves' `arg1` until the ifnet is destroyed and the tree removed.
+#[derive(Debug)]
+pub struct SoftcBox {
+    ptr: NonNull<Softc>,
+}
+
+// SAFETY: the Softc's state is behind its mutex and atomics.
+unsafe impl Send for SoftcBox {}
+// SAFETY: as above.
+unsafe impl Sync for SoftcBox {}
+
+impl SoftcBox {
+    /// A softc with an empty device slot and its `dev.xnb.<unit>` tree.
+    pub fn new(unit: u32) -> Option<SoftcBox> {
+        let softc = Box::new(Softc {
+            dev: Locked::new(None)?,
+            sysctl: None,
+            pending: AtomicBool::new(false),
+        });
+        let ptr = NonNull::from(Box::leak(softc));
+        // SAFETY: a live Softc until `free`, which removes the tree first.
+        let ctx = unsafe { xenrs_xnb_sysctl_attach(ptr.as_ptr().cast(), unit) };
+        // SAFETY: nobody else uses the softc yet.
+        unsafe { (*ptr.as_ptr()).sysctl = NonNull::new(ctx) };
+        // INVARIANT: leaked above.
+        Some(SoftcBox { ptr })
+    }
+
+    fn softc(&self) -> &Softc {
+        // SAFETY: live until `free` (invariant).
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// The address the shim keeps.
+    pub fn as_raw(&self) -> *mut c_void {
+        self.ptr.as_ptr().cast()
+    }
+
+    /// The kernel stack for this softc.
+    pub fn kernel(&self) -> Kernel {
+        Kernel {
+            softc: self.as_raw(),
+        }
+    }
+
+    /// Runs `f` on the device under its mutex (then any event that arrived meanwhile; the
+    /// frames received are passed up after the mutex is released).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
+        self.softc().with(f)
+    }
+
+    /// Points `sink` at this softc.
+    pub fn connect(&self, sink: &EventSink) {
+        sink.softc.store(self.ptr.as_ptr(), Ordering::Release);
+    }
+
+    /// An event, as xen.ko's event thread delivers it.
+    pub fn event(&self) {
+        self.softc().event();
+    }
+
+    /// Frees the softc: only after its ifnet was destroyed and its ports unbound.
+    pub fn free(self, sink: &EventSink) {
+        sink.softc.store(core::ptr::null_mut(), Ordering::Release);
+        if let Some(ctx) = self.softc().sysctl {
+            // SAFETY: from sysctl_attach, removed once.
+            unsafe { xenrs_xnb_sysctl_detach(ctx.as_ptr()) };
+        }
+        // SAFETY: leaked by `new`, reclaimed once; nothing refers to it any more.
+        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+    }
+}
+
+fn softc_ref<'s>(softc: *mut c_void) -> &'s Softc {
+    // SAFETY: every caller is an entry point whose contract is a live softc (the ifnet's,
+    // which is destroyed before the softc is freed).
+    unsafe { &*softc.cast::<Softc>() }
+}
+
+/// `if_transmit`, called by the shim (which frees the mbuf after).
+///
+/// # Safety
+/// `softc` is the live softc of the ifnet; `m` its packet of `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_xnb_transmit(
+    softc: *mut c_void,
+    m: *mut c_void,
+    len: u32,
+    offload: u32,
+    flowid: u32,
+    hashed: c_int,
+) -> c_int {
+    softc_ref(softc).with(|dev| match dev {
+        Some(dev) => dev.transmit(MbufHandle(m as usize), len, offload, flowid, hashed != 0),
+        None => crate::vif::errno::ENETDOWN,
+    })
+}
+
+/// `SIOCSIFMTU`.
+///
+/// # Safety
+/// `softc` is a live softc.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_xnb_ioctl_mtu(softc: *mut c_void, mtu: c_int) -> c_int {
+    softc_ref(softc).with(|dev| {
+        dev.as_mut()
+            .map_or(crate::vif::errno::ENETDOWN, |d| d.set_mtu(mtu))
+    })
+}
+
+/// A `dev.xnb.<unit>` leaf.
+///
+/// # Safety
+/// `softc` is a live softc; `out` is valid for a `u64` write.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_xnb_dev_stat(
+    softc: *mut c_void,
+    which: c_int,
+    out: *mut u64,
+) -> c_int {
+    let Ok(which) = u32::try_from(which) else {
+        return 2;
+    };
+    match softc_ref(softc).with(|dev| dev.as_ref().and_then(|d| d.stat(which))) {
+        Some(v) => {
+            // SAFETY: valid for a u64 write by the caller's contract.
+            unsafe { out.write(v) };
+            0
+        }
+        // ENOENT
+        None => 2,
+    }
+}

@@ -1,0 +1,600 @@
+//! Host tests of xnb.ko's glue: the C entry points against fake KPI symbols, and the vif
+//! glue driving the real netback core against the real netfront core over xensim.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use xen_netback::config::BackendFeatures;
+use xen_netback::Limits;
+use xen_netfront::negotiate::{self, FrontendConfig};
+use xen_netif::{csum, Csum, PacketMeta};
+use xen_tests::net::bus::machine;
+use xen_tests::net::pair::Env;
+use xen_tests::net::sim::{SimBackend, SimFrontend};
+use xen_tests::xensim::xenstored::XenstoreSim;
+use xen_xenbus::bus::XenStore;
+use xen_xenbus::{Bus, Device, Driver, Error as XsErr, Role, Store, XenbusState};
+
+use super::*;
+use crate::vif::{errno, tx, DevStat, MbufHandle, XnbIf};
+use freebsd_kpi::fake;
+
+#[path = "../../fake_xenrs_api.rs"]
+mod fake_xenrs_api;
+
+/// Fakes of the shim's functions (`xnb_kmod.c`).
+mod shim {
+    use std::collections::BTreeMap;
+    use std::ffi::{c_char, c_int, c_void};
+    use std::sync::{Mutex, PoisonError};
+
+    #[derive(Debug, Default)]
+    pub struct State {
+        /// Live ifnets: handle -> (mac, name, mtu).
+        pub ifnets: BTreeMap<usize, ([u8; 6], String, i32)>,
+        pub destroyed: usize,
+        /// Link changes in order.
+        pub links: Vec<bool>,
+        /// Packets to transmit: handle -> bytes.
+        pub tx: BTreeMap<usize, Vec<u8>>,
+        /// Received mbufs: handle -> (bytes, csum_valid).
+        pub rx: BTreeMap<usize, (Vec<u8>, bool)>,
+        /// Mbufs passed to if_input, in order.
+        pub input: Vec<usize>,
+        pub locks_live: usize,
+        pub lock_held: bool,
+        pub sysctl_live: usize,
+        pub next: usize,
+    }
+
+    static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+    pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+        let mut g = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+        f(g.get_or_insert_with(State::default))
+    }
+
+    pub fn reset() {
+        with(|s| *s = State::default());
+    }
+
+    fn next(s: &mut State) -> usize {
+        s.next += 1;
+        0x10_0000 + s.next * 16
+    }
+
+    /// A packet for the glue's transmit path.
+    pub fn mbuf(bytes: &[u8]) -> usize {
+        with(|s| {
+            let h = next(s);
+            s.tx.insert(h, bytes.to_vec());
+            h
+        })
+    }
+
+    /// # Safety
+    /// `name` is NUL-terminated; `mac` is valid for 6 bytes.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xnb_ifnet_create(
+        _softc: *mut c_void,
+        name: *const c_char,
+        mac: *const u8,
+        mtu: c_int,
+    ) -> *mut c_void {
+        let mut m = [0u8; 6];
+        // SAFETY: by contract.
+        m.copy_from_slice(unsafe { std::slice::from_raw_parts(mac, 6) });
+        // SAFETY: by contract.
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned();
+        with(|s| {
+            let h = next(s);
+            s.ifnets.insert(h, (m, name, mtu));
+            h as *mut c_void
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_ifnet_destroy(ifp: *mut c_void) {
+        with(|s| {
+            s.ifnets.remove(&(ifp as usize)).expect("live ifnet");
+            s.destroyed += 1;
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_link(ifp: *mut c_void, up: c_int) {
+        with(|s| {
+            assert!(
+                s.ifnets.contains_key(&(ifp as usize)),
+                "link of a dead ifnet"
+            );
+            s.links.push(up != 0);
+        });
+    }
+
+    /// # Safety
+    /// `buf` is valid for `len` bytes.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xnb_m_copydata(
+        m: *mut c_void,
+        off: u32,
+        len: u32,
+        buf: *mut u8,
+    ) {
+        let src = with(|s| s.tx.get(&(m as usize)).cloned()).expect("live mbuf");
+        let (off, len) = (off as usize, len as usize);
+        // SAFETY: by contract.
+        unsafe { std::ptr::copy_nonoverlapping(src[off..off + len].as_ptr(), buf, len) };
+    }
+
+    /// # Safety
+    /// `data` is valid for `len` bytes.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xnb_mbuf(
+        _ifp: *mut c_void,
+        data: *const u8,
+        len: u32,
+        csum_valid: c_int,
+    ) -> *mut c_void {
+        // SAFETY: by contract.
+        let bytes = unsafe { std::slice::from_raw_parts(data, len as usize) }.to_vec();
+        with(|s| {
+            let h = next(s);
+            s.rx.insert(h, (bytes, csum_valid != 0));
+            h as *mut c_void
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_input(ifp: *mut c_void, m: *mut c_void) {
+        with(|s| {
+            assert!(!s.lock_held, "if_input with the interface's mutex held");
+            assert!(
+                s.ifnets.contains_key(&(ifp as usize)),
+                "input on a dead ifnet"
+            );
+            s.input.push(m as usize);
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_now_ns() -> u64 {
+        with(|s| {
+            s.next += 1;
+            s.next as u64 * 1000
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_lock_new() -> *mut c_void {
+        with(|s| s.locks_live += 1);
+        Box::into_raw(Box::new(0u64)).cast()
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_lock(_m: *mut c_void) {
+        with(|s| {
+            assert!(!s.lock_held, "xnb mutex taken recursively");
+            s.lock_held = true;
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_trylock(_m: *mut c_void) -> c_int {
+        with(|s| {
+            if s.lock_held {
+                0
+            } else {
+                s.lock_held = true;
+                1
+            }
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_unlock(_m: *mut c_void) {
+        with(|s| {
+            assert!(s.lock_held, "xnb mutex released but not held");
+            s.lock_held = false;
+        });
+    }
+
+    /// # Safety
+    /// `m` came from `xenrs_xnb_lock_new`.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xnb_lock_free(m: *mut c_void) {
+        with(|s| s.locks_live -= 1);
+        // SAFETY: from Box::into_raw in lock_new, freed once.
+        drop(unsafe { Box::from_raw(m.cast::<u64>()) });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_sysctl_attach(_softc: *mut c_void, _unit: u32) -> *mut c_void {
+        with(|s| {
+            s.sysctl_live += 1;
+            next(s) as *mut c_void
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_sysctl_detach(_ctx: *mut c_void) {
+        with(|s| s.sysctl_live -= 1);
+    }
+}
+
+// ---------------------------------------------------------------- module
+
+#[test]
+fn load_registers_the_vif_backend_and_unload_unregisters_it() {
+    let _kernel = fake::session();
+    fake_xenrs_api::reset(1);
+    assert_eq!(xenrs_xnb_load(), 0);
+    assert!(fake::console().starts_with("xnb: loaded (up to 4 queue(s) per vif"));
+    assert_eq!(
+        fake_xenrs_api::with(|s| s
+            .registered
+            .iter()
+            .map(|r| (r.0, r.1.clone()))
+            .collect::<Vec<_>>()),
+        vec![(1, String::from("vif"))]
+    );
+    assert_eq!(xenrs_xnb_quiesce(), 0);
+    assert_eq!(xenrs_xnb_unload(), 0);
+    assert_eq!(
+        fake_xenrs_api::with(|s| (s.registered.len(), s.unregistered)),
+        (0, 1)
+    );
+    assert_eq!(fake::heap_blocks_out(), 0);
+}
+
+#[test]
+fn tunables_are_read_and_bad_ones_rejected_with_a_reason() {
+    let _kernel = fake::session();
+    fake::set_env("hw.xnb.max_queues", "2");
+    fake::set_env("hw.xnb.rx_queue_packets", "8");
+    fake::set_env("hw.xnb.split_evtchn", "nope");
+    let (f, l) = config_from_tunables();
+    assert_eq!(f.max_queues, 2);
+    assert!(f.split_evtchn);
+    assert!(!f.ctrl_ring);
+    assert_eq!(l.rx_queue_packets, Limits::default().rx_queue_packets);
+    let console = fake::console();
+    assert!(
+        console.contains("xnb: loader tunable hw.xnb.rx_queue_packets=\"8\": out of range (allowed: 16..=65536); using the default"),
+        "{console}"
+    );
+    assert!(
+        console.contains("hw.xnb.split_evtchn=\"nope\": not a boolean"),
+        "{console}"
+    );
+}
+
+#[test]
+fn sysctl_leaves_agree_with_the_shim_and_names_fit() {
+    let shim = include_str!("../xnb_kmod.c");
+    let start = shim.find("xnb_kmod_leaves[] = {").expect("leaf table");
+    let names: Vec<&str> = shim[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("};"))
+        .filter_map(|l| l.trim().strip_prefix("{ \"")?.split('"').next())
+        .collect();
+    let ours: Vec<&str> = DevStat::ALL.iter().map(|(_, n)| *n).collect();
+    assert_eq!(names, ours);
+    for (i, (stat, _)) in DevStat::ALL.iter().enumerate() {
+        assert_eq!(*stat as usize, i);
+    }
+    let n = vif::vif_name(32752, 12345).expect("fits");
+    assert_eq!(&n[..15], b"xnb32752.12345\0");
+    assert!(
+        vif::vif_name(65535, 4_000_000_000).is_none(),
+        "longer than IFNAMSIZ"
+    );
+}
+
+// ---------------------------------------------------------------- over xensim
+
+type Vif = XnbIf<'static, SimBackend<'static, 'static>, sys::Kernel>;
+
+struct TestDriver(Rc<RefCell<Vif>>);
+
+impl<S: XenStore + ?Sized> Driver<S> for TestDriver {
+    fn devtype(&self) -> &str {
+        "vif"
+    }
+    fn probe(&mut self, xs: &mut S, dev: &mut Device) -> Result<(), XsErr> {
+        self.0.borrow_mut().probe(xs, dev)
+    }
+    fn otherend_changed(
+        &mut self,
+        xs: &mut S,
+        dev: &mut Device,
+        state: XenbusState,
+    ) -> Result<(), XsErr> {
+        self.0.borrow_mut().otherend_changed(xs, dev, state)
+    }
+    fn remove(&mut self, _xs: &mut S, _dev: &mut Device) {
+        self.0.borrow_mut().detach();
+    }
+}
+
+type Xs = xen_xenbus::Xs<xen_tests::xensim::xenstored::SimTransport>;
+type FrontSetup = xen_netfront::negotiate::Setup<'static, SimFrontend<'static, 'static>>;
+
+/// Dom0 with the xnb glue on its bus; the guest's netfront driven by hand.
+struct Rig {
+    env: &'static Env<'static>,
+    xs: &'static XenstoreSim,
+    be_xs: Xs,
+    fe_xs: Xs,
+    be_bus: Bus<Xs>,
+    vif: Rc<RefCell<Vif>>,
+    front: Option<(FrontSetup, SimFrontend<'static, 'static>)>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        shim::reset();
+        let (env, xs) = machine(2, "00:16:3e:0a:0b:0c");
+        let w = env.world;
+        let plat = SimBackend::new(&w.dom0, &env.be_hub);
+        let vif = Rc::new(RefCell::new(XnbIf::new(
+            plat,
+            BackendFeatures {
+                max_queues: 2,
+                ctrl_ring: false,
+                ..BackendFeatures::default()
+            },
+            Limits::default(),
+            sys::kernel_for_tests(),
+        )));
+        let mut be_xs = xs.client(0);
+        let fe_xs = xs.client(w.guest.domid());
+        let mut be_bus = Bus::new(Role::Backend, 0);
+        be_bus.register(Box::new(TestDriver(vif.clone())));
+        be_bus.start(&mut be_xs).expect("bus");
+        let mut rig = Rig {
+            env,
+            xs,
+            be_xs,
+            fe_xs,
+            be_bus,
+            vif,
+            front: None,
+        };
+        rig.settle();
+        rig
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..64 {
+            self.xs.settle();
+            let mut n = 0;
+            while let Ok(Some((id, ev))) = self.be_xs.poll_event() {
+                n += 1;
+                self.be_bus.handle_event(&mut self.be_xs, id, &ev);
+            }
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    fn be_state(&self) -> XenbusState {
+        self.be_bus
+            .device(&self.env.world.be_dir())
+            .map_or(XenbusState::Unknown, Device::state)
+    }
+
+    fn fe_write_state(&mut self, state: &str) {
+        let fd = self.env.world.fe_dir();
+        self.fe_xs.write_str(&format!("{fd}/state"), state).unwrap();
+        self.settle();
+    }
+
+    /// The guest's half: read the offer, set up, publish, Connected.
+    fn frontend_connect(&mut self) {
+        let w = self.env.world;
+        let (fd, bd) = (w.fe_dir(), w.be_dir());
+        assert_eq!(self.be_state(), XenbusState::InitWait);
+        let cfg = FrontendConfig {
+            queues: 2,
+            ctrl_ring: false,
+            ..FrontendConfig::default()
+        };
+        let offer = negotiate::read_offer(&mut self.fe_xs, &bd).unwrap();
+        let mut plat = SimFrontend::new(&w.guest, &self.env.fe_hub, &self.env.table);
+        let setup = negotiate::setup(&mut plat, 0, &offer, &cfg, true).unwrap();
+        negotiate::publish(
+            &mut self.fe_xs,
+            &fd,
+            &setup.keys,
+            setup.split,
+            setup.ctrl_keys,
+            &offer,
+            &cfg,
+        )
+        .unwrap();
+        self.front = Some((setup, plat));
+        self.fe_write_state("4");
+        assert_eq!(self.be_state(), XenbusState::Connected);
+    }
+
+    fn frontend_close(&mut self) {
+        self.fe_write_state("5");
+        if let Some((mut setup, mut plat)) = self.front.take() {
+            setup.queues.clear();
+            setup.ctrl = None;
+            setup.resources.release(&mut plat);
+        }
+        self.fe_write_state("6");
+    }
+
+    /// The guest receives what dom0 put on its RX rings.
+    fn guest_rx(&mut self) -> Vec<(Vec<u8>, PacketMeta)> {
+        let mut got = Vec::new();
+        if let Some((setup, _)) = self.front.as_mut() {
+            for q in &mut setup.queues {
+                let _ = q.poll_rx(|d, m| got.push((d.to_vec(), *m)));
+            }
+        }
+        got
+    }
+
+    fn guest_send(&mut self, q: usize, data: &[u8], meta: &PacketMeta) {
+        let (setup, _) = self.front.as_mut().expect("connected");
+        setup.queues[q].send(data, meta).expect("sent");
+    }
+
+    fn bridge_transmit(&self, frame: &[u8], offload: u32, flowid: u32) -> i32 {
+        let m = shim::mbuf(frame);
+        self.vif.borrow_mut().transmit(
+            MbufHandle(m),
+            u32::try_from(frame.len()).unwrap(),
+            offload,
+            flowid,
+            true,
+        )
+    }
+}
+
+fn udp_frame(payload: usize, partial: bool) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 8 + payload];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&[0x00, 0x16, 0x3e, 0x0a, 0x0b, 0x0c]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = u16::try_from(20 + 8 + payload).unwrap();
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[10, 0, 0, 7]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 255]);
+    f[34..36].copy_from_slice(&5000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&6000u16.to_be_bytes());
+    f[38..40].copy_from_slice(&u16::try_from(8 + payload).unwrap().to_be_bytes());
+    for (i, b) in f[42..].iter_mut().enumerate() {
+        *b = u8::try_from(i % 199).unwrap_or(0);
+    }
+    if partial {
+        csum::set_pseudo(&mut f).unwrap();
+    } else {
+        csum::fill_full(&mut f).unwrap();
+    }
+    f
+}
+
+#[test]
+fn a_vif_carries_frames_both_ways_and_follows_the_frontend() {
+    let _kernel = fake::session();
+    let mut rig = Rig::new();
+    let guest = rig.env.world.guest.domid();
+    let ifnets = shim::with(|s| s.ifnets.clone());
+    assert_eq!(ifnets.len(), 1);
+    let (&ifp, (mac, name, mtu)) = ifnets.iter().next().unwrap();
+    assert_eq!(
+        (*mac, name.as_str(), *mtu),
+        (vif::VIF_MAC, format!("xnb{guest}.0").as_str(), 1500)
+    );
+    assert_eq!(
+        rig.vif.borrow().name(),
+        Some(format!("xnb{guest}.0").as_str())
+    );
+    assert_eq!(
+        rig.bridge_transmit(&udp_frame(10, false), 0, 0),
+        errno::ENETDOWN
+    );
+    rig.frontend_connect();
+    assert!(rig.vif.borrow().link());
+    assert_eq!(shim::with(|s| s.links.clone()), vec![true]);
+
+    // Guest -> bridge: a csum_blank frame arrives complete (the bridge may forward it).
+    let blank = udp_frame(300, true);
+    rig.guest_send(
+        0,
+        &blank,
+        &PacketMeta {
+            csum: Csum::Partial,
+            ..PacketMeta::default()
+        },
+    );
+    let full = udp_frame(40, false);
+    rig.guest_send(1, &full, &PacketMeta::default());
+    let up = rig.vif.borrow_mut().event();
+    assert_eq!(up.len(), 2);
+    let rx = shim::with(|s| s.rx.clone());
+    let frames: Vec<&(Vec<u8>, bool)> = up
+        .iter()
+        .map(|(i, m)| {
+            assert_eq!(i.0, ifp);
+            &rx[&m.0]
+        })
+        .collect();
+    let blank_up = frames.iter().find(|f| f.0.len() == blank.len()).unwrap();
+    assert_eq!(csum::verify(&blank_up.0), Some(true));
+    assert_eq!(blank_up.0[..40], blank[..40]);
+    let full_up = frames.iter().find(|f| f.0.len() == full.len()).unwrap();
+    assert_eq!(full_up.0, full);
+    assert_eq!(
+        rig.vif.borrow().stat(DevStat::FromGuestPackets as u32),
+        Some(2)
+    );
+
+    // Bridge -> guest: a local partial checksum travels as csum_blank; a TSO frame (never
+    // announced) is refused; the flow hash picks the queue.
+    let local = udp_frame(500, true);
+    assert_eq!(rig.bridge_transmit(&local, tx::PARTIAL, 3), 0);
+    assert_eq!(rig.bridge_transmit(&udp_frame(64, false), 0, 0), 0);
+    assert_eq!(
+        rig.bridge_transmit(&local, tx::PARTIAL | tx::TSO4, 0),
+        errno::EINVAL
+    );
+    let got = rig.guest_rx();
+    assert_eq!(got.len(), 2);
+    let l = got.iter().find(|g| g.0.len() == local.len()).unwrap();
+    assert_eq!(l.0, local);
+    assert_eq!(l.1.csum, Csum::Partial);
+    assert_eq!(
+        rig.vif.borrow().stat(DevStat::ToGuestPackets as u32),
+        Some(2)
+    );
+    assert_eq!(
+        rig.vif.borrow().stat(DevStat::ToGuestDropped as u32),
+        Some(2)
+    );
+    assert_eq!(
+        rig.vif.borrow().stat(DevStat::Domid as u32),
+        Some(u64::from(guest))
+    );
+
+    // The guest closes and comes back: link down, then InitWait again, then up.
+    rig.frontend_close();
+    assert!(!rig.vif.borrow().link());
+    assert_eq!(rig.be_state(), XenbusState::Closed);
+    rig.fe_write_state("1");
+    assert_eq!(rig.be_state(), XenbusState::InitWait);
+    rig.frontend_connect();
+    assert_eq!(shim::with(|s| s.links.clone()), vec![true, false, true]);
+    assert_eq!(rig.vif.borrow().stat(DevStat::Connections as u32), Some(2));
+    assert_eq!(rig.bridge_transmit(&full, 0, 0), 0);
+    assert_eq!(rig.guest_rx().len(), 1);
+
+    // Detach: interface gone; frames from the guest reach nothing afterwards.
+    rig.vif.borrow_mut().detach();
+    assert_eq!(shim::with(|s| (s.ifnets.len(), s.destroyed)), (0, 1));
+    assert_eq!(rig.vif.borrow().name(), None);
+    let _ = rig
+        .front
+        .as_mut()
+        .map(|(s, _)| s.queues[0].send(&full, &PacketMeta::default()));
+    assert!(rig.vif.borrow_mut().event().is_empty());
+    assert_eq!(rig.bridge_transmit(&full, 0, 0), errno::ENETDOWN);
+    assert_eq!(
+        shim::with(|s| s.input.len()),
+        0,
+        "nothing was passed up by hand here"
+    );
+}
