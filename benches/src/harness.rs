@@ -82,6 +82,42 @@ pub fn measure(reps: usize, items: u64, mut batch: impl FnMut(u64) -> u64) -> Sa
     }
 }
 
+/// [`measure`] for two batches, alternating their repetitions (a, b, a, b, ...) so that load
+/// from other processes on a shared machine falls on both alike and their ratio stays fair.
+pub fn measure_pair(
+    reps: usize,
+    items: u64,
+    mut a: impl FnMut(u64) -> u64,
+    mut b: impl FnMut(u64) -> u64,
+) -> (Sample, Sample) {
+    std::hint::black_box(a(items));
+    std::hint::black_box(b(items));
+    let (mut pa, mut pb): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    for _ in 0..reps.max(1) {
+        for (f, per) in [
+            (&mut a as &mut dyn FnMut(u64) -> u64, &mut pa),
+            (&mut b, &mut pb),
+        ] {
+            let t = Instant::now();
+            std::hint::black_box(f(std::hint::black_box(items)));
+            per.push(t.elapsed().as_secs_f64() * 1e9 / items as f64);
+        }
+    }
+    (sample(pa, items), sample(pb, items))
+}
+
+fn sample(mut per: Vec<f64>, items: u64) -> Sample {
+    let min = per.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = per.iter().copied().fold(0.0, f64::max);
+    Sample {
+        median: median(&mut per),
+        min,
+        max,
+        reps: per.len(),
+        items,
+    }
+}
+
 /// As [`measure`], for batches that time themselves (returning nanoseconds spent on the
 /// part under test, so set-up between items is excluded).
 pub fn measure_timed(reps: usize, items: u64, mut batch: impl FnMut(u64) -> f64) -> Sample {
@@ -111,5 +147,8 @@ mod tests {
         let s = measure(3, 10, |n| n);
         assert_eq!(s.reps, 3);
         assert!(s.min <= s.median && s.median <= s.max);
+        let (x, y) = measure_pair(4, 10, |n| n, |n| n + 1);
+        assert_eq!((x.reps, y.reps), (4, 4));
+        assert!(y.min <= y.median && y.median <= y.max);
     }
 }

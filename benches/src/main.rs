@@ -1,12 +1,14 @@
 //! `xen-bench`: the benchmark suites behind `cargo kmod bench` (see BENCHMARKS.md).
 //!
 //! ```sh
-//! cargo run --release -p xen-bench -- [--out DIR] [--quick]
+//! cargo run --release -p xen-bench -- [--out DIR] [--quick] [--only ring,gnttab,evtchn,parse,blk,net]
 //! ```
 //!
 //! Prints progress to stderr and each table as it is measured, then writes `results.md`
-//! (the tables BENCHMARKS.md quotes) and `results.csv` (one row per measurement) into DIR
-//! (default `target/bench`). Every ratio is between two figures of the same run.
+//! (the tables BENCHMARKS.md quotes), `results.csv` (one row per measurement) and one PNG bar
+//! chart per suite ([`plot`]) into DIR (default `target/bench`). Every ratio is between two
+//! figures of the same run. `--only` runs the named suites (e.g. `--only ring` while working on
+//! the ring). The network suite ([`net`]) needs root.
 #![expect(
     clippy::cast_possible_truncation,
     reason = "host-only benchmark code: counts and sizes far below 2^32, f64 for reporting"
@@ -15,12 +17,15 @@
 mod e2e;
 mod harness;
 mod micro;
+mod net;
+mod plot;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use harness::Sample;
+use plot::{Bar, Chart};
 
 /// How much work each measurement does.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +46,12 @@ pub struct Scale {
     pub seq_mib: u64,
     /// 64 MiB copies per repetition.
     pub memcpy_rounds: u64,
+    /// Alternating repetitions of each network measurement (ours, veth).
+    pub net_reps: u16,
+    /// MiB per TCP stream.
+    pub net_tcp_mib: u64,
+    /// Seconds of 64-byte UDP per repetition.
+    pub net_udp_secs: f64,
 }
 
 impl Scale {
@@ -53,6 +64,9 @@ impl Scale {
         blk_ops: 20_000,
         seq_mib: 256,
         memcpy_rounds: 4,
+        net_reps: 5,
+        net_tcp_mib: 256,
+        net_udp_secs: 3.0,
     };
     const QUICK: Scale = Scale {
         reps: 3,
@@ -63,12 +77,24 @@ impl Scale {
         blk_ops: 500,
         seq_mib: 16,
         memcpy_rounds: 1,
+        net_reps: 1,
+        net_tcp_mib: 32,
+        net_udp_secs: 1.0,
     };
 }
 
 struct Report {
     md: String,
     csv: String,
+    charts: Vec<Chart>,
+}
+
+fn bar(label: impl Into<String>, value: f64, series: u8) -> Bar {
+    Bar {
+        label: label.into(),
+        value,
+        series,
+    }
 }
 
 impl Report {
@@ -105,6 +131,14 @@ fn progress(t0: Instant, what: &str) {
     eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
 
+/// `/proc/loadavg`'s first three fields: how busy the machine was (others' work included).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn cpu_info() -> (String, String, f64) {
     let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
@@ -119,9 +153,118 @@ fn cpu_info() -> (String, String, f64) {
     (model, threads.to_string(), mhz)
 }
 
+/// The network table: ours vs veth, TCP and 64-byte UDP.
+fn net_section(r: &mut Report, scale: &Scale) {
+    r.section(
+        "Simulated end to end: netfront ↔ netback between two namespaces, vs veth",
+        &format!(
+            "Linux TCP/UDP in namespace A → TAP → netfront → xensim → netback → TAP → \
+             namespace B (the `net_e2e` data path: default features, TAPs with checksum and \
+             TSO offload, one worker thread per queue and side), against a veth pair between \
+             two other namespaces; {} alternating repetitions each. TCP: one {} MiB stream, \
+             own sender/receiver. 64-byte: UDP datagrams of {} payload bytes (64-byte \
+             Ethernet frames) from one thread for {:.0} s; received packets per second.",
+            scale.net_reps,
+            scale.net_tcp_mib,
+            net::UDP_PAYLOAD_64B,
+            scale.net_udp_secs
+        ),
+        &[
+            "workload",
+            "netfront/netback",
+            "veth",
+            "ratio ours/veth (median; best)",
+        ],
+    );
+    match net::run_suite(scale) {
+        Ok(n) => {
+            // ns per MiB → Gbit/s; ns per packet → Mpps.
+            let gbit = |ns: f64| 8.0 * 1_048_576.0 / ns;
+            let mpps = |ns: f64| 1e3 / ns;
+            r.row(&[
+                "TCP, one stream".into(),
+                format!(
+                    "{:.2} Gbit/s (best {:.2})",
+                    gbit(n.tcp_ours.median),
+                    gbit(n.tcp_ours.min)
+                ),
+                format!(
+                    "{:.2} Gbit/s (best {:.2})",
+                    gbit(n.tcp_veth.median),
+                    gbit(n.tcp_veth.min)
+                ),
+                format!(
+                    "**{:.3}**; {:.3}",
+                    n.tcp_veth.median / n.tcp_ours.median,
+                    n.tcp_veth.min / n.tcp_ours.min
+                ),
+            ]);
+            r.row(&[
+                "64-byte UDP, received".into(),
+                format!(
+                    "{:.3} Mpps (best {:.3}; offered {:.3})",
+                    mpps(n.udp_ours.median),
+                    mpps(n.udp_ours.min),
+                    n.udp_offered.0 / 1e6
+                ),
+                format!(
+                    "{:.3} Mpps (best {:.3}; offered {:.3})",
+                    mpps(n.udp_veth.median),
+                    mpps(n.udp_veth.min),
+                    n.udp_offered.1 / 1e6
+                ),
+                format!(
+                    "**{:.3}**; {:.3}",
+                    n.udp_veth.median / n.udp_ours.median,
+                    n.udp_veth.min / n.udp_ours.min
+                ),
+            ]);
+            let _ = writeln!(
+                r.md,
+                "\n{} queues; negotiated: `{}`; frontend ring-busy retries: {}.",
+                n.queues, n.features, n.busy
+            );
+            r.csv("net", "tcp-ours", "ns/MiB", &n.tcp_ours);
+            r.csv("net", "tcp-veth", "ns/MiB", &n.tcp_veth);
+            r.csv("net", "udp64-ours", "ns/packet", &n.udp_ours);
+            r.csv("net", "udp64-veth", "ns/packet", &n.udp_veth);
+            r.charts.push(Chart {
+                file: "net-tcp.png".into(),
+                title: "TCP, one stream, Gbit/s (median; higher is better)".into(),
+                unit: "Gbit/s".into(),
+                bars: vec![
+                    bar("netfront-xensim-netback", gbit(n.tcp_ours.median), 0),
+                    bar("veth pair", gbit(n.tcp_veth.median), 1),
+                ],
+                legend: ["ours (simulated)", "veth (same run)", ""],
+            });
+            r.charts.push(Chart {
+                file: "net-pps.png".into(),
+                title: "64-byte UDP received, Mpps (median; higher is better)".into(),
+                unit: "Mpps".into(),
+                bars: vec![
+                    bar("netfront-xensim-netback", mpps(n.udp_ours.median), 0),
+                    bar("veth pair", mpps(n.udp_veth.median), 1),
+                ],
+                legend: ["ours (simulated)", "veth (same run)", ""],
+            });
+        }
+        Err(e) => {
+            eprintln!("network suite not run: {e}");
+            r.row(&[
+                format!("not run: {e}"),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+}
+
 fn main() {
     let mut out = PathBuf::from("target/bench");
     let mut scale = Scale::FULL;
+    let mut only: Option<Vec<String>> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -132,17 +275,28 @@ fn main() {
                     .expect("--out needs a folder")
             }
             "--quick" => scale = Scale::QUICK,
+            "--only" => {
+                only = args
+                    .next()
+                    .map(|v| v.split(',').map(str::to_string).collect());
+            }
             other => {
-                eprintln!("usage: xen-bench [--out DIR] [--quick]\nunknown argument `{other}`");
+                eprintln!(
+                    "usage: xen-bench [--out DIR] [--quick] [--only ring,gnttab,evtchn,parse,blk,net]\n\
+                     unknown argument `{other}`"
+                );
                 std::process::exit(2);
             }
         }
     }
+    let want = |suite: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == suite));
+    let load0 = load_average();
     let t0 = Instant::now();
     let (model, threads, mhz) = cpu_info();
     let mut r = Report {
         md: String::new(),
         csv: "suite,case,unit,median,min,max,reps,items\n".into(),
+        charts: Vec::new(),
     };
     let _ = writeln!(
         r.md,
@@ -155,216 +309,324 @@ fn main() {
     println!("{}", r.md);
 
     // Ring.
-    progress(t0, "ring: xen-ring vs io/ring.h (24 and 112-byte entries)");
-    r.section(
-        "Shared ring: xen-ring vs Xen's C io/ring.h",
-        "One thread, one page, both ends in turn: fill every free slot, publish and check \
+    if want("ring") {
+        progress(t0, "ring: xen-ring vs io/ring.h (24 and 112-byte entries)");
+        r.section(
+            "Shared ring: xen-ring vs Xen's C io/ring.h",
+            "One thread, one page, both ends in turn: fill every free slot, publish and check \
          notify, consume all + final check, answer all, publish, consume all + final check. \
          ns per request/response round trip; ratio = xen-ring ÷ C (lower is better, 1.0 = \
          parity).",
-        &[
-            "entry",
-            "slots",
-            "xen-ring",
-            "io/ring.h (C, cc -O2)",
-            "ratio Rust/C (median; min)",
-            "notifies per 1k (Rust / C)",
-        ],
-    );
-    for x in micro::ring(&scale) {
-        r.row(&[
-            format!("{} B", x.entry),
-            x.slots.to_string(),
-            x.rust.show_ns(),
-            x.c.show_ns(),
-            format!(
-                "**{:.2}**; {:.2}",
-                x.rust.median / x.c.median,
-                x.rust.min / x.c.min
-            ),
-            format!("{:.1} / {:.1}", x.notifies_per_k.0, x.notifies_per_k.1),
-        ]);
-        r.csv(
-            "ring",
-            &format!("rust-{}B", x.entry),
-            "ns/round-trip",
-            &x.rust,
+            &[
+                "entry",
+                "slots",
+                "xen-ring",
+                "io/ring.h (C, cc -O2)",
+                "ratio Rust/C (median; min)",
+                "notifies per 1k (Rust / C)",
+            ],
         );
-        r.csv("ring", &format!("c-{}B", x.entry), "ns/round-trip", &x.c);
+        let ring = micro::ring(&scale);
+        let mut bars = Vec::new();
+        for x in &ring {
+            bars.push(bar(
+                format!("xen-ring, {} B entries", x.entry),
+                x.rust.median,
+                0,
+            ));
+            bars.push(bar(
+                format!("io/ring.h, {} B entries", x.entry),
+                x.c.median,
+                1,
+            ));
+        }
+        r.charts.push(Chart {
+            file: "ring.png".into(),
+            title: "Shared ring round trip, ns (median; lower is better)".into(),
+            unit: "ns".into(),
+            bars,
+            legend: ["xen-ring (Rust)", "Xen io/ring.h (C, cc -O2)", ""],
+        });
+        for x in ring {
+            r.row(&[
+                format!("{} B", x.entry),
+                x.slots.to_string(),
+                x.rust.show_ns(),
+                x.c.show_ns(),
+                format!(
+                    "**{:.2}**; {:.2}",
+                    x.rust.median / x.c.median,
+                    x.rust.min / x.c.min
+                ),
+                format!("{:.1} / {:.1}", x.notifies_per_k.0, x.notifies_per_k.1),
+            ]);
+            r.csv(
+                "ring",
+                &format!("rust-{}B", x.entry),
+                "ns/round-trip",
+                &x.rust,
+            );
+            r.csv("ring", &format!("c-{}B", x.entry), "ns/round-trip", &x.c);
+        }
     }
 
     // Grants.
-    progress(t0, "grant references: RefStack vs Vec free list");
-    r.section(
-        "Grant-reference allocation",
-        "xen-gnttab's lock-free `RefStack` (Treiber stack with ABA tag; what every driver \
+    if want("gnttab") {
+        progress(t0, "grant references: RefStack vs Vec free list");
+        r.section(
+            "Grant-reference allocation",
+            "xen-gnttab's lock-free `RefStack` (Treiber stack with ABA tag; what every driver \
          uses) vs a plain single-threaded `Vec<u32>` free list. Take `batch` references, \
          return them; ns per alloc+free pair.",
-        &[
-            "batch",
-            "RefStack",
-            "Vec free list",
-            "ratio RefStack/Vec (median; min)",
-        ],
-    );
-    for batch in [1u32, 32] {
-        let (ours, base) = micro::grant_refs(&scale, batch);
-        r.row(&[
-            batch.to_string(),
-            ours.show_ns(),
-            base.show_ns(),
-            format!(
-                "**{:.2}**; {:.2}",
-                ours.median / base.median,
-                ours.min / base.min
-            ),
-        ]);
-        r.csv("gnttab", &format!("refstack-b{batch}"), "ns/pair", &ours);
-        r.csv("gnttab", &format!("vec-b{batch}"), "ns/pair", &base);
+            &[
+                "batch",
+                "RefStack",
+                "Vec free list",
+                "ratio RefStack/Vec (median; min)",
+            ],
+        );
+        let mut bars = Vec::new();
+        for batch in [1u32, 32] {
+            let (ours, base) = micro::grant_refs(&scale, batch);
+            bars.push(bar(format!("RefStack, batch {batch}"), ours.median, 0));
+            bars.push(bar(format!("Vec free list, batch {batch}"), base.median, 1));
+            r.row(&[
+                batch.to_string(),
+                ours.show_ns(),
+                base.show_ns(),
+                format!(
+                    "**{:.2}**; {:.2}",
+                    ours.median / base.median,
+                    ours.min / base.min
+                ),
+            ]);
+            r.csv("gnttab", &format!("refstack-b{batch}"), "ns/pair", &ours);
+            r.csv("gnttab", &format!("vec-b{batch}"), "ns/pair", &base);
+        }
+        r.charts.push(Chart {
+            file: "gnttab.png".into(),
+            title: "Grant reference alloc+free, ns per pair (median)".into(),
+            unit: "ns".into(),
+            bars,
+            legend: [
+                "xen-gnttab RefStack (lock-free)",
+                "Vec<u32> (single thread)",
+                "",
+            ],
+        });
     }
 
     // Event channels.
-    progress(t0, "event channels: 2-level upcall scan over xensim");
-    r.section(
-        "Event-channel upcall scan (2-level)",
-        "`xen-evtchn` `EventChannels::poll` over xensim's shared_info: `bound` IPI ports on \
+    if want("evtchn") {
+        progress(t0, "event channels: 2-level upcall scan over xensim");
+        r.section(
+            "Event-channel upcall scan (2-level)",
+            "`xen-evtchn` `EventChannels::poll` over xensim's shared_info: `bound` IPI ports on \
          vCPU 0, `pending` of them raised (untimed, through EVTCHNOP_send in the simulator), \
          then poll until all are delivered (timed). ns per delivered event, and per scan.",
-        &[
-            "bound",
-            "pending",
-            "ns per event",
-            "ns per full scan",
-            "events/s",
-        ],
-    );
-    for (bound, stride) in [(64u32, 1u32), (1024, 1), (1024, 64), (4000, 1), (4000, 250)] {
-        let s = micro::evtchn_scan(&scale, bound, stride);
-        r.row(&[
-            s.bound.to_string(),
-            s.pending.to_string(),
-            s.per_event.show_ns(),
-            format!("{:.0} ns", s.per_event.median * f64::from(s.pending)),
-            format!("{:.1} M", s.per_event.per_sec() / 1e6),
-        ]);
-        r.csv(
-            "evtchn",
-            &format!("scan-{}-{}", s.bound, s.pending),
-            "ns/event",
-            &s.per_event,
+            &[
+                "bound",
+                "pending",
+                "ns per event",
+                "ns per full scan",
+                "events/s",
+            ],
         );
+        let mut bars = Vec::new();
+        for (bound, stride) in [(64u32, 1u32), (1024, 1), (1024, 64), (4000, 1), (4000, 250)] {
+            let s = micro::evtchn_scan(&scale, bound, stride);
+            bars.push(bar(
+                format!("{} pending of {} bound", s.pending, s.bound),
+                s.per_event.median,
+                0,
+            ));
+            r.row(&[
+                s.bound.to_string(),
+                s.pending.to_string(),
+                s.per_event.show_ns(),
+                format!("{:.0} ns", s.per_event.median * f64::from(s.pending)),
+                format!("{:.1} M", s.per_event.per_sec() / 1e6),
+            ]);
+            r.csv(
+                "evtchn",
+                &format!("scan-{}-{}", s.bound, s.pending),
+                "ns/event",
+                &s.per_event,
+            );
+        }
+        r.charts.push(Chart {
+            file: "evtchn.png".into(),
+            title: "2-level event-channel upcall scan, ns per delivered event (median)".into(),
+            unit: "ns".into(),
+            bars,
+            legend: ["xen-evtchn over xensim", "", ""],
+        });
     }
 
     // Parsing.
-    progress(t0, "request parsing: blkif and netif TX");
-    r.section(
-        "Request parsing",
-        "Per item, on local copies (the ring copy is measured above): blkif \
+    if want("parse") {
+        progress(t0, "request parsing: blkif and netif TX");
+        r.section(
+            "Request parsing",
+            "Per item, on local copies (the ring copy is measured above): blkif \
          `Request::parse` (operation, 1..11 segments, sector range and alignment checks) and \
          netif `TxAssembler::push` (slot framing, sizes, flags). No C baseline in this run.",
-        &["what", "ns per item", "M items/s"],
-    );
-    let b = micro::blkif_parse(&scale);
-    r.row(&[
-        "blkif request parse (1..11 segments)".into(),
-        b.show_ns(),
-        format!("{:.1}", b.per_sec() / 1e6),
-    ]);
-    r.csv("parse", "blkif", "ns/request", &b);
-    for slots in [1u16, 3] {
-        let n = micro::netif_tx(&scale, slots);
+            &["what", "ns per item", "M items/s"],
+        );
+        let b = micro::blkif_parse(&scale);
         r.row(&[
-            format!("netif TX assembly, {slots}-slot packets (per slot)"),
-            n.show_ns(),
-            format!("{:.1}", n.per_sec() / 1e6),
+            "blkif request parse (1..11 segments)".into(),
+            b.show_ns(),
+            format!("{:.1}", b.per_sec() / 1e6),
         ]);
-        r.csv("parse", &format!("netif-tx-{slots}"), "ns/slot", &n);
+        r.csv("parse", "blkif", "ns/request", &b);
+        let mut bars = vec![bar("blkif Request::parse", b.median, 0)];
+        for slots in [1u16, 3] {
+            let n = micro::netif_tx(&scale, slots);
+            r.row(&[
+                format!("netif TX assembly, {slots}-slot packets (per slot)"),
+                n.show_ns(),
+                format!("{:.1}", n.per_sec() / 1e6),
+            ]);
+            r.csv("parse", &format!("netif-tx-{slots}"), "ns/slot", &n);
+            bars.push(bar(format!("netif TX, {slots}-slot packets"), n.median, 0));
+        }
+        r.charts.push(Chart {
+            file: "parse.png".into(),
+            title: "Request parsing, ns per request / slot (median)".into(),
+            unit: "ns".into(),
+            bars,
+            legend: ["xen-blkback / xen-netif", "", ""],
+        });
     }
 
     // End to end.
-    progress(t0, "memcpy bandwidth (64 MiB, one core)");
-    let mc = e2e::memcpy_64m(&scale);
-    let mc_gbs = 1_048_576.0 / mc.median; // bytes per ns = GB/s
-    progress(t0, "blkfront<->blkback over xensim: 4 KiB random read, QD1");
-    let q1 = e2e::random_read_4k(&scale, 1);
-    progress(
-        t0,
-        "blkfront<->blkback over xensim: 4 KiB random read, QD32",
-    );
-    let q32 = e2e::random_read_4k(&scale, 32);
-    progress(
-        t0,
-        "blkfront<->blkback over xensim: 1 MiB sequential read, depth 4",
-    );
-    let seq = e2e::sequential_1m(&scale, 4);
-    let seq_gbs = 1_048_576.0 / seq.median;
-    r.section(
-        "Simulated end to end: blkfront ↔ blkback over xensim",
-        "Both real driver cores, xensim's grant tables, event channels and xenstored, and \
+    if want("blk") {
+        progress(t0, "memcpy bandwidth (64 MiB, one core)");
+        let mc = e2e::memcpy_64m(&scale);
+        let mc_gbs = 1_048_576.0 / mc.median; // bytes per ns = GB/s
+        progress(t0, "blkfront<->blkback over xensim: 4 KiB random read, QD1");
+        let q1 = e2e::random_read_4k(&scale, 1);
+        progress(
+            t0,
+            "blkfront<->blkback over xensim: 4 KiB random read, QD32",
+        );
+        let q32 = e2e::random_read_4k(&scale, 32);
+        progress(
+            t0,
+            "blkfront<->blkback over xensim: 1 MiB sequential read, depth 4",
+        );
+        let seq = e2e::sequential_1m(&scale, 4);
+        let seq_gbs = 1_048_576.0 / seq.median;
+        r.section(
+            "Simulated end to end: blkfront ↔ blkback over xensim",
+            "Both real driver cores, xensim's grant tables, event channels and xenstored, and \
          the `blk_e2e` harness's driving loop, all on one thread; disk = 64 MiB image file \
          (page cache). Default features (persistent grants, indirect segments, multi-page \
          ring, multi-queue). Cycles = ns × the clock /proc/cpuinfo reports.",
-        &[
-            "workload",
-            "median",
-            "rate",
-            "cycles per request",
-            "vs memcpy",
-        ],
-    );
-    let cyc = |ns: f64| {
-        if mhz > 0.0 {
-            format!("{:.0}", ns * mhz / 1000.0)
-        } else {
-            "n/a".into()
+            &[
+                "workload",
+                "median",
+                "rate",
+                "cycles per request",
+                "vs memcpy",
+            ],
+        );
+        let cyc = |ns: f64| {
+            if mhz > 0.0 {
+                format!("{:.0}", ns * mhz / 1000.0)
+            } else {
+                "n/a".into()
+            }
+        };
+        for (name, s) in [
+            ("4 KiB random read, QD 1", &q1),
+            ("4 KiB random read, QD 32", &q32),
+        ] {
+            r.row(&[
+                name.into(),
+                format!(
+                    "{:.2} µs/req (±{:.0}%)",
+                    s.median / 1000.0,
+                    s.spread_pct() / 2.0
+                ),
+                format!("{:.0} IOPS", s.per_sec()),
+                cyc(s.median),
+                "".into(),
+            ]);
         }
-    };
-    for (name, s) in [
-        ("4 KiB random read, QD 1", &q1),
-        ("4 KiB random read, QD 32", &q32),
-    ] {
         r.row(&[
-            name.into(),
+            "1 MiB sequential read, 4 in flight".into(),
             format!(
-                "{:.2} µs/req (±{:.0}%)",
-                s.median / 1000.0,
-                s.spread_pct() / 2.0
+                "{:.0} µs/MiB (±{:.0}%)",
+                seq.median / 1000.0,
+                seq.spread_pct() / 2.0
             ),
-            format!("{:.0} IOPS", s.per_sec()),
-            cyc(s.median),
-            "".into(),
+            format!("{seq_gbs:.2} GB/s"),
+            cyc(seq.median),
+            format!("**{:.3}** of memcpy", seq_gbs / mc_gbs),
         ]);
+        r.row(&[
+            "memcpy 64 MiB, one core (baseline)".into(),
+            format!(
+                "{:.0} µs/MiB (±{:.0}%)",
+                mc.median / 1000.0,
+                mc.spread_pct() / 2.0
+            ),
+            format!("{mc_gbs:.2} GB/s"),
+            "".into(),
+            "1".into(),
+        ]);
+        r.csv("blk-e2e", "rand4k-qd1", "ns/request", &q1);
+        r.csv("blk-e2e", "rand4k-qd32", "ns/request", &q32);
+        r.csv("blk-e2e", "seq1m-d4", "ns/MiB", &seq);
+        r.csv("memcpy", "64MiB", "ns/MiB", &mc);
+        r.charts.push(Chart {
+            file: "blk.png".into(),
+            title: "Simulated blkfront-blkback: 1 MiB sequential read vs memcpy, GB/s".into(),
+            unit: "GB/s".into(),
+            bars: vec![
+                bar("blkfront-xensim-blkback", seq_gbs, 0),
+                bar("memcpy 64 MiB, one core", mc_gbs, 1),
+            ],
+            legend: ["ours (simulated)", "memcpy ceiling", ""],
+        });
+        r.charts.push(Chart {
+            file: "blk-iops.png".into(),
+            title: "Simulated blkfront-blkback: 4 KiB random read, kIOPS".into(),
+            unit: "k".into(),
+            bars: vec![
+                bar("queue depth 1", q1.per_sec() / 1e3, 0),
+                bar("queue depth 32", q32.per_sec() / 1e3, 0),
+            ],
+            legend: ["ours (simulated)", "", ""],
+        });
     }
-    r.row(&[
-        "1 MiB sequential read, 4 in flight".into(),
-        format!(
-            "{:.0} µs/MiB (±{:.0}%)",
-            seq.median / 1000.0,
-            seq.spread_pct() / 2.0
-        ),
-        format!("{seq_gbs:.2} GB/s"),
-        cyc(seq.median),
-        format!("**{:.3}** of memcpy", seq_gbs / mc_gbs),
-    ]);
-    r.row(&[
-        "memcpy 64 MiB, one core (baseline)".into(),
-        format!(
-            "{:.0} µs/MiB (±{:.0}%)",
-            mc.median / 1000.0,
-            mc.spread_pct() / 2.0
-        ),
-        format!("{mc_gbs:.2} GB/s"),
-        "".into(),
-        "1".into(),
-    ]);
-    r.csv("blk-e2e", "rand4k-qd1", "ns/request", &q1);
-    r.csv("blk-e2e", "rand4k-qd32", "ns/request", &q32);
-    r.csv("blk-e2e", "seq1m-d4", "ns/MiB", &seq);
-    r.csv("memcpy", "64MiB", "ns/MiB", &mc);
+
+    // Network end to end.
+    if want("net") {
+        progress(
+            t0,
+            "netfront<->xensim<->netback between namespaces vs veth: TCP and 64-byte UDP",
+        );
+        net_section(&mut r, &scale);
+    }
 
     let total = t0.elapsed().as_secs_f64();
-    let _ = writeln!(r.md, "\nTotal run time: {total:.0} s.");
     std::fs::create_dir_all(&out).expect("create the output folder");
+    if !r.charts.is_empty() {
+        let _ = writeln!(r.md, "\n### Plots\n");
+    }
+    for c in &r.charts {
+        std::fs::write(out.join(&c.file), plot::render(c)).expect("write a plot");
+        let _ = writeln!(r.md, "{}\n", plot::markdown(c, "."));
+    }
+    let _ = writeln!(
+        r.md,
+        "\nTotal run time: {total:.0} s. Load average (1, 5, 15 min) at the start: {load0}; \
+         at the end: {}.",
+        load_average()
+    );
     std::fs::write(out.join("results.md"), &r.md).expect("write results.md");
     std::fs::write(out.join("results.csv"), &r.csv).expect("write results.csv");
     progress(

@@ -21,7 +21,7 @@ use xen_shmem::{Page, Pod, SharedMem};
 use xen_sys::consts::{BlkifOp, NetTxFlags};
 use xen_tests::xensim::{DomainConfig, DomainHandle, SimConfig, SimHypervisor};
 
-use crate::harness::{measure, measure_timed, Sample};
+use crate::harness::{measure, measure_pair, measure_timed, Sample};
 use crate::Scale;
 
 extern "C" {
@@ -112,18 +112,22 @@ where
         .size();
     assert_eq!(slots, c_size, "the two rings must have the same geometry");
     let n = scale.ring_items;
-    let mut rust_nt = 0;
-    let rust = measure(scale.reps, n, |n| {
-        let (s, nt) = rust_round_trips::<W>(mem, n);
-        rust_nt = nt;
-        s
-    });
-    let mut c_nt = 0;
-    let c = measure(scale.reps, n, |n| {
-        let (s, nt) = c_round_trips(c_loop, n);
-        c_nt = nt;
-        s
-    });
+    let (mut rust_nt, mut c_nt) = (0, 0);
+    // Alternating repetitions: the ratio stays fair when other load comes and goes.
+    let (rust, c) = measure_pair(
+        scale.reps,
+        n,
+        |n| {
+            let (s, nt) = rust_round_trips::<W>(mem, n);
+            rust_nt = nt;
+            s
+        },
+        |n| {
+            let (s, nt) = c_round_trips(c_loop, n);
+            c_nt = nt;
+            s
+        },
+    );
     // Both loops round n up to whole batches; count per item actually run.
     let per_k = |nt: u64| nt as f64 * 1000.0 / n as f64;
     RingResult {

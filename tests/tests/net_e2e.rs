@@ -30,6 +30,7 @@ mod tests {
     use xen_tests::net::pair::{Options, Pair, VifIo};
     use xen_tests::net::sys;
     use xen_tests::net::tap::{Tap, TapOffloads};
+    use xen_tests::net::unique_name;
 
     /// The namespace tests share the machine's CPUs; run them one at a time.
     static SERIAL: Mutex<()> = Mutex::new(());
@@ -387,8 +388,12 @@ mod tests {
         let _serial = SERIAL
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (na, nb) = (format!("xnA-{}", case.tag), format!("xnB-{}", case.tag));
-        let (ta, tb) = (format!("xta{}", case.tag), format!("xtb{}", case.tag));
+        // Unique per process and case: two runs at once must not take each other's devices.
+        let (na, nb) = (
+            unique_name(&format!("xnA-{}-", case.tag)),
+            unique_name(&format!("xnB-{}-", case.tag)),
+        );
+        let (ta, tb) = (unique_name("xta"), unique_name("xtb"));
         let ns_a = Ns::new(&na);
         let ns_b = Ns::new(&nb);
         let tap_a = Tap::open(&ta, case.tap).expect("tap A");
@@ -620,15 +625,13 @@ mod tests {
         let _serial = SERIAL
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let a = Ns::new("xnV1");
-        let b = Ns::new("xnV2");
-        let _ = Command::new("ip").args(["link", "del", "xnveth1"]).output();
-        ip(&[
-            "link", "add", "xnveth1", "type", "veth", "peer", "name", "xnveth2",
-        ]);
-        place("xnveth1", &a, "10.78.0.1/24", "fd78::1/64", None);
-        place("xnveth2", &b, "10.78.0.2/24", "fd78::2/64", None);
-        let veth = tcp_transfer("xnV1", "xnV2", "10.78.0.2:5012", case.tcp_bytes);
+        let a = Ns::new(&unique_name("xnV1-"));
+        let b = Ns::new(&unique_name("xnV2-"));
+        let (v1, v2) = (unique_name("xnv"), unique_name("xnv"));
+        ip(&["link", "add", &v1, "type", "veth", "peer", "name", &v2]);
+        place(&v1, &a, "10.78.0.1/24", "fd78::1/64", None);
+        place(&v2, &b, "10.78.0.2/24", "fd78::2/64", None);
+        let veth = tcp_transfer(&a.0, &b.0, "10.78.0.2:5012", case.tcp_bytes);
         let ours = *ours.lock().unwrap();
         eprintln!(
             "BENCH TCP A->B: netfront/xensim/netback {ours:.1} MB/s, veth {veth:.1} MB/s, ratio {:.3}",

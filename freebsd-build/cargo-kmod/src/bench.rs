@@ -1,7 +1,8 @@
 //! `cargo kmod bench [--out DIR] [--quick]`: builds the `xen-bench` crate (`benches/`) in
 //! release and runs it. It prints progress and each table as it is measured, and writes
-//! `results.md` (the tables BENCHMARKS.md quotes) and `results.csv` into DIR (default
-//! `target/bench`). It is never part of `cargo kmod test`, which only compiles the crate
+//! `results.md` (the tables BENCHMARKS.md quotes), `results.csv` and PNG plots into DIR
+//! (default `target/bench`). The network suite needs root (namespaces, TAP, veth) and is
+//! skipped with its reason otherwise. It is never part of `cargo kmod test`, which only compiles the crate
 //! (clippy `--all-targets`).
 
 use std::path::PathBuf;
@@ -66,7 +67,8 @@ pub fn bench_command(options: &Options) -> Result<(), String> {
         return Err(format!("xen-bench failed ({status})"));
     }
     println!(
-        "done: {} and {} (paste the tables into BENCHMARKS.md)",
+        "done: {}, {} and the PNG plots beside them (paste the tables into BENCHMARKS.md, \
+         copy the plots to benches/plots/)",
         out.join("results.md").display(),
         out.join("results.csv").display()
     );
