@@ -319,17 +319,22 @@ xenrs_kpi_kick(int which)
 }
 
 /*
- * The upcall through the Xen platform PCI device's interrupt (level-triggered): no filter,
- * an ithread handler, so the interrupt framework keeps the source masked while the handler
- * polls the event-channel core (bounded) and runs handlers in thread context; the line
- * drops when the poll clears vCPU 0's upcall-pending flag.
+ * The upcall through the Xen platform PCI device's interrupt (level-triggered; Xen keeps
+ * the line up while vCPU 0's evtchn_upcall_pending is set). The filter clears that flag
+ * (xenrs_xen_upcall: one atomic store, no lock) so the line drops, and queues the events
+ * task, which polls the event-channel core and runs the handlers in a thread: a filter may
+ * not sleep, and an ithread may not take the sleepable locks the core and the drivers'
+ * handlers use. Events that arrive meanwhile are not lost: the poll scans Xen's pending
+ * bits, not the flag, and a new event raises the flag (and the line) again.
  */
+void	xenrs_xen_upcall(void);
+
 /*
  * The Xen platform PCI device (vendor 0x5853, device 0x0001) is claimed by a small newbus
- * driver on pci, so its interrupt is allocated and set up the ordinary way. <dev/pci/
- * pcivar.h> is not in the FreeBSD header set available on Linux; the ivar index used below
- * is PCI_IVAR_DEVID of its `enum pci_device_ivars` (subvendor 0, subdevice 1, vendor 2,
- * device 3, devid 4), read through BUS_READ_IVAR as pci_get_devid() does.
+ * driver on pci (below), so its interrupt is allocated and set up the ordinary way.
+ * <dev/pci/pcivar.h> is not in the FreeBSD header set available on Linux; the ivar index
+ * used is PCI_IVAR_DEVID of its `enum pci_device_ivars` (subvendor 0, subdevice 1, vendor
+ * 2, device 3, devid 4), read through BUS_READ_IVAR as pci_get_devid() does.
  */
 #define	XENRS_PCI_VENDOR	0x5853
 #define	XENRS_PCI_DEVICE	0x0001
@@ -340,10 +345,11 @@ static struct resource *xenrs_irq;
 static int xenrs_irq_rid;
 static void *xenrs_irq_cookie;
 
-static void
-xenrs_upcall_ithread(void *arg __unused)
+static int
+xenrs_upcall_filter(void *arg __unused)
 {
-	xenrs_xen_run_events();
+	xenrs_xen_upcall();
+	return (FILTER_HANDLED);
 }
 
 int
@@ -368,7 +374,7 @@ xenrs_kpi_upcall_setup(int mode, uint32_t *where)
 		return (ENXIO);
 	}
 	error = bus_setup_intr(xenrs_pci_dev, xenrs_irq,
-	    INTR_TYPE_MISC | INTR_MPSAFE, NULL, xenrs_upcall_ithread, NULL,
+	    INTR_TYPE_MISC | INTR_MPSAFE, xenrs_upcall_filter, NULL, NULL,
 	    &xenrs_irq_cookie);
 	if (error != 0) {
 		bus_release_resource(xenrs_pci_dev, SYS_RES_IRQ, xenrs_irq_rid,

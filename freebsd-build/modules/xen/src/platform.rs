@@ -214,6 +214,8 @@ pub struct Counters {
 
 /// The live platform.
 pub struct Platform {
+    /// vCPU 0's `vcpu_info` (in shared_info), whose upcall flag the interrupt filter clears.
+    pub vcpu0: xen_kmod::shared::VcpuInfo<'static>,
     pub hv: Hv,
     pub raw: RawTrap,
     pub xen: XenCpuid,
@@ -400,6 +402,7 @@ impl Platform {
         targets.lock().insert(port, Target::Store);
         let domid = xen.domid.unwrap_or(0);
         Ok(Platform {
+            vcpu0,
             hv,
             raw,
             xen,
@@ -428,6 +431,14 @@ impl Platform {
     pub fn shared_info_view(&self) -> SharedInfo<'static> {
         let page = self._shared_info.page.as_ref().expect("shared_info page");
         SharedInfo::new(page.shared().expect("view")).expect("shared_info")
+    }
+
+    /// The interrupt filter's work: lower Xen's line (clear vCPU 0's upcall flag; the events
+    /// task's poll scans the pending bits, so nothing is lost) and queue the events task. One
+    /// atomic store and a `taskqueue_enqueue`: allowed in a filter.
+    pub fn upcall(&self) {
+        self.vcpu0.clear_upcall_pending();
+        kpi::kick(kpi::Task::Events);
     }
 
     /// The events task: polls the core in bounded rounds and runs each event's target with no

@@ -768,6 +768,17 @@ pub extern "C" fn xenrs_xen_run_events() {
     });
 }
 
+/// The upcall interrupt filter (shim: `xenrs_upcall_filter`). Takes no lock: the module
+/// slot's reader count is an atomic, the rest is [`Platform::upcall`].
+#[no_mangle]
+pub extern "C" fn xenrs_xen_upcall() {
+    crate::MODULE_SLOT.with(|m| {
+        if let Some(p) = m.platform() {
+            p.upcall();
+        }
+    });
+}
+
 /// The xenbus task (shim: the xenbus taskqueue thread).
 #[no_mangle]
 pub extern "C" fn xenrs_xen_run_xenbus() {

@@ -665,3 +665,32 @@ fn auto_upcall_uses_the_platform_device_even_when_xen_offers_the_vector() {
     assert!(fake::console().contains("xen: upcall:"));
     nothing_outstanding();
 }
+
+#[test]
+fn the_upcall_filter_lowers_the_line_and_queues_the_events_task() {
+    let _kernel = fake::session();
+    on_xen(0);
+    assert_eq!(xenrs_xen_load(), 0);
+    let v = MODULE_SLOT
+        .with(|m| {
+            m.platform()
+                .unwrap()
+                .shared_info_view()
+                .legacy_vcpu_info(0)
+                .unwrap()
+        })
+        .unwrap();
+    v.set_upcall_pending();
+    let before = crate::fake_kpi::state(|s| s.kicks[0]);
+    services::xenrs_xen_upcall();
+    assert!(
+        !v.upcall_pending(),
+        "vCPU 0's flag cleared: Xen drops the line"
+    );
+    assert_eq!(crate::fake_kpi::state(|s| s.kicks[0]), before + 1);
+    assert_eq!(xenrs_xen_unload(), 0);
+    // After unload the filter finds no module and does nothing.
+    services::xenrs_xen_upcall();
+    assert_eq!(crate::fake_kpi::state(|s| s.kicks[0]), before + 1);
+    nothing_outstanding();
+}
