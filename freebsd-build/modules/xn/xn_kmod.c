@@ -255,12 +255,6 @@ xenrs_xn_input(if_t ifp, struct mbuf *m)
 	if_input(ifp, m);
 }
 
-void
-xenrs_xn_m_freem(struct mbuf *m)
-{
-	m_freem(m);
-}
-
 static u_int
 xn_kmod_first_ipv4(void *arg, struct ifaddr *ifa, u_int count)
 {

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use xen_netback::config::{self as be_config, BackendFeatures};
 use xen_netback::Limits;
@@ -45,6 +46,8 @@ mod shim {
         pub ipv4: Option<[u8; 4]>,
         pub locks_live: usize,
         pub lock_held: bool,
+        /// The softc each ifnet was created with.
+        pub softcs: BTreeMap<usize, usize>,
         pub sysctl_live: usize,
         pub next: usize,
     }
@@ -78,7 +81,7 @@ mod shim {
     /// `mac` is valid for 6 bytes.
     #[no_mangle]
     pub unsafe extern "C" fn xenrs_xn_ifnet_create(
-        _softc: *mut c_void,
+        softc: *mut c_void,
         _name: *const c_char,
         _unit: c_int,
         mac: *const u8,
@@ -92,6 +95,7 @@ mod shim {
         with(|s| {
             let h = next(s);
             s.ifnets.insert(h, (m, caps, enabled, mtu));
+            s.softcs.insert(h, softc as usize);
             h as *mut c_void
         })
     }
@@ -733,4 +737,191 @@ fn entry_points_reach_the_device_and_input_happens_unlocked() {
         shim::with(|s| (s.input.len(), s.locks_live, s.sysctl_live)),
         (2, 0, 0)
     );
+}
+
+// ---------------------------------------------------------------- through the xenrs API
+
+/// The guest's xenstore connection for `HostXen` (which wants `Send`).
+struct OneThread(xen_tests::xensim::xenstored::SimTransport);
+
+// SAFETY: the simulated machine lives on the test's thread only; HostXen's mutexes never hand
+// the transport to another thread.
+unsafe impl Send for OneThread {}
+
+impl xen_xenbus::Transport for OneThread {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, xen_xenbus::TransportError> {
+        self.0.send(bytes)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, xen_xenbus::TransportError> {
+        self.0.recv(buf)
+    }
+    fn wait_for_event(&mut self) -> Result<(), xen_xenbus::TransportError> {
+        self.0.wait_for_event()
+    }
+}
+
+/// The guest's pages for `HostXen` (single pages are all netfront asks for).
+struct SimMemory(&'static xen_tests::xensim::DomainHandle);
+
+impl xenrs_api::host::HostMemory for SimMemory {
+    fn alloc(&self, count: u32) -> Option<(xen_shmem::SharedMem<'static>, u64)> {
+        if count != 1 {
+            return None;
+        }
+        let gfn = self.0.alloc_page()?;
+        let mem = self.0.page(gfn)?;
+        mem.zero_all();
+        Some((mem, gfn))
+    }
+    fn free(&self, gfn: u64, count: u32) {
+        for i in 0..u64::from(count) {
+            self.0.free_page(gfn + i);
+        }
+    }
+    fn reserve_slot(&self) -> Option<u64> {
+        None
+    }
+    fn view_slot(&self, _host_addr: u64) -> Option<xen_shmem::SharedMem<'static>> {
+        None
+    }
+    fn release_slot(&self, _host_addr: u64) {}
+}
+
+type Host = xenrs_api::host::HostXen<&'static xen_tests::xensim::DomainHandle, OneThread>;
+
+#[test]
+fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
+    use xenrs_api::XenServices;
+    let _kernel = fake::session();
+    shim::reset();
+    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(1));
+    let xs = xen_tests::net::bus::leak(XenstoreSim::new());
+    world.toolstack(xs, "00:16:3e:01:02:03", true);
+    let guest = &world.guest;
+    let table = xen_gnttab::GrantTable::new(
+        guest,
+        xen_tests::xensim::grants::SimTableFrames::new(guest),
+        8,
+    )
+    .expect("grant table");
+    let xen = Arc::new(Host::new(
+        guest,
+        guest.domid(),
+        xen_xenbus::Xs::new(
+            OneThread(xs.connect(guest.domid())),
+            xen_xenbus::Config::default(),
+        ),
+        Box::new(table),
+        Box::new(SimMemory(guest)),
+    ));
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cfg = FrontendConfig {
+        queues: 1,
+        ctrl_ring: false,
+        ..FrontendConfig::default()
+    };
+    let reg = xen
+        .register_driver(
+            Role::Frontend,
+            Box::new(xen::XnDriver::new(xen.clone(), cfg, live.clone())),
+        )
+        .expect("register");
+    let pump = |n: usize| {
+        for _ in 0..n {
+            xs.settle();
+            if xen.pump(64).unwrap_or(0) == 0 {
+                break;
+            }
+        }
+    };
+    pump(16);
+    let (ifp, softc) =
+        shim::with(|s| s.softcs.iter().next().map(|(i, s)| (*i, *s))).expect("ifnet");
+    assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 1);
+
+    // Dom0's netback, by hand.
+    let be_hub = xen_tests::net::bus::leak(xen_tests::net::sim::Hub::new(&world.dom0));
+    let mut xs0 = xs.client(0);
+    let (bd, fd) = (world.be_dir(), world.fe_dir());
+    let features = BackendFeatures {
+        max_queues: 1,
+        ctrl_ring: false,
+        ..BackendFeatures::default()
+    };
+    be_config::publish(&mut xs0, &bd, &features).unwrap();
+    xs0.write_str(&format!("{bd}/state"), "2").unwrap();
+    pump(16);
+    assert_eq!(xs0.read_string(&format!("{fd}/state")).unwrap(), "4");
+    let info = be_config::read_frontend(&mut xs0, &fd, &features).unwrap();
+    let mut be_plat = SimBackend::new(&world.dom0, be_hub);
+    let mut conn =
+        xen_netback::connect(&mut be_plat, guest.domid(), &info, Limits::default()).unwrap();
+    xs0.write_str(&format!("{bd}/state"), "4").unwrap();
+    pump(16);
+    let during = xen.outstanding();
+    assert!(
+        during.ports > 0 && during.grants > 0 && during.pages > 0,
+        "{during:?}"
+    );
+
+    // if_transmit through the shim's entry point.
+    let frame = tcp_frame(200, true);
+    let m = shim::mbuf(&frame);
+    let len = u32::try_from(frame.len()).unwrap();
+    // SAFETY: the softc the fake ifnet_create recorded (live until detach); the mbuf handle
+    // is the fake's.
+    let rc =
+        unsafe { sys::xenrs_xn_transmit(softc as *mut _, m as *mut _, len, tx::PARTIAL, 0, 0, 0) };
+    assert_eq!(rc, 0);
+    let mut io = Collect::default();
+    let _ = conn.queues[0].process_tx(&mut io);
+    assert_eq!(io.packets.len(), 1);
+    assert_eq!(io.packets[0].1, frame);
+
+    // A frame for the guest: its port fires, xen.ko's event thread runs the handler, the
+    // frame goes up after the interface's mutex is released.
+    let plain = tcp_frame(80, false);
+    conn.queues[0]
+        .enqueue_rx(&plain, &PacketMeta::default())
+        .unwrap();
+    let _ = conn.queues[0].process_rx(0);
+    let mut delivered = 0;
+    for port in 1..64 {
+        if xen_tests::blk::sim::take_pending(guest, port) && xen.deliver(port) {
+            delivered += 1;
+        }
+    }
+    assert!(delivered > 0);
+    let inputs = shim::with(|s| s.input.clone());
+    assert_eq!(inputs.len(), 1);
+    assert_eq!(
+        shim::with(|s| s.rx[&inputs[0]].clone()),
+        (plain.clone(), false)
+    );
+    assert!(shim::with(|s| s.ifnets.contains_key(&ifp)));
+
+    // Detach (kldunload xn): nothing fires afterwards, nothing is left.
+    drop(reg);
+    assert_eq!(shim::with(|s| (s.ifnets.len(), s.destroyed)), (0, 1));
+    assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 0);
+    conn.queues[0]
+        .enqueue_rx(&plain, &PacketMeta::default())
+        .unwrap();
+    let _ = conn.queues[0].process_rx(0);
+    for port in 1..64 {
+        assert!(
+            !xen.deliver(port),
+            "port {port} still delivers after detach"
+        );
+    }
+    assert_eq!(shim::with(|s| s.input.len()), 1);
+    conn.queues.clear();
+    conn.resources.release(&mut be_plat);
+    let left = xen.outstanding();
+    assert_eq!(
+        (left.ports, left.grants, left.pages, left.registrations),
+        (0, 0, 0, 0),
+        "{left:?}"
+    );
+    assert_eq!(shim::with(|s| (s.locks_live, s.sysctl_live)), (0, 0));
 }
