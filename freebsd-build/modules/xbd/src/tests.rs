@@ -347,6 +347,11 @@ struct Rig {
 
 impl Rig {
     fn new(seed: u64, trusted: bool, cfg: FrontendConfig) -> Rig {
+        Self::build(seed, trusted, cfg, false)
+    }
+
+    /// `cdrom`: a read-only CD-ROM (`mode` r, `device-type` cdrom).
+    fn build(seed: u64, trusted: bool, cfg: FrontendConfig, cdrom: bool) -> Rig {
         shim::reset();
         let sim = SimHypervisor::new(SimConfig {
             seed,
@@ -375,7 +380,7 @@ impl Rig {
         let xs = XenstoreSim::new();
         let mut be_xs = xs.client(0);
         let mut fe_xs = xs.client(FE);
-        toolstack_attach(&xs, trusted);
+        toolstack_attach(&xs, trusted, cdrom);
         let backend = Rc::new(RefCell::new(Backend::new(
             SimBackEnv::new(back_dom, log.clone()),
             BackendConfig::default(),
@@ -545,7 +550,7 @@ impl Rig {
     }
 }
 
-fn toolstack_attach(xs: &XenstoreSim, trusted: bool) {
+fn toolstack_attach(xs: &XenstoreSim, trusted: bool, cdrom: bool) {
     let mut d = xs.daemon();
     let be = [Perm::new(Access::None, 0), Perm::new(Access::Read, FE)];
     let fe = [Perm::new(Access::None, FE), Perm::new(Access::Read, 0)];
@@ -555,7 +560,7 @@ fn toolstack_attach(xs: &XenstoreSim, trusted: bool) {
         ("frontend-id", "1"),
         ("params", "/dev/md0"),
         ("type", "phy"),
-        ("mode", "w"),
+        ("mode", if cdrom { "r" } else { "w" }),
         ("online", "1"),
         ("state", "1"),
     ] {
@@ -565,7 +570,7 @@ fn toolstack_attach(xs: &XenstoreSim, trusted: bool) {
         ("backend", bd.as_str()),
         ("backend-id", "0"),
         ("virtual-device", "51712"),
-        ("device-type", "disk"),
+        ("device-type", if cdrom { "cdrom" } else { "disk" }),
         ("trusted", if trusted { "1" } else { "0" }),
         ("state", "1"),
     ] {
@@ -760,6 +765,64 @@ fn a_full_core_queue_makes_bios_wait_in_order() {
     assert!(done()[before..].iter().all(|d| d.1 == 0));
 }
 
+#[test]
+fn a_backend_resize_becomes_disk_resize() {
+    let _kernel = fake::session();
+    let mut rig = Rig::new(13, true, FrontendConfig::default());
+    assert_eq!(shim::with(|s| s.created.len()), 1);
+    // The toolstack grows the backing store; the backend publishes the new size.
+    if let Some(store) = rig.backend.borrow_mut().store_mut() {
+        store.resize(SECTORS * 2).expect("grow the image");
+    }
+    let be = rig.backend.clone();
+    let changed = rig
+        .be_bus
+        .with_device(&mut rig.be_xs, &be_dir(), |_, xs, dev| {
+            be.borrow_mut().check_resize(xs, dev)
+        });
+    assert_eq!(changed, Some(Ok(true)));
+    rig.run(200);
+    assert_eq!(
+        shim::with(|s| s.resized.clone()),
+        vec![(SECTORS * 2 * 512) as i64]
+    );
+    assert_eq!(
+        rig.disk.borrow().params().map(|p| p.media_size),
+        Some(SECTORS * 2 * 512)
+    );
+    assert_eq!(
+        rig.disk.borrow().stat(DevStat::Sectors as u32),
+        Some(SECTORS * 2)
+    );
+    // A bio beyond the old end now reaches the disk.
+    let buf = rig.buffer(1);
+    rig.strategy(
+        1,
+        Cmd::Read,
+        (SECTORS * 512) as i64 + 4096,
+        4096,
+        buf.mem.as_ptr() as usize,
+    );
+    rig.run(200);
+    assert_eq!(result_of(1), Some((0, 0)));
+}
+
+#[test]
+fn a_cdrom_is_write_protected_and_refuses_writes() {
+    let _kernel = fake::session();
+    let mut rig = Rig::build(17, true, FrontendConfig::default(), true);
+    let created = shim::with(|s| s.created.clone());
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].descr, "Xen PV CD-ROM");
+    assert_ne!(created[0].flags & 0x4, 0, "DISKFLAG_WRITE_PROTECT");
+    let buf = rig.buffer(1);
+    rig.strategy(1, Cmd::Write, 0, 4096, buf.mem.as_ptr() as usize);
+    assert_eq!(result_of(1), Some((errno::EROFS, 4096)));
+    rig.strategy(2, Cmd::Read, 0, 4096, buf.mem.as_ptr() as usize);
+    rig.run(200);
+    assert_eq!(result_of(2), Some((0, 0)));
+}
+
 // ---------------------------------------------------------------- the C entry points
 
 struct Recorder(Arc<Mutex<Vec<BioRequest>>>);
@@ -926,7 +989,7 @@ impl ApiRig {
             FileStore::create(&temp_image("xbd-api"), SECTORS, Mode::InOrder).expect("disk image");
         let xs = XenstoreSim::new();
         let mut be_xs = xs.client(0);
-        toolstack_attach(&xs, true);
+        toolstack_attach(&xs, true, false);
         let backend = Rc::new(RefCell::new(Backend::new(
             SimBackEnv::new(back_dom, Log::default()),
             BackendConfig::default(),
