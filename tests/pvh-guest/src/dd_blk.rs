@@ -113,6 +113,10 @@ struct Summary {
     failure: Option<String>,
     sectors: u64,
     max_persistent: usize,
+    /// Failures (the core stopped a connection), counted once per connection.
+    failures: u32,
+    /// The current connection has failed (so it is not counted twice).
+    failed_now: bool,
 }
 
 struct Dev {
@@ -133,6 +137,11 @@ impl Dev {
             .map(ToString::to_string)
             .or(s.failure.take());
         s.max_persistent = s.max_persistent.max(self.be.persistent_grants());
+        let failed = self.be.failure().is_some();
+        if failed && !s.failed_now {
+            s.failures += 1;
+        }
+        s.failed_now = failed;
     }
 }
 
@@ -274,7 +283,9 @@ impl Service for BlkService {
                     continue;
                 }
                 let r = d.be.poll();
-                d.more = r.more;
+                // A store completion is picked up by the next poll only: poll again while
+                // one is waiting (MemStore completes at submit), not at the next event.
+                d.more = r.more || d.be.store().is_some_and(|s| s.completions_ready() > 0);
                 d.update();
                 round.any = true;
                 round.more |= r.more;
@@ -346,8 +357,12 @@ impl Service for BlkService {
     }
 }
 
-/// The RESULT detail of one device: what was negotiated and what was served.
+/// The RESULT detail of one device: what was negotiated and what was served. `expect` =
+/// `hostile`: the frontend attacked on purpose (scenario dd-hostile), see [`hostile_verdict`].
 fn verdict(s: &Summary, expect: &str) -> Result<String, String> {
+    if expect == "hostile" {
+        return hostile_verdict(s);
+    }
     let st = &s.stats;
     let Some(n) = s.neg else {
         return Err(format!(
@@ -410,5 +425,36 @@ fn verdict(s: &Summary, expect: &str) -> Result<String, String> {
         Ok(detail)
     } else {
         Err(format!("{}; {detail}", problems.join(", ")))
+    }
+}
+
+/// The RESULT detail of a device whose frontend attacked the backend (dd-hostile): passes
+/// when the core stopped the connections it had to (at least one failure, with the last
+/// reason) and left nothing stuck; the counters say what else it refused.
+fn hostile_verdict(s: &Summary) -> Result<String, String> {
+    let st = &s.stats;
+    let last: String = s
+        .failure
+        .as_deref()
+        .unwrap_or("none")
+        .chars()
+        .take(70)
+        .collect();
+    let line = format!(
+        "{} failures in {} connections; {} req, viol {} err {} map-fail {} stuck {}; last: {last}",
+        s.failures,
+        st.connections,
+        st.requests,
+        st.violations,
+        st.errors,
+        st.map_failures,
+        st.stuck
+    );
+    if s.failures == 0 {
+        Err(format!("no failure reported; {line}"))
+    } else if st.stuck > 0 {
+        Err(format!("grant mappings stuck; {line}"))
+    } else {
+        Ok(line)
     }
 }

@@ -901,6 +901,7 @@ run_dd() {
         if wait_for 600 reported "$p/dd-ready" "$name" && xenstore-read "$p/dd-ready" >/dev/null; then
             case "$scen" in *" dd-blk "*) dd_blk_linux "$a" "$dd" "$nonce" ;; esac
             case "$scen" in *" dd-blk-abi32 "*) dd_blk_abi32 "$a" "$dd" "$nonce" ;; esac
+            case "$scen" in *" dd-hostile "*) dd_hostile "$a" "$dd" "$nonce" ;; esac
             case "$scen" in *" dd-net "*) dd_net_linux "$a" "$dd" "$nonce" ;; esac
             xenstore-write "$p/dd-stop" 1
         else
@@ -931,6 +932,7 @@ pub fn init_script(runs: &[Run], scenarios: &[Scenario]) -> String {
         &format!("for m in {};", MODULES.join(" ")),
     );
     s.push_str(DD_FUNCTIONS);
+    s.push_str(crate::hostile::DOM0_FUNCTIONS);
     for run in runs {
         let _ = writeln!(
             s,

@@ -20,6 +20,7 @@ mod cpio;
 mod dom0;
 mod domu;
 mod guest;
+mod hostile;
 mod monitor;
 mod plan;
 mod qemu;
@@ -155,7 +156,12 @@ fn prepare(o: &Options, runs: &[plan::Run]) -> Result<(assets::Assets, PathBuf),
         guests.push((arch, g.stripped));
     }
     let initrd = o.out.join("dom0.cpio");
-    let size = dom0::build(&assets, &guests, runs, &o.scenarios, &[], &initrd)?;
+    let domu_extra = if o.scenarios.contains(&Scenario::DdHostile) {
+        hostile::domu_files(&root)?
+    } else {
+        Vec::new()
+    };
+    let size = dom0::build(&assets, &guests, runs, &o.scenarios, &domu_extra, &initrd)?;
     println!(
         "xen-harness: dom0 image {} ({:.1} MiB, kernel {})",
         initrd.display(),

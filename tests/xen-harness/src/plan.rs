@@ -121,11 +121,13 @@ pub enum Scenario {
     DdBlkAbi32,
     /// Our driver domain's netback serving a Linux PVH domU's xen-netfront, bridged to dom0.
     DdNet,
+    /// A hostile Linux frontend attacks the driver domain's blkback while a good one uses it.
+    DdHostile,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::Boot,
         Scenario::Console,
         Scenario::Xenstore,
@@ -140,6 +142,7 @@ impl Scenario {
         Scenario::DdBlk,
         Scenario::DdBlkAbi32,
         Scenario::DdNet,
+        Scenario::DdHostile,
     ];
 
     /// Its name.
@@ -158,6 +161,7 @@ impl Scenario {
             Scenario::NetReattach => "net-reattach",
             Scenario::DdBlk => "dd-blk",
             Scenario::DdBlkAbi32 => "dd-blk-abi32",
+            Scenario::DdHostile => "dd-hostile",
             Scenario::DdNet => "dd-net",
         }
     }
@@ -178,6 +182,7 @@ impl Scenario {
             Scenario::NetReattach => "xl network-detach + network-attach while the guest runs: reconnect, ARP/ping/UDP again",
             Scenario::DdBlk => "driver domain: our blkback (RAM disk) serves a Linux PVH domU's xen-blkfront: O_DIRECT + cached I/O, vfat, sha256",
             Scenario::DdBlkAbi32 => "driver domain: our blkback serves our i686 guest's blkfront (x86_32-abi ring layout)",
+            Scenario::DdHostile => "driver domain: tests/hostile-frontend in a Linux domU attacks our blkback (13 phases) while our blkfront uses the same driver domain",
             Scenario::DdNet => "driver domain: our netback serves a Linux domU's xen-netfront, bridged to dom0: ping, 3 MiB TCP each way, sha256",
         }
     }
@@ -212,6 +217,7 @@ impl Scenario {
             Scenario::Blk | Scenario::BlkReattach => RunKind::Blk,
             Scenario::Net | Scenario::NetReattach => RunKind::Net,
             Scenario::DdBlk | Scenario::DdBlkAbi32 | Scenario::DdNet => RunKind::Dd,
+            Scenario::DdHostile => RunKind::Dd,
             _ => RunKind::Basic,
         }
     }
@@ -232,6 +238,7 @@ impl Scenario {
             Scenario::NetReattach => &[Source::Guest("net-reattach"), Source::Dom0("net-reattach")],
             Scenario::DdBlk => &[Source::Guest("dd-blk"), Source::Dom0("dd-blk")],
             Scenario::DdBlkAbi32 => &[Source::Guest("dd-blk-abi32"), Source::Dom0("dd-blk-abi32")],
+            Scenario::DdHostile => &[Source::Guest("dd-hostile"), Source::Dom0("dd-hostile")],
             Scenario::DdNet => &[Source::Guest("dd-net"), Source::Dom0("dd-net")],
         }
     }

@@ -1,0 +1,184 @@
+//! Scenario `dd-hostile` (issue 8, item 4): a Linux PVH domU runs `tests/hostile-frontend`
+//! against the driver domain's blkback while our PVH guest's blkfront uses the same driver
+//! domain for a disk of its own.
+//!
+//! * The hostile program is built here with the host cargo, statically linked
+//!   (`-C target-feature=+crt-static`, target `x86_64-unknown-linux-gnu`), and goes into the
+//!   domU image with its script ([`domu_files`]) through `domu::build`'s extra files.
+//! * The hostile device's frontend directory is `device/hostile-vbd/<id>`, not `device/vbd`:
+//!   the domU image loads xen-blkfront (for `dd-blk`), which would claim a `vbd` before the
+//!   program starts. A backend only follows its `frontend` node, so nothing else changes.
+//! * dom0's step ([`DOM0_FUNCTIONS`], called from `run_dd`) starts the hostile domU, waits
+//!   until the attacks have begun, then runs the good frontend to completion, waits for the
+//!   hostile program's summary, asks the driver domain for its report on the hostile device
+//!   (its `RESULT dd-hostile` line: failures seen, with the last reason) and prints
+//!   `CHECK dd-hostile`: PASS when every attack got the reaction a correct backend gives,
+//!   the good guest's I/O was verified, and the driver domain still answers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where the program lands in the domU image.
+pub const DOMU_BINARY: &str = "/bin/hostile-frontend";
+
+/// The domU script (sourced by the domU's `/init` with `$nonce`, `verdict` and `wait_for`).
+const DOMU_SCRIPT: &str = r#"
+# dd-hostile: tests/hostile-frontend against the driver domain's blkback.
+wait_for 300 test -c /dev/xen/gntalloc || echo "NOTE no /dev/xen/gntalloc"
+seed=$(printf '%d' "0x$(echo "$nonce" | cut -c9-16)")
+{ /bin/hostile-frontend blk --class hostile-vbd --seed "$seed" --report hostile; echo "HOSTILE rc=$?"; } 2>&1 | tee /tmp/hostile.out
+s=$(grep '^HOSTILE blk SUMMARY ' /tmp/hostile.out | tail -n 1 | cut -c21-)
+if grep -q '^HOSTILE rc=0$' /tmp/hostile.out; then
+    verdict dd-hostile PASS "$s"
+else
+    verdict dd-hostile FAIL "${s:-$(grep -v '^HOSTILE rc=' /tmp/hostile.out | tail -n 1)}"
+fi
+"#;
+
+/// dom0's functions for the scenario; `run_dd` calls `dd_hostile ARCH DD NONCE`.
+pub const DOM0_FUNCTIONS: &str = r#"
+# ---- dd-hostile (tests/xen-harness/src/hostile.rs) ----------------------------------------
+# dd_attach_hostile FE DD DEVID PARAMS: dd_attach_vbd's nodes with the frontend directory in
+# device/hostile-vbd (no Linux driver claims that class; the backend follows `frontend`).
+dd_attach_hostile() {
+    local fe=$1 dd=$2 id=$3
+    local fp=/local/domain/$1/device/hostile-vbd/$3 bp=/local/domain/$2/backend/vbd/$1/$3
+    xenstore-write "$fp" "" && xenstore-chmod "$fp" "n$fe" "r$dd" &&
+        xenstore-write "$fp/backend" "$bp" "$fp/backend-id" "$dd" "$fp/virtual-device" "$id" \
+            "$fp/device-type" disk "$fp/state" 1 &&
+        xenstore-write "$bp" "" && xenstore-chmod "$bp" "n$dd" "r$fe" &&
+        xenstore-write "$bp/frontend" "$fp" "$bp/frontend-id" "$fe" "$bp/params" "$4" \
+            "$bp/mode" w "$bp/type" ram "$bp/device-type" disk "$bp/online" 1 \
+            "$bp/removable" 0 "$bp/bootable" 1 "$bp/dev" xvdh "$bp/state" 1
+}
+hostile_started() { domu_log "$1" | grep -q '^HOSTILE blk START'; }
+
+# dd_hostile ARCH DD NONCE: scenario dd-hostile.
+dd_hostile() {
+    local a=$1 dd=$2 h=pvh-ddhost-$1 g=pvh-ddgood-$1 he ge v hl good=no alive=no
+    if ! domu_start "$h" dd-hostile "$3" 160 1; then
+        echo "CHECK dd-hostile $a FAIL xl create -p of the hostile Linux domU failed"
+        return
+    fi
+    he=$d
+    echo "NOTE dd-hostile $a hostile Linux domU d$he, driver domain d$dd"
+    dd_attach_hostile "$he" "$dd" 51712 ram:4M || echo "NOTE dd-hostile $a writing the nodes failed"
+    xl unpause "$he"
+    wait_secs 150 hostile_started "$h" || echo "NOTE dd-hostile $a no HOSTILE START within 150 s"
+    # The well-behaved frontend, while the attacks go on: our PVH guest's blkfront.
+    cat > "/tmp/$g.cfg" <<EOC
+name = "$g"
+type = "pvh"
+kernel = "/guests/pvh-guest-$a"
+cmdline = "run=blk name=$g nonce=$3 blk=once"
+memory = 64
+vcpus = 1
+tsc_mode = "native"
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "preserve"
+EOC
+    if xl create -p "/tmp/$g.cfg"; then
+        ge=$(xl domid "$g")
+        dd_attach_vbd "$ge" "$dd" 51712 ram:4M || echo "NOTE dd-hostile $a writing the good vbd failed"
+        xl unpause "$ge"
+        ack_xenstore "$a" "$ge" "$3" | sed 's/^CHECK xenstore/NOTE xenstore/'
+        if wait_secs 90 reported "/local/domain/$ge/data/pvh-blk" "$g" &&
+            v=$(xenstore-read "/local/domain/$ge/data/pvh-blk"); then
+            xenstore-write "/local/domain/$ge/data/pvh-blk-ack" 1
+            case "$v" in FAIL*) ;; *) good=yes ;; esac
+        fi
+        echo "NOTE dd-hostile $a good frontend d$ge: $(echo "$v" | head -c 80)"
+        domu_finish "$g"
+        dd_detach_vbd "$ge" "$dd" 51712
+    else
+        dump_file xl.log "/var/log/xen/xl-$g.log"
+    fi
+    domu_wait "$h" 240
+    hl=$(domu_log "$h" | grep '^DOMU dd-hostile ' | tail -n 1)
+    domu_finish "$h"
+    xenstore-rm "/local/domain/$dd/backend/vbd/$he/51712" 2>/dev/null
+    xenstore-rm "/local/domain/$he/device/hostile-vbd" 2>/dev/null
+    dd_report "$dd" dd-hostile vbd "$he" 51712 hostile
+    is_value "/local/domain/$dd/data/dd-report-done" "dd-hostile vbd $he 51712 hostile" && alive=yes
+    case "$hl/$good/$alive" in
+    "DOMU dd-hostile PASS "*/yes/yes)
+        echo "CHECK dd-hostile $a PASS attacks: ${hl#DOMU dd-hostile PASS }; good d$ge verified; d$dd answers" ;;
+    *) echo "CHECK dd-hostile $a FAIL hostile '$(echo "${hl#DOMU dd-hostile }" | head -c 50)' good $good dd alive $alive" ;;
+    esac
+    dump_file dd-hostile-domu.log "/tmp/xc/guest-$h.log"
+}
+"#;
+
+/// Builds the hostile program for the domU (static, release) under `root/target/hostile-frontend`.
+///
+/// # Errors
+/// Cargo could not be run or the build failed.
+pub fn build(root: &Path) -> Result<PathBuf, String> {
+    let target_dir = root.join("target/hostile-frontend");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut cmd = Command::new(&cargo);
+    for v in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "hostile-frontend",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ]);
+    println!("xen-harness: building the hostile frontend ({cargo}, static)");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if !status.success() {
+        return Err(format!("building hostile-frontend failed ({status})"));
+    }
+    let bin = target_dir.join("x86_64-unknown-linux-gnu/release/hostile-frontend");
+    if !bin.exists() {
+        return Err(format!("the build left no {}", bin.display()));
+    }
+    Ok(bin)
+}
+
+/// The files the scenario adds to the domU image: the program and its script.
+///
+/// # Errors
+/// The build failed or the binary cannot be read.
+pub fn domu_files(root: &Path) -> Result<Vec<(String, u32, Vec<u8>)>, String> {
+    let bin = build(root)?;
+    let bytes = std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    Ok(vec![
+        (DOMU_BINARY.to_string(), 0o755, bytes),
+        (
+            "/scripts/dd-hostile".to_string(),
+            0o644,
+            DOMU_SCRIPT.as_bytes().to_vec(),
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_agree_on_names() {
+        assert!(DOMU_SCRIPT.contains("--class hostile-vbd"));
+        assert!(DOMU_SCRIPT.contains("verdict dd-hostile PASS"));
+        assert!(DOM0_FUNCTIONS.contains("device/hostile-vbd/$3"));
+        assert!(DOM0_FUNCTIONS.contains("dd_hostile() {"));
+        // The domU's summary line is cut after "HOSTILE blk SUMMARY ".
+        assert_eq!("HOSTILE blk SUMMARY ".len(), 20);
+    }
+}
