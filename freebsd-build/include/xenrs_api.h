@@ -146,8 +146,10 @@ int	xenrs_grant_copy(void *ops, uint32_t n);
 
 /*
  * Pages: count physically contiguous, zeroed, page-aligned pages; *va their kernel address,
- * *gfn the first guest frame number. May sleep. free: pages whose grants are still mapped
- * by a peer are held back by xen.ko until the peer lets go, then freed.
+ * *gfn the first guest frame number. May sleep. free: a grant still live on one of the
+ * pages is revoked first (and logged: it is a driver bug); pages a peer still maps (a
+ * deferred revoke) are held back by xen.ko until the peer lets go, then freed. Held pages
+ * and deferred references keep xen.ko loaded.
  */
 int	xenrs_pages_alloc(uint32_t count, void **va, uint64_t *gfn);
 void	xenrs_pages_free(void *va, uint32_t count);

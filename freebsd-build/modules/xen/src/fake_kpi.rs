@@ -37,6 +37,9 @@ pub struct State {
     pub closed: Vec<u32>,
     pub cdevs: bool,
     pub fail_cdevs: bool,
+    /// Next guest-physical address handed out (small, as a guest's are: grant v1 frames are
+    /// 32-bit).
+    pub next_pa: u64,
     /// Wake-ups of open files (by cookie address).
     pub wakeups: Vec<usize>,
     /// `HVMOP_set_param` calls: (index, value).
@@ -75,9 +78,14 @@ pub extern "C" fn xenrs_kpi_pages_alloc(npages: u32, _exec: c_int, paddr: *mut u
     let layout = std::alloc::Layout::from_size_align(4096 * npages as usize, 4096).unwrap();
     // SAFETY: non-zero size.
     let p = unsafe { std::alloc::alloc_zeroed(layout) };
-    state(|s| s.pages.insert(p.addr(), (layout, npages)));
+    let pa = state(|s| {
+        s.pages.insert(p.addr(), (layout, npages));
+        let pa = s.next_pa.max(0x10_0000);
+        s.next_pa = pa + 4096 * u64::from(npages);
+        pa
+    });
     // SAFETY: the caller passes a writable out-pointer.
-    unsafe { paddr.write(p.addr() as u64) };
+    unsafe { paddr.write(pa) };
     p.cast()
 }
 

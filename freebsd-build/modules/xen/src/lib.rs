@@ -163,6 +163,8 @@ pub struct XenModule {
     next_map: AtomicU64,
     /// Page runs handed out, by address.
     pages: SxLock<BTreeMap<usize, kpi::KPages>>,
+    /// Page runs given back while a peer still mapped one of their pages (deferred revoke).
+    held: SxLock<alloc::vec::Vec<kpi::KPages>>,
     /// Open /dev/xen files by handle.
     files: SxLock<cdev::Files>,
     next_token: AtomicU64,
@@ -278,6 +280,7 @@ impl KernelModule for XenModule {
             maps: SxLock::new(c"xenrs maps", BTreeMap::new())?,
             next_map: AtomicU64::new(1),
             pages: SxLock::new(c"xenrs pages", BTreeMap::new())?,
+            held: SxLock::new(c"xenrs held", alloc::vec::Vec::new())?,
             files: SxLock::new(c"xenrs files", BTreeMap::new())?,
             next_token: AtomicU64::new(cdev::FILE_TOKEN_BASE),
             xs_cleanups: SxLock::new(c"xenrs xs cleanups", alloc::vec::Vec::new())?,
@@ -316,6 +319,10 @@ impl KernelModule for XenModule {
     }
 
     fn quiesce(&self) -> Result<(), Errno> {
+        // Deferred revocations whose peer has let go no longer hold the module.
+        if let Some(p) = self.platform() {
+            services::poll_deferred(self, p);
+        }
         match self.users.load(Ordering::Acquire) {
             0 => Ok(()),
             _ => Err(Errno::EBUSY),

@@ -227,8 +227,14 @@ pub struct Platform {
     pub store_port: u32,
     _store_frame: KFrame,
     pub gnttab: GrantTable<'static, Hv, Frames>,
+    /// The grant table frames, for tests that play the peer (setting an entry's in-use bits).
+    #[cfg(test)]
+    pub gnttab_view: SharedMem<'static>,
     /// Our references handed out through the ABI: raw -> owned.
-    pub grants: SxLock<BTreeMap<u32, GrantRef>>,
+    pub grants: SxLock<BTreeMap<u32, (GrantRef, u64)>>,
+    /// Frames whose revocation Xen deferred (a peer still maps them), with a count per frame:
+    /// pages covering them are held back from the kernel until the peer lets go.
+    pub deferred: SxLock<BTreeMap<u64, u32>>,
     /// Declared before `_upcall`: Xen stops raising the line before the handler goes.
     _callback: Option<CallbackGuard>,
     _upcall: Upcall,
@@ -368,8 +374,12 @@ impl Platform {
         // 7. Grant table.
         let frames =
             KPages::alloc(GNTTAB_FRAMES, false).map_err(fail(Step::GrantTable, Errno::ENOMEM))?;
+        #[cfg(test)]
+        let gnttab_view = frames.shared()?;
         let gnttab = GrantTable::new(hv, Frames { pages: frames }, 1)
             .map_err(fail(Step::GrantTable, Errno::ENXIO))?;
+        let deferred = SxLock::new(c"xenrs deferred", BTreeMap::new())
+            .map_err(fail(Step::GrantTable, Errno::ENOMEM))?;
         let grants = SxLock::new(c"xenrs grants", BTreeMap::new())
             .map_err(fail(Step::GrantTable, Errno::ENOMEM))?;
         // 8. xenstore.
@@ -413,7 +423,10 @@ impl Platform {
             store_port: port,
             _store_frame: frame,
             gnttab,
+            #[cfg(test)]
+            gnttab_view,
             grants,
+            deferred,
             _callback: callback,
             _upcall: upcall,
             _threads: threads,

@@ -331,6 +331,7 @@ pub(crate) fn run_xenbus(m: &crate::XenModule, p: &Platform) {
         };
     }
     crate::cdev::retry_cleanups(m, p);
+    poll_deferred(m, p);
     for _ in 0..64 {
         let ev = p.xs.lock().poll_event();
         let Ok(Some((id, ev))) = ev else { break };
@@ -517,7 +518,7 @@ pub unsafe extern "C" fn xenrs_grant_access(
                 _ => Errno::ENOSPC,
             })?;
         let raw = r.raw();
-        p.grants.lock().insert(raw, r);
+        p.grants.lock().insert(raw, (r, gfn));
         m.acquire();
         Ok(raw)
     }) {
@@ -535,9 +536,9 @@ pub unsafe extern "C" fn xenrs_grant_access(
 pub extern "C" fn xenrs_grant_end_access(gref: u32) -> c_int {
     to_c(with_platform(|m, p| {
         let mut grants = p.grants.lock();
-        let r = grants.get(&gref).ok_or(Errno::ENOENT)?;
+        let (r, _) = grants.get(&gref).ok_or(Errno::ENOENT)?;
         p.gnttab.end_access(r).map_err(|_| Errno::EBUSY)?;
-        if let Some(r) = grants.remove(&gref) {
+        if let Some((r, _)) = grants.remove(&gref) {
             let _ = p.gnttab.revoke(r);
         }
         m.release();
@@ -555,9 +556,14 @@ pub unsafe extern "C" fn xenrs_grant_revoke(gref: u32, deferred: *mut c_int) -> 
         return errno(Errno::EINVAL);
     }
     match with_platform(|m, p| {
-        let r = p.grants.lock().remove(&gref).ok_or(Errno::ENOENT)?;
+        let (r, gfn) = p.grants.lock().remove(&gref).ok_or(Errno::ENOENT)?;
         let d = p.gnttab.revoke(r) == Revoke::Deferred;
-        m.release();
+        if d {
+            // xen.ko keeps the reference (and a use of the module) until the peer lets go.
+            *p.deferred.lock().entry(gfn).or_insert(0) += 1;
+        } else {
+            m.release();
+        }
         Ok(d)
     }) {
         Ok(d) => {
@@ -740,11 +746,25 @@ pub unsafe extern "C" fn xenrs_pages_alloc(
 #[no_mangle]
 pub extern "C" fn xenrs_pages_free(va: *mut c_void, count: u32) {
     let addr = va.expose_provenance();
-    let _ = with_platform(|m, _| {
+    let _ = with_platform(|m, p| {
         let mut pages = m.pages.lock();
         match pages.get(&addr) {
-            Some(p) if p.count() == count => {
-                pages.remove(&addr);
+            Some(run) if run.count() == count => {
+                if let Some(run) = pages.remove(&addr) {
+                    let first = run.gfn();
+                    revoke_covering(m, p, first, u64::from(count));
+                    let covered = p
+                        .deferred
+                        .lock()
+                        .range(first..first + u64::from(count))
+                        .next()
+                        .is_some();
+                    if covered {
+                        // A peer still maps one of these pages: hold it (still a use).
+                        m.held.lock().push(run);
+                        return Ok(());
+                    }
+                }
                 m.release();
                 Ok(())
             }
@@ -787,4 +807,64 @@ pub extern "C" fn xenrs_xen_run_xenbus() {
             run_xenbus(m, p);
         }
     });
+}
+
+/// Retries deferred revocations: each that completes releases its use of the module and its
+/// frame; held page runs no deferred frame covers any more are freed.
+pub(crate) fn poll_deferred(m: &crate::XenModule, p: &Platform) {
+    if p.deferred.lock().is_empty() {
+        return;
+    }
+    let mut done = 0u32;
+    p.gnttab.poll_deferred(|frame| {
+        let mut deferred = p.deferred.lock();
+        let gfn = u64::from(frame);
+        if let Some(n) = deferred.get_mut(&gfn) {
+            *n -= 1;
+            if *n == 0 {
+                deferred.remove(&gfn);
+            }
+        }
+        done += 1;
+    });
+    for _ in 0..done {
+        m.release();
+    }
+    let deferred = p.deferred.lock();
+    let mut held = m.held.lock();
+    let before = held.len();
+    held.retain(|run| {
+        let first = run.gfn();
+        deferred
+            .range(first..first + u64::from(run.count()))
+            .next()
+            .is_some()
+    });
+    for _ in held.len()..before {
+        m.release();
+    }
+}
+
+/// Grants still live on frames `first..first + count` when their pages are given back (a
+/// driver bug: the peer could otherwise reach freed memory) are revoked here, deferred
+/// when the peer still maps them.
+fn revoke_covering(m: &crate::XenModule, p: &Platform, first: u64, count: u64) {
+    let live: Vec<u32> = p
+        .grants
+        .lock()
+        .iter()
+        .filter(|(_, (_, gfn))| (first..first + count).contains(gfn))
+        .map(|(raw, _)| *raw)
+        .collect();
+    for raw in live {
+        freebsd_kpi::kprintln!("xen: pages freed with grant {raw} still live; revoking it");
+        let Some((r, gfn)) = p.grants.lock().remove(&raw) else {
+            continue;
+        };
+        if p.gnttab.revoke(r) == Revoke::Deferred {
+            *p.deferred.lock().entry(gfn).or_insert(0) += 1;
+        } else {
+            m.release();
+        }
+    }
 }

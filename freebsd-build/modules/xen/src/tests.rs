@@ -694,3 +694,97 @@ fn the_upcall_filter_lowers_the_line_and_queues_the_events_task() {
     assert_eq!(crate::fake_kpi::state(|s| s.kicks[0]), before + 1);
     nothing_outstanding();
 }
+
+#[test]
+#[expect(
+    unsafe_code,
+    reason = "calls the exported C ABI as a driver module does"
+)]
+fn a_deferred_revoke_holds_the_page_and_the_module_until_the_peer_lets_go() {
+    let _kernel = fake::session();
+    on_xen(0);
+    assert_eq!(xenrs_xen_load(), 0);
+    let mut va = core::ptr::null_mut();
+    let mut gfn = 0u64;
+    let mut gref = 0u32;
+    let mut deferred = 0;
+    // SAFETY: live out-pointers.
+    let (alloc, granted) = unsafe {
+        (
+            services::xenrs_pages_alloc(1, &mut va, &mut gfn),
+            services::xenrs_grant_access(1, gfn, 0, &mut gref),
+        )
+    };
+    assert_eq!((alloc, granted), (0, 0));
+    // The peer maps the page: Xen sets GTF_reading | GTF_writing in the entry.
+    let entry = MODULE_SLOT
+        .with(|m| {
+            let p = m.platform().unwrap();
+            p.gnttab_view
+                .u32_at(usize::try_from(gref).unwrap() * 8)
+                .unwrap()
+        })
+        .unwrap();
+    entry.fetch_or(0x18, core::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        services::xenrs_grant_end_access(gref),
+        16,
+        "still mapped: EBUSY"
+    );
+    // SAFETY: live out-pointer.
+    let revoked = unsafe { services::xenrs_grant_revoke(gref, &mut deferred) };
+    assert_eq!(revoked, 0);
+    assert_eq!(deferred, 1);
+    services::xenrs_pages_free(va, 1);
+    let pages_now = crate::fake_kpi::state(|s| s.pages.len());
+    assert_eq!(xenrs_xen_quiesce(), 16, "the peer still maps our page");
+    assert_eq!(
+        stat(XenStat::Users),
+        Ok(2),
+        "the held page and the deferred reference"
+    );
+    // The peer unmaps; the next poll (quiesce, or the xenbus task) finishes both.
+    entry.fetch_and(!0x18, core::sync::atomic::Ordering::SeqCst);
+    services::xenrs_xen_run_xenbus();
+    assert_eq!(stat(XenStat::Users), Ok(0));
+    assert_eq!(
+        crate::fake_kpi::state(|s| s.pages.len()),
+        pages_now - 1,
+        "page freed"
+    );
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
+
+#[test]
+#[expect(
+    unsafe_code,
+    reason = "calls the exported C ABI as a driver module does"
+)]
+fn freeing_pages_with_a_live_grant_revokes_it_first() {
+    let _kernel = fake::session();
+    on_xen(0);
+    assert_eq!(xenrs_xen_load(), 0);
+    let mut va = core::ptr::null_mut();
+    let mut gfn = 0u64;
+    let mut gref = 0u32;
+    // SAFETY: live out-pointers.
+    let (alloc, granted) = unsafe {
+        (
+            services::xenrs_pages_alloc(2, &mut va, &mut gfn),
+            services::xenrs_grant_access(1, gfn + 1, 1, &mut gref),
+        )
+    };
+    assert_eq!((alloc, granted), (0, 0));
+    services::xenrs_pages_free(va, 2);
+    assert!(fake::console().contains(&format!("grant {gref} still live; revoking it")));
+    assert_eq!(stat(XenStat::GnttabGrants), Ok(0));
+    assert_eq!(stat(XenStat::Users), Ok(0));
+    assert_eq!(
+        services::xenrs_grant_end_access(gref),
+        2,
+        "already revoked: ENOENT"
+    );
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
