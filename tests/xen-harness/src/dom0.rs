@@ -784,7 +784,10 @@ dd_net_linux() {
     else
         echo "NOTE dd-net $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 120 s"
     fi
-    domu_wait "$n" 2400
+    domu_wait "$n" 240
+    # The listeners stay until the domU is done: also when domu_wait gave up early (its clock
+    # is `date`, which has segfaulted in dom0 under TCG), wait here by rounds.
+    wait_for 1200 domu_done "$n" "$fe"
     wait_for 300 pid_gone "$lp"
     kill "$lp" "$sp" 2>/dev/null
     exec 4>&-
