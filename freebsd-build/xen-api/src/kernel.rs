@@ -6,10 +6,12 @@
 //! library (kmod-xen, whose exports are `#[no_mangle]`) over a simulated hypervisor, or fakes.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
+use freebsd_kpi::sync::SxLock;
 use freebsd_kpi::Errno;
 use xen_kmod::arch::marshal::{self, RawCall};
 use xen_kmod::{
@@ -353,75 +355,8 @@ unsafe extern "C" fn evtchn_trampoline(arg: *mut c_void, port: u32) {
 /// [`XenServices`] over xen.ko's exported symbols.
 #[derive(Debug)]
 pub struct KernelXen {
-    /// Handlers of bound ports, to free them after unbind (port, leaked box).
-    handlers: spin_list::List,
-}
-
-/// A tiny list of (port, pointer) guarded by the callers' own serialisation: KernelXen is
-/// used from attach/detach paths that FreeBSD serialises per device; the list uses an atomic
-/// flag as a spin lock over a fixed table so no kernel lock is needed.
-mod spin_list {
-    use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-
-    const SLOTS: usize = 256;
-
-    #[derive(Debug)]
-    pub struct List {
-        busy: AtomicBool,
-        ports: [AtomicU32; SLOTS],
-        ptrs: [AtomicUsize; SLOTS],
-    }
-
-    impl List {
-        pub const fn new() -> List {
-            List {
-                busy: AtomicBool::new(false),
-                ports: [const { AtomicU32::new(u32::MAX) }; SLOTS],
-                ptrs: [const { AtomicUsize::new(0) }; SLOTS],
-            }
-        }
-
-        fn locked<R>(&self, f: impl FnOnce() -> R) -> R {
-            // Bounded by the other holder's few loads and stores.
-            while self
-                .busy
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                core::hint::spin_loop();
-            }
-            let r = f();
-            self.busy.store(false, Ordering::Release);
-            r
-        }
-
-        /// Records `ptr` for `port`; false when the table is full.
-        pub fn insert(&self, port: u32, ptr: usize) -> bool {
-            self.locked(|| {
-                for (p, q) in self.ports.iter().zip(&self.ptrs) {
-                    if p.load(Ordering::Relaxed) == u32::MAX {
-                        p.store(port, Ordering::Relaxed);
-                        q.store(ptr, Ordering::Relaxed);
-                        return true;
-                    }
-                }
-                false
-            })
-        }
-
-        /// Takes the pointer recorded for `port`.
-        pub fn take(&self, port: u32) -> Option<usize> {
-            self.locked(|| {
-                for (p, q) in self.ports.iter().zip(&self.ptrs) {
-                    if p.load(Ordering::Relaxed) == port {
-                        p.store(u32::MAX, Ordering::Relaxed);
-                        return Some(q.swap(0, Ordering::Relaxed));
-                    }
-                }
-                None
-            })
-        }
-    }
+    /// Handlers of bound ports (port -> leaked `HandlerBox` address), freed after unbind.
+    handlers: SxLock<BTreeMap<Port, usize>>,
 }
 
 impl KernelXen {
@@ -440,7 +375,7 @@ impl KernelXen {
             return Err(Errno::EOPNOTSUPP);
         }
         Ok(KernelXen {
-            handlers: spin_list::List::new(),
+            handlers: SxLock::new(c"xenrs-api handlers", BTreeMap::new())?,
         })
     }
 
@@ -458,12 +393,16 @@ impl KernelXen {
             drop(unsafe { Box::from_raw(arg) });
             return Err(e);
         }
-        if !self.handlers.insert(port, arg.expose_provenance()) {
-            // SAFETY: our bound port; after unbind the handler never runs.
-            let _ = unsafe { xenrs_evtchn_unbind(port) };
-            // SAFETY: unbound above: xen.ko no longer calls it.
-            drop(unsafe { Box::from_raw(arg) });
-            return Err(Errno::ENOSPC);
+        let stale = self.handlers.lock().insert(port, arg.expose_provenance());
+        if let Some(stale) = stale {
+            // xen.ko handed out a port we still had a handler for: it was unbound behind our
+            // back (impossible through this crate); the old box is unreachable by xen.ko.
+            // SAFETY: leaked by an earlier bind of this port, which xen.ko no longer calls.
+            drop(unsafe {
+                Box::from_raw(core::ptr::with_exposed_provenance_mut::<EventHandler>(
+                    stale,
+                ))
+            });
         }
         Ok(port)
     }
@@ -578,7 +517,8 @@ impl XenServices for KernelXen {
     fn evtchn_unbind(&self, port: Port) -> Result<(), Errno> {
         // SAFETY: plain value.
         check(unsafe { xenrs_evtchn_unbind(port) })?;
-        if let Some(ptr) = self.handlers.take(port) {
+        let ptr = self.handlers.lock().remove(&port);
+        if let Some(ptr) = ptr {
             // SAFETY: leaked by `bind` for this port; unbound above, so xen.ko never calls
             // the trampoline with it again.
             drop(unsafe {

@@ -788,3 +788,69 @@ fn freeing_pages_with_a_live_grant_revokes_it_first() {
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
 }
+
+/// The drivers' side of the ABI (crate xenrs-api's `KernelXen`) against this module's own
+/// exports: what a driver module does through `XenServices`, end to end.
+#[test]
+fn xenrs_api_kernel_side_round_trip() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use xenrs_api::{kernel::KernelXen, BindFlags, Revoked, XenServices};
+    let _kernel = fake::session();
+    on_xen(0);
+    assert_eq!(xenrs_xen_load(), 0);
+    let xen = KernelXen::new().expect("same API version");
+    assert_eq!(xen.domid(), 3);
+    let fired = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&fired);
+    let port = xen
+        .evtchn_alloc_unbound(
+            0,
+            BindFlags::default(),
+            Box::new(move |_port| {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+    let raise = || {
+        MODULE_SLOT.with(|m| {
+            let p = m.platform().unwrap();
+            let si = p.shared_info_view();
+            si.evtchn_pending().test_and_set(port);
+            let v = si.legacy_vcpu_info(0).unwrap();
+            v.set_pending_sel_bit(port / xen_kmod::shared::BITS_PER_XEN_ULONG);
+            v.set_upcall_pending();
+            p.run_events(m);
+        })
+    };
+    raise();
+    assert_eq!(fired.load(Ordering::SeqCst), 1);
+    xen.evtchn_notify(port).unwrap();
+    crate::fake_kpi::state(|s| assert!(s.sent.contains(&port)));
+    assert_eq!(xen.evtchn_notify(port + 100), Err(Errno::ENOENT));
+    xen.evtchn_unbind(port).unwrap();
+    raise();
+    assert_eq!(
+        fired.load(Ordering::SeqCst),
+        1,
+        "nothing fires after unbind"
+    );
+    assert_eq!(
+        Arc::strong_count(&fired),
+        1,
+        "the handler was freed with the binding"
+    );
+    let pages = xen.alloc_pages(1).unwrap();
+    let gref = xen.grant_access(1, pages.gfn, true).unwrap();
+    assert_eq!(xen.grant_revoke(gref), Ok(Revoked::Done));
+    xen.free_pages(pages);
+    let m = xen.grant_map(1, 9, false).unwrap();
+    xen.grant_unmap(m).unwrap();
+    // xenstore: no daemon behind the fake ring, so a read ends in a transport error.
+    let read = xenrs_api::kernel::xs_call(&xen_xenbus::Request::Read { path: "domid" }, 0);
+    assert!(read.is_err(), "{read:?}");
+    assert_eq!(stat(XenStat::Users), Ok(0));
+    drop(xen);
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
