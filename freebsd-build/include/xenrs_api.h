@@ -99,6 +99,8 @@ int	xenrs_xs_unwatch(struct xenrs_xenbus_reg *reg, uint32_t watch);
 /*
  * Event channels. The handler runs in xen.ko's event thread with the port's number; after
  * xenrs_evtchn_unbind returns it never runs again (a run in progress is waited for).
+ * Handlers should hand work to the driver's own taskqueue: every other port waits while one
+ * runs (a xenstore call from a handler still completes, by polling the ring, but slowly).
  * Ports a peer can raise are throttled (masked for a while when they storm; counted in
  * hw.xenrs.evtchn.throttled). flags: XENRS_EVTCHN_AUTOMASK masks the port on every delivery
  * until xenrs_evtchn_unmask (for consumers that process events later).

@@ -258,6 +258,8 @@ void	xenrs_xen_run_xenbus(void);
 
 static struct taskqueue *xenrs_tq[2];
 static struct task xenrs_task[2];
+/* The same tasks, later: throttle expiry (events), deferred grant revocations (xenbus). */
+static struct timeout_task xenrs_ttask[2];
 
 static void
 xenrs_events_task(void *arg __unused, int pending __unused)
@@ -283,6 +285,8 @@ xenrs_kpi_threads_start(void)
 		/* Fast queue: the events task is queued from an interrupt filter. */
 		xenrs_tq[i] = taskqueue_create_fast(names[i], M_WAITOK,
 		    taskqueue_thread_enqueue, &xenrs_tq[i]);
+		TIMEOUT_TASK_INIT(xenrs_tq[i], &xenrs_ttask[i], 0,
+		    i == 0 ? xenrs_events_task : xenrs_xenbus_task, NULL);
 		if (taskqueue_start_threads(&xenrs_tq[i], 1, PI_NET, "%s",
 		    names[i]) != 0) {
 			taskqueue_free(xenrs_tq[i]);
@@ -305,10 +309,20 @@ xenrs_kpi_threads_stop(void)
 	for (i = 0; i < 2; i++) {
 		if (xenrs_tq[i] == NULL)
 			continue;
+		taskqueue_drain_timeout(xenrs_tq[i], &xenrs_ttask[i]);
 		taskqueue_drain(xenrs_tq[i], &xenrs_task[i]);
 		taskqueue_free(xenrs_tq[i]);
 		xenrs_tq[i] = NULL;
 	}
+}
+
+void
+xenrs_kpi_kick_after(int which, uint32_t ms)
+{
+	if (which >= 0 && which < 2 && xenrs_tq[which] != NULL)
+		(void)taskqueue_enqueue_timeout(xenrs_tq[which],
+		    &xenrs_ttask[which],
+		    MAX(1, (int)(((uint64_t)ms * hz + 999) / 1000)));
 }
 
 void

@@ -25,6 +25,8 @@ pub struct State {
     pub threads: bool,
     pub upcall: bool,
     pub kicks: [u64; 2],
+    /// Delayed kicks: (task, ms).
+    pub later: Vec<(c_int, u32)>,
     /// Fail the n-th page allocation (0-based), if set.
     pub fail_page_alloc: Option<u32>,
     pub page_allocs: u32,
@@ -136,6 +138,11 @@ pub extern "C" fn xenrs_kpi_threads_stop() {
 #[no_mangle]
 pub extern "C" fn xenrs_kpi_kick(which: c_int) {
     state(|s| s.kicks[usize::try_from(which).unwrap()] += 1);
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_kick_after(which: c_int, ms: u32) {
+    state(|s| s.later.push((which, ms)));
 }
 
 #[no_mangle]

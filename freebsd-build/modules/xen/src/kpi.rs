@@ -27,6 +27,8 @@ extern "C" {
     fn xenrs_kpi_threads_stop();
     /// Queues the events task (0) or the xenbus task (1). Callable from a filter.
     fn xenrs_kpi_kick(which: c_int);
+    /// Queues it after `ms` milliseconds (a pending earlier request is moved, not doubled).
+    fn xenrs_kpi_kick_after(which: c_int, ms: u32);
     /// Sets up the upcall: `mode` 1 per-vCPU vector, 2 Xen platform PCI interrupt; writes
     /// the vector (1) or IRQ (2) to `*where_`. 0 or an errno; the console says why.
     fn xenrs_kpi_upcall_setup(mode: c_int, where_: *mut u32) -> c_int;
@@ -212,6 +214,12 @@ pub enum Task {
 pub fn kick(task: Task) {
     // SAFETY: plain value; the shim ignores kicks when the threads are not running.
     unsafe { xenrs_kpi_kick(task as c_int) }
+}
+
+/// Queues `task` after `ms` milliseconds.
+pub fn kick_after(task: Task, ms: u32) {
+    // SAFETY: plain values; ignored when the threads are not running.
+    unsafe { xenrs_kpi_kick_after(task as c_int, ms) }
 }
 
 /// The installed upcall; torn down on drop.

@@ -461,11 +461,20 @@ impl Platform {
         let mut buf = [Event::default(); 32];
         for _ in 0..8 {
             let now = kpi::now_ns();
-            let outcome = {
+            let (outcome, deadline) = {
                 let mut ec = self.evtchn.lock();
                 ec.tick(now);
-                ec.poll_all(now, &mut buf)
+                (ec.poll_all(now, &mut buf), ec.next_deadline())
             };
+            // A throttled port is unmasked by `tick` once its deferral ends, even if nothing
+            // else fires meanwhile: come back then.
+            if let Some(at) = deadline {
+                let ms = at.saturating_sub(now).div_ceil(1_000_000);
+                kpi::kick_after(
+                    kpi::Task::Events,
+                    u32::try_from(ms).unwrap_or(u32::MAX).max(1),
+                );
+            }
             let Ok(outcome) = outcome else { return };
             let _serial = self.dispatch.lock();
             self.counters.dispatching.store(

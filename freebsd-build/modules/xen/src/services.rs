@@ -831,6 +831,10 @@ pub(crate) fn poll_deferred(m: &crate::XenModule, p: &Platform) {
         m.release();
     }
     let deferred = p.deferred.lock();
+    if !deferred.is_empty() {
+        // Peers still map some of our pages: look again in a while.
+        crate::kpi::kick_after(crate::kpi::Task::Xenbus, 250);
+    }
     let mut held = m.held.lock();
     let before = held.len();
     held.retain(|run| {

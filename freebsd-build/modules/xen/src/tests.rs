@@ -854,3 +854,42 @@ fn xenrs_api_kernel_side_round_trip() {
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
 }
+
+#[test]
+#[expect(unsafe_code, reason = "a C handler, as a driver module registers")]
+fn a_storming_port_is_throttled_and_the_events_task_comes_back_to_lift_it() {
+    unsafe extern "C" fn handler(_arg: *mut core::ffi::c_void, _port: u32) {}
+    let _kernel = fake::session();
+    on_xen(0);
+    assert_eq!(xenrs_xen_load(), 0);
+    let mut port = 0u32;
+    assert_eq!(
+        services::xenrs_evtchn_alloc_unbound(0, 0, Some(handler), core::ptr::null_mut(), &mut port),
+        0
+    );
+    // The fake clock stands still: every event falls in one throttle window.
+    MODULE_SLOT.with(|m| {
+        let p = m.platform().unwrap();
+        let si = p.shared_info_view();
+        let v = si.legacy_vcpu_info(0).unwrap();
+        for _ in 0..10_050 {
+            si.evtchn_pending().test_and_set(port);
+            v.set_pending_sel_bit(port / xen_kmod::shared::BITS_PER_XEN_ULONG);
+            v.set_upcall_pending();
+            p.run_events(m);
+        }
+    });
+    assert!(
+        stat(XenStat::Events).unwrap() <= 10_001,
+        "throttled at the window's limit"
+    );
+    crate::fake_kpi::state(|s| {
+        assert!(
+            s.later.iter().any(|(task, _)| *task == 0),
+            "a later events run is queued"
+        );
+    });
+    assert_eq!(services::xenrs_evtchn_unbind(port), 0);
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
