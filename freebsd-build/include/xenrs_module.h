@@ -73,9 +73,14 @@ void	xenrs_free(void *ptr);
 	DECLARE_MODULE(name, name##_xenrs_moduledata, subsystem, order); \
 	MODULE_VERSION(name, 1)
 
-/* A driver module: needs xen.ko (version 1), initialised after it. */
+/*
+ * A driver module: needs xen.ko (version 1), initialised after it. xen.ko starts at
+ * (SI_SUB_CONFIGURE, SI_ORDER_MIDDLE): in a custom kernel that is after configure()
+ * (SI_ORDER_THIRD) has attached the devices, among them the Xen platform PCI device whose
+ * interrupt carries the upcall; as a module, the order within the kldload is the same.
+ */
 #define	XENRS_DRIVER_MODULE(name)					\
-	XENRS_MODULE(name, SI_SUB_DRIVERS, SI_ORDER_ANY);		\
+	XENRS_MODULE(name, SI_SUB_CONFIGURE, SI_ORDER_ANY);		\
 	MODULE_DEPEND(name, xen, 1, 1, 1)
 
 #endif /* !_XENRS_MODULE_H_ */

@@ -11,11 +11,12 @@
 #include <sys/sysctl.h>
 
 /*
- * After the platform PCI driver below (DRIVER_MODULE, SI_ORDER_MIDDLE) has attached, so the
- * upcall can use its interrupt; the driver modules (SI_ORDER_ANY, MODULE_DEPEND on xen) come
- * later still.
+ * After the platform PCI driver below (DRIVER_MODULE, SI_SUB_DRIVERS) has attached to the
+ * device, so the upcall can use its interrupt: as a module that happens when the driver is
+ * added, in a custom kernel in configure() at (SI_SUB_CONFIGURE, SI_ORDER_THIRD). The driver
+ * modules (SI_ORDER_ANY, MODULE_DEPEND on xen) come later still.
  */
-XENRS_MODULE(xen, SI_SUB_DRIVERS, SI_ORDER_MIDDLE + 1);
+XENRS_MODULE(xen, SI_SUB_CONFIGURE, SI_ORDER_MIDDLE);
 
 void
 xenrs_printf_str(const char *message)
