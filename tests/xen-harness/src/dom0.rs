@@ -192,7 +192,7 @@ pub fn build(
     }
     if runs.iter().any(|r| r.kind == RunKind::Dd) {
         // The Linux domU of the driver-domain scenarios: dom0's own kernel, its own image.
-        a.file(domu::KERNEL_PATH, 0o644, read(&assets.vmlinuz)?);
+        a.file(domu::KERNEL_PATH, 0o644, domu::kernel(assets)?);
         a.file(domu::IMAGE_PATH, 0o644, domu::build(assets, domu_extra)?);
     }
     a.file("/init", 0o755, init_script(runs, scenarios).into_bytes());
@@ -666,7 +666,7 @@ name = "$1"
 type = "pvh"
 kernel = "/guests/linux-vmlinuz"
 ramdisk = "/guests/linux-domu.cpio"
-cmdline = "console=hvc0 loglevel=4 script=$2 nonce=$3"
+cmdline = "console=hvc0 loglevel=6 script=$2 nonce=$3"
 memory = ${4:-192}
 vcpus = ${5:-2}
 tsc_mode = "native"
@@ -684,7 +684,7 @@ EOC
 domu_log() { tr -d '\r' < "/tmp/xc/guest-$1.log" 2>/dev/null; }
 # domu_done NAME DOMID: the domU printed DOMU DONE or its xenstore home is gone (cheaper than
 # asking xl every round).
-domu_done() { domu_log "$1" | grep -q '^DOMU DONE' || ! xenstore-exists "/local/domain/$2"; }
+domu_done() { domu_log "$1" | grep -q '^DOMU DONE' || home_gone "$2"; }
 # domu_wait NAME SECONDS: until the domU printed DOMU DONE (or is gone).
 domu_wait() { wait_secs "$2" domu_done "$1" "$(xl domid "$1" 2>/dev/null)"; }
 # domu_verdict NAME SCENARIO ARCH: the domU's `DOMU SCENARIO PASS|FAIL ...` line as a CHECK.
@@ -697,12 +697,16 @@ domu_verdict() {
     *) echo "CHECK $2 $3 FAIL no verdict from domU $1: $(domu_log "$1" | tail -n 1 | head -c 60)" ;;
     esac
 }
+# home_gone DOMID: the domain's xenstore home is gone (xl removes it when the domain dies).
+home_gone() { ! xenstore-exists "/local/domain/$1"; }
 # domu_finish NAME: waits for the domU to power off (destroys it after 30 s).
 domu_finish() {
-    if ! wait_for 300 gone "$1"; then
+    local id
+    id=$(xl domid "$1" 2>/dev/null) || return 0
+    if ! wait_secs 30 home_gone "$id"; then
         echo "NOTE domU $1 did not power off; destroyed"
         xl destroy "$1"
-        wait_for 100 gone "$1"
+        wait_secs 10 home_gone "$id"
     fi
 }
 
@@ -835,12 +839,12 @@ dd_blk_linux() {
     echo "NOTE dd-blk $a Linux PVH domU d$fe, driver domain d$dd"
     dd_attach_vbd "$fe" "$dd" 51712 ram:16M || echo "NOTE dd-blk $a writing the vbd nodes failed"
     xl unpause "$fe"
-    if wait_secs 150 is_value "$bp/state" 4; then
+    if wait_secs 300 is_value "$bp/state" 4; then
         { xenstore-ls -f "/local/domain/$fe/device/vbd"; xenstore-ls -f "$bp"; } > "/tmp/ddblk-$a.txt" 2>&1
     else
-        echo "NOTE dd-blk $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 150 s"
+        echo "NOTE dd-blk $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 300 s"
     fi
-    domu_wait "$n" 150
+    domu_wait "$n" 240
     domu_verdict "$n" dd-blk "$a"
     domu_finish "$n"
     dd_detach_vbd "$fe" "$dd" 51712
@@ -872,7 +876,7 @@ EOC
     fi
     fe=$(xl domid "$n")
     echo "NOTE dd-blk-abi32 $a i686 frontend d$fe, driver domain d$dd"
-    dd_attach_vbd "$fe" "$dd" 51712 ram:8M || echo "NOTE dd-blk-abi32 $a writing the vbd nodes failed"
+    dd_attach_vbd "$fe" "$dd" 51712 ram:16M || echo "NOTE dd-blk-abi32 $a writing the vbd nodes failed"
     xl unpause "$fe"
     ack_xenstore i686 "$fe" "$3" | sed 's/^CHECK xenstore/NOTE xenstore/'
     local p=/local/domain/$fe/data

@@ -72,9 +72,9 @@ impl RunKind {
     /// How long one run of this kind may take, from its `BEGIN` marker to its `END`.
     pub fn timeout(self) -> std::time::Duration {
         match self {
-            // The driver domain boots Linux domUs (≈ 20–40 s each under TCG) and other
-            // frontends one after the other.
-            RunKind::Dd => std::time::Duration::from_secs(480),
+            // The driver domain serves Linux domUs (each boots in 1–3 minutes under TCG on a
+            // loaded 2-core machine) and other frontends one after the other.
+            RunKind::Dd => std::time::Duration::from_secs(1200),
             _ => std::time::Duration::from_secs(180),
         }
     }
