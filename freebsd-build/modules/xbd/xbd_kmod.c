@@ -14,6 +14,7 @@
 #include <sys/malloc.h>
 #include <sys/mutex.h>
 #include <sys/sysctl.h>
+#include <sys/sx.h>
 
 #include <geom/geom_disk.h>
 
@@ -129,7 +130,52 @@ xenrs_xbd_disk_destroy(struct disk *dp)
 	disk_destroy(dp);
 }
 
-/* One MTX_DEF mutex per disk: d_strategy, the event handler and xenbus callbacks. */
+/*
+ * Two locks per disk. The device lock is an sx(9) lock: the xenbus callbacks hold it while
+ * they talk to xenstore, allocate pages and unbind event channels, all of which may sleep.
+ * d_strategy (GEOM's g_down thread must not sleep) and the event handler only try it: a bio
+ * that finds it taken waits in a queue guarded by the MTX_DEF mutex below (held only for a
+ * push or a pop), and whoever holds the device lock drains that queue before it is done.
+ */
+struct sx *
+xenrs_xbd_sx_new(void)
+{
+	struct sx *sx;
+
+	sx = malloc(sizeof(*sx), M_DEVBUF, M_NOWAIT | M_ZERO);
+	if (sx != NULL)
+		sx_init(sx, "xbd");
+	return (sx);
+}
+
+void
+xenrs_xbd_sx_xlock(struct sx *sx)
+{
+	sx_xlock(sx);
+}
+
+/* 1 when taken, 0 when another thread holds it. */
+int
+xenrs_xbd_sx_try_xlock(struct sx *sx)
+{
+	return (sx_try_xlock(sx));
+}
+
+void
+xenrs_xbd_sx_xunlock(struct sx *sx)
+{
+	sx_xunlock(sx);
+}
+
+void
+xenrs_xbd_sx_free(struct sx *sx)
+{
+	sx_destroy(sx);
+	free(sx, M_DEVBUF);
+}
+
+/* The queue of bios waiting for the device lock. */
+
 struct mtx *
 xenrs_xbd_lock_new(void)
 {
@@ -145,13 +191,6 @@ void
 xenrs_xbd_lock(struct mtx *m)
 {
 	mtx_lock(m);
-}
-
-/* 1 when taken, 0 when another thread holds it (the event handler never waits). */
-int
-xenrs_xbd_trylock(struct mtx *m)
-{
-	return (mtx_trylock(m));
 }
 
 void

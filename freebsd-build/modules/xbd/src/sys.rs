@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_uint, c_void};
 use core::ptr::NonNull;
@@ -33,7 +34,11 @@ extern "C" {
     fn xenrs_xbd_disk_destroy(disk: *mut c_void);
     fn xenrs_xbd_lock_new() -> *mut c_void;
     fn xenrs_xbd_lock(m: *mut c_void);
-    fn xenrs_xbd_trylock(m: *mut c_void) -> c_int;
+    fn xenrs_xbd_sx_new() -> *mut c_void;
+    fn xenrs_xbd_sx_xlock(sx: *mut c_void);
+    fn xenrs_xbd_sx_try_xlock(sx: *mut c_void) -> c_int;
+    fn xenrs_xbd_sx_xunlock(sx: *mut c_void);
+    fn xenrs_xbd_sx_free(sx: *mut c_void);
     fn xenrs_xbd_unlock(m: *mut c_void);
     fn xenrs_xbd_lock_free(m: *mut c_void);
     fn xenrs_xbd_sysctl_attach(softc: *mut c_void, unit: c_uint) -> *mut c_void;
@@ -146,7 +151,7 @@ pub(crate) fn kernel_for_tests() -> Kernel {
     }
 }
 
-/// A FreeBSD `MTX_DEF` mutex around a value.
+/// A FreeBSD `MTX_DEF` mutex around a value (the queue of bios waiting for the device lock).
 ///
 /// # Invariants
 /// `mtx` is a live mutex from `xenrs_xbd_lock_new`; `value` is only reached while it is held.
@@ -178,9 +183,8 @@ impl<T> Locked<T> {
         })
     }
 
-    /// Runs `f` with the mutex held. Not re-entrant: `f` must not come back here (the disk
-    /// is not `DISKFLAG_DIRECT_COMPLETION`, so `biodone` hands the bio to GEOM's g_up thread
-    /// and never calls `d_strategy` on this stack).
+    /// Runs `f` with the mutex held: only short work that never sleeps (a push or a pop of
+    /// the bio queue), and not re-entrant.
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         // SAFETY: a live mutex (invariant).
         unsafe { xenrs_xbd_lock(self.mtx.as_ptr()) };
@@ -192,26 +196,77 @@ impl<T> Locked<T> {
     }
 }
 
-impl<T> Locked<T> {
-    /// Runs `f` if the mutex is free now; `None` (and `f` not run) when another thread holds
-    /// it.
-    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        // SAFETY: a live mutex (invariant).
-        if unsafe { xenrs_xbd_trylock(self.mtx.as_ptr()) } == 0 {
-            return None;
-        }
-        // SAFETY: the mutex is held, so this is the only reference to the value.
-        let r = f(unsafe { &mut *self.value.get() });
-        // SAFETY: held by us, above.
-        unsafe { xenrs_xbd_unlock(self.mtx.as_ptr()) };
-        Some(r)
-    }
-}
-
 impl<T> Drop for Locked<T> {
     fn drop(&mut self) {
         // SAFETY: a live mutex nobody holds (we are being dropped, so no `with` is running).
         unsafe { xenrs_xbd_lock_free(self.mtx.as_ptr()) }
+    }
+}
+
+/// The device lock: a FreeBSD sx(9) lock around a value, which its holder may sleep under
+/// (xenstore requests, page allocation, unbinding an event channel).
+///
+/// # Invariants
+/// `sx` is a live lock from `xenrs_xbd_sx_new`; `value` is only reached while it is held.
+pub struct DeviceLock<T> {
+    sx: NonNull<c_void>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is only reached under the lock (type invariant), from any thread.
+unsafe impl<T: Send> Sync for DeviceLock<T> {}
+// SAFETY: as above; the lock itself may be used and freed from any thread.
+unsafe impl<T: Send> Send for DeviceLock<T> {}
+
+impl<T> core::fmt::Debug for DeviceLock<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceLock").finish_non_exhaustive()
+    }
+}
+
+impl<T> DeviceLock<T> {
+    /// `None` when the kernel has no memory for the lock.
+    pub fn new(value: T) -> Option<Self> {
+        // SAFETY: no arguments; NULL on failure.
+        let sx = NonNull::new(unsafe { xenrs_xbd_sx_new() })?;
+        // INVARIANT: a fresh lock.
+        Some(DeviceLock {
+            sx,
+            value: UnsafeCell::new(value),
+        })
+    }
+
+    /// Runs `f` with the lock held, waiting (sleeping) for it: only from contexts that may
+    /// sleep (xenbus callbacks, sysctl handlers).
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: a live lock (invariant).
+        unsafe { xenrs_xbd_sx_xlock(self.sx.as_ptr()) };
+        // SAFETY: the lock is held exclusively, so this is the only reference to the value.
+        let r = f(unsafe { &mut *self.value.get() });
+        // SAFETY: held by us, above.
+        unsafe { xenrs_xbd_sx_xunlock(self.sx.as_ptr()) };
+        r
+    }
+
+    /// Runs `f` if the lock is free now; `None` (and `f` not run) when another thread holds
+    /// it. Never sleeps.
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        // SAFETY: a live lock (invariant).
+        if unsafe { xenrs_xbd_sx_try_xlock(self.sx.as_ptr()) } == 0 {
+            return None;
+        }
+        // SAFETY: the lock is held exclusively, so this is the only reference to the value.
+        let r = f(unsafe { &mut *self.value.get() });
+        // SAFETY: held by us, above.
+        unsafe { xenrs_xbd_sx_xunlock(self.sx.as_ptr()) };
+        Some(r)
+    }
+}
+
+impl<T> Drop for DeviceLock<T> {
+    fn drop(&mut self) {
+        // SAFETY: a live lock nobody holds (we are being dropped).
+        unsafe { xenrs_xbd_sx_free(self.sx.as_ptr()) }
     }
 }
 
@@ -228,55 +283,78 @@ pub trait GeomDisk: Send {
 }
 
 /// The per-disk object whose address is `d_drv1` and the sysctl handlers' `arg1`.
+///
+/// Work that may not sleep (`d_strategy`, events) never waits for the device lock: it is left
+/// in `queue`/`pending` and run by whoever holds the lock, which every holder checks after it
+/// lets go ([`Softc::drain`]), so none is stranded.
 pub struct Softc {
-    dev: Locked<Option<Box<dyn GeomDisk>>>,
+    dev: DeviceLock<Option<Box<dyn GeomDisk>>>,
+    /// Bios waiting for the device lock, in arrival order.
+    queue: Locked<VecDeque<BioRequest>>,
     sysctl: Option<NonNull<c_void>>,
-    /// Events that arrived while another thread held the mutex.
+    /// Events that arrived while another thread held the device lock.
     pending: AtomicBool,
 }
 
 impl Softc {
-    /// An event for the device, from xen.ko's event thread. Never waits for the mutex: when
-    /// another thread holds it (d_strategy, a xenbus callback that may be unbinding this very
-    /// port and waiting for this handler), the event is left in `pending` for the holder,
-    /// which runs it before it lets go (see [`SoftcBox::with`]).
+    /// An event for the device, from xen.ko's event thread (never sleeps).
     fn event(&self) {
         self.pending.store(true, Ordering::Release);
-        // Bounded: each round consumes the flag; a new one set meanwhile is either ours to
-        // run or the other holder's.
-        for _ in 0..EVENT_ROUNDS {
+        self.drain();
+    }
+
+    /// A bio from `d_strategy` (never sleeps).
+    fn strategy(&self, req: BioRequest) {
+        self.queue.with(|q| q.push_back(req));
+        self.drain();
+    }
+
+    /// Runs queued bios and pending events if the device lock is free; when it is not, its
+    /// holder will (it drains after letting go). Bounded: a device that is given work faster
+    /// than it runs leaves the rest to the next caller.
+    fn drain(&self) {
+        for _ in 0..DRAIN_ROUNDS {
+            let idle = !self.pending.load(Ordering::Acquire) && self.queue.with(|q| q.is_empty());
+            if idle {
+                return;
+            }
             let ran = self.dev.try_with(|dev| {
-                while self.pending.swap(false, Ordering::AcqRel) {
-                    if let Some(dev) = dev.as_mut() {
-                        dev.event();
+                let bios: VecDeque<BioRequest> = self.queue.with(core::mem::take);
+                for req in bios {
+                    match dev.as_mut() {
+                        Some(d) => d.strategy(req),
+                        // SAFETY: the bio's handle from d_strategy, completed once (the
+                        // device is gone).
+                        None => unsafe {
+                            xenrs_xbd_biodone(
+                                req.handle.0 as *mut c_void,
+                                crate::disk::errno::ENXIO,
+                                req.length,
+                            );
+                        },
+                    }
+                }
+                if self.pending.swap(false, Ordering::AcqRel) {
+                    if let Some(d) = dev.as_mut() {
+                        d.event();
                     }
                 }
             });
-            if ran.is_none() || !self.pending.load(Ordering::Acquire) {
+            if ran.is_none() {
                 return;
             }
         }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Option<Box<dyn GeomDisk>>) -> R) -> R {
-        self.dev.with(|dev| {
-            let r = f(dev);
-            // Events that came in while we held the mutex.
-            for _ in 0..EVENT_ROUNDS {
-                if !self.pending.swap(false, Ordering::AcqRel) {
-                    break;
-                }
-                if let Some(dev) = dev.as_mut() {
-                    dev.event();
-                }
-            }
-            r
-        })
+        let r = self.dev.with(f);
+        self.drain();
+        r
     }
 }
 
-/// Most event rounds one caller runs before leaving the rest to the next event.
-const EVENT_ROUNDS: usize = 64;
+/// Most rounds one caller drains before leaving the rest to the next one.
+const DRAIN_ROUNDS: usize = 64;
 
 /// The event handlers' way to the softc: set once the softc exists, cleared before it is
 /// freed (by then every port is unbound, so no handler is running).
@@ -324,7 +402,8 @@ impl SoftcBox {
     /// A softc with an empty device slot and its `dev.xbd.<unit>` tree.
     pub fn new(unit: u32) -> Option<SoftcBox> {
         let softc = Box::new(Softc {
-            dev: Locked::new(None)?,
+            dev: DeviceLock::new(None)?,
+            queue: Locked::new(VecDeque::new())?,
             sysctl: None,
             pending: AtomicBool::new(false),
         });
@@ -411,17 +490,7 @@ pub unsafe extern "C" fn xenrs_xbd_strategy(
     };
     // SAFETY: a live softc by the caller's contract.
     let softc = unsafe { &*softc.cast::<Softc>() };
-    let refused = softc.dev.with(|dev| match dev {
-        Some(dev) => {
-            dev.strategy(req);
-            false
-        }
-        None => true,
-    });
-    if refused {
-        // SAFETY: the bio, completed once (the device is gone).
-        unsafe { xenrs_xbd_biodone(bp, crate::disk::errno::ENXIO, length) };
-    }
+    softc.strategy(req);
 }
 
 /// A `dev.xbd.<unit>` leaf, called by the shim's sysctl handler.

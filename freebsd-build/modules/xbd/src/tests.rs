@@ -59,6 +59,7 @@ mod shim {
         pub live_disks: usize,
         pub locks_live: usize,
         pub lock_held: bool,
+        pub sx_held: bool,
         pub sysctl_live: usize,
         pub next: usize,
     }
@@ -151,15 +152,46 @@ mod shim {
     }
 
     #[no_mangle]
-    pub extern "C" fn xenrs_xbd_trylock(_m: *mut c_void) -> c_int {
+    pub extern "C" fn xenrs_xbd_sx_new() -> *mut c_void {
+        with(|s| s.locks_live += 1);
+        Box::into_raw(Box::new(0u64)).cast()
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbd_sx_xlock(_sx: *mut c_void) {
         with(|s| {
-            if s.lock_held {
+            assert!(!s.sx_held, "xbd device lock taken recursively");
+            s.sx_held = true;
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbd_sx_try_xlock(_sx: *mut c_void) -> c_int {
+        with(|s| {
+            if s.sx_held {
                 0
             } else {
-                s.lock_held = true;
+                s.sx_held = true;
                 1
             }
         })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbd_sx_xunlock(_sx: *mut c_void) {
+        with(|s| {
+            assert!(s.sx_held, "xbd device lock released but not held");
+            s.sx_held = false;
+        });
+    }
+
+    /// # Safety
+    /// `sx` came from `xenrs_xbd_sx_new`.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xbd_sx_free(sx: *mut c_void) {
+        with(|s| s.locks_live -= 1);
+        // SAFETY: from Box::into_raw in sx_new, freed once.
+        drop(unsafe { Box::from_raw(sx.cast::<u64>()) });
     }
 
     #[no_mangle]
@@ -844,7 +876,7 @@ fn strategy_and_sysctl_entry_points_reach_the_device_under_its_lock() {
     let _kernel = fake::session();
     shim::reset();
     let softc = SoftcBox::new(3).expect("softc");
-    assert_eq!(shim::with(|s| (s.locks_live, s.sysctl_live)), (1, 1));
+    assert_eq!(shim::with(|s| (s.locks_live, s.sysctl_live)), (2, 1));
     let raw = softc.as_raw();
     // No device yet (attach not finished): refused with ENXIO.
     // SAFETY: a live softc; the bio handle is only recorded by the fake biodone.
@@ -865,13 +897,28 @@ fn strategy_and_sysctl_entry_points_reach_the_device_under_its_lock() {
             data: 0x7000
         }]
     );
+    // A bio while a xenbus callback holds the device lock (sleeping in xenstore, say): it
+    // waits in the queue, and the callback runs it when it lets go; d_strategy never blocks.
+    softc.with(|_| {
+        // SAFETY: as above.
+        unsafe { sys::xenrs_xbd_strategy(raw, 0x53 as *mut _, 0, 0, 0, 512, 0x9000 as *mut _) };
+        assert_eq!(seen.lock().unwrap().len(), 1, "not run under the holder");
+    });
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.handle.0)
+            .collect::<Vec<_>>(),
+        vec![0x52, 0x53]
+    );
     let mut v = 0u64;
     // SAFETY: live softc, `v` a live local.
     assert_eq!(unsafe { sys::xenrs_xbd_dev_stat(raw, 0, &mut v) }, 0);
-    assert_eq!(v, 1);
+    assert_eq!(v, 2);
     // SAFETY: as above.
     assert_eq!(unsafe { sys::xenrs_xbd_dev_stat(raw, 5, &mut v) }, 2);
-    assert!(!shim::with(|s| s.lock_held));
+    assert!(!shim::with(|s| s.lock_held || s.sx_held));
     softc.with(|d| *d = None);
     softc.free(&sys::EventSink::default());
     assert_eq!(shim::with(|s| (s.locks_live, s.sysctl_live)), (0, 0));

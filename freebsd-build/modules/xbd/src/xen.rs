@@ -3,11 +3,12 @@
 //! ([`XbdDriver`]) that creates, drives and removes one [`XbdDisk`] per device.
 //!
 //! Contexts (see `include/xenrs_api.h`): xenbus callbacks (probe, other end changed, remove)
-//! come from xen.ko's xenbus thread; event handlers from its event thread; `d_strategy` from
-//! GEOM. All three take the disk's mutex ([`crate::sys::SoftcBox`]); the event handler never
-//! waits for it (an event that finds it held is run by the holder before it lets go), so a
-//! xenbus callback that unbinds a port while holding the mutex cannot deadlock against the
-//! handler xen.ko waits for.
+//! come from xen.ko's xenbus thread and may sleep (xenstore, pages, unbinding ports) while
+//! they hold the disk's sx lock ([`crate::sys::SoftcBox`]); event handlers (xen.ko's event
+//! thread) and `d_strategy` (GEOM's g_down thread, which must not sleep) only try it, and what
+//! finds it taken is run by the holder when it lets go. So a xenbus callback that unbinds a
+//! port under the lock cannot deadlock against the handler xen.ko waits for, and GEOM never
+//! sleeps on us.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
