@@ -134,8 +134,29 @@ impl PrivcmdHypervisor for PrivHv<'_> {
                 // CAST: isize is at most 64 bits on our targets.
                 XenError::from_return(r as i64)
             }
-            // Foreign mappings and resources need privcmd regions (mmap), and dm_op buffers
-            // a kernel copy of the descriptor array: not offered by this build.
+            PrivcmdOp::DmOp { domid, bufs } => {
+                // `struct xen_dm_op_buf { XEN_GUEST_HANDLE(void) h; xen_ulong_t size; }`: two
+                // native words each, pointing at the kernel copies (Xen may write into them).
+                let descs: Vec<[usize; 2]> = bufs
+                    .iter_mut()
+                    .map(|b| [b.as_mut_ptr().expose_provenance(), b.len()])
+                    .collect();
+                let call = xen_kmod::arch::marshal::RawCall {
+                    op: xen_sys::native::__HYPERVISOR_dm_op,
+                    args: [
+                        usize::from(domid),
+                        descs.len(),
+                        descs.as_ptr().expose_provenance(),
+                        0,
+                        0,
+                    ],
+                };
+                let r = (self.0.raw)(&call);
+                // CAST: isize is at most 64 bits on our targets.
+                XenError::from_return(r as i64)
+            }
+            // Foreign mappings and resources need privcmd regions (mmap): not offered by this
+            // build.
             _ => Err(XenError::ENOSYS),
         }
     }

@@ -25,6 +25,8 @@ pub struct State {
     pub threads: bool,
     pub upcall: bool,
     pub kicks: [u64; 2],
+    /// Raw hypercalls through the exported trap: (op, args).
+    pub raw_calls: Vec<(u32, [usize; 5])>,
     /// Delayed kicks: (task, ms).
     pub later: Vec<(c_int, u32)>,
     /// Fail the n-th page allocation (0-based), if set.
@@ -300,9 +302,26 @@ impl Hypervisor for FakeHv {
 
 pub static FAKE_HV: FakeHv = FakeHv;
 
-/// The raw trap of the tests: records nothing, returns Xen's -ENOSYS.
-pub fn raw_trap(_call: &xen_kmod::arch::marshal::RawCall) -> isize {
-    -38
+/// The raw trap of the tests: records the call; `__HYPERVISOR_dm_op` succeeds after
+/// writing 0x5a into the first byte of every buffer (as a device model's reply would), any
+/// other op is Xen's -ENOSYS.
+pub fn raw_trap(call: &xen_kmod::arch::marshal::RawCall) -> isize {
+    state(|s| s.raw_calls.push((call.op, call.args)));
+    if call.op != xen_sys::native::__HYPERVISOR_dm_op {
+        return -38;
+    }
+    let descs = core::ptr::with_exposed_provenance::<[usize; 2]>(call.args[2]);
+    for i in 0..call.args[1] {
+        // SAFETY: the caller's descriptor array of `args[1]` entries, each naming a live
+        // buffer of its size (the contract of the hypercall).
+        unsafe {
+            let [ptr, len] = descs.add(i).read();
+            if len > 0 {
+                core::ptr::with_exposed_provenance_mut::<u8>(ptr).write(0x5a);
+            }
+        }
+    }
+    0
 }
 
 #[no_mangle]

@@ -893,3 +893,51 @@ fn a_storming_port_is_throttled_and_the_events_task_comes_back_to_lift_it() {
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
 }
+
+#[test]
+#[expect(unsafe_code, reason = "calls the C entry points as the shim does")]
+fn privcmd_dm_op_from_dom0_copies_in_calls_xen_and_copies_back() {
+    use xen_sys::freebsd::ioccom::iocparm_len;
+    let _kernel = fake::session();
+    on_xen(0);
+    // Dom0.
+    if let Some((xen, _)) = FAKE_XEN.lock().unwrap().as_mut() {
+        xen.domid = Some(0);
+    }
+    assert_eq!(xenrs_xen_load(), 0);
+    let mut cookie = 0u64;
+    let mut h = 0u64;
+    // SAFETY: live out-pointer and cookie.
+    let opened = unsafe {
+        cdev::xenrs_cdev_open(
+            cdev::KIND_PRIVCMD,
+            core::ptr::from_mut(&mut cookie).cast(),
+            &mut h,
+        )
+    };
+    assert_eq!(opened, 0);
+    let abi = xen_kmod::privcmd::abi::Abi::NATIVE;
+    // One user buffer of 8 bytes, described by a user descriptor array.
+    let mut ubuf = [1u8; 8];
+    let desc: [usize; 2] = [ubuf.as_mut_ptr().expose_provenance(), ubuf.len()];
+    let mut arg = vec![0u8; iocparm_len(abi.dm_op())];
+    arg[0..2].copy_from_slice(&5u16.to_ne_bytes());
+    arg[4..8].copy_from_slice(&1u32.to_ne_bytes());
+    arg[8..8 + abi.word()].copy_from_slice(
+        &core::ptr::from_ref(&desc).expose_provenance().to_ne_bytes()[..abi.word()],
+    );
+    // SAFETY: `arg` is a live buffer of its length.
+    let rc =
+        unsafe { cdev::xenrs_cdev_ioctl(h, u64::from(abi.dm_op()), arg.as_mut_ptr(), arg.len()) };
+    assert_eq!(rc, 0);
+    crate::fake_kpi::state(|s| {
+        let (op, args) = *s.raw_calls.last().unwrap();
+        assert_eq!(op, xen_sys::native::__HYPERVISOR_dm_op);
+        assert_eq!((args[0], args[1]), (5, 1), "domid 5, one buffer");
+    });
+    assert_eq!(ubuf[0], 0x5a, "Xen's write reached the user's buffer");
+    assert_eq!(&ubuf[1..], &[1; 7]);
+    cdev::xenrs_cdev_close(h);
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
