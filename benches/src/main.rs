@@ -418,13 +418,18 @@ fn main() {
 
     // Event channels.
     if want("evtchn") {
-        progress(t0, "event channels: 2-level upcall scan over xensim");
+        progress(
+            t0,
+            "event channels: 2-level and FIFO upcall scan over xensim",
+        );
         r.section(
-            "Event-channel upcall scan (2-level)",
-            "`xen-evtchn` `EventChannels::poll` over xensim's shared_info: `bound` IPI ports on \
-         vCPU 0, `pending` of them raised (untimed, through EVTCHNOP_send in the simulator), \
-         then poll until all are delivered (timed). ns per delivered event, and per scan.",
+            "Event-channel upcall scan (2-level and FIFO)",
+            "`xen-evtchn` `EventChannels::poll` over xensim (2-level: shared_info bitmaps; FIFO: \
+         event array pages and per-vCPU control block): `bound` IPI ports on vCPU 0, \
+         `pending` of them raised (untimed, through EVTCHNOP_send in the simulator), then \
+         poll until all are delivered (timed). ns per delivered event, and per scan.",
             &[
+                "ABI",
                 "bound",
                 "pending",
                 "ns per event",
@@ -433,14 +438,30 @@ fn main() {
             ],
         );
         let mut bars = Vec::new();
-        for (bound, stride) in [(64u32, 1u32), (1024, 1), (1024, 64), (4000, 1), (4000, 250)] {
-            let s = micro::evtchn_scan(&scale, bound, stride);
+        for (bound, stride, fifo) in [
+            (64u32, 1u32, false),
+            (1024, 1, false),
+            (1024, 64, false),
+            (4000, 1, false),
+            (4000, 250, false),
+            (1024, 1, true),
+            (1024, 64, true),
+            (4000, 1, true),
+            (4000, 250, true),
+        ] {
+            let s = micro::evtchn_scan(&scale, bound, stride, fifo);
+            // What the channels negotiated (micro::evtchn_scan checks it is what was asked).
+            let abi = match s.abi {
+                xen_evtchn::Abi::Fifo => "FIFO",
+                xen_evtchn::Abi::TwoLevel => "2-level",
+            };
             bars.push(bar(
-                format!("{} pending of {} bound", s.pending, s.bound),
+                format!("{abi}: {} pending of {}", s.pending, s.bound),
                 s.per_event.median,
-                0,
+                u8::from(fifo) * 2,
             ));
             r.row(&[
+                abi.into(),
                 s.bound.to_string(),
                 s.pending.to_string(),
                 s.per_event.show_ns(),
@@ -449,17 +470,22 @@ fn main() {
             ]);
             r.csv(
                 "evtchn",
-                &format!("scan-{}-{}", s.bound, s.pending),
+                &format!(
+                    "scan-{}-{}-{}",
+                    if fifo { "fifo" } else { "2l" },
+                    s.bound,
+                    s.pending
+                ),
                 "ns/event",
                 &s.per_event,
             );
         }
         r.charts.push(Chart {
             file: "evtchn.png".into(),
-            title: "2-level event-channel upcall scan, ns per delivered event (median)".into(),
+            title: "Event-channel upcall scan, ns per delivered event (median)".into(),
             unit: "ns".into(),
             bars,
-            legend: ["xen-evtchn over xensim", "", ""],
+            legend: ["2-level", "", "FIFO"],
         });
     }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use xen_blkback::proto::{Limits, Request, WireRequest, WireSegment};
 use xen_evtchn::{
-    AbiChoice, BindOptions, Config, Error, Event, EventChannels, PageSource, ThrottleConfig,
+    Abi, AbiChoice, BindOptions, Config, Error, Event, EventChannels, PageSource, ThrottleConfig,
 };
 use xen_gnttab::refalloc::RefStack;
 use xen_kmod::shared::SharedInfo;
@@ -19,6 +19,7 @@ use xen_netif::tx::TxAssembler;
 use xen_ring::{BackRing, FrontRing};
 use xen_shmem::{Page, Pod, SharedMem};
 use xen_sys::consts::{BlkifOp, NetTxFlags};
+use xen_tests::xensim::hypervisor::FifoSupport;
 use xen_tests::xensim::{DomainConfig, DomainHandle, SimConfig, SimHypervisor};
 
 use crate::harness::{measure, measure_pair, measure_timed, Sample};
@@ -209,18 +210,32 @@ pub struct ScanResult {
     pub pending: u32,
     /// ns per delivered event (the `poll` calls only; raising is untimed).
     pub per_event: Sample,
+    /// The ABI the channels ended up using (checked against the one asked for).
+    pub abi: Abi,
 }
 
-/// The 2-level upcall scan: `bound` IPI ports on vCPU 0, every `stride`-th one raised through
-/// the simulator, then `EventChannels::poll` until all are delivered.
+/// The upcall scan: `bound` IPI ports on vCPU 0, every `stride`-th one raised through the
+/// simulator, then `EventChannels::poll` until all are delivered. `fifo` selects the FIFO ABI
+/// (xensim implements `EVTCHNOP_init_control`), else the 2-level bitmaps.
 #[must_use]
-pub fn evtchn_scan(scale: &Scale, bound: u32, stride: u32) -> ScanResult {
-    let sim = SimHypervisor::new(SimConfig::default());
+pub fn evtchn_scan(scale: &Scale, bound: u32, stride: u32, fifo: bool) -> ScanResult {
+    let sim = SimHypervisor::new(SimConfig {
+        fifo: if fifo {
+            FifoSupport::Supported
+        } else {
+            FifoSupport::Refuse
+        },
+        ..SimConfig::default()
+    });
     let dom = sim.create_domain(DomainConfig::dom0()).expect("domain");
     let shared = SharedInfo::new(dom.shared_info()).expect("shared_info");
     let vcpu0 = shared.legacy_vcpu_info(0).expect("vcpu_info");
     let cfg = Config {
-        abi: AbiChoice::TwoLevel,
+        abi: if fifo {
+            AbiChoice::PreferFifo
+        } else {
+            AbiChoice::TwoLevel
+        },
         max_vcpus: 1,
         throttle: ThrottleConfig {
             max_per_window: u32::MAX,
@@ -229,6 +244,8 @@ pub fn evtchn_scan(scale: &Scale, bound: u32, stride: u32) -> ScanResult {
         ..Config::default()
     };
     let mut ec = EventChannels::new(&dom, SimPages(&dom), shared, vcpu0, cfg).expect("evtchn");
+    let abi = ec.abi();
+    assert_eq!(abi == Abi::Fifo, fifo, "the ABI asked for");
     let ports: Vec<u32> = (0..bound)
         .map(|i| {
             ec.bind_ipi(0, BindOptions::new(u64::from(i)))
@@ -262,6 +279,7 @@ pub fn evtchn_scan(scale: &Scale, bound: u32, stride: u32) -> ScanResult {
         bound,
         pending,
         per_event,
+        abi,
     }
 }
 
