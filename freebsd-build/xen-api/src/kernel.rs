@@ -408,6 +408,26 @@ impl KernelXen {
     }
 }
 
+impl Drop for KernelXen {
+    /// Ports the driver left bound are unbound here, so no handler of a module being
+    /// unloaded can run afterwards (a driver bug, said on the console).
+    fn drop(&mut self) {
+        let left: Vec<(Port, usize)> = core::mem::take(self.handlers.get_mut())
+            .into_iter()
+            .collect();
+        for (port, ptr) in left {
+            freebsd_kpi::kprintln!("xenrs-api: port {port} still bound at teardown; unbinding it");
+            // SAFETY: our bound port; after unbind returns its handler never runs again.
+            if unsafe { xenrs_evtchn_unbind(port) } == 0 {
+                // SAFETY: leaked by `bind` for this port; unbound above.
+                drop(unsafe {
+                    Box::from_raw(core::ptr::with_exposed_provenance_mut::<EventHandler>(ptr))
+                });
+            }
+        }
+    }
+}
+
 fn flags_raw(flags: BindFlags) -> u32 {
     if flags.auto_mask {
         EVTCHN_AUTOMASK

@@ -850,7 +850,14 @@ fn xenrs_api_kernel_side_round_trip() {
     let read = xenrs_api::kernel::xs_call(&xen_xenbus::Request::Read { path: "domid" }, 0);
     assert!(read.is_err(), "{read:?}");
     assert_eq!(stat(XenStat::Users), Ok(0));
+    // A port the driver forgets is unbound when its KernelXen goes away.
+    let forgotten = xen
+        .evtchn_bind_interdomain(1, 7, BindFlags { auto_mask: true }, Box::new(|_| {}))
+        .unwrap();
+    assert_eq!(stat(XenStat::Users), Ok(1));
     drop(xen);
+    assert!(fake::console().contains(&format!("port {forgotten} still bound at teardown")));
+    assert_eq!(stat(XenStat::Users), Ok(0));
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
 }
