@@ -642,3 +642,65 @@ impl XenServices for KernelXen {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use xen_xenbus::{Error, XsError};
+
+    fn reply(ty: MsgType, payload: &[u8]) -> Vec<u8> {
+        let h = Header {
+            ty,
+            req_id: 0,
+            tx_id: 0,
+            len: u32::try_from(payload.len()).unwrap(),
+        };
+        let mut m = Vec::from(h.encode());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    #[test]
+    fn replies_are_decoded_strictly() {
+        assert_eq!(
+            decode_reply(MsgType::Read, &reply(MsgType::Read, b"3")),
+            Ok(Reply::Value(b"3".to_vec()))
+        );
+        assert_eq!(
+            decode_reply(MsgType::Read, &reply(MsgType::Error, b"ENOENT\0")),
+            Err(Error::Xs(XsError::NoEnt))
+        );
+        // A reply of another type than the request's, a short message, a truncated payload.
+        assert!(matches!(
+            decode_reply(MsgType::Read, &reply(MsgType::Write, b"OK\0")),
+            Err(Error::Protocol(_))
+        ));
+        assert!(matches!(
+            decode_reply(MsgType::Read, &[0; 8]),
+            Err(Error::Protocol(_))
+        ));
+        let mut cut = reply(MsgType::Read, b"abcd");
+        cut.truncate(18);
+        assert!(matches!(
+            decode_reply(MsgType::Read, &cut),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn roles_and_errnos_map_both_ways() {
+        for role in [Role::Frontend, Role::Backend] {
+            assert_eq!(crate::role_from_raw(crate::role_to_raw(role)), Some(role));
+        }
+        assert_eq!(crate::role_from_raw(2), None);
+        assert_eq!(crate::xs_errno(Error::Xs(XsError::NoEnt)), Errno::ENOENT);
+        assert_eq!(crate::xs_errno(Error::Xs(XsError::Again)), Errno::EAGAIN);
+        assert_eq!(
+            crate::xs_errno(Error::Transport(xen_xenbus::TransportError::TimedOut)),
+            Errno::ETIMEDOUT
+        );
+        assert_eq!(crate::xen_errno(XenError::EINVAL), Errno::EINVAL);
+    }
+}
