@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/sockio.h>
 #include <sys/sysctl.h>
+#include <sys/sx.h>
 
 #include <net/ethernet.h>
 #include <net/if.h>
@@ -39,6 +40,9 @@ XENRS_DRIVER_MODULE(xn);
 #define	XENRS_XN_TX_PARTIAL	0x1
 #define	XENRS_XN_TX_TSO4	0x2
 #define	XENRS_XN_TX_TSO6	0x4
+
+/* xenrs_xn_transmit kept the mbuf (src/sys.rs `KEPT`). */
+#define	XENRS_XN_KEPT	(-1)
 
 /* Defined by the Rust library. */
 int	xenrs_xn_transmit(void *softc, struct mbuf *m, uint32_t len, uint32_t offload,
@@ -122,15 +126,27 @@ xn_kmod_transmit(if_t ifp, struct mbuf *m)
 		offload |= XENRS_XN_TX_TSO4;
 	if ((m->m_pkthdr.csum_flags & CSUM_IP6_TSO) != 0)
 		offload |= XENRS_XN_TX_TSO6;
-	/* The Rust side copies the packet out before returning; the mbuf is ours to free. */
+	/*
+	 * The Rust side either keeps the mbuf (queued for the interface's lock holder, which
+	 * frees it after copying it to the ring) or refuses it, and then it is ours to free.
+	 */
 	error = xenrs_xn_transmit(if_getsoftc(ifp), m, m->m_pkthdr.len, offload,
 	    m->m_pkthdr.tso_segsz, m->m_pkthdr.flowid,
 	    M_HASHTYPE_GET(m) != M_HASHTYPE_NONE);
+	if (error == XENRS_XN_KEPT)
+		return (0);
 	m_freem(m);
 	return (error);
 }
 
-/* Nothing is queued in the driver: packets are copied to the ring in if_transmit. */
+/* Frees a packet the Rust side kept (after copying it to the ring, or dropping it). */
+void
+xenrs_xn_m_freem(struct mbuf *m)
+{
+	m_freem(m);
+}
+
+/* Packets wait in the driver only while the interface's lock is taken (src/sys.rs). */
 static void
 xn_kmod_qflush(if_t ifp __unused)
 {
@@ -274,7 +290,51 @@ xenrs_xn_ipv4(if_t ifp, uint8_t *out)
 	return (if_foreach_addr_type(ifp, AF_INET, xn_kmod_first_ipv4, out) != 0);
 }
 
-/* One MTX_DEF mutex per interface: transmit, the event handler and xenbus callbacks. */
+/*
+ * Two locks per interface. The device lock is an sx(9) lock: the xenbus callbacks hold it
+ * while they talk to xenstore, allocate pages and unbind event channels, all of which may
+ * sleep. if_transmit and the event handler never sleep: they only try it, and a packet that
+ * finds it taken waits in a short queue guarded by the MTX_DEF mutex below (held only for a
+ * push or a pop) for the holder, which drains it before it is done.
+ */
+struct sx *
+xenrs_xn_sx_new(void)
+{
+	struct sx *sx;
+
+	sx = malloc(sizeof(*sx), M_DEVBUF, M_NOWAIT | M_ZERO);
+	if (sx != NULL)
+		sx_init(sx, "xn");
+	return (sx);
+}
+
+void
+xenrs_xn_sx_xlock(struct sx *sx)
+{
+	sx_xlock(sx);
+}
+
+/* 1 when taken, 0 when another thread holds it. */
+int
+xenrs_xn_sx_try_xlock(struct sx *sx)
+{
+	return (sx_try_xlock(sx));
+}
+
+void
+xenrs_xn_sx_xunlock(struct sx *sx)
+{
+	sx_xunlock(sx);
+}
+
+void
+xenrs_xn_sx_free(struct sx *sx)
+{
+	sx_destroy(sx);
+	free(sx, M_DEVBUF);
+}
+
+/* The queue of packets waiting for the device lock. */
 struct mtx *
 xenrs_xn_lock_new(void)
 {
@@ -282,7 +342,7 @@ xenrs_xn_lock_new(void)
 
 	m = malloc(sizeof(*m), M_DEVBUF, M_NOWAIT | M_ZERO);
 	if (m != NULL)
-		mtx_init(m, "xn", NULL, MTX_DEF);
+		mtx_init(m, "xn txq", NULL, MTX_DEF);
 	return (m);
 }
 
@@ -290,12 +350,6 @@ void
 xenrs_xn_lock(struct mtx *m)
 {
 	mtx_lock(m);
-}
-
-int
-xenrs_xn_trylock(struct mtx *m)
-{
-	return (mtx_trylock(m));
 }
 
 void

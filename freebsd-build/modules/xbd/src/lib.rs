@@ -2,12 +2,12 @@
 //!
 //! The kernel-target static library behind `xbd.ko`: the blkfront core plus this glue, which
 //! the C shim `xbd_kmod.c` (module registration with `MODULE_DEPEND` on xen, disk(9),
-//! biodone(9), the per-disk mutex and sysctl tree) calls into.
+//! biodone(9), the per-disk locks and sysctl tree) calls into.
 //!
 //! * [`disk`]: safe glue between GEOM and the core ([`disk::XbdDisk`]: bio → core bio,
 //!   completion → `biodone`, events → `disk_create`/`disk_resize`, detach), written against
 //!   the narrow [`disk::DiskKpi`] trait.
-//! * [`sys`]: the kernel side of that trait, the per-disk softc and mutex, and the
+//! * [`sys`]: the kernel side of that trait, the per-disk softc and its locks, and the
 //!   `extern "C"` entry points (`d_strategy`, sysctl leaves). The only `unsafe` of the crate.
 //!
 //! | loader tunable | values | default |

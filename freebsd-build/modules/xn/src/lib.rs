@@ -2,12 +2,12 @@
 //!
 //! The kernel-target static library behind `xn.ko`: the netfront core plus this glue, which
 //! the C shim `xn_kmod.c` (module registration with `MODULE_DEPEND` on xen, the ifnet and its
-//! entry points, mbufs, the per-interface mutex and sysctl tree) calls into.
+//! entry points, mbufs, the per-interface locks and sysctl tree) calls into.
 //!
 //! * [`net`]: safe glue between the ifnet and the core ([`net::XnIf`]: mbuf → packet on a
 //!   queue's ring with its offloads, packet → mbuf, connection and link state, gratuitous ARP
 //!   after a reconnection), written against the narrow [`net::IfKpi`] trait;
-//! * [`sys`]: the kernel side of that trait, the softc and mutex, and the `extern "C"` entry
+//! * [`sys`]: the kernel side of that trait, the softc and its locks, and the `extern "C"` entry
 //!   points; the only `unsafe` of the crate;
 //! * [`xen`]: the core's platform over xen.ko's services and the `vif` xenbus driver.
 //!

@@ -25,8 +25,8 @@
 //!
 //! # Contexts
 //!
-//! `if_input` must not be called with the interface's mutex held (the stack may transmit a
-//! reply from inside it, which takes the mutex): [`XnIf::event`] returns the received mbufs
+//! `if_input` must not be called with the interface's lock held (the stack may transmit a
+//! reply from inside it, which comes back to the lock): [`XnIf::event`] returns the received mbufs
 //! and the caller passes them up after unlocking.
 
 use alloc::vec;
@@ -398,7 +398,7 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
     }
 
     /// An event on one of the ports (or a poll): reclaims TX, receives. Returns the mbufs
-    /// to pass to `if_input` once the caller has released the interface's mutex.
+    /// to pass to `if_input` once the caller has released the interface's lock.
     pub fn event(&mut self) -> Vec<(IfHandle, MbufHandle)> {
         let mut out = Vec::new();
         let Some(ifp) = self.ifp else {

@@ -46,6 +46,9 @@ mod shim {
         pub ipv4: Option<[u8; 4]>,
         pub locks_live: usize,
         pub lock_held: bool,
+        pub sx_held: bool,
+        /// Transmitted mbufs freed by the glue.
+        pub freed: usize,
         /// The softc each ifnet was created with.
         pub softcs: BTreeMap<usize, usize>,
         pub sysctl_live: usize,
@@ -159,7 +162,10 @@ mod shim {
     #[no_mangle]
     pub extern "C" fn xenrs_xn_input(ifp: *mut c_void, m: *mut c_void) {
         with(|s| {
-            assert!(!s.lock_held, "if_input with the interface's mutex held");
+            assert!(
+                !s.lock_held && !s.sx_held,
+                "if_input with a lock of the interface held"
+            );
             assert!(
                 s.ifnets.contains_key(&(ifp as usize)),
                 "input on a dead ifnet"
@@ -197,15 +203,57 @@ mod shim {
     }
 
     #[no_mangle]
-    pub extern "C" fn xenrs_xn_trylock(_m: *mut c_void) -> c_int {
+    pub extern "C" fn xenrs_xn_sx_new() -> *mut c_void {
+        with(|s| s.locks_live += 1);
+        Box::into_raw(Box::new(0u64)).cast()
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_sx_xlock(_sx: *mut c_void) {
         with(|s| {
-            if s.lock_held {
+            assert!(!s.sx_held, "device lock taken recursively");
+            s.sx_held = true;
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_sx_try_xlock(_sx: *mut c_void) -> c_int {
+        with(|s| {
+            if s.sx_held {
                 0
             } else {
-                s.lock_held = true;
+                s.sx_held = true;
                 1
             }
         })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_sx_xunlock(_sx: *mut c_void) {
+        with(|s| {
+            assert!(s.sx_held, "device lock released but not held");
+            s.sx_held = false;
+        });
+    }
+
+    /// # Safety
+    /// `sx` came from `xenrs_xn_sx_new`.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xn_sx_free(sx: *mut c_void) {
+        with(|s| s.locks_live -= 1);
+        // SAFETY: from Box::into_raw in sx_new, freed once.
+        drop(unsafe { Box::from_raw(sx.cast::<u64>()) });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_m_freem(m: *mut c_void) {
+        with(|s| {
+            assert!(
+                s.tx.remove(&(m as usize)).is_some(),
+                "m_freem of an unknown mbuf"
+            );
+            s.freed += 1;
+        });
     }
 
     #[no_mangle]
@@ -703,25 +751,36 @@ fn entry_points_reach_the_device_and_input_happens_unlocked() {
     });
     let softc = sys::SoftcBox::new(0).expect("softc");
     let raw = softc.as_raw();
-    // SAFETY: a live softc; the mbuf handle is never dereferenced (no device yet).
-    let refused = unsafe { sys::xenrs_xn_transmit(raw, std::ptr::dangling_mut(), 60, 0, 0, 0, 0) };
-    assert_eq!(refused, errno::ENETDOWN);
+    let send = |len: usize| {
+        let m = shim::mbuf(&vec![0u8; len]);
+        let len = u32::try_from(len).unwrap();
+        // SAFETY: a live softc; `m` is a fake mbuf of `len` bytes.
+        unsafe { sys::xenrs_xn_transmit(raw, m as *mut _, len, 0, 0, 0, 0) }
+    };
+    // No device yet: the packet is taken and dropped (freed), never leaked.
+    assert_eq!(send(60), sys::KEPT);
+    assert_eq!(shim::with(|s| (s.freed, s.tx.len())), (1, 0));
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     softc.with(|d| *d = Some(Box::new(Recorder(seen.clone()))));
+    assert_eq!(send(61), sys::KEPT);
+    // A packet while a xenbus callback holds the device lock (sleeping in xenstore, say):
+    // if_transmit does not wait; the packet runs when the callback lets go.
+    softc.with(|_| {
+        assert_eq!(send(62), sys::KEPT);
+        assert_eq!(seen.lock().unwrap().as_slice(), &[61]);
+    });
+    assert_eq!(seen.lock().unwrap().as_slice(), &[61, 62]);
+    assert_eq!(shim::with(|s| (s.freed, s.tx.len())), (3, 0));
     // SAFETY: as above.
     unsafe {
-        assert_eq!(
-            sys::xenrs_xn_transmit(raw, std::ptr::dangling_mut(), 60, 0, 0, 0, 0),
-            0
-        );
         assert_eq!(sys::xenrs_xn_ioctl_mtu(raw, 9001), errno::EINVAL);
         assert_eq!(sys::xenrs_xn_ioctl_mtu(raw, 1500), 0);
         sys::xenrs_xn_ioctl_caps(raw, 0x11);
         let mut v = 0;
         assert_eq!(sys::xenrs_xn_dev_stat(raw, 0, &mut v), 0);
-        assert_eq!(v, 2);
+        assert_eq!(v, 3);
     }
-    assert_eq!(seen.lock().unwrap().as_slice(), &[60, 0x11]);
+    assert_eq!(seen.lock().unwrap().as_slice(), &[61, 62, 0x11]);
     // An event while nobody holds the mutex: the frame goes up, after the unlock.
     softc.event();
     assert_eq!(shim::with(|s| s.input.clone()), vec![0x88]);
@@ -872,7 +931,8 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     // is the fake's.
     let rc =
         unsafe { sys::xenrs_xn_transmit(softc as *mut _, m as *mut _, len, tx::PARTIAL, 0, 0, 0) };
-    assert_eq!(rc, 0);
+    assert_eq!(rc, sys::KEPT);
+    assert_eq!(shim::with(|s| s.freed), 1, "copied to the ring, then freed");
     let mut io = Collect::default();
     let _ = conn.queues[0].process_tx(&mut io);
     assert_eq!(io.packets.len(), 1);

@@ -3,7 +3,8 @@
 //! ([`XnDriver`]) that creates, drives and removes one [`XnIf`] per device.
 //!
 //! Contexts and locking as in xbd (see `xbd/src/xen.rs`): xenbus callbacks, event handlers
-//! and `if_transmit` all take the interface's mutex; the event handler never waits for it.
+//! and `if_transmit` meet at the interface's sx lock: xenbus callbacks hold it (and may sleep),
+//! `if_transmit` and the event handler only try it and leave their work to its holder.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;

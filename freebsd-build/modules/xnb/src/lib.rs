@@ -3,12 +3,12 @@
 //!
 //! The kernel-target static library behind `xnb.ko`: the netback core plus this glue, which
 //! the C shim `xnb_kmod.c` (module registration with `MODULE_DEPEND` on xen, the ifnet and its
-//! entry points, mbufs, the per-vif mutex and sysctl tree) calls into.
+//! entry points, mbufs, the per-vif locks and sysctl tree) calls into.
 //!
 //! * [`vif`]: safe glue between the ifnet and the core ([`vif::XnbIf`]: frames from the guest
 //!   up with `if_input`, frames from the bridge to the guest, the backend state machine and
 //!   link state), written against the narrow [`vif::IfKpi`] trait;
-//! * [`sys`]: the kernel side of that trait, the softc and mutex, the `extern "C"` entry
+//! * [`sys`]: the kernel side of that trait, the softc and its locks, the `extern "C"` entry
 //!   points; the only `unsafe` of the crate;
 //! * [`xen`]: the core's platform over xen.ko's services and the `vif` backend xenbus driver.
 //!

@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_void, CStr};
@@ -34,7 +35,12 @@ extern "C" {
     fn xenrs_xnb_now_ns() -> u64;
     fn xenrs_xnb_lock_new() -> *mut c_void;
     fn xenrs_xnb_lock(m: *mut c_void);
-    fn xenrs_xnb_trylock(m: *mut c_void) -> c_int;
+    fn xenrs_xnb_sx_new() -> *mut c_void;
+    fn xenrs_xnb_sx_xlock(sx: *mut c_void);
+    fn xenrs_xnb_sx_try_xlock(sx: *mut c_void) -> c_int;
+    fn xenrs_xnb_sx_xunlock(sx: *mut c_void);
+    fn xenrs_xnb_sx_free(sx: *mut c_void);
+    fn xenrs_xnb_m_freem(m: *mut c_void);
     fn xenrs_xnb_unlock(m: *mut c_void);
     fn xenrs_xnb_lock_free(m: *mut c_void);
     fn xenrs_xnb_sysctl_attach(softc: *mut c_void, unit: u32) -> *mut c_void;
@@ -120,7 +126,8 @@ impl IfKpi for Kernel {
     }
 }
 
-/// A FreeBSD `MTX_DEF` mutex around a value.
+/// A FreeBSD `MTX_DEF` mutex around a value (the queue of packets waiting for the device
+/// lock).
 ///
 /// # Invariants
 /// `mtx` is a live mutex from `xenrs_xnb_lock_new`; `value` is only reached while it is held.
@@ -152,7 +159,8 @@ impl<T> Locked<T> {
         })
     }
 
-    /// Runs `f` with the mutex held (not re-entrant).
+    /// Runs `f` with the mutex held: only a push or a pop of the packet queue (never sleeps;
+    /// not re-entrant).
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         // SAFETY: a live mutex (invariant).
         unsafe { xenrs_xnb_lock(self.mtx.as_ptr()) };
@@ -162,25 +170,78 @@ impl<T> Locked<T> {
         unsafe { xenrs_xnb_unlock(self.mtx.as_ptr()) };
         r
     }
-
-    /// Runs `f` if the mutex is free now; `None` when another thread holds it.
-    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        // SAFETY: a live mutex (invariant).
-        if unsafe { xenrs_xnb_trylock(self.mtx.as_ptr()) } == 0 {
-            return None;
-        }
-        // SAFETY: the mutex is held, so this is the only reference to the value.
-        let r = f(unsafe { &mut *self.value.get() });
-        // SAFETY: held by us, above.
-        unsafe { xenrs_xnb_unlock(self.mtx.as_ptr()) };
-        Some(r)
-    }
 }
 
 impl<T> Drop for Locked<T> {
     fn drop(&mut self) {
         // SAFETY: a live mutex nobody holds (we are being dropped).
         unsafe { xenrs_xnb_lock_free(self.mtx.as_ptr()) }
+    }
+}
+
+/// The device lock: a FreeBSD sx(9) lock around a value, which its holder may sleep under
+/// (xenstore requests, page allocation, unbinding an event channel).
+///
+/// # Invariants
+/// `sx` is a live lock from `xenrs_xnb_sx_new`; `value` is only reached while it is held.
+pub struct DeviceLock<T> {
+    sx: NonNull<c_void>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is only reached under the lock (type invariant), from any thread.
+unsafe impl<T: Send> Sync for DeviceLock<T> {}
+// SAFETY: as above; the lock itself may be used and freed from any thread.
+unsafe impl<T: Send> Send for DeviceLock<T> {}
+
+impl<T> core::fmt::Debug for DeviceLock<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceLock").finish_non_exhaustive()
+    }
+}
+
+impl<T> DeviceLock<T> {
+    /// `None` when the kernel has no memory for the lock.
+    pub fn new(value: T) -> Option<Self> {
+        // SAFETY: no arguments; NULL on failure.
+        let sx = NonNull::new(unsafe { xenrs_xnb_sx_new() })?;
+        // INVARIANT: a fresh lock.
+        Some(DeviceLock {
+            sx,
+            value: UnsafeCell::new(value),
+        })
+    }
+
+    /// Runs `f` with the lock held, waiting (sleeping) for it: only from contexts that may
+    /// sleep (xenbus callbacks, ioctls, sysctl handlers).
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: a live lock (invariant).
+        unsafe { xenrs_xnb_sx_xlock(self.sx.as_ptr()) };
+        // SAFETY: the lock is held exclusively, so this is the only reference to the value.
+        let r = f(unsafe { &mut *self.value.get() });
+        // SAFETY: held by us, above.
+        unsafe { xenrs_xnb_sx_xunlock(self.sx.as_ptr()) };
+        r
+    }
+
+    /// Runs `f` if the lock is free now; `None` when another thread holds it. Never sleeps.
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        // SAFETY: a live lock (invariant).
+        if unsafe { xenrs_xnb_sx_try_xlock(self.sx.as_ptr()) } == 0 {
+            return None;
+        }
+        // SAFETY: the lock is held exclusively, so this is the only reference to the value.
+        let r = f(unsafe { &mut *self.value.get() });
+        // SAFETY: held by us, above.
+        unsafe { xenrs_xnb_sx_xunlock(self.sx.as_ptr()) };
+        Some(r)
+    }
+}
+
+impl<T> Drop for DeviceLock<T> {
+    fn drop(&mut self) {
+        // SAFETY: a live lock nobody holds (we are being dropped).
+        unsafe { xenrs_xnb_sx_free(self.sx.as_ptr()) }
     }
 }
 
@@ -210,54 +271,105 @@ impl core::fmt::Debug for dyn IfDevice {
     }
 }
 
+/// A packet from `if_transmit` waiting for the device lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Deferred {
+    /// The mbuf, kept until it is copied to a ring (or dropped) and freed.
+    pub m: MbufHandle,
+    /// `m_pkthdr.len`.
+    pub len: u32,
+    /// Offload bits.
+    pub offload: u32,
+    /// `flowid`.
+    pub flowid: u32,
+    /// The stack hashed the flow.
+    pub hashed: bool,
+}
+
+/// Packets at most waiting for the device lock; beyond, `if_transmit` refuses (`ENOBUFS`).
+pub const TXQ_MAX: usize = 512;
+
+/// `xenrs_xnb_transmit` kept the mbuf (`XENRS_XNB_KEPT` in the shim).
+pub const KEPT: c_int = -1;
+
 /// The per-interface object: `if_getsoftc()` and the sysctl handlers' `arg1`.
+///
+/// Work that may not sleep (`if_transmit`, events) never waits for the device lock: it is
+/// left in `txq`/`pending` and run by whoever holds the lock, which every holder checks after
+/// it lets go ([`Softc::drain`]).
 #[derive(Debug)]
 pub struct Softc {
-    dev: Locked<Slot>,
+    dev: DeviceLock<Slot>,
+    txq: Locked<VecDeque<Deferred>>,
     sysctl: Option<NonNull<c_void>>,
-    /// Events that arrived while another thread held the mutex.
+    /// Events that arrived while another thread held the device lock.
     pending: AtomicBool,
 }
 
-/// Most event rounds one caller runs before leaving the rest to the next event.
-const EVENT_ROUNDS: usize = 64;
+/// Most rounds one caller drains before leaving the rest to the next one.
+const DRAIN_ROUNDS: usize = 64;
 
 impl Softc {
-    /// An event from xen.ko's event thread; never waits for the mutex (see xbd's softc for
-    /// the argument: a holder that unbinds this port waits for this handler).
+    /// An event from xen.ko's event thread (never sleeps).
     fn event(&self) {
         self.pending.store(true, Ordering::Release);
-        for _ in 0..EVENT_ROUNDS {
+        self.drain();
+    }
+
+    /// `if_transmit` (never sleeps): queued, then run if the device lock is free. `KEPT`, or
+    /// `ENOBUFS` when too many packets wait.
+    fn transmit(&self, p: Deferred) -> c_int {
+        let queued = self.txq.with(|q| {
+            if q.len() < TXQ_MAX {
+                q.push_back(p);
+                true
+            } else {
+                false
+            }
+        });
+        if !queued {
+            return crate::vif::errno::ENOBUFS;
+        }
+        self.drain();
+        KEPT
+    }
+
+    /// Runs waiting packets and pending events if the device lock is free (its holder will
+    /// otherwise: it drains after letting go); received frames go up after the lock is
+    /// released. Bounded by [`DRAIN_ROUNDS`].
+    fn drain(&self) {
+        for _ in 0..DRAIN_ROUNDS {
+            let idle = !self.pending.load(Ordering::Acquire) && self.txq.with(|q| q.is_empty());
+            if idle {
+                return;
+            }
             let mut inputs = Inputs::new();
             let ran = self.dev.try_with(|dev| {
-                while self.pending.swap(false, Ordering::AcqRel) {
-                    if let Some(dev) = dev.as_mut() {
-                        dev.event(&mut inputs);
+                let packets: VecDeque<Deferred> = self.txq.with(core::mem::take);
+                for p in packets {
+                    if let Some(d) = dev.as_mut() {
+                        let _ = d.transmit(p.m, p.len, p.offload, p.flowid, p.hashed);
+                    }
+                    // SAFETY: the mbuf if_transmit handed over and we kept; copied to the
+                    // ring (or dropped) above, freed once.
+                    unsafe { xenrs_xnb_m_freem(p.m.0 as *mut c_void) };
+                }
+                if self.pending.swap(false, Ordering::AcqRel) {
+                    if let Some(d) = dev.as_mut() {
+                        d.event(&mut inputs);
                     }
                 }
             });
             pass_up(inputs);
-            if ran.is_none() || !self.pending.load(Ordering::Acquire) {
+            if ran.is_none() {
                 return;
             }
         }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
-        let mut inputs = Inputs::new();
-        let r = self.dev.with(|dev| {
-            let r = f(dev);
-            for _ in 0..EVENT_ROUNDS {
-                if !self.pending.swap(false, Ordering::AcqRel) {
-                    break;
-                }
-                if let Some(dev) = dev.as_mut() {
-                    dev.event(&mut inputs);
-                }
-            }
-            r
-        });
-        pass_up(inputs);
+        let r = self.dev.with(f);
+        self.drain();
         r
     }
 }
@@ -309,7 +421,8 @@ impl SoftcBox {
     /// A softc with an empty device slot and its `dev.xnb.<unit>` tree.
     pub fn new(unit: u32) -> Option<SoftcBox> {
         let softc = Box::new(Softc {
-            dev: Locked::new(None)?,
+            dev: DeviceLock::new(None)?,
+            txq: Locked::new(VecDeque::new())?,
             sysctl: None,
             pending: AtomicBool::new(false),
         });
@@ -373,7 +486,8 @@ fn softc_ref<'s>(softc: *mut c_void) -> &'s Softc {
     unsafe { &*softc.cast::<Softc>() }
 }
 
-/// `if_transmit`, called by the shim (which frees the mbuf after).
+/// `if_transmit`, called by the shim: [`KEPT`] (the mbuf is ours now) or an errno (the shim
+/// frees it).
 ///
 /// # Safety
 /// `softc` is the live softc of the ifnet; `m` its packet of `len` bytes.
@@ -386,9 +500,12 @@ pub unsafe extern "C" fn xenrs_xnb_transmit(
     flowid: u32,
     hashed: c_int,
 ) -> c_int {
-    softc_ref(softc).with(|dev| match dev {
-        Some(dev) => dev.transmit(MbufHandle(m as usize), len, offload, flowid, hashed != 0),
-        None => crate::vif::errno::ENETDOWN,
+    softc_ref(softc).transmit(Deferred {
+        m: MbufHandle(m as usize),
+        len,
+        offload,
+        flowid,
+        hashed: hashed != 0,
     })
 }
 

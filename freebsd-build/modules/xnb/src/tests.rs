@@ -44,6 +44,9 @@ mod shim {
         pub input: Vec<usize>,
         pub locks_live: usize,
         pub lock_held: bool,
+        pub sx_held: bool,
+        /// Transmitted mbufs freed by the glue.
+        pub freed: usize,
         /// The softc each ifnet was created with.
         pub softcs: BTreeMap<usize, usize>,
         pub sysctl_live: usize,
@@ -154,7 +157,10 @@ mod shim {
     #[no_mangle]
     pub extern "C" fn xenrs_xnb_input(ifp: *mut c_void, m: *mut c_void) {
         with(|s| {
-            assert!(!s.lock_held, "if_input with the interface's mutex held");
+            assert!(
+                !s.lock_held && !s.sx_held,
+                "if_input with a lock of the interface held"
+            );
             assert!(
                 s.ifnets.contains_key(&(ifp as usize)),
                 "input on a dead ifnet"
@@ -186,15 +192,57 @@ mod shim {
     }
 
     #[no_mangle]
-    pub extern "C" fn xenrs_xnb_trylock(_m: *mut c_void) -> c_int {
+    pub extern "C" fn xenrs_xnb_sx_new() -> *mut c_void {
+        with(|s| s.locks_live += 1);
+        Box::into_raw(Box::new(0u64)).cast()
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_sx_xlock(_sx: *mut c_void) {
         with(|s| {
-            if s.lock_held {
+            assert!(!s.sx_held, "device lock taken recursively");
+            s.sx_held = true;
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_sx_try_xlock(_sx: *mut c_void) -> c_int {
+        with(|s| {
+            if s.sx_held {
                 0
             } else {
-                s.lock_held = true;
+                s.sx_held = true;
                 1
             }
         })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_sx_xunlock(_sx: *mut c_void) {
+        with(|s| {
+            assert!(s.sx_held, "device lock released but not held");
+            s.sx_held = false;
+        });
+    }
+
+    /// # Safety
+    /// `sx` came from `xenrs_xnb_sx_new`.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xnb_sx_free(sx: *mut c_void) {
+        with(|s| s.locks_live -= 1);
+        // SAFETY: from Box::into_raw in sx_new, freed once.
+        drop(unsafe { Box::from_raw(sx.cast::<u64>()) });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xnb_m_freem(m: *mut c_void) {
+        with(|s| {
+            assert!(
+                s.tx.remove(&(m as usize)).is_some(),
+                "m_freem of an unknown mbuf"
+            );
+            s.freed += 1;
+        });
     }
 
     #[no_mangle]
@@ -770,7 +818,12 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     // SAFETY: the softc the fake ifnet_create recorded (live until detach); the mbuf handle
     // is the fake's.
     let rc = unsafe { sys::xenrs_xnb_transmit(softc as *mut _, m as *mut _, len, 0, 0, 0) };
-    assert_eq!(rc, 0);
+    assert_eq!(rc, sys::KEPT);
+    assert_eq!(
+        shim::with(|s| s.freed),
+        1,
+        "copied for the guest, then freed"
+    );
     let mut got = Vec::new();
     let _ = setup.queues[0].poll_rx(|d, _| got.push(d.to_vec()));
     assert_eq!(got, vec![frame.clone()]);

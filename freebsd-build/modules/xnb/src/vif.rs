@@ -16,8 +16,8 @@
 //!
 //! # Contexts
 //!
-//! As in xn: `if_input` only with the vif's mutex released ([`XnbIf::event`] returns the
-//! mbufs); the bridge's `if_transmit` takes the mutex.
+//! As in xn: `if_input` only with the vif's lock released ([`XnbIf::event`] returns the
+//! mbufs); the bridge's `if_transmit` only tries the lock.
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -154,7 +154,7 @@ pub struct GlueStats {
     pub connections: u64,
 }
 
-/// Frames from the guest, as mbufs for `if_input` (after the mutex is released).
+/// Frames from the guest, as mbufs for `if_input` (after the lock is released).
 struct ToStack<'k, K: IfKpi> {
     kpi: &'k K,
     ifp: IfHandle,
@@ -337,7 +337,7 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
     }
 
     /// An event on one of the vif's ports: frames from the guest (returned for `if_input`
-    /// once the mutex is released), and frames queued for the guest moved into its buffers.
+    /// once the lock is released), and frames queued for the guest moved into its buffers.
     pub fn event(&mut self) -> Vec<(IfHandle, MbufHandle)> {
         let mut out = Vec::new();
         let (Some(ifp), Some(conn)) = (self.ifp, self.conn.as_mut()) else {

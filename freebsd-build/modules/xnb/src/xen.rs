@@ -4,7 +4,8 @@
 //! with one [`XnbIf`] per guest vif.
 //!
 //! Contexts and locking as in xn: xenbus callbacks, event handlers and the bridge's
-//! `if_transmit` take the vif's mutex; the event handler never waits for it.
+//! `if_transmit` meet at the vif's sx lock: xenbus callbacks hold it (and may sleep),
+//! `if_transmit` and the event handler only try it and leave their work to its holder.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
