@@ -997,6 +997,33 @@ mod tests {
     }
 
     #[test]
+    fn driver_domain_run_gets_its_scenarios_and_config() {
+        let runs = [Run {
+            kind: RunKind::Dd,
+            arch: Arch::I686,
+            nonce: "n3".into(),
+        }];
+        let s = init_script(
+            &runs,
+            &[Scenario::Boot, Scenario::DdBlk, Scenario::DdBlkAbi32],
+        );
+        assert!(s.contains("run_dd i686 n3 \"dd-blk dd-blk-abi32\"\n"));
+        assert!(s.contains("driver_domain = 1\n"));
+        assert!(s.contains("cmdline = \"run=dd name=pvh-dd-i686 nonce=n3 dd=blk"));
+        assert!(s.contains("memory = 128\n"));
+        // The functions other scenarios build on.
+        for f in [
+            "domu_start()",
+            "domu_wait()",
+            "domu_verdict()",
+            "dd_attach_vbd()",
+            "dd_report()",
+        ] {
+            assert!(s.contains(f), "{f} missing");
+        }
+    }
+
+    #[test]
     fn ldd_lines_are_parsed() {
         // `libraries` runs ldd; check its parsing on a real dynamic binary when available.
         if Path::new("/bin/sh").exists() {
