@@ -99,11 +99,18 @@ const REAL_XEN: &[Package] = &[
     },
 ];
 
-const C_LAYOUT: &[Package] = &[Package {
-    name: "gcc-multilib",
-    why: "gcc -m32, to check the x86_32 ABI layouts against a C compiler",
-    present_if: "/usr/lib/gcc/x86_64-linux-gnu/12/32/libgcc.a",
-}];
+const HOST_TESTS: &[Package] = &[
+    Package {
+        name: "gcc-multilib",
+        why: "gcc -m32, to check the x86_32 ABI layouts against a C compiler",
+        present_if: "/usr/lib/gcc/x86_64-linux-gnu/12/32/libgcc.a",
+    },
+    Package {
+        name: "iproute2",
+        why: "ip(8), which the network end-to-end tests and bench use for namespaces, TAP and veth",
+        present_if: "/usr/sbin/ip",
+    },
+];
 
 /// What a command needs set up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -142,7 +149,7 @@ impl Needs {
             );
         }
         if self.host_tests {
-            packages.extend_from_slice(C_LAYOUT);
+            packages.extend_from_slice(HOST_TESTS);
         }
         if self.real_xen {
             packages.extend_from_slice(REAL_XEN);
