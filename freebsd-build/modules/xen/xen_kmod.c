@@ -460,7 +460,7 @@ static driver_t xenrs_pci_driver = {
 DRIVER_MODULE(xenrs_pci, pci, xenrs_pci_driver, NULL, NULL);
 
 /*
- * The Dom0 character devices /dev/xen/{evtchn,xenstore,privcmd}: the cdevsw entry points
+ * The Dom0 character devices /dev/xen/{evtchn,xenstore,privcmd,xenstored}: the cdevsw entry points
  * keep a struct xenrs_cfile per open (cdevpriv), move bytes with uiomove(9), sleep for
  * blocking reads and record selects; the device logic is the Rust side (src/cdev.rs).
  */
@@ -470,7 +470,7 @@ DRIVER_MODULE(xenrs_pci, pci, xenrs_pci_driver, NULL, NULL);
 #include <sys/selinfo.h>
 #include <sys/uio.h>
 
-#define	XENRS_NCDEV		3
+#define	XENRS_NCDEV		4
 #define	XENRS_CDEV_CHUNK	8192
 
 struct xenrs_cfile {
@@ -485,6 +485,7 @@ int	xenrs_cdev_write(uint64_t handle, const uint8_t *buf, size_t len,
 	    size_t *done);
 int	xenrs_cdev_ioctl(uint64_t handle, uint64_t cmd, uint8_t *data, size_t len);
 int	xenrs_cdev_readable(uint64_t handle);
+int	xenrs_cdev_mmap_paddr(int kind, uint64_t offset, uint64_t *paddr);
 
 static struct cdev *xenrs_cdev[XENRS_NCDEV];
 
@@ -641,6 +642,21 @@ xenrs_d_poll(struct cdev *dev __unused, int events, struct thread *td)
 	return (revents);
 }
 
+/* /dev/xen/xenstored: the local xenstore ring page (the device pager maps it). */
+static int
+xenrs_d_mmap(struct cdev *dev, vm_ooffset_t offset, vm_paddr_t *paddr,
+    int nprot __unused, vm_memattr_t *memattr __unused)
+{
+	uint64_t pa;
+	int error;
+
+	error = xenrs_cdev_mmap_paddr((int)(intptr_t)dev->si_drv1,
+	    (uint64_t)offset, &pa);
+	if (error == 0)
+		*paddr = (vm_paddr_t)pa;
+	return (error);
+}
+
 static struct cdevsw xenrs_cdevsw = {
 	.d_version =	D_VERSION,
 	.d_open =	xenrs_d_open,
@@ -648,6 +664,7 @@ static struct cdevsw xenrs_cdevsw = {
 	.d_write =	xenrs_d_write,
 	.d_ioctl =	xenrs_d_ioctl,
 	.d_poll =	xenrs_d_poll,
+	.d_mmap =	xenrs_d_mmap,
 	.d_name =	"xenrs",
 };
 
@@ -665,14 +682,17 @@ xenrs_kpi_cdevs_destroy(void)
 }
 
 int
-xenrs_kpi_cdevs_create(void)
+xenrs_kpi_cdevs_create(uint32_t mask)
 {
 	/* Indices are src/cdev.rs's KIND_* values. */
-	static const char *names[XENRS_NCDEV] = { "evtchn", "xenstore", "privcmd" };
+	static const char *names[XENRS_NCDEV] = { "evtchn", "xenstore", "privcmd",
+	    "xenstored" };
 	struct make_dev_args args;
 	int error, i;
 
 	for (i = 0; i < XENRS_NCDEV; i++) {
+		if ((mask & (1u << i)) == 0)
+			continue;
 		make_dev_args_init(&args);
 		args.mda_devsw = &xenrs_cdevsw;
 		args.mda_flags = MAKEDEV_WAITOK | MAKEDEV_CHECKNAME;

@@ -34,6 +34,9 @@ pub const KIND_EVTCHN: c_int = 0;
 pub const KIND_XENSTORE: c_int = 1;
 /// `/dev/xen/privcmd`.
 pub const KIND_PRIVCMD: c_int = 2;
+/// `/dev/xen/xenstored`: the local xenstore ring and port, for the control domain's
+/// xenstored (read: the port in decimal; mmap: the ring page).
+pub const KIND_XENSTORED: c_int = 3;
 
 /// Tokens of event-channel files start here (0 is the xenstore port, 1 the drivers').
 pub const FILE_TOKEN_BASE: u64 = 0x1000;
@@ -47,6 +50,8 @@ pub enum DevFile {
     Xenstore(Option<XsDevFile>),
     /// `/dev/xen/privcmd`.
     Privcmd(FileId),
+    /// `/dev/xen/xenstored`.
+    Xenstored,
 }
 
 /// An open file: the shim's cookie (for wakeups) and the state.
@@ -219,6 +224,7 @@ pub unsafe extern "C" fn xenrs_cdev_open(kind: c_int, cookie: *mut c_void, out: 
                 ..xsdev::Config::default()
             }))),
             KIND_PRIVCMD => DevFile::Privcmd(m.privcmd.lock().open()),
+            KIND_XENSTORED if p.store.local_pa().is_some() => DevFile::Xenstored,
             _ => return Err(Errno::ENXIO),
         };
         let f = Arc::new(OpenFile {
@@ -259,6 +265,7 @@ pub extern "C" fn xenrs_cdev_close(handle: u64) {
                 }
             }
             DevFile::Privcmd(id) => m.privcmd.lock().close(*id),
+            DevFile::Xenstored => {}
         }
         drop(st);
         m.release();
@@ -297,6 +304,13 @@ pub unsafe extern "C" fn xenrs_cdev_read(
             }
             DevFile::Xenstore(None) => Err(Errno::EBADF),
             DevFile::Privcmd(_) => Err(Errno::ENODEV),
+            DevFile::Xenstored => {
+                // The port, in decimal, as xenstored reads it.
+                let text = alloc::format!("{}", p.store_port);
+                let n = text.len().min(tmp.len());
+                tmp[..n].copy_from_slice(&text.as_bytes()[..n]);
+                Ok(n)
+            }
         }
     });
     match r {
@@ -344,7 +358,7 @@ pub unsafe extern "C" fn xenrs_cdev_write(
                 Ok(n)
             }
             DevFile::Xenstore(None) => Err(Errno::EBADF),
-            DevFile::Privcmd(_) => Err(Errno::ENODEV),
+            DevFile::Privcmd(_) | DevFile::Xenstored => Err(Errno::ENODEV),
         }
     });
     match r {
@@ -385,7 +399,7 @@ pub unsafe extern "C" fn xenrs_cdev_ioctl(
         let mut st = f.state.lock();
         match &mut *st {
             DevFile::Evtchn(ef) => ef.ioctl(&mut *p.evtchn.lock(), cmd, arg).map_err(sys_errno),
-            DevFile::Xenstore(_) => Err(Errno::ENOTTY),
+            DevFile::Xenstore(_) | DevFile::Xenstored => Err(Errno::ENOTTY),
             DevFile::Privcmd(id) => {
                 let cmd = u32::try_from(cmd).map_err(|_| Errno::ENOSYS)?;
                 m.privcmd
@@ -417,10 +431,31 @@ pub extern "C" fn xenrs_cdev_readable(handle: u64) -> c_int {
                 xf.poll(p.xs.lock().client_mut());
                 xf.readable()
             }
+            DevFile::Xenstored => true,
             DevFile::Xenstore(None) | DevFile::Privcmd(_) => false,
         })
     })
     .map_or(0, c_int::from)
+}
+
+/// `d_mmap` of `/dev/xen/xenstored`: the physical address behind `offset` (only the one
+/// ring page exists).
+///
+/// # Safety
+/// `paddr` writable.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_cdev_mmap_paddr(kind: c_int, offset: u64, paddr: *mut u64) -> c_int {
+    if paddr.is_null() || kind != KIND_XENSTORED || offset >= 4096 {
+        return errno(Errno::EINVAL);
+    }
+    match with_module(|_, p| p.store.local_pa().ok_or(Errno::ENODEV)) {
+        Ok(pa) => {
+            // SAFETY: writable by the caller's contract.
+            unsafe { paddr.write(pa + (offset & !0xfff)) };
+            0
+        }
+        Err(e) => errno(e),
+    }
 }
 
 /// An event for an event-channel file's port (from the events task).

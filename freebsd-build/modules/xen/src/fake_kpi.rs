@@ -40,6 +40,10 @@ pub struct State {
     pub next_port: u32,
     pub closed: Vec<u32>,
     pub cdevs: bool,
+    /// The kinds of node created.
+    pub cdev_mask: u32,
+    /// What `HVM_PARAM_STORE_PFN` reads (0: a control domain before xenstored).
+    pub store_pfn: u64,
     pub fail_cdevs: bool,
     /// Next guest-physical address handed out (small, as a guest's are: grant v1 frames are
     /// 32-bit).
@@ -65,6 +69,7 @@ pub fn reset() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(State {
         next_port: 10,
+        store_pfn: 0xfeffc,
         ..State::default()
     });
 }
@@ -269,7 +274,7 @@ impl Hypervisor for FakeHv {
                 p.value = if p.index == xen_sys::native::HVM_PARAM_STORE_EVTCHN {
                     1
                 } else {
-                    0xfeffc
+                    state(|s| s.store_pfn)
                 };
                 Ok(())
             }
@@ -325,11 +330,14 @@ pub fn raw_trap(call: &xen_kmod::arch::marshal::RawCall) -> isize {
 }
 
 #[no_mangle]
-pub extern "C" fn xenrs_kpi_cdevs_create() -> c_int {
+pub extern "C" fn xenrs_kpi_cdevs_create(mask: u32) -> c_int {
     if state(|s| s.fail_cdevs) {
         return 17;
     }
-    state(|s| s.cdevs = true);
+    state(|s| {
+        s.cdevs = true;
+        s.cdev_mask = mask;
+    });
     0
 }
 

@@ -40,8 +40,9 @@ extern "C" {
     fn xenrs_kpi_sleep(chan: *const c_void, ms: c_int);
     /// Wakes the sleepers on `chan` (`wakeup`).
     fn xenrs_kpi_wakeup(chan: *const c_void);
-    /// Creates /dev/xen/{evtchn,xenstore,privcmd} (`make_dev_s`). 0 or an errno.
-    fn xenrs_kpi_cdevs_create() -> c_int;
+    /// Creates the /dev/xen nodes whose kind bit is set in `mask` (bit `KIND_*` of
+    /// `cdev.rs`: evtchn, xenstore, privcmd, xenstored) with `make_dev_s`. 0 or an errno.
+    fn xenrs_kpi_cdevs_create(mask: u32) -> c_int;
     /// Destroys them (`destroy_dev`: waits for threads inside the entry points; open files
     /// are closed through their `cdevpriv` destructors).
     fn xenrs_kpi_cdevs_destroy();
@@ -259,9 +260,9 @@ impl Cdevs {
     ///
     /// # Errors
     /// What the kernel said.
-    pub fn create() -> Result<Cdevs, Errno> {
-        // SAFETY: no arguments; paired with destroy in Drop.
-        check(unsafe { xenrs_kpi_cdevs_create() })?;
+    pub fn create(mask: u32) -> Result<Cdevs, Errno> {
+        // SAFETY: a plain value; paired with destroy in Drop.
+        check(unsafe { xenrs_kpi_cdevs_create(mask) })?;
         Ok(Cdevs(()))
     }
 }

@@ -300,7 +300,12 @@ impl KernelModule for XenModule {
         };
         // The devices last: from here user space can reach the module.
         let mut module = module;
-        module.cdevs = Some(kpi::Cdevs::create().inspect_err(|e| {
+        let mut kinds =
+            (1 << cdev::KIND_EVTCHN) | (1 << cdev::KIND_XENSTORE) | (1 << cdev::KIND_PRIVCMD);
+        if module.platform().and_then(|p| p.store.local_pa()).is_some() {
+            kinds |= 1 << cdev::KIND_XENSTORED;
+        }
+        module.cdevs = Some(kpi::Cdevs::create(kinds).inspect_err(|e| {
             kprintln!("xen: devices: /dev/xen nodes could not be created: {e}; not loading");
         })?);
         if config.verbose >= 1 {

@@ -179,6 +179,33 @@ impl EventPort for StorePort {
     }
 }
 
+/// Where the xenstore ring lives.
+#[derive(Debug)]
+pub enum StoreRing {
+    /// The frame Xen named (`HVM_PARAM_STORE_PFN`), mapped.
+    Xen(KFrame),
+    /// A page of ours, for the xenstored of this (control) domain to map through
+    /// /dev/xen/xenstored.
+    Local(KPages),
+}
+
+impl StoreRing {
+    fn shared(&self) -> Result<SharedMem<'static>, Errno> {
+        match self {
+            StoreRing::Xen(f) => f.shared(),
+            StoreRing::Local(p) => p.shared(),
+        }
+    }
+
+    /// Physical address of a local ring (what /dev/xen/xenstored maps).
+    pub fn local_pa(&self) -> Option<u64> {
+        match self {
+            StoreRing::Xen(_) => None,
+            StoreRing::Local(p) => Some(p.pa()),
+        }
+    }
+}
+
 /// Wait channel of the xenstore port (its events counter).
 pub static STORE_EVENTS: AtomicU64 = AtomicU64::new(0);
 
@@ -225,7 +252,8 @@ pub struct Platform {
     // Field order is drop order: everything that views a page is dropped before the page.
     pub xs: SxLock<Xs<RingTransport<'static, StorePort>>>,
     pub store_port: u32,
-    _store_frame: KFrame,
+    /// The ring's memory (dropped after `xs`, which views it).
+    pub store: StoreRing,
     pub gnttab: GrantTable<'static, Hv, Frames>,
     /// The grant table frames, for tests that play the peer (setting an entry's in-use bits).
     #[cfg(test)]
@@ -382,13 +410,29 @@ impl Platform {
             .map_err(fail(Step::GrantTable, Errno::ENOMEM))?;
         let grants = SxLock::new(c"xenrs grants", BTreeMap::new())
             .map_err(fail(Step::GrantTable, Errno::ENOMEM))?;
-        // 8. xenstore.
+        // 8. xenstore: the ring Xen names, or (a control domain before xenstored runs, when
+        // HVM_PARAM_STORE_PFN is 0) a ring of our own with an unbound port for ourselves,
+        // which xenstored picks up through /dev/xen/xenstored.
         let pfn =
             hvm::get_param(hv, HvmParam::StorePfn).map_err(fail(Step::Xenstore, Errno::ENXIO))?;
-        let port = hvm::get_port_param(hv, HvmParam::StoreEvtchn)
-            .map_err(fail(Step::Xenstore, Errno::ENXIO))?;
-        let frame = KFrame::map(pfn).map_err(fail(Step::Xenstore, Errno::ENOMEM))?;
-        let mem = frame.shared().map_err(fail(Step::Xenstore, Errno::ENXIO))?;
+        let (store, port, adopted) = if pfn == 0 {
+            if xen.domid.unwrap_or(0) != 0 {
+                kprintln!("xen: xenstore: Xen names no store ring (HVM_PARAM_STORE_PFN 0) and this is not domain 0; not loading");
+                return Err(Errno::ENXIO);
+            }
+            let page = KPages::alloc(1, false).map_err(fail(Step::Xenstore, Errno::ENOMEM))?;
+            let port = evtchn
+                .lock()
+                .alloc_unbound(0, BindOptions::new(STORE_TOKEN))
+                .map_err(fail(Step::Xenstore, Errno::ENXIO))?;
+            (StoreRing::Local(page), port, false)
+        } else {
+            let port = hvm::get_port_param(hv, HvmParam::StoreEvtchn)
+                .map_err(fail(Step::Xenstore, Errno::ENXIO))?;
+            let frame = KFrame::map(pfn).map_err(fail(Step::Xenstore, Errno::ENOMEM))?;
+            (StoreRing::Xen(frame), port, true)
+        };
+        let mem = store.shared().map_err(fail(Step::Xenstore, Errno::ENXIO))?;
         let transport = RingTransport::attach(
             mem,
             StorePort {
@@ -405,10 +449,12 @@ impl Platform {
         xsc.set_max_waits(300);
         let xs =
             SxLock::new(c"xenrs xenstore", xsc).map_err(fail(Step::Xenstore, Errno::ENOMEM))?;
-        evtchn
-            .lock()
-            .adopt(port, BindOptions::new(STORE_TOKEN))
-            .map_err(fail(Step::Xenstore, Errno::ENXIO))?;
+        if adopted {
+            evtchn
+                .lock()
+                .adopt(port, BindOptions::new(STORE_TOKEN))
+                .map_err(fail(Step::Xenstore, Errno::ENXIO))?;
+        }
         targets.lock().insert(port, Target::Store);
         let domid = xen.domid.unwrap_or(0);
         Ok(Platform {
@@ -421,7 +467,7 @@ impl Platform {
             upcall_at: upcall.at,
             xs,
             store_port: port,
-            _store_frame: frame,
+            store,
             gnttab,
             #[cfg(test)]
             gnttab_view,

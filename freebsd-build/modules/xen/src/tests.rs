@@ -948,3 +948,65 @@ fn privcmd_dm_op_from_dom0_copies_in_calls_xen_and_copies_back() {
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
 }
+
+#[test]
+#[expect(unsafe_code, reason = "calls the C entry points as the shim does")]
+fn dom0_before_xenstored_gets_a_local_ring_and_dev_xen_xenstored() {
+    let _kernel = fake::session();
+    on_xen(0);
+    if let Some((xen, _)) = FAKE_XEN.lock().unwrap().as_mut() {
+        xen.domid = Some(0);
+    }
+    crate::fake_kpi::state(|s| s.store_pfn = 0);
+    assert_eq!(xenrs_xen_load(), 0);
+    crate::fake_kpi::state(|s| {
+        assert_eq!(s.frames_mapped, 0, "no Xen frame to map");
+        assert_eq!(s.cdev_mask, 0b1111, "xenstored's node too");
+    });
+    let mut cookie = 0u64;
+    let mut h = 0u64;
+    // SAFETY: live out-pointer and cookie.
+    let opened = unsafe {
+        cdev::xenrs_cdev_open(
+            cdev::KIND_XENSTORED,
+            core::ptr::from_mut(&mut cookie).cast(),
+            &mut h,
+        )
+    };
+    assert_eq!(opened, 0);
+    let mut buf = [0u8; 20];
+    let mut done = 0usize;
+    // SAFETY: live buffer and out-pointer.
+    let rc1 = unsafe { cdev::xenrs_cdev_read(h, buf.as_mut_ptr(), buf.len(), &mut done) };
+    assert_eq!(rc1, 0);
+    let port: u32 = std::str::from_utf8(&buf[..done]).unwrap().parse().unwrap();
+    let store_port = MODULE_SLOT
+        .with(|m| m.platform().unwrap().store_port)
+        .unwrap();
+    assert_eq!(port, store_port, "the unbound port xenstored binds to");
+    let mut pa = 0u64;
+    // SAFETY: live out-pointer.
+    let rc2 = unsafe { cdev::xenrs_cdev_mmap_paddr(cdev::KIND_XENSTORED, 0, &mut pa) };
+    assert_eq!(rc2, 0);
+    assert_ne!(pa, 0);
+    // SAFETY: as above.
+    let rc3 = unsafe { cdev::xenrs_cdev_mmap_paddr(cdev::KIND_XENSTORED, 4096, &mut pa) };
+    assert_eq!(rc3, 22, "one page");
+    // SAFETY: as above.
+    let rc4 = unsafe { cdev::xenrs_cdev_mmap_paddr(cdev::KIND_EVTCHN, 0, &mut pa) };
+    assert_eq!(rc4, 22);
+    cdev::xenrs_cdev_close(h);
+    assert_eq!(xenrs_xen_unload(), 0);
+    crate::fake_kpi::state(|s| assert!(s.closed.contains(&store_port), "our own port is closed"));
+    nothing_outstanding();
+}
+
+#[test]
+fn a_domu_without_a_store_ring_refuses_to_load() {
+    let _kernel = fake::session();
+    on_xen(0);
+    crate::fake_kpi::state(|s| s.store_pfn = 0);
+    assert_eq!(xenrs_xen_load(), 6);
+    assert!(fake::console().contains("xen: xenstore: Xen names no store ring"));
+    nothing_outstanding();
+}
