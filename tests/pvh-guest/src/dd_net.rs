@@ -38,7 +38,8 @@
 //! A frame the uplink cannot take now (ring full) waits in a bounded backlog; while the
 //! backlog is over half full the backends' TX rings are not read, so the Linux frontend's
 //! queue fills and its stack slows down instead of losing packets. Likewise the uplink's RX
-//! ring is not read while a backend queue's RX backlog is over half its limit.
+//! ring is not read while a backend queue's RX backlog is over half its limits (packets or
+//! bytes).
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -550,11 +551,12 @@ impl Shared {
         let mut more = false;
         let mut frames: Vec<(Vec<u8>, PacketMeta)> = Vec::new();
         // Uplink: completions, then received frames (unless a vif's RX backlog is high).
+        let limits = Limits::default();
         let vif_pressure = self.vifs.iter().any(|v| {
-            v.conn
-                .queues
-                .iter()
-                .any(|q| q.rx_queued().0 > Limits::default().rx_queue_packets / 2)
+            v.conn.queues.iter().any(|q| {
+                let (packets, bytes) = q.rx_queued();
+                packets > limits.rx_queue_packets / 2 || bytes > limits.rx_queue_bytes / 2
+            })
         });
         if let Some(u) = self.uplink.as_mut() {
             let mut error = None;
@@ -1039,9 +1041,11 @@ impl Service for DdNet {
             bus.with_device(xs, &dir, |_, xs, dev| dev.fatal(xs, XsErr::BadValue));
             self.shared.borrow_mut().drop_vif(&dir);
         }
-        // Progress on the debug port while traffic flows: every 5 s at most.
+        // Progress on the debug port while frames are bridged: every 5 s at most.
         let c = self.shared.borrow().counters;
-        if c != self.printed.1 && now.saturating_sub(self.printed.0) >= 5_000_000_000 {
+        let moved =
+            (c.up_frames, c.down_frames) != (self.printed.1.up_frames, self.printed.1.down_frames);
+        if moved && now.saturating_sub(self.printed.0) >= 5_000_000_000 {
             self.printed = (now, c);
             crate::e9!("dd-net: {}", self.bridge_line());
         }
