@@ -40,6 +40,8 @@ pub struct State {
     pub next_port: u32,
     pub closed: Vec<u32>,
     pub cdevs: bool,
+    /// `EVTCHNOP_init_control` calls (FIFO attempts).
+    pub init_control: u32,
     /// The kinds of node created.
     pub cdev_mask: u32,
     /// What `HVM_PARAM_STORE_PFN` reads (0: a control domain before xenstored).
@@ -205,7 +207,10 @@ impl Hypervisor for FakeHv {
             return Err(XenError::EINVAL);
         }
         match op {
-            EventChannelOp::InitControl(_) => Err(XenError::ENOSYS),
+            EventChannelOp::InitControl(_) => {
+                state(|s| s.init_control += 1);
+                Err(XenError::ENOSYS)
+            }
             EventChannelOp::AllocUnbound(a) => {
                 a.port = state(|s| {
                     s.next_port += 1;

@@ -15,6 +15,7 @@
 //! |---|---|---|
 //! | `hw.xenrs.verbose` | `0` quiet, `1` a line at load, `2` also the CPUID details | `0` |
 //! | `hw.xenrs.upcall` | `auto` (= `pci` in this build), `vector` (per-vCPU vector: refused, not implemented), `pci` (platform PCI interrupt, HVM) | `auto` |
+//! | `hw.xenrs.evtchn` | `fifo` (FIFO if Xen accepts it), `2level` (keeps the module reloadable) | `fifo` |
 //!
 //! A malformed value is reported on the console (`xen: loader tunable hw.xenrs.verbose="x":
 //! not a number ...`) and the default is used.
@@ -66,6 +67,11 @@ pub enum Upcall {
 
 const UPCALL_CHOICES: &[&str] = &["auto", "vector", "pci"];
 
+/// `hw.xenrs.evtchn`: `fifo` (FIFO when Xen accepts it, else 2-level) or `2level`. Once Xen
+/// runs the FIFO ABI for a domain it stays so (its pages are Xen's for good), and a reloaded
+/// xen.ko cannot take it over; `2level` keeps the module reloadable.
+const EVTCHN_CHOICES: &[&str] = &["fifo", "2level"];
+
 /// The loader tunables of xen.ko.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -73,6 +79,8 @@ pub struct Config {
     pub verbose: u8,
     /// `hw.xenrs.upcall`.
     pub upcall: Upcall,
+    /// `hw.xenrs.evtchn`: ask for FIFO (true) or stay with 2-level.
+    pub fifo: bool,
 }
 
 impl Config {
@@ -85,7 +93,11 @@ impl Config {
         let upcall = tunable::get("xen", c"hw.xenrs.upcall", 0, |text| {
             tunable::parse_choice(text, UPCALL_CHOICES)
         });
+        let evtchn = tunable::get("xen", c"hw.xenrs.evtchn", 0, |text| {
+            tunable::parse_choice(text, EVTCHN_CHOICES)
+        });
         Config {
+            fifo: evtchn == 0,
             // CAST: parse_u64_in bounded it to 0..=2.
             verbose: u8::try_from(verbose).unwrap_or(0),
             upcall: match upcall {
@@ -262,7 +274,8 @@ impl KernelModule for XenModule {
                 vendor
             );
         }
-        let platform = platform::Platform::bring_up(xen, config.upcall, install_hypercall_page)?;
+        let platform =
+            platform::Platform::bring_up(xen, config.upcall, config.fifo, install_hypercall_page)?;
         let lock = |name| {
             SxLock::new(name, ()).inspect_err(|_| {
                 kprintln!("xen: out of memory for locks; not loading");

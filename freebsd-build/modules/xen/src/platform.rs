@@ -312,6 +312,7 @@ impl Platform {
     pub fn bring_up(
         xen: XenCpuid,
         asked: UpcallMode,
+        fifo: bool,
         install: impl FnOnce(&XenCpuid, &KPages) -> Result<(Hv, RawTrap), Errno>,
     ) -> Result<Platform, Errno> {
         let upcall_mode = upcall_mode(&xen, asked)?;
@@ -353,7 +354,11 @@ impl Platform {
             .ok_or(Errno::ENXIO)
             .map_err(fail(Step::EventChannels, Errno::ENXIO))?;
         let config = xen_evtchn::Config {
-            abi: AbiChoice::PreferFifo,
+            abi: if fifo {
+                AbiChoice::PreferFifo
+            } else {
+                AbiChoice::TwoLevel
+            },
             max_vcpus: kpi::ncpus(),
             ..xen_evtchn::Config::default()
         };

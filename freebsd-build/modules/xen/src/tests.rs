@@ -1010,3 +1010,34 @@ fn a_domu_without_a_store_ring_refuses_to_load() {
     assert!(fake::console().contains("xen: xenstore: Xen names no store ring"));
     nothing_outstanding();
 }
+
+#[test]
+fn evtchn_tunable_can_keep_the_2_level_abi() {
+    let _kernel = fake::session();
+    on_xen(0);
+    assert_eq!(xenrs_xen_load(), 0);
+    assert!(
+        crate::fake_kpi::state(|s| s.init_control) > 0,
+        "FIFO asked for by default"
+    );
+    assert_eq!(xenrs_xen_unload(), 0);
+    on_xen(0);
+    fake::set_env("hw.xenrs.evtchn", "2level");
+    assert_eq!(xenrs_xen_load(), 0);
+    assert_eq!(
+        crate::fake_kpi::state(|s| s.init_control),
+        0,
+        "never asked for FIFO"
+    );
+    assert_eq!(stat(XenStat::EvtchnAbi), Ok(0));
+    assert_eq!(xenrs_xen_unload(), 0);
+    on_xen(0);
+    fake::set_env("hw.xenrs.evtchn", "fast");
+    assert_eq!(xenrs_xen_load(), 0);
+    assert!(
+        fake::console().contains("hw.xenrs.evtchn"),
+        "a bad value is reported"
+    );
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
