@@ -14,6 +14,7 @@
 #include <sys/malloc.h>
 #include <sys/mutex.h>
 #include <sys/sysctl.h>
+#include <sys/taskqueue.h>
 #include <sys/sx.h>
 
 #include <geom/geom_disk.h>
@@ -128,6 +129,52 @@ void
 xenrs_xbd_disk_destroy(struct disk *dp)
 {
 	disk_destroy(dp);
+}
+
+/*
+ * The device's own taskqueue thread: event work (responses, received frames) runs here, not
+ * in xen.ko's event thread, whose handler only sets a flag and enqueues the task. The task
+ * may sleep, so it waits for the device lock like a xenbus callback.
+ */
+void	xenrs_xbd_task(void *softc);
+
+struct xenrs_xbd_tq {
+	struct taskqueue	*tq;
+	struct task		 task;
+};
+
+static void
+xbd_kmod_task(void *arg, int pending __unused)
+{
+	xenrs_xbd_task(arg);
+}
+
+struct xenrs_xbd_tq *
+xenrs_xbd_tq_new(void *softc, u_int unit)
+{
+	struct xenrs_xbd_tq *t;
+
+	t = malloc(sizeof(*t), M_DEVBUF, M_WAITOK | M_ZERO);
+	TASK_INIT(&t->task, 0, xbd_kmod_task, softc);
+	t->tq = taskqueue_create("xbd", M_WAITOK, taskqueue_thread_enqueue,
+	    &t->tq);
+	taskqueue_start_threads(&t->tq, 1, PRIBIO, "xbd%u taskq", unit);
+	return (t);
+}
+
+void
+xenrs_xbd_tq_enqueue(struct xenrs_xbd_tq *t)
+{
+	taskqueue_enqueue(t->tq, &t->task);
+}
+
+/* Waits for a run in progress, then frees the thread and the queue. */
+void
+xenrs_xbd_tq_free(struct xenrs_xbd_tq *t)
+{
+	taskqueue_drain(t->tq, &t->task);
+	taskqueue_free(t->tq);
+	free(t, M_DEVBUF);
 }
 
 /*

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/sockio.h>
 #include <sys/sysctl.h>
+#include <sys/taskqueue.h>
 #include <sys/sx.h>
 
 #include <net/ethernet.h>
@@ -288,6 +289,52 @@ int
 xenrs_xn_ipv4(if_t ifp, uint8_t *out)
 {
 	return (if_foreach_addr_type(ifp, AF_INET, xn_kmod_first_ipv4, out) != 0);
+}
+
+/*
+ * The device's own taskqueue thread: event work (responses, received frames) runs here, not
+ * in xen.ko's event thread, whose handler only sets a flag and enqueues the task. The task
+ * may sleep, so it waits for the device lock like a xenbus callback.
+ */
+void	xenrs_xn_task(void *softc);
+
+struct xenrs_xn_tq {
+	struct taskqueue	*tq;
+	struct task		 task;
+};
+
+static void
+xn_kmod_task(void *arg, int pending __unused)
+{
+	xenrs_xn_task(arg);
+}
+
+struct xenrs_xn_tq *
+xenrs_xn_tq_new(void *softc, u_int unit)
+{
+	struct xenrs_xn_tq *t;
+
+	t = malloc(sizeof(*t), M_DEVBUF, M_WAITOK | M_ZERO);
+	TASK_INIT(&t->task, 0, xn_kmod_task, softc);
+	t->tq = taskqueue_create("xn", M_WAITOK, taskqueue_thread_enqueue,
+	    &t->tq);
+	taskqueue_start_threads(&t->tq, 1, PWAIT, "xn%u taskq", unit);
+	return (t);
+}
+
+void
+xenrs_xn_tq_enqueue(struct xenrs_xn_tq *t)
+{
+	taskqueue_enqueue(t->tq, &t->task);
+}
+
+/* Waits for a run in progress, then frees the thread and the queue. */
+void
+xenrs_xn_tq_free(struct xenrs_xn_tq *t)
+{
+	taskqueue_drain(t->tq, &t->task);
+	taskqueue_free(t->tq);
+	free(t, M_DEVBUF);
 }
 
 /*

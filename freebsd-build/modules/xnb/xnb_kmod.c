@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/sockio.h>
 #include <sys/sysctl.h>
+#include <sys/taskqueue.h>
 #include <sys/sx.h>
 #include <sys/time.h>
 
@@ -196,6 +197,52 @@ uint64_t
 xenrs_xnb_now_ns(void)
 {
 	return (sbttons(sbinuptime()));
+}
+
+/*
+ * The device's own taskqueue thread: event work (responses, received frames) runs here, not
+ * in xen.ko's event thread, whose handler only sets a flag and enqueues the task. The task
+ * may sleep, so it waits for the device lock like a xenbus callback.
+ */
+void	xenrs_xnb_task(void *softc);
+
+struct xenrs_xnb_tq {
+	struct taskqueue	*tq;
+	struct task		 task;
+};
+
+static void
+xnb_kmod_task(void *arg, int pending __unused)
+{
+	xenrs_xnb_task(arg);
+}
+
+struct xenrs_xnb_tq *
+xenrs_xnb_tq_new(void *softc, u_int unit)
+{
+	struct xenrs_xnb_tq *t;
+
+	t = malloc(sizeof(*t), M_DEVBUF, M_WAITOK | M_ZERO);
+	TASK_INIT(&t->task, 0, xnb_kmod_task, softc);
+	t->tq = taskqueue_create("xnb", M_WAITOK, taskqueue_thread_enqueue,
+	    &t->tq);
+	taskqueue_start_threads(&t->tq, 1, PWAIT, "xnb%u taskq", unit);
+	return (t);
+}
+
+void
+xenrs_xnb_tq_enqueue(struct xenrs_xnb_tq *t)
+{
+	taskqueue_enqueue(t->tq, &t->task);
+}
+
+/* Waits for a run in progress, then frees the thread and the queue. */
+void
+xenrs_xnb_tq_free(struct xenrs_xnb_tq *t)
+{
+	taskqueue_drain(t->tq, &t->task);
+	taskqueue_free(t->tq);
+	free(t, M_DEVBUF);
 }
 
 /*

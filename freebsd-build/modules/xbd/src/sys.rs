@@ -35,6 +35,9 @@ extern "C" {
     fn xenrs_xbd_lock_new() -> *mut c_void;
     fn xenrs_xbd_lock(m: *mut c_void);
     fn xenrs_xbd_sx_new() -> *mut c_void;
+    fn xenrs_xbd_tq_new(softc: *mut c_void, unit: u32) -> *mut c_void;
+    fn xenrs_xbd_tq_enqueue(tq: *mut c_void);
+    fn xenrs_xbd_tq_free(tq: *mut c_void);
     fn xenrs_xbd_sx_xlock(sx: *mut c_void);
     fn xenrs_xbd_sx_try_xlock(sx: *mut c_void) -> c_int;
     fn xenrs_xbd_sx_xunlock(sx: *mut c_void);
@@ -292,11 +295,33 @@ pub struct Softc {
     /// Bios waiting for the device lock, in arrival order.
     queue: Locked<VecDeque<BioRequest>>,
     sysctl: Option<NonNull<c_void>>,
+    /// The device's taskqueue (event work runs there).
+    tq: Option<NonNull<c_void>>,
     /// Events that arrived while another thread held the device lock.
     pending: AtomicBool,
 }
 
 impl Softc {
+    /// An event from xen.ko's event thread: flag it and hand the work to the device's
+    /// taskqueue (inline, bounded, only if there is none).
+    fn kick(&self) {
+        match self.tq {
+            Some(tq) => {
+                self.pending.store(true, Ordering::Release);
+                // SAFETY: a live taskqueue (freed only in `SoftcBox::free`, after the sink
+                // is disconnected and every port unbound).
+                unsafe { xenrs_xbd_tq_enqueue(tq.as_ptr()) };
+            }
+            None => self.event(),
+        }
+    }
+
+    /// The task: waits for the device lock (it may sleep), then runs what is pending.
+    fn task(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.with(|_| ());
+    }
+
     /// An event for the device, from xen.ko's event thread (never sleeps).
     fn event(&self) {
         self.pending.store(true, Ordering::Release);
@@ -373,7 +398,7 @@ impl EventSink {
         // SAFETY: a non-null pointer was stored by `SoftcBox::connect` and is cleared by
         // `SoftcBox::free` before the softc is freed; ports (whose handlers call this) are all
         // unbound before that, and unbind waits for a running handler.
-        unsafe { &*softc }.event();
+        unsafe { &*softc }.kick();
     }
 }
 
@@ -405,6 +430,7 @@ impl SoftcBox {
             dev: DeviceLock::new(None)?,
             queue: Locked::new(VecDeque::new())?,
             sysctl: None,
+            tq: None,
             pending: AtomicBool::new(false),
         });
         let ptr = NonNull::from(Box::leak(softc));
@@ -413,6 +439,10 @@ impl SoftcBox {
         let ctx = unsafe { xenrs_xbd_sysctl_attach(ptr.as_ptr().cast(), unit) };
         // SAFETY: nobody else uses the softc yet (the shim only stores the address).
         unsafe { (*ptr.as_ptr()).sysctl = NonNull::new(ctx) };
+        // SAFETY: a live Softc until `free`, which drains and frees the taskqueue first.
+        let tq = unsafe { xenrs_xbd_tq_new(ptr.as_ptr().cast(), unit) };
+        // SAFETY: nobody else uses the softc yet (the task runs only once enqueued).
+        unsafe { (*ptr.as_ptr()).tq = NonNull::new(tq) };
         // INVARIANT: leaked above.
         Some(SoftcBox { ptr })
     }
@@ -455,6 +485,11 @@ impl SoftcBox {
     /// running handlers) and disconnects `sink`.
     pub fn free(self, sink: &EventSink) {
         sink.softc.store(core::ptr::null_mut(), Ordering::Release);
+        if let Some(tq) = self.softc().tq {
+            // SAFETY: from tq_new, freed once; waits for a run in progress (which may take
+            // the device lock: nothing holds it here).
+            unsafe { xenrs_xbd_tq_free(tq.as_ptr()) };
+        }
         if let Some(ctx) = self.softc().sysctl {
             // SAFETY: from sysctl_attach, removed once.
             unsafe { xenrs_xbd_sysctl_detach(ctx.as_ptr()) };
@@ -521,4 +556,14 @@ pub unsafe extern "C" fn xenrs_xbd_dev_stat(
         // ENOENT
         None => 2,
     }
+}
+
+/// The device's task (`xbd_kmod_task`), on its own taskqueue thread.
+///
+/// # Safety
+/// `softc` is a live softc (its taskqueue is drained before it is freed).
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_xbd_task(softc: *mut c_void) {
+    // SAFETY: by the caller's contract.
+    unsafe { &*softc.cast::<Softc>() }.task();
 }

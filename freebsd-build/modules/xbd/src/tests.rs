@@ -60,6 +60,8 @@ mod shim {
         pub locks_live: usize,
         pub lock_held: bool,
         pub sx_held: bool,
+        /// Live taskqueues: handle -> (softc, enqueued runs).
+        pub tqs: BTreeMap<usize, (usize, u32)>,
         pub sysctl_live: usize,
         pub next: usize,
     }
@@ -149,6 +151,45 @@ mod shim {
             assert!(!s.lock_held, "xbd mutex taken recursively");
             s.lock_held = true;
         });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbd_tq_new(softc: *mut c_void, _unit: u32) -> *mut c_void {
+        with(|s| {
+            s.next += 1;
+            let h = 0x7700_0000 + s.next;
+            s.tqs.insert(h, (softc as usize, 0));
+            h as *mut c_void
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbd_tq_enqueue(tq: *mut c_void) {
+        with(|s| s.tqs.get_mut(&(tq as usize)).expect("live taskqueue").1 += 1);
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbd_tq_free(tq: *mut c_void) {
+        with(|s| s.tqs.remove(&(tq as usize)).expect("live taskqueue"));
+    }
+
+    /// Runs every enqueued task once, as the taskqueue threads would; how many ran.
+    pub fn run_tasks() -> usize {
+        let due: Vec<usize> = with(|s| {
+            s.tqs
+                .values_mut()
+                .filter(|t| t.1 > 0)
+                .map(|t| {
+                    t.1 = 0;
+                    t.0
+                })
+                .collect()
+        });
+        for softc in &due {
+            // SAFETY: the softc of a live taskqueue (freed only by tq_free).
+            unsafe { super::sys::xenrs_xbd_task(*softc as *mut c_void) };
+        }
+        due.len()
     }
 
     #[no_mangle]
@@ -1116,6 +1157,8 @@ impl ApiRig {
                 any |= self.xen.deliver(port);
             }
         }
+        // The disks' taskqueue threads.
+        any |= shim::run_tasks() > 0;
         any
     }
 
@@ -1226,5 +1269,8 @@ fn attach_io_detach_through_the_xenrs_api_leaves_nothing_behind() {
         (0, 0, 0, 0),
         "{left:?} (had {ports} ports)"
     );
-    assert_eq!(shim::with(|s| (s.locks_live, s.sysctl_live)), (0, 0));
+    assert_eq!(
+        shim::with(|s| (s.locks_live, s.sysctl_live, s.tqs.len())),
+        (0, 0, 0)
+    );
 }

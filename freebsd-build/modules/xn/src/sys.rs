@@ -36,6 +36,9 @@ extern "C" {
     fn xenrs_xn_lock_new() -> *mut c_void;
     fn xenrs_xn_lock(m: *mut c_void);
     fn xenrs_xn_sx_new() -> *mut c_void;
+    fn xenrs_xn_tq_new(softc: *mut c_void, unit: u32) -> *mut c_void;
+    fn xenrs_xn_tq_enqueue(tq: *mut c_void);
+    fn xenrs_xn_tq_free(tq: *mut c_void);
     fn xenrs_xn_sx_xlock(sx: *mut c_void);
     fn xenrs_xn_sx_try_xlock(sx: *mut c_void) -> c_int;
     fn xenrs_xn_sx_xunlock(sx: *mut c_void);
@@ -329,6 +332,8 @@ pub struct Softc {
     dev: DeviceLock<Slot>,
     txq: Locked<VecDeque<Deferred>>,
     sysctl: Option<NonNull<c_void>>,
+    /// The device's taskqueue (event work runs there).
+    tq: Option<NonNull<c_void>>,
     /// Events that arrived while another thread held the device lock.
     pending: AtomicBool,
 }
@@ -337,6 +342,26 @@ pub struct Softc {
 const DRAIN_ROUNDS: usize = 64;
 
 impl Softc {
+    /// An event from xen.ko's event thread: flag it and hand the work to the device's
+    /// taskqueue (inline, bounded, only if there is none).
+    fn kick(&self) {
+        match self.tq {
+            Some(tq) => {
+                self.pending.store(true, Ordering::Release);
+                // SAFETY: a live taskqueue (freed only in `SoftcBox::free`, after the sink
+                // is disconnected and every port unbound).
+                unsafe { xenrs_xn_tq_enqueue(tq.as_ptr()) };
+            }
+            None => self.event(),
+        }
+    }
+
+    /// The task: waits for the device lock (it may sleep), then runs what is pending.
+    fn task(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.with(|_| ());
+    }
+
     /// An event from xen.ko's event thread (never sleeps).
     fn event(&self) {
         self.pending.store(true, Ordering::Release);
@@ -425,7 +450,7 @@ impl EventSink {
         }
         // SAFETY: stored by `SoftcBox::connect`, cleared by `SoftcBox::free` before the softc
         // is freed; every port is unbound before that and unbind waits for a running handler.
-        unsafe { &*softc }.event();
+        unsafe { &*softc }.kick();
     }
 }
 
@@ -451,6 +476,7 @@ impl SoftcBox {
             dev: DeviceLock::new(None)?,
             txq: Locked::new(VecDeque::new())?,
             sysctl: None,
+            tq: None,
             pending: AtomicBool::new(false),
         });
         let ptr = NonNull::from(Box::leak(softc));
@@ -458,6 +484,10 @@ impl SoftcBox {
         let ctx = unsafe { xenrs_xn_sysctl_attach(ptr.as_ptr().cast(), unit) };
         // SAFETY: nobody else uses the softc yet.
         unsafe { (*ptr.as_ptr()).sysctl = NonNull::new(ctx) };
+        // SAFETY: a live Softc until `free`, which drains and frees the taskqueue first.
+        let tq = unsafe { xenrs_xn_tq_new(ptr.as_ptr().cast(), unit) };
+        // SAFETY: nobody else uses the softc yet (the task runs only once enqueued).
+        unsafe { (*ptr.as_ptr()).tq = NonNull::new(tq) };
         // INVARIANT: leaked above.
         Some(SoftcBox { ptr })
     }
@@ -498,6 +528,11 @@ impl SoftcBox {
     /// Frees the softc: only after its ifnet was destroyed and its ports unbound.
     pub fn free(self, sink: &EventSink) {
         sink.softc.store(core::ptr::null_mut(), Ordering::Release);
+        if let Some(tq) = self.softc().tq {
+            // SAFETY: from tq_new, freed once; waits for a run in progress (which may take
+            // the device lock: nothing holds it here).
+            unsafe { xenrs_xn_tq_free(tq.as_ptr()) };
+        }
         if let Some(ctx) = self.softc().sysctl {
             // SAFETY: from sysctl_attach, removed once.
             unsafe { xenrs_xn_sysctl_detach(ctx.as_ptr()) };
@@ -585,4 +620,14 @@ pub unsafe extern "C" fn xenrs_xn_dev_stat(
         // ENOENT
         None => 2,
     }
+}
+
+/// The device's task (`xn_kmod_task`), on its own taskqueue thread.
+///
+/// # Safety
+/// `softc` is a live softc (its taskqueue is drained before it is freed).
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_xn_task(softc: *mut c_void) {
+    // SAFETY: by the caller's contract.
+    unsafe { &*softc.cast::<Softc>() }.task();
 }

@@ -47,6 +47,8 @@ mod shim {
         pub locks_live: usize,
         pub lock_held: bool,
         pub sx_held: bool,
+        /// Live taskqueues: handle -> (softc, enqueued runs).
+        pub tqs: BTreeMap<usize, (usize, u32)>,
         /// Transmitted mbufs freed by the glue.
         pub freed: usize,
         /// The softc each ifnet was created with.
@@ -200,6 +202,45 @@ mod shim {
             assert!(!s.lock_held, "xn mutex taken recursively");
             s.lock_held = true;
         });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_tq_new(softc: *mut c_void, _unit: u32) -> *mut c_void {
+        with(|s| {
+            s.next += 1;
+            let h = 0x7700_0000 + s.next;
+            s.tqs.insert(h, (softc as usize, 0));
+            h as *mut c_void
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_tq_enqueue(tq: *mut c_void) {
+        with(|s| s.tqs.get_mut(&(tq as usize)).expect("live taskqueue").1 += 1);
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xn_tq_free(tq: *mut c_void) {
+        with(|s| s.tqs.remove(&(tq as usize)).expect("live taskqueue"));
+    }
+
+    /// Runs every enqueued task once, as the taskqueue threads would; how many ran.
+    pub fn run_tasks() -> usize {
+        let due: Vec<usize> = with(|s| {
+            s.tqs
+                .values_mut()
+                .filter(|t| t.1 > 0)
+                .map(|t| {
+                    t.1 = 0;
+                    t.0
+                })
+                .collect()
+        });
+        for softc in &due {
+            // SAFETY: the softc of a live taskqueue (freed only by tq_free).
+            unsafe { super::sys::xenrs_xn_task(*softc as *mut c_void) };
+        }
+        due.len()
     }
 
     #[no_mangle]
@@ -786,15 +827,18 @@ fn entry_points_reach_the_device_and_input_happens_unlocked() {
     assert_eq!(shim::with(|s| s.input.clone()), vec![0x88]);
     let sink = sys::EventSink::default();
     softc.connect(&sink);
+    // From xen.ko's event thread: queued for the interface's taskqueue, run there.
     sink.fire();
+    assert_eq!(shim::with(|s| s.input.len()), 1);
+    assert_eq!(shim::run_tasks(), 1);
     assert_eq!(shim::with(|s| s.input.len()), 2);
     softc.with(|d| *d = None);
     softc.free(&sink);
     // A late event after free is dropped.
     sink.fire();
     assert_eq!(
-        shim::with(|s| (s.input.len(), s.locks_live, s.sysctl_live)),
-        (2, 0, 0)
+        shim::with(|s| (s.input.len(), s.locks_live, s.sysctl_live, s.tqs.len())),
+        (2, 0, 0, 0)
     );
 }
 
@@ -952,6 +996,9 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         }
     }
     assert!(delivered > 0);
+    // The handler only queued the work; the interface's taskqueue thread runs it.
+    assert_eq!(shim::with(|s| s.input.len()), 0);
+    assert_eq!(shim::run_tasks(), 1);
     let inputs = shim::with(|s| s.input.clone());
     assert_eq!(inputs.len(), 1);
     assert_eq!(
@@ -983,5 +1030,8 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         (0, 0, 0, 0),
         "{left:?}"
     );
-    assert_eq!(shim::with(|s| (s.locks_live, s.sysctl_live)), (0, 0));
+    assert_eq!(
+        shim::with(|s| (s.locks_live, s.sysctl_live, s.tqs.len())),
+        (0, 0, 0)
+    );
 }
