@@ -60,8 +60,10 @@ int	xenrs_xs_call(const uint8_t *req, size_t len, uint8_t *reply, size_t cap,
 /*
  * xenbus drivers. A registration is a device type and role plus one callback; xen.ko calls
  * it, always from its xenbus thread and never concurrently for one registration:
- *	XENRS_XB_START	first, once: watch the root, probe what exists (xenrs-api runs a
- *			xen_xenbus::Bus in the driver module and starts it here);
+ *	XENRS_XB_START	first: watch the root, probe what exists (xenrs-api runs a
+ *			xen_xenbus::Bus in the driver module and starts it here); in
+ *			domain 0 it comes again when xenstored starts after the
+ *			registration, so starting twice must be harmless (it is for Bus);
  *	XENRS_XB_WATCH	a watch of this registration fired: watch id, path, missed (1 when
  *			events were dropped and everything watched must be re-read);
  *	XENRS_XB_STOP	last, once, from xenrs_xenbus_unregister: remove every device.

@@ -203,6 +203,14 @@ impl XenModule {
         self.platform.as_ref()
     }
 
+    /// Has every registration's `XENRS_XB_START` delivered again (domain 0, when xenstored
+    /// comes up after the drivers registered).
+    pub fn restart_registrations(&self) {
+        for r in self.regs.lock().values_mut() {
+            r.started = false;
+        }
+    }
+
     /// Ends a use counted by [`XenModule::acquire`].
     pub fn release(&self) {
         let before = self.users.fetch_sub(1, Ordering::AcqRel);

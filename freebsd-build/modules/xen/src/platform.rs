@@ -273,6 +273,8 @@ pub struct Platform {
     /// Serialises handler runs with unbind ("nothing fires after unbind").
     pub dispatch: SxLock<()>,
     pub counters: Counters,
+    /// Domain 0's local store: xenstored has signalled at least once.
+    pub store_alive: core::sync::atomic::AtomicBool,
     /// Dropped after every core that views shared_info (declared after them).
     _shared_info: SharedInfoGuard,
     _hypercall_page: Option<KPages>,
@@ -485,6 +487,7 @@ impl Platform {
             targets,
             dispatch,
             counters: Counters::default(),
+            store_alive: core::sync::atomic::AtomicBool::new(false),
             _shared_info: si_guard,
             _hypercall_page: Some(hpage),
         })
@@ -538,6 +541,13 @@ impl Platform {
                     Some(Target::Store) => {
                         STORE_EVENTS.fetch_add(1, Ordering::Relaxed);
                         kpi::wakeup(&STORE_EVENTS);
+                        if self.store.local_pa().is_some()
+                            && !self.store_alive.swap(true, Ordering::AcqRel)
+                        {
+                            // Domain 0: xenstored has just come up. Buses that started
+                            // before got no answers; starting again is harmless.
+                            m.restart_registrations();
+                        }
                         kpi::kick(kpi::Task::Xenbus);
                     }
                     Some(Target::Driver(h)) => {

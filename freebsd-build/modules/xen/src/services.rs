@@ -320,6 +320,8 @@ pub(crate) fn run_xenbus(m: &crate::XenModule, p: &Platform) {
         .collect();
     for (_, r) in pending {
         // SAFETY: a live registration's callback (unregister takes xenbus_serial first).
+        // A second START (domain 0, xenstored came up) is harmless: a bus start only adds
+        // its root watch once and probes what is new.
         unsafe {
             (r.cb)(
                 core::ptr::with_exposed_provenance_mut(r.arg),

@@ -996,6 +996,51 @@ fn dom0_before_xenstored_gets_a_local_ring_and_dev_xen_xenstored() {
     let rc4 = unsafe { cdev::xenrs_cdev_mmap_paddr(cdev::KIND_EVTCHN, 0, &mut pa) };
     assert_eq!(rc4, 22);
     cdev::xenrs_cdev_close(h);
+    // A registration made before xenstored runs is started again when it first signals.
+    static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    #[expect(unsafe_code, reason = "a C callback, as a driver module registers")]
+    unsafe extern "C" fn cb(
+        _arg: *mut core::ffi::c_void,
+        kind: i32,
+        _w: u32,
+        _p: *const core::ffi::c_char,
+        _m: i32,
+    ) {
+        if kind == 0 {
+            STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    STARTS.store(0, std::sync::atomic::Ordering::SeqCst);
+    let mut reg = core::ptr::null_mut();
+    // SAFETY: NUL-terminated type, live out-pointer.
+    let rc = unsafe {
+        services::xenrs_xenbus_register(
+            1,
+            c"vif".as_ptr(),
+            Some(cb),
+            core::ptr::null_mut(),
+            &mut reg,
+        )
+    };
+    assert_eq!(rc, 0);
+    services::xenrs_xen_run_xenbus();
+    assert_eq!(STARTS.load(std::sync::atomic::Ordering::SeqCst), 1);
+    MODULE_SLOT.with(|m| {
+        let p = m.platform().unwrap();
+        let si = p.shared_info_view();
+        si.evtchn_pending().test_and_set(store_port);
+        let v = si.legacy_vcpu_info(0).unwrap();
+        v.set_pending_sel_bit(store_port / xen_kmod::shared::BITS_PER_XEN_ULONG);
+        v.set_upcall_pending();
+        p.run_events(m);
+    });
+    services::xenrs_xen_run_xenbus();
+    assert_eq!(
+        STARTS.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "started again"
+    );
+    assert_eq!(services::xenrs_xenbus_unregister(reg), 0);
     assert_eq!(xenrs_xen_unload(), 0);
     crate::fake_kpi::state(|s| assert!(s.closed.contains(&store_port), "our own port is closed"));
     nothing_outstanding();
