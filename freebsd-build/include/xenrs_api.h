@@ -66,13 +66,17 @@ int	xenrs_xs_call(const uint8_t *req, size_t len, uint8_t *reply, size_t cap,
  *			registration, so starting twice must be harmless (it is for Bus);
  *	XENRS_XB_WATCH	a watch of this registration fired: watch id, path, missed (1 when
  *			events were dropped and everything watched must be re-read);
- *	XENRS_XB_STOP	last, once, from xenrs_xenbus_unregister: remove every device.
+ *	XENRS_XB_STOP	last, once, from xenrs_xenbus_unregister: remove every device;
+ *	XENRS_XB_KICK	after xenrs_xenbus_kick (several kicks before it runs give one):
+ *			the driver's chance to act on its devices with the store from
+ *			work found elsewhere (an event handler, a timer).
  * Watches are set with xenrs_xs_watch on the registration; they are removed at the latest
  * when it is unregistered. role: 0 frontend (device/<type>), 1 backend (backend/<type>).
  */
 #define	XENRS_XB_START		0
 #define	XENRS_XB_WATCH		1
 #define	XENRS_XB_STOP		2
+#define	XENRS_XB_KICK		3
 
 #define	XENRS_XB_FRONTEND	0
 #define	XENRS_XB_BACKEND	1
@@ -93,6 +97,11 @@ int	xenrs_xenbus_register(uint32_t role, const char *devtype,
  * from the registration's own callback (EDEADLK).
  */
 int	xenrs_xenbus_unregister(struct xenrs_xenbus_reg *reg);
+/*
+ * Queues one XENRS_XB_KICK of reg (after its start). Callable from event handlers and any
+ * thread (not a filter). ENOENT for a registration that is gone.
+ */
+int	xenrs_xenbus_kick(struct xenrs_xenbus_reg *reg);
 /* A watch on path owned by reg; its events reach reg's callback. *watch: its id. */
 int	xenrs_xs_watch(struct xenrs_xenbus_reg *reg, const char *path,
 	    uint32_t *watch);

@@ -108,6 +108,8 @@ impl<T: Transport> XenStore for HostStore<T> {
 struct HostBus<T: Transport> {
     bus: Bus<HostStore<T>>,
     store: HostStore<T>,
+    on_kick: Option<crate::KickFn<HostStore<T>>>,
+    kicked: Arc<core::sync::atomic::AtomicBool>,
 }
 
 // SAFETY: the bus holds only drivers registered as `dyn Driver + Send` (the trait object
@@ -121,6 +123,7 @@ type Buses<T> = Arc<Mutex<BTreeMap<u64, HostBus<T>>>>;
 pub struct HostReg<T: Transport + Send + 'static> {
     id: u64,
     buses: Buses<T>,
+    kicked: Arc<core::sync::atomic::AtomicBool>,
 }
 
 impl<T: Transport + Send + 'static> core::fmt::Debug for HostReg<T> {
@@ -129,7 +132,12 @@ impl<T: Transport + Send + 'static> core::fmt::Debug for HostReg<T> {
     }
 }
 
-impl<T: Transport + Send + 'static> Registration for HostReg<T> {}
+impl<T: Transport + Send + 'static> Registration for HostReg<T> {
+    fn kicker(&self) -> crate::Kicker {
+        let kicked = Arc::clone(&self.kicked);
+        crate::Kicker::new(move || kicked.store(true, core::sync::atomic::Ordering::Release))
+    }
+}
 
 impl<T: Transport + Send + 'static> Drop for HostReg<T> {
     fn drop(&mut self) {
@@ -210,12 +218,20 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
         }
     }
 
-    /// Delivers up to `budget` queued watch events to the registered buses (what xen.ko's
-    /// xenbus thread does); returns how many were delivered.
+    /// Runs the kick functions of kicked registrations, then delivers up to `budget` queued
+    /// watch events to the registered buses (what xen.ko's xenbus thread does); returns how
+    /// many events were delivered.
     ///
     /// # Errors
     /// The connection's failure.
     pub fn pump(&self, budget: usize) -> Result<usize, xen_xenbus::Error> {
+        for hb in lock(&self.buses).values_mut() {
+            if hb.kicked.swap(false, core::sync::atomic::Ordering::AcqRel) {
+                if let Some(f) = hb.on_kick.as_mut() {
+                    f(&mut hb.bus, &mut hb.store);
+                }
+            }
+        }
         let mut n = 0;
         while n < budget {
             let ev = lock(&self.xs).poll_event()?;
@@ -260,6 +276,42 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
         lock(&self.xs)
     }
 
+    fn register(
+        &self,
+        role: Role,
+        driver: Box<dyn Driver<HostStore<T>> + Send>,
+        on_kick: Option<crate::KickFn<HostStore<T>>>,
+    ) -> Result<HostReg<T>, Errno> {
+        let id = {
+            let mut next = lock(&self.next_reg);
+            let id = *next;
+            *next += 1;
+            id
+        };
+        let mut bus = Bus::new(role, self.domid);
+        bus.register(driver);
+        let mut store = HostStore {
+            xs: Arc::clone(&self.xs),
+            watches: Arc::new(Mutex::new(Vec::new())),
+        };
+        bus.start(&mut store).map_err(crate::xs_errno)?;
+        let kicked = Arc::new(core::sync::atomic::AtomicBool::new(false));
+        lock(&self.buses).insert(
+            id,
+            HostBus {
+                bus,
+                store,
+                on_kick,
+                kicked: Arc::clone(&kicked),
+            },
+        );
+        Ok(HostReg {
+            id,
+            buses: Arc::clone(&self.buses),
+            kicked,
+        })
+    }
+
     fn bound(
         &self,
         port: Result<Port, xen_kmod::XenError>,
@@ -291,24 +343,16 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
         role: Role,
         driver: Box<dyn Driver<HostStore<T>> + Send>,
     ) -> Result<HostReg<T>, Errno> {
-        let id = {
-            let mut next = lock(&self.next_reg);
-            let id = *next;
-            *next += 1;
-            id
-        };
-        let mut bus = Bus::new(role, self.domid);
-        bus.register(driver);
-        let mut store = HostStore {
-            xs: Arc::clone(&self.xs),
-            watches: Arc::new(Mutex::new(Vec::new())),
-        };
-        bus.start(&mut store).map_err(crate::xs_errno)?;
-        lock(&self.buses).insert(id, HostBus { bus, store });
-        Ok(HostReg {
-            id,
-            buses: Arc::clone(&self.buses),
-        })
+        self.register(role, driver, None)
+    }
+
+    fn register_driver_with_kick(
+        &self,
+        role: Role,
+        driver: Box<dyn Driver<HostStore<T>> + Send>,
+        on_kick: crate::KickFn<HostStore<T>>,
+    ) -> Result<HostReg<T>, Errno> {
+        self.register(role, driver, Some(on_kick))
     }
 
     fn evtchn_alloc_unbound(

@@ -48,6 +48,8 @@ pub const XB_START: c_int = 0;
 pub const XB_WATCH: c_int = 1;
 /// The registration is being removed.
 pub const XB_STOP: c_int = 2;
+/// A kick requested with `xenrs_xenbus_kick`.
+pub const XB_KICK: c_int = 3;
 /// `XENRS_EVTCHN_AUTOMASK`.
 pub const EVTCHN_AUTOMASK: u32 = 1;
 
@@ -78,6 +80,7 @@ extern "C" {
         out: *mut *mut XenbusReg,
     ) -> c_int;
     fn xenrs_xenbus_unregister(reg: *mut XenbusReg) -> c_int;
+    fn xenrs_xenbus_kick(reg: *mut XenbusReg) -> c_int;
     fn xenrs_xs_watch(reg: *mut XenbusReg, path: *const c_char, watch: *mut u32) -> c_int;
     fn xenrs_xs_unwatch(reg: *mut XenbusReg, watch: u32) -> c_int;
     fn xenrs_evtchn_alloc_unbound(
@@ -263,6 +266,7 @@ struct Host {
     reg: AtomicPtr<XenbusReg>,
     bus: Bus<KernelStore>,
     store: KernelStore,
+    on_kick: Option<crate::KickFn<KernelStore>>,
 }
 
 /// # Safety
@@ -298,6 +302,11 @@ unsafe extern "C" fn xenbus_trampoline(
             host.bus.handle_event(&mut host.store, WatchId(watch), &ev);
         }
         XB_STOP => host.bus.stop(&mut host.store),
+        XB_KICK => {
+            if let Some(f) = host.on_kick.as_mut() {
+                f(&mut host.bus, &mut host.store);
+            }
+        }
         _ => {}
     }
 }
@@ -314,7 +323,21 @@ unsafe impl Send for KernelReg {}
 // SAFETY: `&KernelReg` gives no access to the host at all.
 unsafe impl Sync for KernelReg {}
 
-impl Registration for KernelReg {}
+impl Registration for KernelReg {
+    fn kicker(&self) -> crate::Kicker {
+        // SAFETY: `host` is the live box; its `reg` was set by xen.ko before this returns
+        // from register (and never changes).
+        let reg = unsafe { &*self.host }
+            .reg
+            .load(Ordering::Acquire)
+            .expose_provenance();
+        crate::Kicker::new(move || {
+            // SAFETY: xen.ko checks the registration is still live (ENOENT otherwise); the
+            // pointer is only compared there.
+            let _ = unsafe { xenrs_xenbus_kick(core::ptr::with_exposed_provenance_mut(reg)) };
+        })
+    }
+}
 
 impl core::fmt::Debug for Host {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -377,6 +400,48 @@ impl KernelXen {
         Ok(KernelXen {
             handlers: SxLock::new(c"xenrs-api handlers", BTreeMap::new())?,
         })
+    }
+
+    fn register(
+        &self,
+        role: Role,
+        driver: Box<dyn Driver<KernelStore> + Send>,
+        on_kick: Option<crate::KickFn<KernelStore>>,
+    ) -> Result<KernelReg, Errno> {
+        let mut devtype = Vec::from(driver.devtype().as_bytes());
+        devtype.push(0);
+        let devtype = CStr::from_bytes_with_nul(&devtype).map_err(|_| Errno::EINVAL)?;
+        let domid = self.domid();
+        let mut bus = Bus::new(role, domid);
+        bus.register(driver);
+        let host = Box::into_raw(Box::new(Host {
+            reg: AtomicPtr::new(core::ptr::null_mut()),
+            bus,
+            store: KernelStore {
+                reg: core::ptr::null(),
+            },
+            on_kick,
+        }));
+        // SAFETY: `host` is a fresh box; the store points at the box's own AtomicPtr.
+        unsafe { (*host).store.reg = &raw const (*host).reg };
+        // SAFETY: `host` stays alive until KernelReg's drop unregisters; xen.ko writes the
+        // registration to `reg` before the first callback.
+        let rc = unsafe {
+            let out = (*host).reg.as_ptr();
+            xenrs_xenbus_register(
+                crate::role_to_raw(role),
+                devtype.as_ptr(),
+                xenbus_trampoline,
+                host.cast(),
+                out,
+            )
+        };
+        if let Err(e) = check(rc) {
+            // SAFETY: refused: xen.ko keeps no reference.
+            drop(unsafe { Box::from_raw(host) });
+            return Err(e);
+        }
+        Ok(KernelReg { host })
     }
 
     fn bind(
@@ -455,39 +520,16 @@ impl XenServices for KernelXen {
         role: Role,
         driver: Box<dyn Driver<KernelStore> + Send>,
     ) -> Result<KernelReg, Errno> {
-        let mut devtype = Vec::from(driver.devtype().as_bytes());
-        devtype.push(0);
-        let devtype = CStr::from_bytes_with_nul(&devtype).map_err(|_| Errno::EINVAL)?;
-        let domid = self.domid();
-        let mut bus = Bus::new(role, domid);
-        bus.register(driver);
-        let host = Box::into_raw(Box::new(Host {
-            reg: AtomicPtr::new(core::ptr::null_mut()),
-            bus,
-            store: KernelStore {
-                reg: core::ptr::null(),
-            },
-        }));
-        // SAFETY: `host` is a fresh box; the store points at the box's own AtomicPtr.
-        unsafe { (*host).store.reg = &raw const (*host).reg };
-        // SAFETY: `host` stays alive until KernelReg's drop unregisters; xen.ko writes the
-        // registration to `reg` before the first callback.
-        let rc = unsafe {
-            let out = (*host).reg.as_ptr();
-            xenrs_xenbus_register(
-                crate::role_to_raw(role),
-                devtype.as_ptr(),
-                xenbus_trampoline,
-                host.cast(),
-                out,
-            )
-        };
-        if let Err(e) = check(rc) {
-            // SAFETY: refused: xen.ko keeps no reference.
-            drop(unsafe { Box::from_raw(host) });
-            return Err(e);
-        }
-        Ok(KernelReg { host })
+        self.register(role, driver, None)
+    }
+
+    fn register_driver_with_kick(
+        &self,
+        role: Role,
+        driver: Box<dyn Driver<KernelStore> + Send>,
+        on_kick: crate::KickFn<KernelStore>,
+    ) -> Result<KernelReg, Errno> {
+        self.register(role, driver, Some(on_kick))
     }
 
     fn evtchn_alloc_unbound(

@@ -39,6 +39,9 @@ pub mod kernel;
 /// The ABI version this crate speaks (`XENRS_API_VERSION` in `xenrs_api.h`).
 pub const API_VERSION: u32 = 1;
 
+// v1 grew `xenrs_xenbus_kick` / `XENRS_XB_KICK` (additions only: a driver built before them
+// still works with this xen.ko).
+
 /// An event-channel port number.
 pub type Port = u32;
 
@@ -107,7 +110,40 @@ pub enum Revoked {
 
 /// A registered xenbus driver; dropping it runs the bus's stop (every device removed) and
 /// unregisters. Nothing of the driver is called afterwards.
-pub trait Registration {}
+pub trait Registration {
+    /// A handle that asks for one run of the registration's kick function on xen.ko's
+    /// xenbus thread (see [`XenServices::register_driver_with_kick`]); usable from event
+    /// handlers and any thread, cheap to clone.
+    fn kicker(&self) -> Kicker;
+}
+
+/// Asks for a run of a registration's kick function on the xenbus thread; several requests
+/// before it runs give one run. Requests after the registration is gone do nothing.
+#[derive(Clone)]
+pub struct Kicker(alloc::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl Kicker {
+    /// A kicker calling `f`.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Kicker {
+        Kicker(alloc::sync::Arc::new(f))
+    }
+
+    /// Requests the run.
+    pub fn kick(&self) {
+        (self.0)();
+    }
+}
+
+impl core::fmt::Debug for Kicker {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Kicker")
+    }
+}
+
+/// What runs on the xenbus thread when a registration is kicked: the driver's chance to act
+/// on its devices with the store (e.g. fail a device after a protocol violation an event
+/// handler found: `bus.with_device(store, nodename, ...)`).
+pub type KickFn<S> = Box<dyn FnMut(&mut xen_xenbus::Bus<S>, &mut S) + Send>;
 
 /// The services of xen.ko, as the driver glue uses them.
 pub trait XenServices: Sync {
@@ -134,6 +170,18 @@ pub trait XenServices: Sync {
         &self,
         role: Role,
         driver: Box<dyn Driver<Self::Store> + Send>,
+    ) -> Result<Self::Reg, Errno>;
+
+    /// As [`XenServices::register_driver`], with `on_kick` run on the xenbus thread after
+    /// each [`Registration::kicker`] request (coalesced).
+    ///
+    /// # Errors
+    /// As [`XenServices::register_driver`].
+    fn register_driver_with_kick(
+        &self,
+        role: Role,
+        driver: Box<dyn Driver<Self::Store> + Send>,
+        on_kick: KickFn<Self::Store>,
     ) -> Result<Self::Reg, Errno>;
 
     /// A port `remote` may bind to; `handler` runs for each event.

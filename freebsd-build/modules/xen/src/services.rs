@@ -153,6 +153,8 @@ pub struct Reg {
     pub arg: usize,
     pub watches: Vec<xen_xenbus::WatchId>,
     pub started: bool,
+    /// A kick is pending (`xenrs_xenbus_kick`).
+    pub kicked: bool,
 }
 
 /// Live registrations: address of the boxed `Reg` -> the box.
@@ -195,6 +197,7 @@ pub unsafe extern "C" fn xenrs_xenbus_register(
             arg: arg.expose_provenance(),
             watches: Vec::new(),
             started: false,
+            kicked: false,
         });
         let key = core::ptr::from_ref(&*reg).expose_provenance();
         // SAFETY: writable by the caller's contract; written before the start is queued.
@@ -244,6 +247,18 @@ pub extern "C" fn xenrs_xenbus_unregister(reg: *mut c_void) -> c_int {
             let _ = p.xs.lock().unwatch(w);
         }
         m.release();
+        Ok(())
+    }))
+}
+
+/// `int xenrs_xenbus_kick(struct xenrs_xenbus_reg *reg)`: one `XENRS_XB_KICK` callback on the
+/// xenbus thread (coalesced with kicks not yet delivered).
+#[no_mangle]
+pub extern "C" fn xenrs_xenbus_kick(reg: *mut c_void) -> c_int {
+    let key = reg.expose_provenance();
+    to_c(with_platform(|m, _| {
+        m.regs.lock().get_mut(&key).ok_or(Errno::ENOENT)?.kicked = true;
+        crate::kpi::kick(crate::kpi::Task::Xenbus);
         Ok(())
     }))
 }
@@ -330,6 +345,31 @@ pub(crate) fn run_xenbus(m: &crate::XenModule, p: &Platform) {
                 core::ptr::null(),
                 0,
             )
+        };
+    }
+    let kicks: Vec<Reg2> = m
+        .regs
+        .lock()
+        .values_mut()
+        .filter(|r| r.started && r.kicked)
+        .map(|r| {
+            r.kicked = false;
+            Reg2 {
+                cb: r.cb,
+                arg: r.arg,
+            }
+        })
+        .collect();
+    for r in kicks {
+        // SAFETY: as for the starts above.
+        unsafe {
+            (r.cb)(
+                core::ptr::with_exposed_provenance_mut(r.arg),
+                3,
+                0,
+                core::ptr::null(),
+                0,
+            );
         };
     }
     crate::cdev::retry_cleanups(m, p);

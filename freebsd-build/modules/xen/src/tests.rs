@@ -1086,3 +1086,75 @@ fn evtchn_tunable_can_keep_the_2_level_abi() {
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
 }
+
+/// A do-nothing xenbus driver for the kick test.
+struct NullDriver;
+
+impl<S: ?Sized> xen_xenbus::Driver<S> for NullDriver {
+    fn devtype(&self) -> &str {
+        "vif"
+    }
+    fn probe(
+        &mut self,
+        _xs: &mut S,
+        _dev: &mut xen_xenbus::Device,
+    ) -> Result<(), xen_xenbus::Error> {
+        Ok(())
+    }
+    fn otherend_changed(
+        &mut self,
+        _xs: &mut S,
+        _dev: &mut xen_xenbus::Device,
+        _state: xen_xenbus::XenbusState,
+    ) -> Result<(), xen_xenbus::Error> {
+        Ok(())
+    }
+    fn remove(&mut self, _xs: &mut S, _dev: &mut xen_xenbus::Device) {}
+}
+
+#[test]
+fn a_kick_runs_the_drivers_kick_function_once_on_the_xenbus_thread() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use xenrs_api::{kernel::KernelXen, Registration, XenServices};
+    let _kernel = fake::session();
+    on_xen(0);
+    assert_eq!(xenrs_xen_load(), 0);
+    let xen = KernelXen::new().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&runs);
+    let reg = xen
+        .register_driver_with_kick(
+            xen_xenbus::Role::Backend,
+            Box::new(NullDriver),
+            Box::new(move |_bus, _store| {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+    let kicker = reg.kicker();
+    kicker.kick();
+    services::xenrs_xen_run_xenbus(); // start first (no daemon: the bus start fails, logged)
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the kick ran after the start"
+    );
+    kicker.kick();
+    kicker.kick();
+    services::xenrs_xen_run_xenbus();
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "two kicks before the run give one run"
+    );
+    services::xenrs_xen_run_xenbus();
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    drop(reg);
+    kicker.kick(); // the registration is gone: nothing happens
+    services::xenrs_xen_run_xenbus();
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    drop(xen);
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
