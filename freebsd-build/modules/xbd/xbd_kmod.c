@@ -141,6 +141,7 @@ void	xenrs_xbd_task(void *softc);
 struct xenrs_xbd_tq {
 	struct taskqueue	*tq;
 	struct task		 task;
+	struct timeout_task	 later;
 };
 
 static void
@@ -158,6 +159,7 @@ xenrs_xbd_tq_new(void *softc, u_int unit)
 	TASK_INIT(&t->task, 0, xbd_kmod_task, softc);
 	t->tq = taskqueue_create("xbd", M_WAITOK, taskqueue_thread_enqueue,
 	    &t->tq);
+	TIMEOUT_TASK_INIT(t->tq, &t->later, 0, xbd_kmod_task, softc);
 	taskqueue_start_threads(&t->tq, 1, PRIBIO, "xbd%u taskq", unit);
 	return (t);
 }
@@ -168,10 +170,21 @@ xenrs_xbd_tq_enqueue(struct xenrs_xbd_tq *t)
 	taskqueue_enqueue(t->tq, &t->task);
 }
 
+/*
+ * The task again in ms milliseconds (grants the backend still holds on bios' pages are
+ * retried from here; an earlier request still pending is kept).
+ */
+void
+xenrs_xbd_tq_enqueue_later(struct xenrs_xbd_tq *t, u_int ms)
+{
+	taskqueue_enqueue_timeout(t->tq, &t->later, MAX(1, ms * hz / 1000));
+}
+
 /* Waits for a run in progress, then frees the thread and the queue. */
 void
 xenrs_xbd_tq_free(struct xenrs_xbd_tq *t)
 {
+	taskqueue_drain_timeout(t->tq, &t->later);
 	taskqueue_drain(t->tq, &t->task);
 	taskqueue_free(t->tq);
 	free(t, M_DEVBUF);

@@ -37,6 +37,7 @@ extern "C" {
     fn xenrs_xbd_sx_new() -> *mut c_void;
     fn xenrs_xbd_tq_new(softc: *mut c_void, unit: u32) -> *mut c_void;
     fn xenrs_xbd_tq_enqueue(tq: *mut c_void);
+    fn xenrs_xbd_tq_enqueue_later(tq: *mut c_void, ms: u32);
     fn xenrs_xbd_tq_free(tq: *mut c_void);
     fn xenrs_xbd_sx_xlock(sx: *mut c_void);
     fn xenrs_xbd_sx_try_xlock(sx: *mut c_void) -> c_int;
@@ -279,8 +280,11 @@ pub trait GeomDisk: Send {
     fn strategy(&mut self, req: BioRequest);
     /// A `dev.xbd.<unit>` leaf.
     fn stat(&self, which: u32) -> Option<u64>;
-    /// An event on one of the device's ports (responses to handle).
-    fn event(&mut self) {}
+    /// An event on one of the device's ports (responses to handle); `true` asks for another
+    /// run later (grants the backend still holds on bios' pages, to be retried).
+    fn event(&mut self) -> bool {
+        false
+    }
     /// The device as `Any`, for the xenbus side that knows its concrete type.
     fn as_any(&mut self) -> &mut dyn core::any::Any;
 }
@@ -313,6 +317,14 @@ impl Softc {
                 unsafe { xenrs_xbd_tq_enqueue(tq.as_ptr()) };
             }
             None => self.event(),
+        }
+    }
+
+    /// Another run of the task in [`RETRY_MS`] milliseconds.
+    fn later(&self) {
+        if let Some(tq) = self.tq {
+            // SAFETY: a live taskqueue (freed only in `SoftcBox::free`, which drains this).
+            unsafe { xenrs_xbd_tq_enqueue_later(tq.as_ptr(), RETRY_MS) };
         }
     }
 
@@ -361,12 +373,15 @@ impl Softc {
                 }
                 if self.pending.swap(false, Ordering::AcqRel) {
                     if let Some(d) = dev.as_mut() {
-                        d.event();
+                        return d.event();
                     }
                 }
+                false
             });
-            if ran.is_none() {
-                return;
+            match ran {
+                None => return,
+                Some(true) => self.later(),
+                Some(false) => {}
             }
         }
     }
@@ -380,6 +395,9 @@ impl Softc {
 
 /// Most rounds one caller drains before leaving the rest to the next one.
 const DRAIN_ROUNDS: usize = 64;
+
+/// How soon held grants are retried (the backend still maps pages of completed bios).
+pub const RETRY_MS: u32 = 250;
 
 /// The event handlers' way to the softc: set once the softc exists, cleared before it is
 /// freed (by then every port is unbound, so no handler is running).

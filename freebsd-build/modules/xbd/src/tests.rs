@@ -62,6 +62,8 @@ mod shim {
         pub sx_held: bool,
         /// Live taskqueues: handle -> (softc, enqueued runs).
         pub tqs: BTreeMap<usize, (usize, u32)>,
+        /// Delayed task runs asked for: (taskqueue, milliseconds).
+        pub later: Vec<(usize, u32)>,
         pub sysctl_live: usize,
         pub next: usize,
     }
@@ -166,6 +168,11 @@ mod shim {
     #[no_mangle]
     pub extern "C" fn xenrs_xbd_tq_enqueue(tq: *mut c_void) {
         with(|s| s.tqs.get_mut(&(tq as usize)).expect("live taskqueue").1 += 1);
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbd_tq_enqueue_later(tq: *mut c_void, ms: u32) {
+        with(|s| s.later.push((tq as usize, ms)));
     }
 
     #[no_mangle]
@@ -964,6 +971,51 @@ fn strategy_and_sysctl_entry_points_reach_the_device_under_its_lock() {
     softc.free(&sys::EventSink::default());
     assert_eq!(shim::with(|s| (s.locks_live, s.sysctl_live)), (0, 0));
     assert_eq!(fake::heap_blocks_out(), 0);
+}
+
+/// A device that keeps asking for a retry (held grants) until told otherwise.
+struct Holder(Arc<Mutex<(u32, bool)>>);
+
+impl sys::GeomDisk for Holder {
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn strategy(&mut self, _req: BioRequest) {}
+    fn stat(&self, _which: u32) -> Option<u64> {
+        None
+    }
+    fn event(&mut self) -> bool {
+        let mut g = self.0.lock().unwrap();
+        g.0 += 1;
+        g.1
+    }
+}
+
+#[test]
+fn held_grants_bring_the_task_back_from_a_timer() {
+    let _kernel = fake::session();
+    shim::reset();
+    let softc = SoftcBox::new(4).expect("softc");
+    let state = Arc::new(Mutex::new((0, true)));
+    softc.with(|d| *d = Some(Box::new(Holder(state.clone()))));
+    let sink = sys::EventSink::default();
+    softc.connect(&sink);
+    sink.fire();
+    assert_eq!(shim::run_tasks(), 1);
+    assert_eq!(state.lock().unwrap().0, 1);
+    let later = shim::with(|s| s.later.clone());
+    assert_eq!(later.len(), 1, "a retry is asked for while grants are held");
+    assert_eq!(later[0].1, sys::RETRY_MS);
+    // The timer fires: the task runs again; once nothing is held, no further retry.
+    state.lock().unwrap().1 = false;
+    let softc_addr = shim::with(|s| s.tqs[&later[0].0].0);
+    // SAFETY: the live softc of that taskqueue.
+    unsafe { sys::xenrs_xbd_task(softc_addr as *mut _) };
+    assert_eq!(state.lock().unwrap().0, 2);
+    assert_eq!(shim::with(|s| s.later.len()), 1);
+    softc.with(|d| *d = None);
+    softc.free(&sink);
+    assert_eq!(shim::with(|s| (s.tqs.len(), s.locks_live)), (0, 0));
 }
 
 // ---------------------------------------------------------------- through the xenrs API

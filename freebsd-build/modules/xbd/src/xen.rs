@@ -192,13 +192,16 @@ impl<X: XenServices + Send + 'static> GeomDisk for KernelDisk<X> {
         XbdDisk::stat(self, which)
     }
 
-    fn event(&mut self) {
-        // Bounded: each poll handles at most a ring's worth per queue.
+    fn event(&mut self) -> bool {
+        // Bounded: each poll handles at most a ring's worth per queue (and retries held
+        // grants).
         for _ in 0..16 {
             if !self.poll().more {
                 break;
             }
         }
+        // Grants on bios' own pages the backend has not let go of: try again from a timer.
+        self.frontend().held_grants() > 0
     }
 
     fn as_any(&mut self) -> &mut dyn core::any::Any {
