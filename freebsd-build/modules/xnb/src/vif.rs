@@ -26,7 +26,7 @@ use core::ffi::CStr;
 use core::fmt::Write as _;
 
 use xen_netback::config::{self as be_config, BackendFeatures};
-use xen_netback::{BackendPlatform, Connection, Limits, NetIo, Offloads};
+use xen_netback::{BackendPlatform, Connection, Limits, NetIo, Offloads, RxRefused};
 use xen_netif::{Csum, PacketMeta, MAX_PACKET};
 use xen_xenbus::bus::XenStore;
 use xen_xenbus::{Device, Error as XsErr, XenbusState};
@@ -330,7 +330,17 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
             },
             ..PacketMeta::default()
         };
-        q.enqueue_rx(buf, &meta).map_err(|_| errno::ENOBUFS)?;
+        match q.enqueue_rx(buf, &meta) {
+            Ok(()) => {}
+            Err(RxRefused::Stalled) => {
+                // The guest stopped taking frames for a while and its queue was dropped; it
+                // may have posted buffers since (its event lifts the stall too): look, then
+                // retry once.
+                q.tick(now);
+                q.enqueue_rx(buf, &meta).map_err(|_| errno::ENOBUFS)?;
+            }
+            Err(_) => return Err(errno::ENOBUFS),
+        }
         // Move it into the guest's posted buffers now (bounded by the RX budget).
         let _ = q.process_rx(now);
         Ok(())
@@ -352,6 +362,8 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
         };
         for q in &mut conn.queues {
             let _ = q.process_tx(&mut io);
+            // Enforces the stall timeout, and lifts a stall once the guest posted buffers.
+            let _ = q.tick(now);
             let _ = q.process_rx(now);
         }
         out
