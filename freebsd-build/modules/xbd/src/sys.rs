@@ -274,16 +274,27 @@ impl<T> Drop for DeviceLock<T> {
     }
 }
 
+/// Whether an event run left work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Again {
+    /// Nothing left.
+    No,
+    /// A budget was reached with responses left: run again now (from the taskqueue).
+    Soon,
+    /// Grants the backend still holds on bios' pages: retry in [`RETRY_MS`].
+    Later,
+}
+
 /// What the shim's entry points (and the event handler) reach through `d_drv1`.
 pub trait GeomDisk: Send {
     /// `d_strategy`.
     fn strategy(&mut self, req: BioRequest);
     /// A `dev.xbd.<unit>` leaf.
     fn stat(&self, which: u32) -> Option<u64>;
-    /// An event on one of the device's ports (responses to handle); `true` asks for another
-    /// run later (grants the backend still holds on bios' pages, to be retried).
-    fn event(&mut self) -> bool {
-        false
+    /// An event on one of the device's ports (responses to handle); says whether to run
+    /// again, and when.
+    fn event(&mut self) -> Again {
+        Again::No
     }
     /// The device as `Any`, for the xenbus side that knows its concrete type.
     fn as_any(&mut self) -> &mut dyn core::any::Any;
@@ -317,6 +328,16 @@ impl Softc {
                 unsafe { xenrs_xbd_tq_enqueue(tq.as_ptr()) };
             }
             None => self.event(),
+        }
+    }
+
+    /// Another event run soon: flags it and enqueues the task (without a taskqueue, the next
+    /// drain round runs it).
+    fn again(&self) {
+        self.pending.store(true, Ordering::Release);
+        if let Some(tq) = self.tq {
+            // SAFETY: a live taskqueue (freed only in `SoftcBox::free`, which drains it).
+            unsafe { xenrs_xbd_tq_enqueue(tq.as_ptr()) };
         }
     }
 
@@ -376,12 +397,13 @@ impl Softc {
                         return d.event();
                     }
                 }
-                false
+                Again::No
             });
             match ran {
                 None => return,
-                Some(true) => self.later(),
-                Some(false) => {}
+                Some(Again::Soon) => self.again(),
+                Some(Again::Later) => self.later(),
+                Some(Again::No) => {}
             }
         }
     }

@@ -984,10 +984,14 @@ impl sys::GeomDisk for Holder {
     fn stat(&self, _which: u32) -> Option<u64> {
         None
     }
-    fn event(&mut self) -> bool {
+    fn event(&mut self) -> sys::Again {
         let mut g = self.0.lock().unwrap();
         g.0 += 1;
-        g.1
+        if g.1 {
+            sys::Again::Later
+        } else {
+            sys::Again::No
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use xen_xenbus::{Device, Driver, Error as XsErr, XenbusState};
 use xenrs_api::{BindFlags, Pages, Revoked, XenServices};
 
 use crate::disk::{BioRequest, Detach, XbdDisk};
-use crate::sys::{EventSink, GeomDisk, Kernel, SoftcBox};
+use crate::sys::{Again, EventSink, GeomDisk, Kernel, SoftcBox};
 
 /// A page run handed to the core, and which of its pages came back.
 #[derive(Debug)]
@@ -192,16 +192,24 @@ impl<X: XenServices + Send + 'static> GeomDisk for KernelDisk<X> {
         XbdDisk::stat(self, which)
     }
 
-    fn event(&mut self) -> bool {
+    fn event(&mut self) -> Again {
         // Bounded: each poll handles at most a ring's worth per queue (and retries held
-        // grants).
+        // grants); what is left runs again from the taskqueue.
+        let mut more = false;
         for _ in 0..16 {
-            if !self.poll().more {
+            more = self.poll().more;
+            if !more {
                 break;
             }
         }
-        // Grants on bios' own pages the backend has not let go of: try again from a timer.
-        self.frontend().held_grants() > 0
+        if more {
+            Again::Soon
+        } else if self.frontend().held_grants() > 0 {
+            // Grants on bios' own pages the backend has not let go of: retry from a timer.
+            Again::Later
+        } else {
+            Again::No
+        }
     }
 
     fn as_any(&mut self) -> &mut dyn core::any::Any {

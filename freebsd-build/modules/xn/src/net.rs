@@ -252,6 +252,7 @@ pub struct XnIf<'a, P: FrontendPlatform<'a>, K: IfKpi> {
     enabled: u32,
     conn: Option<Conn<'a, P>>,
     link: bool,
+    more: bool,
     scratch: Vec<u8>,
     stats: GlueStats,
 }
@@ -282,6 +283,7 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
             enabled: caps,
             conn: None,
             link: false,
+            more: false,
             scratch: vec![0; MAX_PACKET],
             stats: GlueStats::default(),
         }
@@ -409,11 +411,12 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
         };
         let kpi = &self.kpi;
         let stats = &mut self.stats;
+        let mut more = false;
         for q in &mut conn.queues {
             let _ = q.poll_tx();
-            // Bounded by the queue's budget per call; `more` is answered by the next event
-            // or the holder's next round.
-            let _ = q.poll_rx(|data, meta| {
+            // Bounded by the queue's budget per call; what is left is asked for again
+            // ([`XnIf::more`]).
+            let work = q.poll_rx(|data, meta| {
                 let valid;
                 let m = if meta.csum == Csum::Partial {
                     let mut owned = data.to_vec();
@@ -432,8 +435,16 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
                     None => stats.rx_dropped += 1,
                 }
             });
+            more |= work.is_ok_and(|w| w.more);
         }
+        self.more = more;
         out
+    }
+
+    /// Whether the last [`XnIf::event`] stopped at a queue's budget with frames left: the
+    /// caller runs it again soon (the backend sends no new event for those).
+    pub fn more(&self) -> bool {
+        self.more
     }
 
     // ------------------------------------------------------------------ ioctls

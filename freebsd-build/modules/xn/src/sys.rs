@@ -285,8 +285,9 @@ pub trait IfDevice: Send {
     fn set_caps(&mut self, enabled: u32);
     /// A `dev.xn.<unit>` leaf.
     fn stat(&self, which: u32) -> Option<u64>;
-    /// An event on one of the interface's ports: received frames go to `out`.
-    fn event(&mut self, out: &mut Inputs);
+    /// An event on one of the interface's ports: received frames go to `out`; `true` when work is left (a
+    /// budget was reached) and the event should run again soon.
+    fn event(&mut self, out: &mut Inputs) -> bool;
     /// The device as `Any`, for the xenbus side that knows its concrete type.
     fn as_any(&mut self) -> &mut dyn core::any::Any;
 }
@@ -356,6 +357,16 @@ impl Softc {
         }
     }
 
+    /// Asks for another event run: flags it and enqueues the task (without a taskqueue, the
+    /// next drain round runs it).
+    fn again(&self) {
+        self.pending.store(true, Ordering::Release);
+        if let Some(tq) = self.tq {
+            // SAFETY: a live taskqueue (freed only in `SoftcBox::free`, which drains it).
+            unsafe { xenrs_xn_tq_enqueue(tq.as_ptr()) };
+        }
+    }
+
     /// The task: waits for the device lock (it may sleep), then runs what is pending.
     fn task(&self) {
         self.pending.store(true, Ordering::Release);
@@ -408,13 +419,17 @@ impl Softc {
                 }
                 if self.pending.swap(false, Ordering::AcqRel) {
                     if let Some(d) = dev.as_mut() {
-                        d.event(&mut inputs);
+                        return d.event(&mut inputs);
                     }
                 }
+                false
             });
             pass_up(inputs);
-            if ran.is_none() {
-                return;
+            match ran {
+                None => return,
+                // Work left at a budget: run again, from the taskqueue when there is one.
+                Some(true) => self.again(),
+                Some(false) => {}
             }
         }
     }

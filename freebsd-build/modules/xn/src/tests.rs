@@ -774,8 +774,9 @@ impl sys::IfDevice for Recorder {
     fn stat(&self, which: u32) -> Option<u64> {
         (which == 0).then(|| self.0.lock().unwrap().len() as u64)
     }
-    fn event(&mut self, out: &mut sys::Inputs) {
+    fn event(&mut self, out: &mut sys::Inputs) -> bool {
         out.push((IfHandle(0x77), MbufHandle(0x88)));
+        false
     }
     fn as_any(&mut self) -> &mut dyn std::any::Any {
         self
@@ -840,6 +841,49 @@ fn entry_points_reach_the_device_and_input_happens_unlocked() {
         shim::with(|s| (s.input.len(), s.locks_live, s.sysctl_live, s.tqs.len())),
         (2, 0, 0, 0)
     );
+}
+
+/// A device whose first event stops at a budget with frames left.
+struct Budgeted(std::sync::Arc<std::sync::Mutex<u32>>);
+
+impl sys::IfDevice for Budgeted {
+    fn transmit(&mut self, _m: MbufHandle, _l: u32, _o: u32, _s: u32, _f: u32, _h: bool) -> i32 {
+        0
+    }
+    fn set_mtu(&mut self, _mtu: i32) -> i32 {
+        0
+    }
+    fn set_caps(&mut self, _enabled: u32) {}
+    fn stat(&self, _which: u32) -> Option<u64> {
+        None
+    }
+    fn event(&mut self, _out: &mut sys::Inputs) -> bool {
+        let mut runs = self.0.lock().unwrap();
+        *runs += 1;
+        *runs == 1
+    }
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+#[test]
+fn work_left_at_a_budget_runs_again_from_the_taskqueue() {
+    let _kernel = fake::session();
+    shim::reset();
+    let softc = sys::SoftcBox::new(1).expect("softc");
+    let runs = std::sync::Arc::new(std::sync::Mutex::new(0));
+    softc.with(|d| *d = Some(Box::new(Budgeted(runs.clone()))));
+    let sink = sys::EventSink::default();
+    softc.connect(&sink);
+    sink.fire();
+    // The first run leaves work: the task is queued again, although no new event came.
+    assert_eq!(shim::run_tasks(), 1);
+    assert_eq!(shim::run_tasks(), 1);
+    assert_eq!(shim::run_tasks(), 0);
+    assert!(*runs.lock().unwrap() >= 2);
+    softc.with(|d| *d = None);
+    softc.free(&sink);
 }
 
 // ---------------------------------------------------------------- through the xenrs API

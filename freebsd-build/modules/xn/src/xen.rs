@@ -144,9 +144,10 @@ impl<X: XenServices + Send + 'static> IfDevice for KernelIf<X> {
         XnIf::stat(self, which)
     }
 
-    fn event(&mut self, out: &mut Inputs) {
+    fn event(&mut self, out: &mut Inputs) -> bool {
         let got: Vec<(IfHandle, MbufHandle)> = XnIf::event(self);
         out.extend(got);
+        XnIf::more(self)
     }
 
     fn as_any(&mut self) -> &mut dyn core::any::Any {

@@ -194,6 +194,7 @@ pub struct XnbIf<'a, P: BackendPlatform<'a>, K: IfKpi> {
     ifp: Option<IfHandle>,
     conn: Option<Connection<'a, P>>,
     link: bool,
+    more: bool,
     scratch: Vec<u8>,
     stats: GlueStats,
 }
@@ -227,6 +228,7 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
             ifp: None,
             conn: None,
             link: false,
+            more: false,
             scratch: vec![0; MAX_PACKET],
             stats: GlueStats::default(),
         }
@@ -360,13 +362,22 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
             out: &mut out,
             stats: &mut self.stats,
         };
+        let mut more = false;
         for q in &mut conn.queues {
-            let _ = q.process_tx(&mut io);
+            let tx = q.process_tx(&mut io);
             // Enforces the stall timeout, and lifts a stall once the guest posted buffers.
             let _ = q.tick(now);
-            let _ = q.process_rx(now);
+            let rx = q.process_rx(now);
+            more |= tx.is_ok_and(|w| w.more) || rx.is_ok_and(|w| w.more);
         }
+        self.more = more;
         out
+    }
+
+    /// Whether the last [`XnbIf::event`] stopped at a budget with work left: the caller runs
+    /// it again soon (the guest sends no new event for that work).
+    pub fn more(&self) -> bool {
+        self.more
     }
 
     /// `SIOCSIFMTU`: 0, or `EINVAL` beyond what one netif packet carries.

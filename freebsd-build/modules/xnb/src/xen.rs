@@ -144,8 +144,9 @@ impl<X: XenServices + Send + 'static> IfDevice for KernelVif<X> {
         XnbIf::stat(self, which)
     }
 
-    fn event(&mut self, out: &mut Inputs) {
+    fn event(&mut self, out: &mut Inputs) -> bool {
         out.extend(XnbIf::event(self));
+        XnbIf::more(self)
     }
 
     fn as_any(&mut self) -> &mut dyn core::any::Any {
