@@ -21,7 +21,7 @@ use crate::rng::Rng;
 /// A grant reference nobody granted.
 pub const BAD_GREF: u32 = 0xffff_fff0;
 /// Notifications sent in the event-flood phase.
-pub const FLOOD: u32 = 5000;
+pub const FLOOD: u32 = 2000;
 
 /// What a correct backend does with a phase.
 #[derive(Debug, Clone, PartialEq, Eq)]

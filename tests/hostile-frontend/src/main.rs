@@ -9,14 +9,16 @@
 //! did and whether that is what a correct backend does.
 //!
 //! ```text
-//! hostile-frontend blk [--class CLASS] [--device ID] [--phase NAME]... [--seed N] [--report KEY]
+//! hostile-frontend blk [--class CLASS] [--device ID] [--phase NAME]... [--seed N] [--go KEY] [--report KEY]
 //! hostile-frontend list
 //! ```
 //!
 //! `--class` is the directory under our `device/` holding the device (default `vbd`). The
 //! real-Xen scenario uses another name, so that the domU's own xen-blkfront (loaded for other
 //! scenarios) does not claim the device first: a backend only follows its `frontend` node,
-//! whatever class directory that names.
+//! whatever class directory that names. `--go KEY`: after the `START` line, wait (at most 120 s)
+//! until our domain's `data/KEY` exists before the first phase, so that dom0 can start the
+//! well-behaved frontend first and the attacks overlap its I/O.
 //!
 //! Output: `HOSTILE blk <phase> PASS|FAIL|SKIP <detail>` per phase, then `HOSTILE blk SUMMARY
 //! <ok>/<n> as expected`. With `--report KEY`, the summary is also written to our domain's
@@ -32,8 +34,8 @@ use std::process::ExitCode;
 use xen_xenbus::client::Config;
 use xen_xenbus::{Store, Xs};
 
-const USAGE: &str =
-    "usage: hostile-frontend blk [--device ID] [--phase NAME]... [--seed N] [--report KEY] | list";
+const USAGE: &str = "usage: hostile-frontend blk [--class CLASS] [--device ID] [--phase NAME]... \
+                     [--seed N|0xHEX] [--go KEY] [--report KEY] | list";
 
 #[derive(Debug, Default)]
 struct Options {
@@ -41,6 +43,7 @@ struct Options {
     device: Option<String>,
     phases: Vec<blk::Phase>,
     seed: u64,
+    go: Option<String>,
     report: Option<String>,
 }
 
@@ -67,6 +70,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
                     .push(blk::Phase::parse(v).ok_or_else(|| format!("unknown phase {v}"))?);
             }
             "--seed" => o.seed = parse_seed(value()?).ok_or("--seed needs a number")?,
+            "--go" => o.go = Some(value()?.clone()),
             "--report" => o.report = Some(value()?.clone()),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
@@ -109,6 +113,17 @@ fn run(o: &Options) -> Result<bool, String> {
         o.phases.len(),
         o.seed
     ));
+    if let Some(key) = &o.go {
+        let path = format!("data/{key}");
+        let start = std::time::Instant::now();
+        while dev.xs.read(&path).is_err() {
+            if start.elapsed() >= std::time::Duration::from_secs(120) {
+                return Err(format!("{path} did not appear within 120 s"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        say(&format!("blk GO after {} ms", start.elapsed().as_millis()));
+    }
     let mut env = blk::Env {
         dev: &mut dev,
         gnt: &gnt,
@@ -186,13 +201,14 @@ mod tests {
     #[test]
     fn options() {
         let o = parse(&args(
-            "blk --phase runaway --phase bad-op --seed 9 --report h",
+            "blk --phase runaway --phase bad-op --seed 9 --go g --report h",
         ))
         .unwrap()
         .unwrap();
         assert_eq!(o.phases, [blk::Phase::Runaway, blk::Phase::BadOp]);
         assert_eq!(o.seed, 9);
         assert_eq!(o.report.as_deref(), Some("h"));
+        assert_eq!(o.go.as_deref(), Some("g"));
         let o = parse(&args("blk")).unwrap().unwrap();
         assert_eq!(o.phases.len(), blk::Phase::ALL.len());
         assert_eq!(o.class, "vbd");

@@ -9,8 +9,10 @@
 //!   the domU image loads xen-blkfront (for `dd-blk`), which would claim a `vbd` before the
 //!   program starts. A backend only follows its `frontend` node, so nothing else changes.
 //! * dom0's step ([`DOM0_FUNCTIONS`], called from `run_dd`) starts the hostile domU, waits
-//!   until the attacks have begun, then runs the good frontend to completion, waits for the
-//!   hostile program's summary, asks the driver domain for its report on the hostile device
+//!   until the program is connected to xenstore (its `START` line), creates the good frontend
+//!   and lets both go at once (`data/hostile-go`, then `xl unpause`), so the attacks overlap
+//!   the good guest's I/O; then it waits for the good guest's verdict and the hostile
+//!   program's summary, asks the driver domain for its report on the hostile device
 //!   (its `RESULT dd-hostile` line: failures seen, with the last reason) and prints
 //!   `CHECK dd-hostile`: PASS when every attack got the reaction a correct backend gives,
 //!   the good guest's I/O was verified, and the driver domain still answers.
@@ -26,7 +28,7 @@ const DOMU_SCRIPT: &str = r#"
 # dd-hostile: tests/hostile-frontend against the driver domain's blkback.
 wait_for 300 test -c /dev/xen/gntalloc || echo "NOTE no /dev/xen/gntalloc"
 seed=$(printf '%d' "0x$(echo "$nonce" | cut -c9-16)")
-{ /bin/hostile-frontend blk --class hostile-vbd --seed "$seed" --report hostile; echo "HOSTILE rc=$?"; } 2>&1 | tee /tmp/hostile.out
+{ /bin/hostile-frontend blk --class hostile-vbd --seed "$seed" --go hostile-go --report hostile; echo "HOSTILE rc=$?"; } 2>&1 | tee /tmp/hostile.out
 s=$(grep '^HOSTILE blk SUMMARY ' /tmp/hostile.out | tail -n 1 | cut -c21-)
 if grep -q '^HOSTILE rc=0$' /tmp/hostile.out; then
     verdict dd-hostile PASS "$s"
@@ -65,7 +67,8 @@ dd_hostile() {
     dd_attach_hostile "$he" "$dd" 51712 ram:4M || echo "NOTE dd-hostile $a writing the nodes failed"
     xl unpause "$he"
     wait_secs 150 hostile_started "$h" || echo "NOTE dd-hostile $a no HOSTILE START within 150 s"
-    # The well-behaved frontend, while the attacks go on: our PVH guest's blkfront.
+    # The well-behaved frontend, while the attacks go on: our PVH guest's blkfront. The
+    # hostile program waits for data/hostile-go, written as the good guest is unpaused.
     cat > "/tmp/$g.cfg" <<EOC
 name = "$g"
 type = "pvh"
@@ -81,6 +84,7 @@ EOC
     if xl create -p "/tmp/$g.cfg"; then
         ge=$(xl domid "$g")
         dd_attach_vbd "$ge" "$dd" 51712 ram:4M || echo "NOTE dd-hostile $a writing the good vbd failed"
+        xenstore-write "/local/domain/$he/data/hostile-go" 1
         xl unpause "$ge"
         ack_xenstore "$a" "$ge" "$3" | sed 's/^CHECK xenstore/NOTE xenstore/'
         if wait_secs 90 reported "/local/domain/$ge/data/pvh-blk" "$g" &&
@@ -92,6 +96,7 @@ EOC
         domu_finish "$g"
         dd_detach_vbd "$ge" "$dd" 51712
     else
+        xenstore-write "/local/domain/$he/data/hostile-go" 1
         dump_file xl.log "/var/log/xen/xl-$g.log"
     fi
     domu_wait "$h" 240
