@@ -65,6 +65,9 @@ pub fn config_from_tunables() -> FrontendConfig {
         gso: flag(c"hw.xn.tso", d.gso),
         csum: flag(c"hw.xn.csum", d.csum),
         ipv6_csum: flag(c"hw.xn.ipv6_csum", d.ipv6_csum),
+        // Receive steering through the control ring is not configured by this driver (see
+        // net.rs): do not ask the backend to set one up.
+        ctrl_ring: false,
         ..d
     }
 }

@@ -413,6 +413,10 @@ fn tunables_are_read_and_bad_ones_rejected_with_a_reason() {
     assert_eq!(c.queues, FrontendConfig::default().queues);
     assert!(!c.gso);
     assert!(c.csum);
+    assert!(
+        !c.ctrl_ring,
+        "no control ring asked for: steering is not configured"
+    );
     let console = fake::console();
     assert!(
         console.contains("xn: loader tunable hw.xn.num_queues=\"17\": out of range (allowed: 1..=16); using the default"),
