@@ -106,7 +106,9 @@ pub fn measure_pair(
     (sample(pa, items), sample(pb, items))
 }
 
-fn sample(mut per: Vec<f64>, items: u64) -> Sample {
+/// A [`Sample`] from per-item figures measured elsewhere (one per repetition; e.g. the
+/// real-Xen suite's, timed inside a guest).
+pub fn sample(mut per: Vec<f64>, items: u64) -> Sample {
     let min = per.iter().copied().fold(f64::INFINITY, f64::min);
     let max = per.iter().copied().fold(0.0, f64::max);
     Sample {

@@ -1,14 +1,17 @@
 //! `xen-bench`: the benchmark suites behind `cargo kmod bench` (see BENCHMARKS.md).
 //!
 //! ```sh
-//! cargo run --release -p xen-bench -- [--out DIR] [--quick] [--only ring,gnttab,evtchn,parse,blk,net]
+//! cargo run --release -p xen-bench -- [--out DIR] [--quick] [--only ring,gnttab,evtchn,parse,blk,net,real-xen]
+//!     [--real-xen-logs DIR]   # real-xen table from an earlier `xen-harness bench --out DIR`
 //! ```
 //!
 //! Prints progress to stderr and each table as it is measured, then writes `results.md`
 //! (the tables BENCHMARKS.md quotes), `results.csv` (one row per measurement) and one PNG bar
 //! chart per suite ([`plot`]) into DIR (default `target/bench`). Every ratio is between two
 //! figures of the same run. `--only` runs the named suites (e.g. `--only ring` while working on
-//! the ring). The network suite ([`net`]) needs root.
+//! the ring). The network suite ([`net`]) needs root. The real-Xen suite ([`realxen`]) boots
+//! Xen once under QEMU (about 10 minutes; skipped by `--quick` unless named in `--only`, and
+//! with its reason when QEMU or Xen's tools are missing).
 #![expect(
     clippy::cast_possible_truncation,
     reason = "host-only benchmark code: counts and sizes far below 2^32, f64 for reporting"
@@ -19,6 +22,7 @@ mod harness;
 mod micro;
 mod net;
 mod plot;
+mod realxen;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -261,10 +265,145 @@ fn net_section(r: &mut Report, scale: &Scale) {
     }
 }
 
+/// The real-Xen table: the same Linux domU workload through dom0's backends and ours.
+fn real_xen_section(r: &mut Report, out: &std::path::Path, reuse: bool) {
+    r.section(
+        "Real Xen (QEMU TCG, one boot): Linux dom0's backends vs our driver domain's",
+        "One Xen 4.17 boot under QEMU TCG (`xen-harness bench`): one Linux 6.1 PVH domU (2 \
+         vCPUs) with two disks and two vifs. Path **a**: `xvda` served by Linux dom0's \
+         xen-blkback on a `brd` RAM disk, `vif/0` on dom0's xen-netback on `xenbr0`. Path \
+         **b**: `xvdb` served by our driver domain's blkback (its RAM disk), `vif/1` by our \
+         driver domain's netback, bridged to its own netfront on `xenbr0`. The domU runs the \
+         same commands on both, alternating a/b (b/a on even repetitions), timed with its own \
+         clock (`/proc/uptime`, 10 ms): busybox `dd` O_DIRECT sequential write and read in 1 \
+         MiB blocks, 4 KiB O_DIRECT reads one at a time, busybox `nc` of a file to dom0 over \
+         TCP; busybox `ping` both ways. Under TCG every figure is that of an emulated CPU on \
+         a shared machine: **only the ratios b/a mean anything**. Ratio: b's rate ÷ a's (for \
+         RTT: b's time ÷ a's).",
+        &[
+            "workload",
+            "(a) Linux dom0 backends",
+            "(b) our driver domain",
+            "ratio b/a (median; best)",
+        ],
+    );
+    let x = match realxen::run_suite(out, reuse) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("real-xen suite not run: {e}");
+            r.row(&[
+                format!("not run: {e}"),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            return;
+        }
+    };
+    let mut bars = Vec::new();
+    for p in &x.pairs {
+        let mib = p.bytes as f64 / 1_048_576.0;
+        let (name, show): (String, Box<dyn Fn(f64) -> String>) = match p.op.as_str() {
+            "write" => (
+                format!("sequential write, {mib:.0} MiB O_DIRECT, 1 MiB blocks"),
+                Box::new(|ns| format!("{:.1} MB/s", 1_048_576.0 / ns * 1e3)),
+            ),
+            "read" => (
+                format!("sequential read, {mib:.0} MiB O_DIRECT, 1 MiB blocks"),
+                Box::new(|ns| format!("{:.1} MB/s", 1_048_576.0 / ns * 1e3)),
+            ),
+            "read4k" => (
+                format!("4 KiB O_DIRECT reads, QD 1 ({} per rep)", p.a.items),
+                Box::new(|ns| format!("{:.0} IOPS ({:.2} ms)", 1e9 / ns, ns / 1e6)),
+            ),
+            _ => (
+                format!("TCP domU → dom0, {mib:.0} MiB (busybox nc)"),
+                Box::new(|ns| format!("{:.1} Mbit/s", 8.0 * 1_048_576.0 / ns * 1e3)),
+            ),
+        };
+        r.row(&[
+            format!("{name}; {} reps", p.a.reps.min(p.b.reps)),
+            format!("{} (best {})", show(p.a.median), show(p.a.min)),
+            format!("{} (best {})", show(p.b.median), show(p.b.min)),
+            format!(
+                "**{:.3}**; {:.3}",
+                p.a.median / p.b.median,
+                p.a.min / p.b.min
+            ),
+        ]);
+        let unit = if p.op == "read4k" {
+            "ns/request"
+        } else {
+            "ns/MiB"
+        };
+        r.csv("real-xen", &format!("{}-linux-dom0", p.op), unit, &p.a);
+        r.csv("real-xen", &format!("{}-our-dd", p.op), unit, &p.b);
+        bars.push(bar(p.op.clone(), p.a.median / p.b.median, 0));
+    }
+    for (dir, what) in [("out", "ping domU → dom0"), ("in", "ping dom0 → domU")] {
+        if let (Some(a), Some(b)) = (
+            x.ping.get(&(dir.to_string(), 'a')),
+            x.ping.get(&(dir.to_string(), 'b')),
+        ) {
+            r.row(&[
+                format!("{what}, average RTT of 5"),
+                format!("{a:.2} ms"),
+                format!("{b:.2} ms"),
+                format!("**{:.2}** (RTT b ÷ a)", b / a),
+            ]);
+            let _ = writeln!(
+                r.csv,
+                "real-xen,ping-{dir}-linux-dom0,ms,{a:.3},{a:.3},{a:.3},1,5"
+            );
+            let _ = writeln!(
+                r.csv,
+                "real-xen,ping-{dir}-our-dd,ms,{b:.3},{b:.3},{b:.3},1,5"
+            );
+        }
+    }
+    let _ = writeln!(
+        r.md,
+        "
+Verdict: {}; {}.",
+        x.verdict, x.boot
+    );
+    let _ = writeln!(
+        r.md,
+        "Read back after the runs: {}.",
+        if x.verified.is_empty() {
+            "not checked".to_string()
+        } else {
+            x.verified.join(", ")
+        }
+    );
+    if !x.errors.is_empty() {
+        let _ = writeln!(r.md, "Not measured: {}.", x.errors.join("; "));
+    }
+    let _ = writeln!(
+        r.md,
+        "
+Negotiated (domU's view: `BENCHFEAT`; xenstore while connected: `FEAT`; the driver          domain's own report: `RESULT`):
+"
+    );
+    for f in x.features.iter().chain(&x.dd_results) {
+        let _ = writeln!(r.md, "- `{f}`");
+    }
+    if !bars.is_empty() {
+        r.charts.push(Chart {
+            file: "real-xen.png".into(),
+            title: "Real Xen (TCG, one boot): our driver domain / Linux dom0, rate ratio".into(),
+            unit: "x".into(),
+            bars,
+            legend: ["ours / Linux's (1 = parity)", "", ""],
+        });
+    }
+}
+
 fn main() {
     let mut out = PathBuf::from("target/bench");
     let mut scale = Scale::FULL;
     let mut only: Option<Vec<String>> = None;
+    let mut real_xen_logs: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -275,6 +414,8 @@ fn main() {
                     .expect("--out needs a folder")
             }
             "--quick" => scale = Scale::QUICK,
+            // The logs of an earlier `xen-harness bench --out DIR`: tables without a boot.
+            "--real-xen-logs" => real_xen_logs = args.next().map(PathBuf::from),
             "--only" => {
                 only = args
                     .next()
@@ -282,7 +423,7 @@ fn main() {
             }
             other => {
                 eprintln!(
-                    "usage: xen-bench [--out DIR] [--quick] [--only ring,gnttab,evtchn,parse,blk,net]\n\
+                    "usage: xen-bench [--out DIR] [--quick] [--only ring,gnttab,evtchn,parse,blk,net,real-xen]\n\
                      unknown argument `{other}`"
                 );
                 std::process::exit(2);
@@ -636,6 +777,19 @@ fn main() {
             "netfront<->xensim<->netback between namespaces vs veth: TCP and 64-byte UDP",
         );
         net_section(&mut r, &scale);
+    }
+
+    // Real Xen: one boot (minutes), so `--quick` leaves it out unless it is named.
+    let quick = scale.reps == Scale::QUICK.reps;
+    if want("real-xen") && (!quick || only.is_some() || real_xen_logs.is_some()) {
+        progress(
+            t0,
+            "real Xen (QEMU TCG, one boot, ~10 min): Linux domU via dom0's backends vs our driver domain",
+        );
+        match &real_xen_logs {
+            Some(logs) => real_xen_section(&mut r, logs, true),
+            None => real_xen_section(&mut r, &out.join("real-xen"), false),
+        }
     }
 
     let total = t0.elapsed().as_secs_f64();

@@ -2,8 +2,11 @@
 //! release and runs it. It prints progress and each table as it is measured, and writes
 //! `results.md` (the tables BENCHMARKS.md quotes), `results.csv` and PNG plots into DIR
 //! (default `target/bench`). The network suite needs root (namespaces, TAP, veth) and is
-//! skipped with its reason otherwise. It is never part of `cargo kmod test`, which only compiles the crate
-//! (clippy `--all-targets`).
+//! skipped with its reason otherwise. The `real-xen` suite boots Xen once under QEMU TCG
+//! (`xen-harness bench`, about 10–20 minutes on a loaded 2-core machine; logs in
+//! DIR/real-xen) and is skipped with its reason when QEMU or Xen's tools are missing
+//! (`cargo kmod setup` installs them) and by `--quick`. It is never part of `cargo kmod test`,
+//! which only compiles the crate (clippy `--all-targets`).
 
 use std::path::PathBuf;
 use std::process::Command;

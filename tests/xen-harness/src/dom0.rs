@@ -929,6 +929,7 @@ run_dd() {
             case "$scen" in *" dd-blk-abi32 "*) dd_blk_abi32 "$a" "$dd" "$nonce" ;; esac
             case "$scen" in *" dd-hostile "*) dd_hostile "$a" "$dd" "$nonce" ;; esac
             case "$scen" in *" dd-net "*) dd_net_linux "$a" "$dd" "$nonce" ;; esac
+            case "$scen" in *" bench "*) bench_run "$a" "$dd" "$nonce" ;; esac
             xenstore-write "$p/dd-stop" 1
         else
             echo "NOTE dd $a the driver domain never wrote data/dd-ready"
@@ -959,6 +960,7 @@ pub fn init_script(runs: &[Run], scenarios: &[Scenario]) -> String {
     );
     s.push_str(DD_FUNCTIONS);
     s.push_str(crate::hostile::DOM0_FUNCTIONS);
+    s.push_str(&crate::bench::dom0_functions());
     for run in runs {
         let _ = writeln!(
             s,

@@ -10,12 +10,14 @@
 //! xen-harness [run] [--arch x86_64|i686]... [--scenario NAME]... [--out DIR] [-v]
 //! xen-harness prepare     # fetch packages, build guests and the dom0 image; no boot
 //! xen-harness list        # the scenarios
+//! xen-harness bench       # = --scenario bench (x86_64 unless --arch): bench.rs, issue 9
 //! ```
 //!
 //! Logs: `<out>/serial.log` (the whole console) and `<out>/<scenario>-<arch>/` (see
 //! docs/REAL-XEN.md). Exit status 0 only when every selected scenario passed.
 
 mod assets;
+mod bench;
 mod cpio;
 mod dom0;
 mod domu;
@@ -38,7 +40,7 @@ use monitor::{Monitor, Step};
 use plan::{Arch, Scenario};
 use qemu::{BootSpec, Output, Qemu};
 
-const USAGE: &str = "usage: xen-harness [run|prepare|list] [--arch x86_64|i686]... [--scenario NAME]... [--out DIR] [-v]";
+const USAGE: &str = "usage: xen-harness [run|prepare|list|bench] [--arch x86_64|i686]... [--scenario NAME]... [--out DIR] [-v]";
 
 /// Xen's command line: serial console, a fixed dom0 size, and every guest message (the
 /// guests' debug-port lines) on the console.
@@ -85,6 +87,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "run" => o.command = Command::Run,
             "prepare" => o.command = Command::Prepare,
             "list" => o.command = Command::List,
+            "bench" => o.scenarios.push(Scenario::Bench),
             "--arch" => o
                 .arches
                 .push(Arch::parse(it.next().ok_or("--arch needs a value")?)?),
@@ -97,7 +100,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
-    if o.arches.is_empty() {
+    if o.arches.is_empty() && o.scenarios == [Scenario::Bench] {
+        // One architecture is enough for same-boot ratios (and halves the boot).
+        o.arches = vec![Arch::X86_64];
+    } else if o.arches.is_empty() {
         o.arches = Arch::ALL.to_vec();
     }
     if o.scenarios.is_empty() {
@@ -156,11 +162,14 @@ fn prepare(o: &Options, runs: &[plan::Run]) -> Result<(assets::Assets, PathBuf),
         guests.push((arch, g.stripped));
     }
     let initrd = o.out.join("dom0.cpio");
-    let domu_extra = if o.scenarios.contains(&Scenario::DdHostile) {
+    let mut domu_extra = if o.scenarios.contains(&Scenario::DdHostile) {
         hostile::domu_files(&root)?
     } else {
         Vec::new()
     };
+    if o.scenarios.contains(&Scenario::Bench) {
+        domu_extra.extend(bench::domu_files());
+    }
     let size = dom0::build(&assets, &guests, runs, &o.scenarios, &domu_extra, &initrd)?;
     println!(
         "xen-harness: dom0 image {} ({:.1} MiB, kernel {})",

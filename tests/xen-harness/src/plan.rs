@@ -123,6 +123,12 @@ pub enum Scenario {
     DdNet,
     /// A hostile Linux frontend attacks the driver domain's blkback while a good one uses it.
     DdHostile,
+    /// Benchmark (`xen-harness bench`, bench.rs): one Linux domU's disk and network I/O
+    /// through dom0's backends and through the driver domain's, same boot. Not in [`ALL`]
+    /// (`cargo kmod test` does not run it).
+    ///
+    /// [`ALL`]: Scenario::ALL
+    Bench,
 }
 
 impl Scenario {
@@ -163,6 +169,7 @@ impl Scenario {
             Scenario::DdBlkAbi32 => "dd-blk-abi32",
             Scenario::DdHostile => "dd-hostile",
             Scenario::DdNet => "dd-net",
+            Scenario::Bench => "bench",
         }
     }
 
@@ -184,6 +191,7 @@ impl Scenario {
             Scenario::DdBlkAbi32 => "driver domain: our blkback serves our i686 guest's blkfront (x86_32-abi ring layout)",
             Scenario::DdHostile => "driver domain: tests/hostile-frontend in a Linux domU attacks our blkback (13 phases) while our blkfront uses the same driver domain",
             Scenario::DdNet => "driver domain: our netback serves a Linux domU's xen-netfront, bridged to dom0: ping, 3 MiB TCP each way, sha256",
+            Scenario::Bench => "benchmark: a Linux domU's disk and TCP I/O via dom0's backends vs the driver domain's, same boot",
         }
     }
 
@@ -194,6 +202,7 @@ impl Scenario {
     pub fn parse(s: &str) -> Result<Scenario, String> {
         Scenario::ALL
             .into_iter()
+            .chain([Scenario::Bench])
             .find(|sc| sc.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
@@ -217,7 +226,7 @@ impl Scenario {
             Scenario::Blk | Scenario::BlkReattach => RunKind::Blk,
             Scenario::Net | Scenario::NetReattach => RunKind::Net,
             Scenario::DdBlk | Scenario::DdBlkAbi32 | Scenario::DdNet => RunKind::Dd,
-            Scenario::DdHostile => RunKind::Dd,
+            Scenario::DdHostile | Scenario::Bench => RunKind::Dd,
             _ => RunKind::Basic,
         }
     }
@@ -240,6 +249,7 @@ impl Scenario {
             Scenario::DdBlkAbi32 => &[Source::Guest("dd-blk-abi32"), Source::Dom0("dd-blk-abi32")],
             Scenario::DdHostile => &[Source::Guest("dd-hostile"), Source::Dom0("dd-hostile")],
             Scenario::DdNet => &[Source::Guest("dd-net"), Source::Dom0("dd-net")],
+            Scenario::Bench => &[Source::Dom0("bench")],
         }
     }
 }
