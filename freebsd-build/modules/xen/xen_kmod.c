@@ -460,7 +460,7 @@ static driver_t xenrs_pci_driver = {
 DRIVER_MODULE(xenrs_pci, pci, xenrs_pci_driver, NULL, NULL);
 
 /*
- * The Dom0 character devices /dev/xen/{evtchn,xenstore,privcmd,xenstored}: the cdevsw entry points
+ * The Dom0 character devices /dev/xen/{evtchn,xenstore,privcmd,xenstored,gntdev}: the cdevsw entry points
  * keep a struct xenrs_cfile per open (cdevpriv), move bytes with uiomove(9), sleep for
  * blocking reads and record selects; the device logic is the Rust side (src/cdev.rs).
  */
@@ -469,8 +469,15 @@ DRIVER_MODULE(xenrs_pci, pci, xenrs_pci_driver, NULL, NULL);
 #include <sys/poll.h>
 #include <sys/selinfo.h>
 #include <sys/uio.h>
+#include <sys/rwlock.h>
+#include <vm/vm_param.h>
+#include <vm/vm_object.h>
+#include <vm/vm_page.h>
+#include <vm/vm_pager.h>
+#include <vm/vm_map.h>
 
-#define	XENRS_NCDEV		4
+#define	XENRS_NCDEV		5
+#define	XENRS_KIND_GNTDEV	4
 #define	XENRS_CDEV_CHUNK	8192
 
 struct xenrs_cfile {
@@ -657,6 +664,133 @@ xenrs_d_mmap(struct cdev *dev, vm_ooffset_t offset, vm_paddr_t *paddr,
 	return (error);
 }
 
+/*
+ * /dev/xen/gntdev mmap (src/gntdev.rs): each mmap(2) is one device-pager VM object with a
+ * handle of its own (so every object's destructor ends exactly one mmap in the Rust core).
+ * A fault asks the Rust side for the physical address of the page (an allocated page, or a
+ * frame a foreign grant is mapped at) and hands the VM system a fictitious page for it; the
+ * grants are unmapped only after the destructor ran, when no user mapping is left.
+ */
+int	xenrs_gntdev_mmap(uint64_t handle, uint64_t offset, uint64_t size, int writable,
+	    uint64_t *object, uint64_t *pages);
+int	xenrs_gntdev_fault(uint64_t object, uint64_t offset, uint64_t *paddr);
+void	xenrs_gntdev_object_released(uint64_t object);
+
+struct xenrs_gobj {
+	uint64_t	id;
+};
+
+static int
+xenrs_gpg_ctor(void *handle __unused, vm_ooffset_t size __unused,
+    vm_prot_t prot __unused, vm_ooffset_t foff __unused, struct ucred *cred __unused,
+    u_short *color)
+{
+	*color = 0;
+	return (0);
+}
+
+static void
+xenrs_gpg_dtor(void *handle)
+{
+	struct xenrs_gobj *go = handle;
+
+	xenrs_gntdev_object_released(go->id);
+	free(go, M_XENRS);
+}
+
+static int
+xenrs_gpg_fault(vm_object_t object, vm_ooffset_t offset, int prot __unused,
+    vm_page_t *mres)
+{
+	struct xenrs_gobj *go = object->handle;
+	vm_page_t page;
+	uint64_t pa;
+
+	if (xenrs_gntdev_fault(go->id, (uint64_t)offset, &pa) != 0)
+		return (VM_PAGER_FAIL);
+	if (((*mres)->flags & PG_FICTITIOUS) != 0) {
+		/* Already a fake page of ours: point it at the frame again. */
+		page = *mres;
+		vm_page_updatefake(page, (vm_paddr_t)pa, VM_MEMATTR_DEFAULT);
+	} else {
+		/* A fake page (created busied) replaces the placeholder, which is freed. */
+		VM_OBJECT_WUNLOCK(object);
+		page = vm_page_getfake((vm_paddr_t)pa, VM_MEMATTR_DEFAULT);
+		VM_OBJECT_WLOCK(object);
+		vm_page_replace(page, object, (*mres)->pindex, *mres);
+		*mres = page;
+	}
+	vm_page_valid(page);
+	return (VM_PAGER_OK);
+}
+
+static const struct cdev_pager_ops xenrs_gntdev_pg_ops = {
+	.cdev_pg_fault =	xenrs_gpg_fault,
+	.cdev_pg_ctor =		xenrs_gpg_ctor,
+	.cdev_pg_dtor =		xenrs_gpg_dtor,
+};
+
+static int
+xenrs_d_mmap_single(struct cdev *dev, vm_ooffset_t *offset, vm_size_t size,
+    vm_object_t *object, int nprot)
+{
+	struct xenrs_cfile *cf;
+	struct xenrs_gobj *go;
+	vm_object_t obj;
+	uint64_t id, pages;
+	int error;
+
+	/* Other devices: the plain d_mmap below. */
+	if ((int)(intptr_t)dev->si_drv1 != XENRS_KIND_GNTDEV)
+		return (ENODEV);
+	error = devfs_get_cdevpriv((void **)&cf);
+	if (error != 0)
+		return (error);
+	error = xenrs_gntdev_mmap(cf->handle, (uint64_t)*offset, (uint64_t)size,
+	    (nprot & VM_PROT_WRITE) != 0, &id, &pages);
+	if (error != 0)
+		return (error);
+	go = malloc(sizeof(*go), M_XENRS, M_WAITOK | M_ZERO);
+	go->id = id;
+	obj = cdev_pager_allocate(go, OBJT_DEVICE, &xenrs_gntdev_pg_ops,
+	    (vm_ooffset_t)pages * PAGE_SIZE, nprot, 0, curthread->td_ucred);
+	if (obj == NULL) {
+		xenrs_gpg_dtor(go);
+		return (EINVAL);
+	}
+	*offset = 0;
+	*object = obj;
+	return (0);
+}
+
+/*
+ * IOCTL_GNTDEV_GET_OFFSET_FOR_VADDR: the gntdev object mapped at vaddr in the calling
+ * process, and that map entry's size.
+ */
+int
+xenrs_kpi_gntdev_lookup_vaddr(uint64_t vaddr, uint64_t *object, uint64_t *size)
+{
+	vm_map_t map = &curproc->p_vmspace->vm_map;
+	vm_map_entry_t entry;
+	vm_object_t obj;
+	vm_pindex_t pindex;
+	vm_prot_t prot;
+	boolean_t wired;
+	int error = ENOENT;
+
+	if (vm_map_lookup(&map, (vm_offset_t)vaddr, VM_PROT_NONE, &entry, &obj,
+	    &pindex, &prot, &wired) != KERN_SUCCESS)
+		return (ENOENT);
+	if (obj != NULL && obj->type == OBJT_DEVICE &&
+	    obj->un_pager.devp.ops == &xenrs_gntdev_pg_ops) {
+		*object = ((struct xenrs_gobj *)obj->handle)->id;
+		*size = (uint64_t)(entry->end - entry->start);
+		error = 0;
+	}
+	vm_map_lookup_done(map, entry);
+	return (error);
+}
+
 static struct cdevsw xenrs_cdevsw = {
 	.d_version =	D_VERSION,
 	.d_open =	xenrs_d_open,
@@ -665,6 +799,7 @@ static struct cdevsw xenrs_cdevsw = {
 	.d_ioctl =	xenrs_d_ioctl,
 	.d_poll =	xenrs_d_poll,
 	.d_mmap =	xenrs_d_mmap,
+	.d_mmap_single = xenrs_d_mmap_single,
 	.d_name =	"xenrs",
 };
 
@@ -686,7 +821,7 @@ xenrs_kpi_cdevs_create(uint32_t mask)
 {
 	/* Indices are src/cdev.rs's KIND_* values. */
 	static const char *names[XENRS_NCDEV] = { "evtchn", "xenstore", "privcmd",
-	    "xenstored" };
+	    "xenstored", "gntdev" };
 	struct make_dev_args args;
 	int error, i;
 

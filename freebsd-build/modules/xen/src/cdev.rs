@@ -37,6 +37,8 @@ pub const KIND_PRIVCMD: c_int = 2;
 /// `/dev/xen/xenstored`: the local xenstore ring and port, for the control domain's
 /// xenstored (read: the port in decimal; mmap: the ring page).
 pub const KIND_XENSTORED: c_int = 3;
+/// `/dev/xen/gntdev`.
+pub const KIND_GNTDEV: c_int = 4;
 
 /// Tokens of event-channel files start here (0 is the xenstore port, 1 the drivers').
 pub const FILE_TOKEN_BASE: u64 = 0x1000;
@@ -52,6 +54,8 @@ pub enum DevFile {
     Privcmd(FileId),
     /// `/dev/xen/xenstored`.
     Xenstored,
+    /// `/dev/xen/gntdev`.
+    Gntdev(xen_gnttab::gntdev::FileId),
 }
 
 /// An open file: the shim's cookie (for wakeups) and the state.
@@ -190,6 +194,50 @@ impl privcmd::UserContext for User {
     }
 }
 
+/// The calling process for gntdev: its memory, and (for `GET_OFFSET_FOR_VADDR`) the
+/// gntdev object mapped at an address, which the shim looks up in the process's VM map.
+struct GntUser<'a>(&'a XenModule);
+
+extern "C" {
+    /// The shim's handle of the gntdev VM object mapping `vaddr` in the calling process,
+    /// and that map entry's size; 0 or `ENOENT`.
+    fn xenrs_kpi_gntdev_lookup_vaddr(vaddr: u64, object: *mut u64, size: *mut u64) -> c_int;
+}
+
+impl xen_gnttab::gntdev::UserContext for GntUser<'_> {
+    fn copyin(&mut self, addr: u64, dst: &mut [u8]) -> Result<(), xen_sys::freebsd::Errno> {
+        privcmd::UserContext::copyin(&mut User, addr, dst)
+    }
+    fn copyout(&mut self, addr: u64, src: &[u8]) -> Result<(), xen_sys::freebsd::Errno> {
+        privcmd::UserContext::copyout(&mut User, addr, src)
+    }
+    fn lookup_vaddr(&mut self, vaddr: u64) -> Option<(xen_gnttab::gntdev::ObjectId, u64)> {
+        let mut object = 0u64;
+        let mut size = 0u64;
+        // SAFETY: both out-pointers are live locals.
+        if unsafe { xenrs_kpi_gntdev_lookup_vaddr(vaddr, &mut object, &mut size) } != 0 {
+            return None;
+        }
+        let id = self.0.vm_objects.lock().get(&object)?.object_id();
+        Some((id, size))
+    }
+}
+
+/// Runs `f` with the gntdev file `handle`'s id, its state lock held.
+pub(crate) fn with_gntdev_file<R>(
+    handle: u64,
+    f: impl FnOnce(&XenModule, xen_gnttab::gntdev::FileId) -> Result<R, Errno>,
+) -> Result<R, Errno> {
+    with_module(|m, _| {
+        let file = file(m, handle)?;
+        let st = file.state.lock();
+        match &*st {
+            DevFile::Gntdev(id) => f(m, *id),
+            _ => Err(Errno::ENODEV),
+        }
+    })
+}
+
 /// The privcmd device state (one per module).
 pub type PrivcmdDev = Privcmd<NoRegions>;
 
@@ -225,6 +273,7 @@ pub unsafe extern "C" fn xenrs_cdev_open(kind: c_int, cookie: *mut c_void, out: 
             }))),
             KIND_PRIVCMD => DevFile::Privcmd(m.privcmd.lock().open()),
             KIND_XENSTORED if p.store.local_pa().is_some() => DevFile::Xenstored,
+            KIND_GNTDEV => DevFile::Gntdev(m.gntdev.lock().open()),
             _ => return Err(Errno::ENXIO),
         };
         let f = Arc::new(OpenFile {
@@ -266,6 +315,8 @@ pub extern "C" fn xenrs_cdev_close(handle: u64) {
             }
             DevFile::Privcmd(id) => m.privcmd.lock().close(*id),
             DevFile::Xenstored => {}
+            // Allocations and mappings still mmapped live on until their VM objects go.
+            DevFile::Gntdev(id) => m.gntdev.lock().close(*id),
         }
         drop(st);
         m.release();
@@ -303,7 +354,7 @@ pub unsafe extern "C" fn xenrs_cdev_read(
                 xf.read(&mut tmp).map_err(sys_errno)
             }
             DevFile::Xenstore(None) => Err(Errno::EBADF),
-            DevFile::Privcmd(_) => Err(Errno::ENODEV),
+            DevFile::Privcmd(_) | DevFile::Gntdev(_) => Err(Errno::ENODEV),
             DevFile::Xenstored => {
                 // The port, in decimal, as xenstored reads it.
                 let text = alloc::format!("{}", p.store_port);
@@ -358,7 +409,7 @@ pub unsafe extern "C" fn xenrs_cdev_write(
                 Ok(n)
             }
             DevFile::Xenstore(None) => Err(Errno::EBADF),
-            DevFile::Privcmd(_) | DevFile::Xenstored => Err(Errno::ENODEV),
+            DevFile::Privcmd(_) | DevFile::Xenstored | DevFile::Gntdev(_) => Err(Errno::ENODEV),
         }
     });
     match r {
@@ -414,6 +465,19 @@ pub unsafe extern "C" fn xenrs_cdev_ioctl(
                     )
                     .map_err(sys_errno)
             }
+            DevFile::Gntdev(id) => {
+                let cmd = u32::try_from(cmd).map_err(|_| Errno::ENOSYS)?;
+                m.gntdev
+                    .lock()
+                    .ioctl(
+                        *id,
+                        xen_gnttab::gntdev::abi::Abi::NATIVE,
+                        cmd,
+                        arg,
+                        &mut GntUser(m),
+                    )
+                    .map_err(sys_errno)
+            }
         }
     });
     r.err().map_or(0, errno)
@@ -432,7 +496,7 @@ pub extern "C" fn xenrs_cdev_readable(handle: u64) -> c_int {
                 xf.readable()
             }
             DevFile::Xenstored => true,
-            DevFile::Xenstore(None) | DevFile::Privcmd(_) => false,
+            DevFile::Xenstore(None) | DevFile::Privcmd(_) | DevFile::Gntdev(_) => false,
         })
     })
     .map_or(0, c_int::from)

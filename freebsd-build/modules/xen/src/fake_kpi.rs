@@ -55,6 +55,12 @@ pub struct State {
     /// `HVMOP_set_param` calls: (index, value).
     pub params: Vec<(u32, u64)>,
     pub sent: Vec<u32>,
+    /// Frames handed to Xen and not populated again (decrease − populate).
+    pub frames_given: i64,
+    /// Foreign grants mapped and not unmapped.
+    pub grants_mapped: i64,
+    /// The calling process's gntdev mappings: address -> (the shim's object handle, size).
+    pub gntdev_vm: BTreeMap<u64, (u64, u64)>,
 }
 
 pub static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -251,11 +257,13 @@ impl Hypervisor for FakeHv {
                     o.status = 0;
                     o.handle = u32::try_from(i).unwrap() + 1;
                 }
+                state(|s| s.grants_mapped += i64::try_from(ops.len()).unwrap());
             }
             GrantTableOp::UnmapGrantRef(ops) => {
                 for o in ops.iter_mut() {
                     o.status = 0;
                 }
+                state(|s| s.grants_mapped -= i64::try_from(ops.len()).unwrap());
             }
             _ => {}
         }
@@ -266,7 +274,14 @@ impl Hypervisor for FakeHv {
             return Err(XenError::EINVAL);
         }
         match op {
-            MemoryOp::DecreaseReservation { .. } | MemoryOp::PopulatePhysmap { .. } => Ok(1),
+            MemoryOp::DecreaseReservation { .. } => {
+                state(|s| s.frames_given += 1);
+                Ok(1)
+            }
+            MemoryOp::PopulatePhysmap { .. } => {
+                state(|s| s.frames_given -= 1);
+                Ok(1)
+            }
             _ => Ok(0),
         }
     }
@@ -388,4 +403,27 @@ pub extern "C" fn xenrs_kpi_copyout(kaddr: *const c_void, uaddr: u64, len: usize
 pub extern "C" fn xenrs_kpi_curthread() -> *const c_void {
     std::thread_local!(static ME: u8 = const { 0 });
     ME.with(|m| core::ptr::from_ref(m).cast())
+}
+
+/// The shim's VM-map lookup for `IOCTL_GNTDEV_GET_OFFSET_FOR_VADDR`, over `gntdev_vm`.
+///
+/// # Safety
+/// Both out-pointers writable.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_kpi_gntdev_lookup_vaddr(
+    vaddr: u64,
+    object: *mut u64,
+    size: *mut u64,
+) -> c_int {
+    match state(|s| s.gntdev_vm.get(&vaddr).copied()) {
+        Some((o, n)) => {
+            // SAFETY: writable by the caller's contract.
+            unsafe {
+                object.write(o);
+                size.write(n);
+            }
+            0
+        }
+        None => 2,
+    }
 }

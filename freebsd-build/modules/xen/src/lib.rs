@@ -22,7 +22,8 @@
 #![cfg_attr(target_os = "none", no_std)]
 // The glue itself has no `unsafe`; the host tests call the C entry points as the shim does.
 // The glue's `unsafe` is confined to the KPI layers: `kpi` (the shim's functions) and
-// `services` (the C symbols exported to the driver modules).
+// `services` (the C symbols exported to the driver modules), and the device layers `cdev` and
+// `gntdev` (the cdevsw and pager entry points).
 #![deny(unsafe_code)]
 
 extern crate alloc;
@@ -48,6 +49,8 @@ pub use xen_xenbus;
 
 #[allow(unsafe_code)]
 pub mod cdev;
+#[allow(unsafe_code)]
+pub mod gntdev;
 #[allow(unsafe_code)]
 pub mod kpi;
 pub mod platform;
@@ -184,6 +187,10 @@ pub struct XenModule {
     xs_cleanups: SxLock<alloc::vec::Vec<xen_xenbus::xsdev::Cleanup>>,
     /// /dev/xen/privcmd.
     privcmd: SxLock<cdev::PrivcmdDev>,
+    /// /dev/xen/gntdev (its slot runs are freed before the platform goes).
+    gntdev: SxLock<gntdev::GntdevDev>,
+    /// The gntdev VM objects the shim holds, by its handle (each a use of the module).
+    vm_objects: SxLock<gntdev::VmObjects>,
     /// The device nodes; dropped (destroyed) first at unload, before the platform.
     cdevs: Option<kpi::Cdevs>,
     /// Declared last: dropped after everything above that refers to it.
@@ -316,13 +323,17 @@ impl KernelModule for XenModule {
                     },
                 ),
             )?,
+            gntdev: SxLock::new(c"xenrs gntdev", gntdev::device(platform.hv))?,
+            vm_objects: SxLock::new(c"xenrs gntdev objects", BTreeMap::new())?,
             cdevs: None,
             platform: Some(platform),
         };
         // The devices last: from here user space can reach the module.
         let mut module = module;
-        let mut kinds =
-            (1 << cdev::KIND_EVTCHN) | (1 << cdev::KIND_XENSTORE) | (1 << cdev::KIND_PRIVCMD);
+        let mut kinds = (1 << cdev::KIND_EVTCHN)
+            | (1 << cdev::KIND_XENSTORE)
+            | (1 << cdev::KIND_PRIVCMD)
+            | (1 << cdev::KIND_GNTDEV);
         if module.platform().and_then(|p| p.store.local_pa()).is_some() {
             kinds |= 1 << cdev::KIND_XENSTORED;
         }
@@ -348,6 +359,11 @@ impl KernelModule for XenModule {
         // Deferred revocations whose peer has let go no longer hold the module.
         if let Some(p) = self.platform() {
             services::poll_deferred(self, p);
+        }
+        // gntdev mappings whose unmap failed keep their slots: no unload while any is left.
+        gntdev::reap(self);
+        if self.gntdev.lock().dying() != (0, 0) {
+            return Err(Errno::EBUSY);
         }
         match self.users.load(Ordering::Acquire) {
             0 => Ok(()),

@@ -961,7 +961,7 @@ fn dom0_before_xenstored_gets_a_local_ring_and_dev_xen_xenstored() {
     assert_eq!(xenrs_xen_load(), 0);
     crate::fake_kpi::state(|s| {
         assert_eq!(s.frames_mapped, 0, "no Xen frame to map");
-        assert_eq!(s.cdev_mask, 0b1111, "xenstored's node too");
+        assert_eq!(s.cdev_mask, 0b1_1111, "xenstored's node too (and gntdev)");
     });
     let mut cookie = 0u64;
     let mut h = 0u64;
@@ -1157,4 +1157,246 @@ fn a_kick_runs_the_drivers_kick_function_once_on_the_xenbus_thread() {
     drop(xen);
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
+}
+
+/// `/dev/xen/gntdev` through the entry points the shim calls: the cdevsw (open, ioctl,
+/// close), `d_mmap_single` and the device pager (fault, destructor).
+mod gntdev_dev {
+    #![expect(unsafe_code, reason = "calls the C entry points as the shim does")]
+
+    use super::*;
+    use crate::{cdev, gntdev};
+    use xen_gnttab::gntdev::abi::Abi;
+
+    const ABI: Abi = Abi::NATIVE;
+
+    fn open() -> u64 {
+        let mut h = 0u64;
+        let mut cookie = 0u64;
+        // SAFETY: live out-pointer; the cookie is never dereferenced by gntdev files.
+        let rc = unsafe {
+            cdev::xenrs_cdev_open(
+                cdev::KIND_GNTDEV,
+                core::ptr::from_mut(&mut cookie).cast(),
+                &mut h,
+            )
+        };
+        assert_eq!(rc, 0);
+        h
+    }
+
+    fn ioctl(h: u64, cmd: u32, arg: &mut [u8]) -> i32 {
+        // SAFETY: `arg` is a live buffer of its length.
+        unsafe { cdev::xenrs_cdev_ioctl(h, u64::from(cmd), arg.as_mut_ptr(), arg.len()) }
+    }
+
+    fn arg(cmd: u32) -> Vec<u8> {
+        vec![0u8; xen_sys::freebsd::ioccom::iocparm_len(cmd)]
+    }
+
+    /// `IOCTL_GNTDEV_MAP_GRANT_REF` of `refs` (domid, ref): the file offset.
+    fn map_refs(h: u64, refs: &[(u32, u32)]) -> Result<u64, i32> {
+        let user: Vec<u8> = refs
+            .iter()
+            .flat_map(|(d, r)| d.to_le_bytes().into_iter().chain(r.to_le_bytes()))
+            .collect();
+        let mut a = arg(ABI.map_grant_ref());
+        a[0..4].copy_from_slice(&u32::try_from(refs.len()).unwrap().to_le_bytes());
+        let ptr = u64::try_from(user.as_ptr().expose_provenance()).unwrap();
+        a[16..16 + ABI.ptr_size()].copy_from_slice(&ptr.to_le_bytes()[..ABI.ptr_size()]);
+        match ioctl(h, ABI.map_grant_ref(), &mut a) {
+            0 => Ok(u64::from_le_bytes(a[8..16].try_into().unwrap())),
+            e => Err(e),
+        }
+    }
+
+    fn mmap(h: u64, offset: u64, size: u64, writable: bool) -> Result<(u64, u64), i32> {
+        let mut object = 0u64;
+        let mut pages = 0u64;
+        // SAFETY: live out-pointers.
+        match unsafe {
+            gntdev::xenrs_gntdev_mmap(
+                h,
+                offset,
+                size,
+                i32::from(writable),
+                &mut object,
+                &mut pages,
+            )
+        } {
+            0 => Ok((object, pages)),
+            e => Err(e),
+        }
+    }
+
+    fn fault(object: u64, offset: u64) -> Result<u64, i32> {
+        let mut pa = 0u64;
+        // SAFETY: live out-pointer.
+        match unsafe { gntdev::xenrs_gntdev_fault(object, offset, &mut pa) } {
+            0 => Ok(pa),
+            e => Err(e),
+        }
+    }
+
+    fn counters() -> (i64, i64) {
+        crate::fake_kpi::state(|s| (s.grants_mapped, s.frames_given))
+    }
+
+    #[test]
+    fn map_mmap_fault_close_release_and_unload() {
+        let _kernel = fake::session();
+        on_xen(0);
+        assert_eq!(xenrs_xen_load(), 0);
+        let h = open();
+        assert_eq!(stat(XenStat::Users), Ok(1), "an open file holds the module");
+        // Bad calls: unknown command, wrong argument size, zero count, a domid no domain
+        // has, an unreadable reference array; none leaves anything behind.
+        assert_eq!(ioctl(h, 0xc018_45ff, &mut [0; 24]), 78, "ENOSYS");
+        assert_eq!(ioctl(h, ABI.map_grant_ref(), &mut [0; 8]), 22, "short");
+        assert_eq!(map_refs(h, &[]), Err(22), "count 0");
+        assert_eq!(map_refs(h, &[(0x7ff0, 1)]), Err(22), "reserved domid");
+        let mut bad = arg(ABI.map_grant_ref());
+        bad[0] = 1;
+        assert_eq!(
+            ioctl(h, ABI.map_grant_ref(), &mut bad),
+            14,
+            "NULL refs: EFAULT"
+        );
+        // Good: two grants of domain 1; nothing is mapped before mmap.
+        let index = map_refs(h, &[(1, 9), (1, 10)]).unwrap();
+        assert_eq!(counters(), (0, 0));
+        // mmap must cover exactly the run.
+        assert_eq!(mmap(h, index, 4096, true), Err(22), "part of the run");
+        assert_eq!(
+            mmap(h, index + 4096, 8192, true),
+            Err(22),
+            "not a run's start"
+        );
+        assert_eq!(mmap(h, index, 8191, true), Err(22), "not whole pages");
+        let (obj, pages) = mmap(h, index, 8192, true).unwrap();
+        assert_eq!(pages, 2);
+        assert_eq!(
+            counters(),
+            (2, 2),
+            "two grants mapped over two frames given to Xen"
+        );
+        let pa0 = fault(obj, 0).unwrap();
+        let pa1 = fault(obj, 4096 + 17).unwrap();
+        assert_eq!(pa0 % 4096, 0);
+        assert_eq!(pa1, pa0 + 4096, "the run is contiguous");
+        assert_eq!(fault(obj, 8192), Err(22), "beyond the object");
+        assert_eq!(fault(obj + 1000, 0), Err(22), "unknown object");
+        // GET_OFFSET_FOR_VADDR through the process's VM map.
+        crate::fake_kpi::state(|s| s.gntdev_vm.insert(0x8000_0000, (obj, 8192)));
+        let mut v = arg(ABI.get_offset_for_vaddr());
+        v[0..8].copy_from_slice(&0x8000_0000u64.to_le_bytes());
+        assert_eq!(ioctl(h, ABI.get_offset_for_vaddr(), &mut v), 0);
+        assert_eq!(u64::from_le_bytes(v[8..16].try_into().unwrap()), index);
+        assert_eq!(u32::from_le_bytes(v[16..20].try_into().unwrap()), 2);
+        v[0..8].copy_from_slice(&0x9000_0000u64.to_le_bytes());
+        assert_ne!(
+            ioctl(h, ABI.get_offset_for_vaddr(), &mut v),
+            0,
+            "nothing mapped there"
+        );
+        // An unmap notification on a port nobody bound is refused.
+        let mut n = arg(ABI.set_unmap_notify());
+        n[0..8].copy_from_slice(&index.to_le_bytes());
+        n[8..12].copy_from_slice(&2u32.to_le_bytes());
+        n[12..16].copy_from_slice(&77u32.to_le_bytes());
+        assert_eq!(ioctl(h, ABI.set_unmap_notify(), &mut n), 22);
+        // Closing the file leaves the mapping to its VM object: still mapped, unload refused.
+        cdev::xenrs_cdev_close(h);
+        assert_eq!(counters(), (2, 2));
+        assert_eq!(
+            stat(XenStat::Users),
+            Ok(1),
+            "the VM object holds the module"
+        );
+        assert_eq!(xenrs_xen_unload(), 16);
+        // The pager's destructor: grants unmapped, frames populated again, module free.
+        gntdev::xenrs_gntdev_object_released(obj);
+        gntdev::xenrs_gntdev_object_released(obj);
+        assert_eq!(counters(), (0, 0));
+        assert_eq!(fault(obj, 0), Err(22), "gone with its object");
+        assert_eq!(stat(XenStat::Users), Ok(0));
+        assert_eq!(xenrs_xen_unload(), 0);
+        nothing_outstanding();
+    }
+
+    #[test]
+    fn a_failed_map_gives_the_frames_back_and_a_later_mmap_works() {
+        let _kernel = fake::session();
+        on_xen(0);
+        assert_eq!(xenrs_xen_load(), 0);
+        let h = open();
+        let index = map_refs(h, &[(2, 5)]).unwrap();
+        crate::fake_kpi::state(|s| s.fail_ops.push("MapGrantRef"));
+        assert_eq!(mmap(h, index, 4096, false), Err(22));
+        assert_eq!(counters(), (0, 0), "nothing mapped, no frame kept from Xen");
+        crate::fake_kpi::state(|s| s.fail_ops.clear());
+        let (obj, _) = mmap(h, index, 4096, false).unwrap();
+        // A second mmap of a read-only mapping for writing is refused; for reading it
+        // shares the mapping (one more object).
+        assert_eq!(mmap(h, index, 4096, true), Err(13), "EACCES");
+        let (obj2, _) = mmap(h, index, 4096, false).unwrap();
+        assert_eq!(fault(obj, 0), fault(obj2, 0));
+        // The unmap ioctl alone leaves the mapping to its objects.
+        let mut u = arg(ABI.unmap_grant_ref());
+        u[0..8].copy_from_slice(&index.to_le_bytes());
+        u[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(ioctl(h, ABI.unmap_grant_ref(), &mut u), 0);
+        assert_eq!(counters(), (1, 1));
+        gntdev::xenrs_gntdev_object_released(obj);
+        assert_eq!(counters(), (1, 1), "one object still maps it");
+        gntdev::xenrs_gntdev_object_released(obj2);
+        assert_eq!(counters(), (0, 0));
+        cdev::xenrs_cdev_close(h);
+        assert_eq!(xenrs_xen_unload(), 0);
+        nothing_outstanding();
+    }
+
+    #[test]
+    fn allocated_pages_are_granted_mmapped_and_freed() {
+        let _kernel = fake::session();
+        on_xen(0);
+        assert_eq!(xenrs_xen_load(), 0);
+        let pages_before = crate::fake_kpi::state(|s| s.pages.len());
+        let h = open();
+        let mut ids = [0u32; 2];
+        let mut a = arg(ABI.alloc_gref());
+        a[0..2].copy_from_slice(&4u16.to_le_bytes());
+        a[2..4].copy_from_slice(&1u16.to_le_bytes());
+        a[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let ptr = u64::try_from(ids.as_mut_ptr().expose_provenance()).unwrap();
+        a[16..16 + ABI.ptr_size()].copy_from_slice(&ptr.to_le_bytes()[..ABI.ptr_size()]);
+        // Unknown flags are refused before anything is allocated.
+        let mut bad = a.clone();
+        bad[2] = 0x80;
+        assert_eq!(ioctl(h, ABI.alloc_gref(), &mut bad), 22);
+        assert_eq!(crate::fake_kpi::state(|s| s.pages.len()), pages_before);
+        assert_eq!(ioctl(h, ABI.alloc_gref(), &mut a), 0);
+        let index = u64::from_le_bytes(a[8..16].try_into().unwrap());
+        assert_ne!(ids[0], ids[1], "two grant references copied out");
+        assert_eq!(stat(XenStat::GnttabGrants), Ok(2));
+        assert_eq!(crate::fake_kpi::state(|s| s.pages.len()), pages_before + 2);
+        let (obj, n) = mmap(h, index, 8192, true).unwrap();
+        assert_eq!(n, 2);
+        assert!(fault(obj, 0).is_ok() && fault(obj, 4096).is_ok());
+        assert_eq!(mmap(h, index, 8192, true), Err(22), "already mmapped");
+        // Dealloc, then close: the pages stay while the object maps them.
+        let mut d = arg(ABI.dealloc_gref());
+        d[0..8].copy_from_slice(&index.to_le_bytes());
+        d[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(ioctl(h, ABI.dealloc_gref(), &mut d), 0);
+        cdev::xenrs_cdev_close(h);
+        assert_eq!(stat(XenStat::GnttabGrants), Ok(2));
+        assert_eq!(xenrs_xen_unload(), 16);
+        gntdev::xenrs_gntdev_object_released(obj);
+        assert_eq!(stat(XenStat::GnttabGrants), Ok(0), "grants revoked");
+        assert_eq!(crate::fake_kpi::state(|s| s.pages.len()), pages_before);
+        assert_eq!(stat(XenStat::Users), Ok(0));
+        assert_eq!(xenrs_xen_unload(), 0);
+        nothing_outstanding();
+    }
 }
