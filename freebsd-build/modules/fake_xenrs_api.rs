@@ -22,6 +22,8 @@ pub struct Seen {
     pub registered: Vec<(u32, String, usize)>,
     /// Registrations undone.
     pub unregistered: usize,
+    /// Kicks of live registrations.
+    pub kicks: usize,
 }
 
 static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
@@ -103,6 +105,20 @@ pub extern "C" fn xenrs_xenbus_unregister(reg: *mut c_void) -> c_int {
             0
         } else {
             22
+        }
+    })
+}
+
+/// Records a kick of a live registration (xen.ko would run its kick function on the xenbus
+/// thread).
+#[no_mangle]
+pub extern "C" fn xenrs_xenbus_kick(reg: *mut c_void) -> c_int {
+    with(|s| {
+        if s.registered.iter().any(|r| r.2 == reg as usize) {
+            s.kicks += 1;
+            0
+        } else {
+            ENXIO
         }
     })
 }

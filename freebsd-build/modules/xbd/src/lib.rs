@@ -121,8 +121,14 @@ impl KernelModule for XbdModule {
         let config = config_from_tunables();
         let xen = Arc::new(KernelXen::new()?);
         let live = Arc::new(AtomicUsize::new(0));
-        let driver = xen::XbdDriver::new(xen.clone(), config, live.clone());
-        let registration = xen.register_driver(Role::Frontend, Box::new(driver))?;
+        let kick = Arc::new(xen::KickSlot::new().ok_or(Errno::ENOMEM)?);
+        let driver = xen::XbdDriver::new(xen.clone(), config, live.clone(), kick.clone());
+        let registration = xen.register_driver_with_kick(
+            Role::Frontend,
+            Box::new(driver),
+            Box::new(xen::on_kick),
+        )?;
+        kick.set(xenrs_api::Registration::kicker(&registration));
         kprintln!(
             "xbd: loaded (rings up to 2^{} pages, {} queue(s), {} indirect segments, persistent grants {})",
             config.max_ring_page_order,

@@ -1099,6 +1099,7 @@ struct ApiRig {
     xen: Arc<Host>,
     reg: Option<<Host as xenrs_api::XenServices>::Reg>,
     live: Arc<std::sync::atomic::AtomicUsize>,
+    kick: Option<Arc<xen::KickSlot>>,
     rng: Rng,
     backend_paused: bool,
     _sim: SimHypervisor,
@@ -1159,10 +1160,17 @@ impl ApiRig {
             Box::new(SimMemory(front_dom)),
         ));
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let driver = xen::XbdDriver::new(xen.clone(), FrontendConfig::default(), live.clone());
+        let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
+        let driver = xen::XbdDriver::new(
+            xen.clone(),
+            FrontendConfig::default(),
+            live.clone(),
+            kick.clone(),
+        );
         let reg = xen
-            .register_driver(Role::Frontend, Box::new(driver))
+            .register_driver_with_kick(Role::Frontend, Box::new(driver), Box::new(xen::on_kick))
             .expect("register");
+        kick.set(xenrs_api::Registration::kicker(&reg));
         let mut rig = ApiRig {
             xs,
             back_dom,
@@ -1173,6 +1181,7 @@ impl ApiRig {
             xen,
             reg: Some(reg),
             live,
+            kick: Some(kick),
             rng: Rng::new(seed),
             backend_paused: false,
             _sim: sim,
@@ -1298,6 +1307,15 @@ fn attach_io_detach_through_the_xenrs_api_leaves_nothing_behind() {
     buf.copy_to_slice(0, &mut got).unwrap();
     assert_eq!(got, pattern);
 
+    // A kick (what the disk's task asks for after a backend violation) runs on the xenbus
+    // thread and looks at every device's other end again; a healthy disk stays connected.
+    rig.kick.as_ref().expect("slot").kick();
+    rig.run(100);
+    assert_eq!(rig.live.load(std::sync::atomic::Ordering::Acquire), 1);
+    geom_strategy(softc, 5, 0, 8192, 4096, buf.as_ptr() as usize);
+    rig.run(200);
+    assert_eq!(result_of(5), Some((0, 0)));
+
     // Bios in flight when the driver goes (kldunload xbd / xen.ko stopping the bus).
     rig.backend_paused = true;
     geom_strategy(softc, 3, 1, 0, 4096, buf.as_ptr() as usize);
@@ -1306,6 +1324,8 @@ fn attach_io_detach_through_the_xenrs_api_leaves_nothing_behind() {
     assert_eq!(result_of(3), None);
     let ports = during.ports;
     drop(rig.reg.take());
+    // The module's own reference to the kick slot goes with it at unload.
+    drop(rig.kick.take());
     assert_eq!(result_of(3), Some((errno::EIO, 4096)));
     assert_eq!(result_of(4), Some((errno::EIO, 4096)));
     assert_eq!(shim::with(|s| (s.destroyed, s.live_disks)), (1, 0));

@@ -26,10 +26,48 @@ use xen_gnttab::{GrantError, GrantRef, Revoke, StillInUse};
 use xen_kmod::XenError;
 use xen_xenbus::bus::XenStore;
 use xen_xenbus::{Device, Driver, Error as XsErr, XenbusState};
-use xenrs_api::{BindFlags, Pages, Revoked, XenServices};
+use xenrs_api::{BindFlags, Kicker, Pages, Revoked, XenServices};
 
 use crate::disk::{BioRequest, Detach, XbdDisk};
-use crate::sys::{Again, EventSink, GeomDisk, Kernel, SoftcBox};
+use crate::sys::{Again, EventSink, GeomDisk, Kernel, Locked, SoftcBox};
+
+/// Where the disks find the registration's [`Kicker`] (set once the driver is registered):
+/// a request for a run on xen.ko's xenbus thread, where the core can report a failure it
+/// found while handling responses (its control path needs the store).
+#[derive(Debug)]
+pub struct KickSlot(Locked<Option<Kicker>>);
+
+impl KickSlot {
+    /// An empty slot; `None` when the kernel has no memory for its mutex.
+    pub fn new() -> Option<KickSlot> {
+        Locked::new(None).map(KickSlot)
+    }
+
+    /// Records the kicker (the registration's, once it exists).
+    pub fn set(&self, k: Kicker) {
+        self.0.with(|slot| *slot = Some(k));
+    }
+
+    /// Asks for a xenbus-thread run, if registered (the mutex is not held while asking).
+    pub fn kick(&self) {
+        if let Some(k) = self.0.with(|slot| slot.clone()) {
+            k.kick();
+        }
+    }
+}
+
+/// The registration's kick function: every device's other end is looked at again, which
+/// makes a core that failed in the event path report it (`error`, `Closing`) and fail its
+/// bios; for a healthy disk it only re-reads the backend's size.
+pub fn on_kick<S: XenStore + ?Sized>(bus: &mut xen_xenbus::Bus<S>, xs: &mut S) {
+    let names: Vec<String> = bus.devices().map(|d| String::from(d.nodename())).collect();
+    for name in names {
+        let _ = bus.with_device(xs, &name, |driver, xs, dev| {
+            let state = dev.otherend_state();
+            driver.otherend_changed(xs, dev, state)
+        });
+    }
+}
 
 /// A page run handed to the core, and which of its pages came back.
 #[derive(Debug)]
@@ -42,6 +80,7 @@ struct Run {
 pub struct XenFrontEnv<X: XenServices + Send + 'static> {
     xen: Arc<X>,
     unit: u32,
+    kick: Arc<KickSlot>,
     /// Runs handed out, by first frame.
     runs: RefCell<BTreeMap<u64, Run>>,
     sink: Arc<EventSink>,
@@ -58,10 +97,11 @@ impl<X: XenServices + Send + 'static> fmt::Debug for XenFrontEnv<X> {
 
 impl<X: XenServices + Send + 'static> XenFrontEnv<X> {
     /// The platform of disk `unit`; its ports' events go to `sink`.
-    pub fn new(xen: Arc<X>, unit: u32, sink: Arc<EventSink>) -> Self {
+    pub fn new(xen: Arc<X>, unit: u32, sink: Arc<EventSink>, kick: Arc<KickSlot>) -> Self {
         XenFrontEnv {
             xen,
             unit,
+            kick,
             runs: RefCell::new(BTreeMap::new()),
             sink,
         }
@@ -197,7 +237,13 @@ impl<X: XenServices + Send + 'static> GeomDisk for KernelDisk<X> {
         // grants); what is left runs again from the taskqueue.
         let mut more = false;
         for _ in 0..16 {
-            more = self.poll().more;
+            let r = self.poll();
+            if r.control {
+                // The core stopped (a backend violation); its report needs the store: ask
+                // for a run on the xenbus thread.
+                self.frontend().env().kick.kick();
+            }
+            more = r.more;
             if !more {
                 break;
             }
@@ -233,6 +279,7 @@ pub struct XbdDriver<X: XenServices + Send + 'static> {
     dying: Vec<Unit>,
     /// Attached plus dying devices, for `kldunload`'s quiesce.
     live: Arc<AtomicUsize>,
+    kick: Arc<KickSlot>,
 }
 
 impl<X: XenServices + Send + 'static> fmt::Debug for XbdDriver<X> {
@@ -246,13 +293,19 @@ impl<X: XenServices + Send + 'static> fmt::Debug for XbdDriver<X> {
 
 impl<X: XenServices + Send + 'static> XbdDriver<X> {
     /// A driver whose disks use `cfg`; `live` counts its devices.
-    pub fn new(xen: Arc<X>, cfg: FrontendConfig, live: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        xen: Arc<X>,
+        cfg: FrontendConfig,
+        live: Arc<AtomicUsize>,
+        kick: Arc<KickSlot>,
+    ) -> Self {
         XbdDriver {
             xen,
             cfg,
             units: BTreeMap::new(),
             dying: Vec::new(),
             live,
+            kick,
         }
     }
 
@@ -310,7 +363,7 @@ impl<X: XenServices + Send + 'static, S: XenStore + ?Sized> Driver<S> for XbdDri
         let unit = self.free_unit();
         let softc = SoftcBox::new(unit).ok_or(XsErr::BadValue)?;
         let sink = Arc::new(EventSink::default());
-        let env = XenFrontEnv::new(self.xen.clone(), unit, sink.clone());
+        let env = XenFrontEnv::new(self.xen.clone(), unit, sink.clone(), self.kick.clone());
         let disk: KernelDisk<X> = XbdDisk::new(env, self.cfg, softc.kernel(), unit);
         softc.with(|d| *d = Some(Box::new(disk)));
         softc.connect(&sink);
