@@ -179,7 +179,11 @@ impl Driver<GuestXs> for BlkDriver {
         let mut sectors = 0;
         be.probe(xs, dev, |cfg| {
             sectors = ram_sectors(&cfg.params).ok_or(XsErr::BadValue)?;
-            Ok(MemStore::new(sectors))
+            // Out of memory fails this device (the bus reports it), not the driver domain.
+            MemStore::try_new(sectors).ok_or_else(|| {
+                crate::e9!("dd-blk: no memory for a {} MiB RAM disk", sectors / 2048);
+                XsErr::Busy
+            })
         })?;
         let mut d = Dev {
             be,

@@ -64,7 +64,7 @@ dd_hostile() {
     fi
     he=$d
     echo "NOTE dd-hostile $a hostile Linux domU d$he, driver domain d$dd"
-    dd_attach_hostile "$he" "$dd" 51712 ram:4M || echo "NOTE dd-hostile $a writing the nodes failed"
+    dd_attach_hostile "$he" "$dd" 51712 ram:1M || echo "NOTE dd-hostile $a writing the nodes failed"
     xl unpause "$he"
     wait_secs 150 hostile_started "$h" || echo "NOTE dd-hostile $a no HOSTILE START within 150 s"
     # The well-behaved frontend, while the attacks go on: our PVH guest's blkfront. The
@@ -83,7 +83,7 @@ on_crash = "preserve"
 EOC
     if xl create -p "/tmp/$g.cfg"; then
         ge=$(xl domid "$g")
-        dd_attach_vbd "$ge" "$dd" 51712 ram:4M || echo "NOTE dd-hostile $a writing the good vbd failed"
+        dd_attach_vbd "$ge" "$dd" 51712 ram:1M || echo "NOTE dd-hostile $a writing the good vbd failed"
         xenstore-write "/local/domain/$he/data/hostile-go" 1
         xl unpause "$ge"
         ack_xenstore "$a" "$ge" "$3" | sed 's/^CHECK xenstore/NOTE xenstore/'
