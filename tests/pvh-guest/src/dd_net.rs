@@ -250,7 +250,7 @@ impl Record {
         let f = &self.feat;
         let s = &self.stats;
         format!(
-            "d{} vif {}: q{} split {} sg {} gso4 {} gso6 {} csum6 {} ctrl {} notify {}; tx {}p/{}B rx {}p/{}B drop {}/{} swcsum {}{}",
+            "d{} vif {}: q{} split {} sg {} gso4 {} gso6 {} csum4 {} csum6 {} ctrl {} notify {}; tx {}p/{}B rx {}p/{}B drop {}/{} swcsum {}{}",
             self.fe,
             self.devid,
             self.queues,
@@ -258,6 +258,7 @@ impl Record {
             b(f.sg),
             b(f.gso_v4),
             b(f.gso_v6),
+            b(f.csum_v4),
             b(f.csum_v6),
             b(self.ctrl),
             b(f.rx_notify),
