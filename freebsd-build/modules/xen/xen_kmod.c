@@ -705,16 +705,22 @@ xenrs_gpg_fault(vm_object_t object, vm_ooffset_t offset, int prot __unused,
 	struct xenrs_gobj *go = object->handle;
 	vm_page_t page;
 	uint64_t pa;
+	int error;
 
-	if (xenrs_gntdev_fault(go->id, (uint64_t)offset, &pa) != 0)
+	/* The Rust side takes sx locks: not while holding the object's rwlock. */
+	VM_OBJECT_WUNLOCK(object);
+	error = xenrs_gntdev_fault(go->id, (uint64_t)offset, &pa);
+	if (error != 0) {
+		VM_OBJECT_WLOCK(object);
 		return (VM_PAGER_FAIL);
+	}
 	if (((*mres)->flags & PG_FICTITIOUS) != 0) {
 		/* Already a fake page of ours: point it at the frame again. */
+		VM_OBJECT_WLOCK(object);
 		page = *mres;
 		vm_page_updatefake(page, (vm_paddr_t)pa, VM_MEMATTR_DEFAULT);
 	} else {
 		/* A fake page (created busied) replaces the placeholder, which is freed. */
-		VM_OBJECT_WUNLOCK(object);
 		page = vm_page_getfake((vm_paddr_t)pa, VM_MEMATTR_DEFAULT);
 		VM_OBJECT_WLOCK(object);
 		vm_page_replace(page, object, (*mres)->pindex, *mres);
