@@ -477,6 +477,7 @@ DRIVER_MODULE(xenrs_pci, pci, xenrs_pci_driver, NULL, NULL);
 #include <vm/vm_map.h>
 
 #define	XENRS_NCDEV		5
+#define	XENRS_KIND_PRIVCMD	2
 #define	XENRS_KIND_GNTDEV	4
 #define	XENRS_CDEV_CHUNK	8192
 
@@ -665,7 +666,7 @@ xenrs_d_mmap(struct cdev *dev, vm_ooffset_t offset, vm_paddr_t *paddr,
 }
 
 /*
- * /dev/xen/gntdev mmap (src/gntdev.rs): each mmap(2) is one device-pager VM object with a
+ * /dev/xen/gntdev and /dev/xen/privcmd mmap (src/gntdev.rs): each mmap(2) is one device-pager VM object with a
  * handle of its own (so every object's destructor ends exactly one mmap in the Rust core).
  * A fault asks the Rust side for the physical address of the page (an allocated page, or a
  * frame a foreign grant is mapped at) and hands the VM system a fictitious page for it; the
@@ -747,7 +748,8 @@ xenrs_d_mmap_single(struct cdev *dev, vm_ooffset_t *offset, vm_size_t size,
 	int error;
 
 	/* Other devices: the plain d_mmap below. */
-	if ((int)(intptr_t)dev->si_drv1 != XENRS_KIND_GNTDEV)
+	if ((int)(intptr_t)dev->si_drv1 != XENRS_KIND_GNTDEV &&
+	    (int)(intptr_t)dev->si_drv1 != XENRS_KIND_PRIVCMD)
 		return (ENODEV);
 	error = devfs_get_cdevpriv((void **)&cf);
 	if (error != 0)
@@ -770,11 +772,12 @@ xenrs_d_mmap_single(struct cdev *dev, vm_ooffset_t *offset, vm_size_t size,
 }
 
 /*
- * IOCTL_GNTDEV_GET_OFFSET_FOR_VADDR: the gntdev object mapped at vaddr in the calling
- * process, and that map entry's size.
+ * IOCTL_GNTDEV_GET_OFFSET_FOR_VADDR and privcmd's MMAPBATCH: the object of ours mapped at
+ * vaddr in the calling process, and that map entry's start and size.
  */
 int
-xenrs_kpi_gntdev_lookup_vaddr(uint64_t vaddr, uint64_t *object, uint64_t *size)
+xenrs_kpi_gntdev_lookup_vaddr(uint64_t vaddr, uint64_t *object, uint64_t *start,
+    uint64_t *size)
 {
 	vm_map_t map = &curproc->p_vmspace->vm_map;
 	vm_map_entry_t entry;
@@ -790,6 +793,7 @@ xenrs_kpi_gntdev_lookup_vaddr(uint64_t vaddr, uint64_t *object, uint64_t *size)
 	if (obj != NULL && obj->type == OBJT_DEVICE &&
 	    obj->un_pager.devp.ops == &xenrs_gntdev_pg_ops) {
 		*object = ((struct xenrs_gobj *)obj->handle)->id;
+		*start = (uint64_t)entry->start;
 		*size = (uint64_t)(entry->end - entry->start);
 		error = 0;
 	}

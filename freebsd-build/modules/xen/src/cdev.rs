@@ -90,21 +90,49 @@ fn sys_errno(e: xen_sys::freebsd::Errno) -> Errno {
     Errno::from_raw(e.0).unwrap_or(Errno::EIO)
 }
 
-/// privcmd's platform: regions need `mmap` of the device, which this build does not offer,
-/// so no guest frames are ever reserved for them.
-#[derive(Debug, Default)]
-pub struct NoRegions;
+/// privcmd's platform: a region's guest frames are the frames of kernel pages given to Xen
+/// (the same slot runs gntdev maps grants into), populated again when the region goes.
+#[derive(Debug)]
+pub struct KRegions(crate::gntdev::Slots);
 
-impl PrivcmdPlatform for NoRegions {
-    fn reserve_gfns(&mut self, _count: u64) -> Option<u64> {
-        None
+impl KRegions {
+    /// Regions over hypervisor `hv`.
+    #[must_use]
+    pub fn new(hv: crate::platform::Hv) -> Self {
+        KRegions(crate::gntdev::Slots::new(hv))
     }
-    fn release_gfns(&mut self, _start: u64, _count: u64) {}
+}
+
+impl PrivcmdPlatform for KRegions {
+    fn reserve_gfns(&mut self, count: u64) -> Option<u64> {
+        use xen_gnttab::ForeignMemory;
+        let count = u32::try_from(count).ok()?;
+        self.0.reserve(count).map(|pa| pa / 4096)
+    }
+    fn release_gfns(&mut self, start: u64, count: u64) {
+        use xen_gnttab::ForeignMemory;
+        if let (Some(pa), Ok(count)) = (start.checked_mul(4096), u32::try_from(count)) {
+            self.0.release(pa, count);
+        }
+    }
+}
+
+/// `struct xen_add_to_physmap_batch` in the native layout: four `u16`, then three guest
+/// handles (native pointers).
+#[repr(C)]
+struct AddToPhysmapBatch {
+    domid: u16,
+    space: u16,
+    size: u16,
+    foreign_domid: u16,
+    idxs: usize,
+    gpfns: usize,
+    errs: usize,
 }
 
 /// The hypervisor as privcmd sees it: the platform's, plus the raw trap for
 /// `IOCTL_PRIVCMD_HYPERCALL`.
-struct PrivHv<'a>(&'a Platform);
+pub(crate) struct PrivHv<'a>(pub(crate) &'a Platform);
 
 impl Hypervisor for PrivHv<'_> {
     fn event_channel_op(&self, op: xen_kmod::EventChannelOp<'_>) -> Result<(), XenError> {
@@ -164,8 +192,52 @@ impl PrivcmdHypervisor for PrivHv<'_> {
                 // CAST: isize is at most 64 bits on our targets.
                 XenError::from_return(r as i64)
             }
-            // Foreign mappings and resources need privcmd regions (mmap): not offered by this
-            // build.
+            PrivcmdOp::MapForeign {
+                foreign_domid,
+                idxs,
+                gpfns,
+                errs,
+            } => {
+                // xen_ulong_t and xen_pfn_t are native words; errs are C ints.
+                let native = |v: &[u64]| -> Result<Vec<usize>, XenError> {
+                    v.iter()
+                        .map(|&x| usize::try_from(x).map_err(|_| XenError::EINVAL))
+                        .collect()
+                };
+                let idxs = native(idxs)?;
+                let gpfns = native(gpfns)?;
+                let size = u16::try_from(idxs.len()).map_err(|_| XenError::EINVAL)?;
+                if gpfns.len() != idxs.len() || errs.len() != idxs.len() {
+                    return Err(XenError::EINVAL);
+                }
+                let space = u16::try_from(xen_sys::native::XENMAPSPACE_gmfn_foreign)
+                    .map_err(|_| XenError::EINVAL)?;
+                let subop = usize::try_from(xen_sys::native::XENMEM_add_to_physmap_batch)
+                    .map_err(|_| XenError::EINVAL)?;
+                let batch = AddToPhysmapBatch {
+                    domid: xen_kmod::DOMID_SELF,
+                    space,
+                    size,
+                    foreign_domid,
+                    idxs: idxs.as_ptr().expose_provenance(),
+                    gpfns: gpfns.as_ptr().expose_provenance(),
+                    errs: errs.as_mut_ptr().expose_provenance(),
+                };
+                let call = xen_kmod::arch::marshal::RawCall {
+                    op: xen_sys::native::__HYPERVISOR_memory_op,
+                    args: [
+                        subop,
+                        core::ptr::from_ref(&batch).expose_provenance(),
+                        0,
+                        0,
+                        0,
+                    ],
+                };
+                let r = (self.0.raw)(&call);
+                // CAST: isize is at most 64 bits on our targets.
+                XenError::from_return(r as i64)
+            }
+            // XENMEM_acquire_resource is not wired up yet.
             _ => Err(XenError::ENOSYS),
         }
     }
@@ -189,8 +261,12 @@ impl privcmd::UserContext for User {
             _ => Err(xen_sys::freebsd::Errno::EFAULT),
         }
     }
-    fn lookup_vaddr(&mut self, _vaddr: u64) -> Option<(RegionId, u64, u64)> {
-        None
+    fn lookup_vaddr(&mut self, vaddr: u64) -> Option<(RegionId, u64, u64)> {
+        let (object, start, size) = lookup_vaddr(vaddr)?;
+        MODULE_SLOT
+            .with(|m| m.vm_objects.lock().get(&object)?.region())
+            .flatten()
+            .map(|r| (r, start, size))
     }
 }
 
@@ -201,7 +277,24 @@ struct GntUser<'a>(&'a XenModule);
 extern "C" {
     /// The shim's handle of the gntdev VM object mapping `vaddr` in the calling process,
     /// and that map entry's size; 0 or `ENOENT`.
-    fn xenrs_kpi_gntdev_lookup_vaddr(vaddr: u64, object: *mut u64, size: *mut u64) -> c_int;
+    fn xenrs_kpi_gntdev_lookup_vaddr(
+        vaddr: u64,
+        object: *mut u64,
+        start: *mut u64,
+        size: *mut u64,
+    ) -> c_int;
+}
+
+/// The shim's handle of the xen.ko VM object mapped at `vaddr`, the map entry's start and size.
+fn lookup_vaddr(vaddr: u64) -> Option<(u64, u64, u64)> {
+    let mut object = 0u64;
+    let mut start = 0u64;
+    let mut size = 0u64;
+    // SAFETY: the out-pointers are live locals.
+    match unsafe { xenrs_kpi_gntdev_lookup_vaddr(vaddr, &mut object, &mut start, &mut size) } {
+        0 => Some((object, start, size)),
+        _ => None,
+    }
 }
 
 impl xen_gnttab::gntdev::UserContext for GntUser<'_> {
@@ -212,34 +305,38 @@ impl xen_gnttab::gntdev::UserContext for GntUser<'_> {
         privcmd::UserContext::copyout(&mut User, addr, src)
     }
     fn lookup_vaddr(&mut self, vaddr: u64) -> Option<(xen_gnttab::gntdev::ObjectId, u64)> {
-        let mut object = 0u64;
-        let mut size = 0u64;
-        // SAFETY: both out-pointers are live locals.
-        if unsafe { xenrs_kpi_gntdev_lookup_vaddr(vaddr, &mut object, &mut size) } != 0 {
-            return None;
-        }
-        let id = self.0.vm_objects.lock().get(&object)?.object_id();
+        let (object, _, size) = lookup_vaddr(vaddr)?;
+        let id = self.0.vm_objects.lock().get(&object)?.object_id()?;
         Some((id, size))
     }
 }
 
-/// Runs `f` with the gntdev file `handle`'s id, its state lock held.
-pub(crate) fn with_gntdev_file<R>(
+/// A file `mmap(2)` can map.
+pub(crate) enum Mappable {
+    /// A gntdev file.
+    Gntdev(xen_gnttab::gntdev::FileId),
+    /// A privcmd file (regions are per device, not per file).
+    Privcmd,
+}
+
+/// Runs `f` with what file `handle` can mmap, its state lock held.
+pub(crate) fn with_mappable_file<R>(
     handle: u64,
-    f: impl FnOnce(&XenModule, xen_gnttab::gntdev::FileId) -> Result<R, Errno>,
+    f: impl FnOnce(&XenModule, Mappable) -> Result<R, Errno>,
 ) -> Result<R, Errno> {
     with_module(|m, _| {
         let file = file(m, handle)?;
         let st = file.state.lock();
         match &*st {
-            DevFile::Gntdev(id) => f(m, *id),
+            DevFile::Gntdev(id) => f(m, Mappable::Gntdev(*id)),
+            DevFile::Privcmd(_) => f(m, Mappable::Privcmd),
             _ => Err(Errno::ENODEV),
         }
     })
 }
 
 /// The privcmd device state (one per module).
-pub type PrivcmdDev = Privcmd<NoRegions>;
+pub type PrivcmdDev = Privcmd<KRegions>;
 
 fn with_module<R>(f: impl FnOnce(&XenModule, &Platform) -> Result<R, Errno>) -> Result<R, Errno> {
     MODULE_SLOT

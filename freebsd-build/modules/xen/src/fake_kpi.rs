@@ -61,6 +61,8 @@ pub struct State {
     pub grants_mapped: i64,
     /// The calling process's gntdev mappings: address -> (the shim's object handle, size).
     pub gntdev_vm: BTreeMap<u64, (u64, u64)>,
+    /// Foreign frames mapped by XENMEM_add_to_physmap_batch.
+    pub foreign_mapped: i64,
 }
 
 pub static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -282,6 +284,10 @@ impl Hypervisor for FakeHv {
                 state(|s| s.frames_given -= 1);
                 Ok(1)
             }
+            MemoryOp::RemoveFromPhysmap(_) => {
+                state(|s| s.foreign_mapped -= 1);
+                Ok(0)
+            }
             _ => Ok(0),
         }
     }
@@ -332,6 +338,31 @@ pub static FAKE_HV: FakeHv = FakeHv;
 /// other op is Xen's -ENOSYS.
 pub fn raw_trap(call: &xen_kmod::arch::marshal::RawCall) -> isize {
     state(|s| s.raw_calls.push((call.op, call.args)));
+    if call.op == xen_sys::native::__HYPERVISOR_memory_op && call.args[0] == 23 {
+        // XENMEM_add_to_physmap_batch: foreign frame 0 does not exist (-ENOENT), the others
+        // map. Layout: four u16, then the idxs, gpfns and errs pointers.
+        let at = |i: usize| call.args[1] + 8 + i * core::mem::size_of::<usize>();
+        // SAFETY: the caller's live batch struct and arrays of `size` entries.
+        unsafe {
+            let size =
+                usize::from(core::ptr::with_exposed_provenance::<u16>(call.args[1] + 4).read());
+            let idxs = core::ptr::with_exposed_provenance::<usize>(at(0)).read();
+            let errs = core::ptr::with_exposed_provenance::<usize>(at(2)).read();
+            for i in 0..size {
+                let idx = core::ptr::with_exposed_provenance::<usize>(idxs)
+                    .add(i)
+                    .read();
+                let e = if idx == 0 { -2 } else { 0 };
+                core::ptr::with_exposed_provenance_mut::<i32>(errs)
+                    .add(i)
+                    .write(e);
+                if e == 0 {
+                    state(|s| s.foreign_mapped += 1);
+                }
+            }
+        }
+        return 0;
+    }
     if call.op != xen_sys::native::__HYPERVISOR_dm_op {
         return -38;
     }
@@ -413,13 +444,22 @@ pub extern "C" fn xenrs_kpi_curthread() -> *const c_void {
 pub unsafe extern "C" fn xenrs_kpi_gntdev_lookup_vaddr(
     vaddr: u64,
     object: *mut u64,
+    start: *mut u64,
     size: *mut u64,
 ) -> c_int {
-    match state(|s| s.gntdev_vm.get(&vaddr).copied()) {
-        Some((o, n)) => {
+    let hit = state(|s| {
+        s.gntdev_vm
+            .range(..=vaddr)
+            .next_back()
+            .filter(|(a, (_, n))| vaddr < *a + *n)
+            .map(|(a, (o, n))| (*a, *o, *n))
+    });
+    match hit {
+        Some((a, o, n)) => {
             // SAFETY: writable by the caller's contract.
             unsafe {
                 object.write(o);
+                start.write(a);
                 size.write(n);
             }
             0

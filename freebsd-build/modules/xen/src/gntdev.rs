@@ -77,6 +77,15 @@ impl core::fmt::Debug for Slots {
 }
 
 impl Slots {
+    /// No runs yet, over hypervisor `hv`.
+    #[must_use]
+    pub fn new(hv: Hv) -> Self {
+        Slots {
+            hv,
+            runs: RefCell::new(BTreeMap::new()),
+        }
+    }
+
     /// Frames `first..first + n` populated again; the run freed if all came back, leaked
     /// (never reused) otherwise.
     fn give_back(&self, run: KPages, n: u32) {
@@ -271,18 +280,37 @@ impl GntdevPlatform for KGntdev {
 /// The device state (one per module).
 pub type GntdevDev = Gntdev<KGntdev>;
 
-/// A VM object the shim created for one `mmap`: the physical address of each page.
+/// A VM object the shim created for one `mmap`.
 #[derive(Debug)]
-pub struct VmObject {
-    object: ObjectId,
-    pas: Vec<u64>,
+pub enum VmObject {
+    /// Of `/dev/xen/gntdev`: the core's object and the physical address of each page.
+    Gntdev {
+        /// The core's object.
+        object: ObjectId,
+        /// Physical address of each page.
+        pas: Vec<u64>,
+    },
+    /// Of `/dev/xen/privcmd`: a region (its pages fault in once `MMAPBATCH` filled them).
+    Privcmd(xen_kmod::privcmd::RegionId),
 }
 
 impl VmObject {
-    /// The core's object.
+    /// The gntdev core's object.
     #[must_use]
-    pub fn object_id(&self) -> ObjectId {
-        self.object
+    pub fn object_id(&self) -> Option<ObjectId> {
+        match self {
+            VmObject::Gntdev { object, .. } => Some(*object),
+            VmObject::Privcmd(_) => None,
+        }
+    }
+
+    /// The privcmd region.
+    #[must_use]
+    pub fn region(&self) -> Option<xen_kmod::privcmd::RegionId> {
+        match self {
+            VmObject::Privcmd(r) => Some(*r),
+            VmObject::Gntdev { .. } => None,
+        }
     }
 }
 
@@ -318,7 +346,21 @@ pub unsafe extern "C" fn xenrs_gntdev_mmap(
     if object.is_null() || pages.is_null() {
         return errno(Errno::EINVAL);
     }
-    let r = crate::cdev::with_gntdev_file(handle, |m, id| {
+    let r = crate::cdev::with_mappable_file(handle, |m, file| {
+        let id = match file {
+            crate::cdev::Mappable::Gntdev(id) => id,
+            crate::cdev::Mappable::Privcmd => {
+                // A privcmd mapping is a fresh region at offset 0; MMAPBATCH fills it.
+                if offset != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                let region = m.privcmd.lock().mmap(size).map_err(core_errno)?;
+                let key = NEXT_OBJECT.fetch_add(1, Ordering::Relaxed);
+                m.vm_objects.lock().insert(key, VmObject::Privcmd(region));
+                m.acquire();
+                return Ok((key, size / PAGE));
+            }
+        };
         let target = m
             .gntdev
             .lock()
@@ -340,7 +382,9 @@ pub unsafe extern "C" fn xenrs_gntdev_mmap(
         };
         let n = u64::try_from(Vec::len(&pas)).map_err(|_| Errno::EINVAL)?;
         let key = NEXT_OBJECT.fetch_add(1, Ordering::Relaxed);
-        m.vm_objects.lock().insert(key, VmObject { object, pas });
+        m.vm_objects
+            .lock()
+            .insert(key, VmObject::Gntdev { object, pas });
         m.acquire();
         Ok((key, n))
     });
@@ -370,9 +414,21 @@ pub unsafe extern "C" fn xenrs_gntdev_fault(object: u64, offset: u64, paddr: *mu
     let r = crate::MODULE_SLOT
         .with(|m| {
             let objs = m.vm_objects.lock();
-            let o = objs.get(&object).ok_or(Errno::EINVAL)?;
-            let i = usize::try_from(offset / PAGE).map_err(|_| Errno::EINVAL)?;
-            o.pas.get(i).copied().ok_or(Errno::EINVAL)
+            match objs.get(&object).ok_or(Errno::EINVAL)? {
+                VmObject::Gntdev { pas, .. } => {
+                    let i = usize::try_from(offset / PAGE).map_err(|_| Errno::EINVAL)?;
+                    pas.get(i).copied().ok_or(Errno::EINVAL)
+                }
+                VmObject::Privcmd(region) => {
+                    let region = *region;
+                    drop(objs);
+                    m.privcmd
+                        .lock()
+                        .fault(region, offset / PAGE)
+                        .map(|gfn| gfn * PAGE)
+                        .ok_or(Errno::EFAULT)
+                }
+            }
         })
         .unwrap_or(Err(Errno::ENXIO));
     match r {
@@ -393,7 +449,16 @@ pub extern "C" fn xenrs_gntdev_object_released(object: u64) {
         let Some(o) = m.vm_objects.lock().remove(&object) else {
             return;
         };
-        m.gntdev.lock().object_released(o.object);
+        match o {
+            VmObject::Gntdev { object, .. } => m.gntdev.lock().object_released(object),
+            VmObject::Privcmd(region) => {
+                if let Some(p) = m.platform() {
+                    m.privcmd
+                        .lock()
+                        .region_released(&crate::cdev::PrivHv(p), region);
+                }
+            }
+        }
         m.release();
     });
 }

@@ -315,7 +315,7 @@ impl KernelModule for XenModule {
             privcmd: SxLock::new(
                 c"xenrs privcmd",
                 xen_kmod::privcmd::Privcmd::new(
-                    cdev::NoRegions,
+                    cdev::KRegions::new(platform.hv),
                     xen_kmod::privcmd::Config {
                         control_domain: xen.domid == Some(0),
                         own_domid: xen.domid.unwrap_or(0),

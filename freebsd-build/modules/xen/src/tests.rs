@@ -1399,4 +1399,89 @@ mod gntdev_dev {
         assert_eq!(xenrs_xen_unload(), 0);
         nothing_outstanding();
     }
+
+    #[test]
+    fn privcmd_mmap_then_mmapbatch_maps_foreign_frames_with_per_entry_errors() {
+        let _kernel = fake::session();
+        on_xen(0);
+        if let Some((xen, _)) = FAKE_XEN.lock().unwrap().as_mut() {
+            xen.domid = Some(0);
+        }
+        assert_eq!(xenrs_xen_load(), 0);
+        let mut cookie = 0u64;
+        let mut h = 0u64;
+        // SAFETY: live out-pointer and cookie.
+        let opened = unsafe {
+            cdev::xenrs_cdev_open(
+                cdev::KIND_PRIVCMD,
+                core::ptr::from_mut(&mut cookie).cast(),
+                &mut h,
+            )
+        };
+        assert_eq!(opened, 0);
+        assert_eq!(
+            mmap(h, 4096, 8192, true),
+            Err(22),
+            "privcmd maps at offset 0"
+        );
+        assert_eq!(mmap(h, 0, 100, true), Err(22), "not whole pages");
+        let (obj, pages) = mmap(h, 0, 3 * 4096, true).unwrap();
+        assert_eq!(pages, 3);
+        assert_eq!(counters().1, 3, "three frames reserved for the region");
+        assert_eq!(fault(obj, 0), Err(14), "nothing mapped yet");
+        crate::fake_kpi::state(|s| s.gntdev_vm.insert(0x5000_0000, (obj, 3 * 4096)));
+        let pabi = xen_kmod::privcmd::abi::Abi::NATIVE;
+        let w = pabi.word();
+        // Foreign frame 0 does not exist (the scripted Xen says -ENOENT); 7 and 8 map.
+        let arr: [usize; 3] = [0, 7, 8];
+        let mut err = [0x55i32; 3];
+        let batch = |addr: u64, num: i32, err: &mut [i32; 3]| {
+            let mut a = vec![0u8; xen_sys::freebsd::ioccom::iocparm_len(pabi.mmapbatch())];
+            a[0..4].copy_from_slice(&num.to_le_bytes());
+            a[4..6].copy_from_slice(&1u16.to_le_bytes());
+            let words = [
+                addr,
+                u64::try_from(arr.as_ptr().expose_provenance()).unwrap(),
+                u64::try_from(err.as_mut_ptr().expose_provenance()).unwrap(),
+            ];
+            for (i, v) in words.iter().enumerate() {
+                a[8 + i * w..8 + (i + 1) * w].copy_from_slice(&v.to_le_bytes()[..w]);
+            }
+            ioctl(h, pabi.mmapbatch(), &mut a)
+        };
+        assert_ne!(
+            batch(0x6000_0000, 3, &mut err),
+            0,
+            "no mapping of ours there"
+        );
+        assert_eq!(err, [0x55; 3], "a refused call writes nothing");
+        assert_ne!(
+            batch(0x5000_0000, 4, &mut err),
+            0,
+            "more entries than the mapping has"
+        );
+        let rc = batch(0x5000_0000, 3, &mut err);
+        assert!(rc == 0 || rc == 2, "per-entry errors: {rc}");
+        assert_eq!(err, [2, 0, 0], "ENOENT for the missing frame only");
+        assert_eq!(crate::fake_kpi::state(|s| s.foreign_mapped), 2);
+        assert_eq!(fault(obj, 0), Err(14), "the failed entry does not fault in");
+        let pa1 = fault(obj, 4096).unwrap();
+        assert_eq!(fault(obj, 8192), Ok(pa1 + 4096));
+        cdev::xenrs_cdev_close(h);
+        assert_eq!(
+            xenrs_xen_unload(),
+            16,
+            "the region's VM object holds the module"
+        );
+        gntdev::xenrs_gntdev_object_released(obj);
+        assert_eq!(
+            crate::fake_kpi::state(|s| s.foreign_mapped),
+            0,
+            "removed from the physmap"
+        );
+        assert_eq!(counters().1, 0, "frames populated again");
+        assert_eq!(stat(XenStat::Users), Ok(0));
+        assert_eq!(xenrs_xen_unload(), 0);
+        nothing_outstanding();
+    }
 }
