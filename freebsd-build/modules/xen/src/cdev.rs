@@ -117,6 +117,18 @@ impl PrivcmdPlatform for KRegions {
     }
 }
 
+/// `struct xen_mem_acquire_resource` in the native layout (the frame list a native pointer).
+#[repr(C)]
+struct AcquireResource {
+    domid: u16,
+    type_: u16,
+    id: u32,
+    nr_frames: u32,
+    pad: u32,
+    frame: u64,
+    frame_list: usize,
+}
+
 /// `struct xen_add_to_physmap_batch` in the native layout: four `u16`, then three guest
 /// handles (native pointers).
 #[repr(C)]
@@ -237,8 +249,55 @@ impl PrivcmdHypervisor for PrivHv<'_> {
                 // CAST: isize is at most 64 bits on our targets.
                 XenError::from_return(r as i64)
             }
-            // XENMEM_acquire_resource is not wired up yet.
-            _ => Err(XenError::ENOSYS),
+            PrivcmdOp::AcquireResource {
+                domid,
+                type_,
+                id,
+                frame,
+                nr_frames,
+                frames,
+            } => {
+                let list = frames
+                    .iter()
+                    .map(|&x| usize::try_from(x).map_err(|_| XenError::EINVAL))
+                    .collect::<Result<Vec<usize>, _>>()?;
+                let mut req = AcquireResource {
+                    domid,
+                    type_,
+                    id,
+                    nr_frames: if list.is_empty() {
+                        0
+                    } else {
+                        u32::try_from(list.len()).map_err(|_| XenError::EINVAL)?
+                    },
+                    pad: 0,
+                    frame,
+                    frame_list: if list.is_empty() {
+                        0
+                    } else {
+                        list.as_ptr().expose_provenance()
+                    },
+                };
+                let subop = usize::try_from(xen_sys::native::XENMEM_acquire_resource)
+                    .map_err(|_| XenError::EINVAL)?;
+                let call = xen_kmod::arch::marshal::RawCall {
+                    op: xen_sys::native::__HYPERVISOR_memory_op,
+                    args: [
+                        subop,
+                        core::ptr::from_mut(&mut req).expose_provenance(),
+                        0,
+                        0,
+                        0,
+                    ],
+                };
+                let r = (self.0.raw)(&call);
+                // Xen reads the request in place; the size query's answer comes back in it.
+                // SAFETY: `req` is a live local Xen may have written; read it back volatile
+                // so the write is not assumed away.
+                *nr_frames = unsafe { core::ptr::addr_of!(req.nr_frames).read_volatile() };
+                // CAST: isize is at most 64 bits on our targets.
+                XenError::from_return(r as i64)
+            }
         }
     }
 }

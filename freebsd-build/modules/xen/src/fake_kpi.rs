@@ -338,6 +338,21 @@ pub static FAKE_HV: FakeHv = FakeHv;
 /// other op is Xen's -ENOSYS.
 pub fn raw_trap(call: &xen_kmod::arch::marshal::RawCall) -> isize {
     state(|s| s.raw_calls.push((call.op, call.args)));
+    if call.op == xen_sys::native::__HYPERVISOR_memory_op && call.args[0] == 28 {
+        // XENMEM_acquire_resource: a resource of 4 frames; nr_frames at 8, frame_list at 24.
+        let nr = core::ptr::with_exposed_provenance_mut::<u32>(call.args[1] + 8);
+        let list = core::ptr::with_exposed_provenance::<usize>(call.args[1] + 24);
+        // SAFETY: the caller's live request.
+        unsafe {
+            if list.read() == 0 {
+                nr.write(4);
+            } else {
+                let n = nr.read();
+                state(|s| s.foreign_mapped += i64::from(n));
+            }
+        }
+        return 0;
+    }
     if call.op == xen_sys::native::__HYPERVISOR_memory_op && call.args[0] == 23 {
         // XENMEM_add_to_physmap_batch: foreign frame 0 does not exist (-ENOENT), the others
         // map. Layout: four u16, then the idxs, gpfns and errs pointers.

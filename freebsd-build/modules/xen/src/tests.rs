@@ -1484,4 +1484,53 @@ mod gntdev_dev {
         assert_eq!(xenrs_xen_unload(), 0);
         nothing_outstanding();
     }
+
+    #[test]
+    fn privcmd_mmap_resource_queries_the_size_then_maps_into_a_region() {
+        let _kernel = fake::session();
+        on_xen(0);
+        if let Some((xen, _)) = FAKE_XEN.lock().unwrap().as_mut() {
+            xen.domid = Some(0);
+        }
+        assert_eq!(xenrs_xen_load(), 0);
+        let mut cookie = 0u64;
+        let mut h = 0u64;
+        // SAFETY: live out-pointer and cookie.
+        let opened = unsafe {
+            cdev::xenrs_cdev_open(
+                cdev::KIND_PRIVCMD,
+                core::ptr::from_mut(&mut cookie).cast(),
+                &mut h,
+            )
+        };
+        assert_eq!(opened, 0);
+        let pabi = xen_kmod::privcmd::abi::Abi::NATIVE;
+        let w = pabi.word();
+        let res = |num: u64, addr: u64| {
+            let mut a = vec![0u8; xen_sys::freebsd::ioccom::iocparm_len(pabi.mmap_resource())];
+            a[0..2].copy_from_slice(&1u16.to_le_bytes());
+            a[4..8].copy_from_slice(&1u32.to_le_bytes());
+            a[16..16 + w].copy_from_slice(&num.to_le_bytes()[..w]);
+            a[16 + w..16 + 2 * w].copy_from_slice(&addr.to_le_bytes()[..w]);
+            let rc = ioctl(h, pabi.mmap_resource(), &mut a);
+            let mut out = [0u8; 8];
+            out[..w].copy_from_slice(&a[16..16 + w]);
+            (rc, u64::from_le_bytes(out))
+        };
+        assert_eq!(res(0, 0), (0, 4), "the size query: 4 frames");
+        let (obj, _) = mmap(h, 0, 2 * 4096, true).unwrap();
+        crate::fake_kpi::state(|s| s.gntdev_vm.insert(0x5000_0000, (obj, 2 * 4096)));
+        assert_ne!(res(3, 0x5000_0000).0, 0, "more frames than the mapping has");
+        assert_eq!(crate::fake_kpi::state(|s| s.foreign_mapped), 0);
+        assert_eq!(res(2, 0x5000_0000).0, 0);
+        assert_eq!(crate::fake_kpi::state(|s| s.foreign_mapped), 2);
+        let pa0 = fault(obj, 0).unwrap();
+        assert_eq!(fault(obj, 4096), Ok(pa0 + 4096));
+        cdev::xenrs_cdev_close(h);
+        gntdev::xenrs_gntdev_object_released(obj);
+        assert_eq!(crate::fake_kpi::state(|s| s.foreign_mapped), 0);
+        assert_eq!(counters().1, 0);
+        assert_eq!(xenrs_xen_unload(), 0);
+        nothing_outstanding();
+    }
 }
