@@ -1,6 +1,7 @@
 //! The Dom0 character devices: the Rust side of the shim's `cdevsw` entry points for
-//! `/dev/xen/evtchn`, `/dev/xen/xenstore` and `/dev/xen/privcmd`, forwarding to the
-//! platform-neutral device cores (`xen_evtchn::dev`, `xen_xenbus::xsdev`, `xen_kmod::privcmd`).
+//! `/dev/xen/evtchn`, `/dev/xen/xenstore`, `/dev/xen/privcmd` and `/dev/xen/gntdev`,
+//! forwarding to the platform-neutral device cores (`xen_evtchn::dev`, `xen_xenbus::xsdev`,
+//! `xen_kmod::privcmd`, `xen_gnttab::gntdev`); `mmap` and the pager are in `gntdev.rs`.
 //!
 //! The shim keeps one `struct xenrs_cfile` per open (its `cdevpriv`): it passes that
 //! cookie to [`xenrs_cdev_open`], gets back this side's handle, and does the user-memory
