@@ -180,6 +180,14 @@ pub fn run(
     backends: &str,
     report: &mut dyn FnMut(&str, Result<String, String>),
 ) -> Result<String, String> {
+    // Serving for minutes, freeing in any order, RAM disks: the heap moves to size classes
+    // over the RAM above the image.
+    let (heap_at, heap_len) =
+        arch::heap_reuse().ok_or("no RAM above the image for the driver domain's heap")?;
+    crate::e9!(
+        "dd: heap: size classes over {heap_at:#x}+{} MiB",
+        heap_len >> 20
+    );
     let pool: &'static PagePool = Box::leak(Box::new(PagePool::new()));
     let slots: &'static Slots = Box::leak(Box::new(Slots::new()));
     let ctx = DdCtx {

@@ -391,6 +391,36 @@ pub fn map_foreign_frame(pfn: u64) -> Result<SharedMem<'static>, MapError> {
     unsafe { SharedMem::new(addr as *mut u8, PAGE_SIZE) }.map_err(|_| MapError::OutOfRange(pfn))
 }
 
+/// End of the RAM range of the memory map that holds our image (below 4 GiB); `usize::MAX`
+/// until known. A non-zero initial value: in `.data`, so `.bss` keeps its layout (see `heap`).
+static RAM_END: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Room left after the image for what Xen places there (start info, command line, memory
+/// map).
+const AFTER_IMAGE: usize = 4 << 20;
+
+/// Moves the heap to size classes with free lists over the RAM above the image (the driver
+/// domain, which serves for minutes, frees in any order and keeps RAM disks); see `heap`.
+/// Returns the region, or `None` when the memory map gave no RAM range with 20 MiB to spare.
+pub fn heap_reuse() -> Option<(usize, usize)> {
+    let ram_end = RAM_END.load(Ordering::Relaxed);
+    if ram_end == usize::MAX {
+        return None;
+    }
+    let image_end = (&raw const __image_end) as usize;
+    let base = (image_end + AFTER_IMAGE).next_multiple_of(1 << 20);
+    let end = ram_end.saturating_sub(1 << 20) & !0xFFF;
+    if end < base + (20 << 20) {
+        return None;
+    }
+    // SAFETY: `base..end` is RAM of ours by Xen's memory map (type RAM, the range that holds
+    // the image), beyond the image and 4 MiB past it (where Xen put the start info, command
+    // line and memory map, which we copied at entry), below the end of that RAM; nothing else
+    // in the guest uses memory outside the image, and this is called once.
+    unsafe { heap::reuse(base, end - base) };
+    Some((base, end - base))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The foreign-mapping window of the driver domain.
 
@@ -469,6 +499,25 @@ fn read_start_info(paddr: usize) -> Result<StartInfo, StartInfoError> {
     let si: hvm_start_info = unsafe { core::ptr::read_volatile(paddr as *const hvm_start_info) };
     if si.magic != xen_sys::consts::hypercall::HVM_START_MAGIC {
         return Err(StartInfoError::BadMagic(si.magic));
+    }
+    if si.version >= 1 && si.memmap_paddr != 0 {
+        use xen_sys::native::hvm_memmap_table_entry;
+        let esize = core::mem::size_of::<hvm_memmap_table_entry>() as u64;
+        let image_end = (&raw const __image_end) as usize as u64;
+        for i in 0..u64::from(si.memmap_entries.min(128)) {
+            let at = si.memmap_paddr + i * esize;
+            if at + esize > ADDRESSABLE_END {
+                break;
+            }
+            // SAFETY: Xen placed the memory map at `memmap_paddr` (each entry checked
+            // addressable); plain old data, copied out once.
+            let e: hvm_memmap_table_entry =
+                unsafe { core::ptr::read_volatile(at as usize as *const hvm_memmap_table_entry) };
+            let end = e.addr.saturating_add(e.size).min(ADDRESSABLE_END);
+            if e.type_ == 1 && e.addr <= image_end && end > image_end {
+                RAM_END.store(usize::try_from(end).unwrap_or(0), Ordering::Relaxed);
+            }
+        }
     }
     let mut len = 0;
     // SAFETY: single-threaded start of day; nothing else references the buffer yet.
