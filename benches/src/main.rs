@@ -277,7 +277,7 @@ fn real_xen_section(r: &mut Report, out: &std::path::Path, reuse: bool) {
          same commands on both, alternating a/b (b/a on even repetitions), timed with its own \
          clock (`/proc/uptime`, 10 ms): busybox `dd` O_DIRECT sequential write and read in 1 \
          MiB blocks, 4 KiB O_DIRECT reads one at a time, busybox `nc` of a file to dom0 over \
-         TCP; busybox `ping` both ways. Under TCG every figure is that of an emulated CPU on \
+         TCP; busybox `ping` domU → dom0. Under TCG every figure is that of an emulated CPU on \
          a shared machine: **only the ratios b/a mean anything**. Ratio: b's rate ÷ a's (for \
          RTT: b's time ÷ a's).",
         &[
