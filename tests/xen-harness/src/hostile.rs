@@ -58,7 +58,7 @@ hostile_started() { domu_log "$1" | grep -q '^HOSTILE blk START'; }
 # dd_hostile ARCH DD NONCE: scenario dd-hostile.
 dd_hostile() {
     local a=$1 dd=$2 h=pvh-ddhost-$1 g=pvh-ddgood-$1 he ge v hl good=no alive=no
-    if ! domu_start "$h" dd-hostile "$3" 160 1; then
+    if ! domu_start "$h" dd-hostile "$3" 160; then
         echo "CHECK dd-hostile $a FAIL xl create -p of the hostile Linux domU failed"
         return
     fi
