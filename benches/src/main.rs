@@ -381,9 +381,8 @@ Verdict: {}; {}.",
     }
     let _ = writeln!(
         r.md,
-        "
-Negotiated (domU's view: `BENCHFEAT`; xenstore while connected: `FEAT`; the driver          domain's own report: `RESULT`):
-"
+        "\nNegotiated (domU's view: `BENCHFEAT`; xenstore while connected, digested from \
+         `bench-xenstore.txt`: `FEAT`; the driver domain's own report: `RESULT`):\n"
     );
     for f in x.features.iter().chain(&x.dd_results) {
         let _ = writeln!(r.md, "- `{f}`");
@@ -394,7 +393,7 @@ Negotiated (domU's view: `BENCHFEAT`; xenstore while connected: `FEAT`; the driv
             title: "Real Xen (TCG, one boot): our driver domain / Linux dom0, rate ratio".into(),
             unit: "x".into(),
             bars,
-            legend: ["ours / Linux's (1 = parity)", "", ""],
+            legend: ["ours / Linux dom0 (1 = parity)", "", ""],
         });
     }
 }

@@ -115,6 +115,12 @@ pub fn run_suite(out: &Path, reuse: bool) -> Result<RealXen, String> {
         std::fs::read_to_string(out.join("bench-x86_64/guest-debug.log")).unwrap_or_default();
     let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default();
     let mut r = parse(&text, &debug, &summary);
+    // dom0's one-line FEAT digests were empty at times (its busybox tools crash now and then
+    // under TCG); the full dumps beside them are the record: digest them here instead.
+    if let Ok(xs) = std::fs::read_to_string(out.join("bench-x86_64/bench-xenstore.txt")) {
+        r.features.retain(|f| !f.starts_with("FEAT "));
+        r.features.extend(features_of_dump(&xs));
+    }
     if r.pairs.is_empty() {
         return Err(format!(
             "no figure on both paths ({}); logs in {}",
@@ -124,6 +130,46 @@ pub fn run_suite(out: &Path, reuse: bool) -> Result<RealXen, String> {
     }
     r.pairs.sort_by_key(|p| OPS.iter().position(|o| *o == p.op));
     Ok(r)
+}
+
+/// The negotiation keys of each device directory in a `bench-xenstore.txt` dump
+/// (`--- LABEL DIR` then `xenstore-ls -f DIR` lines), one `FEAT LABEL k=v ...` line each.
+pub fn features_of_dump(dump: &str) -> Vec<String> {
+    const KEYS: [&str; 6] = [
+        "feature-",
+        "multi-queue-",
+        "ring-page-order",
+        "max-ring-page-order",
+        "protocol",
+        "request-rx-copy",
+    ];
+    let mut out: Vec<String> = Vec::new();
+    let mut dir = String::new();
+    for line in dump.lines() {
+        if let Some(head) = line.strip_prefix("--- ") {
+            let mut w = head.split_whitespace();
+            out.push(format!("FEAT {}", w.next().unwrap_or("?")));
+            dir = format!("{}/", w.next().unwrap_or("?"));
+            continue;
+        }
+        let (Some(last), Some((key, value))) = (out.last_mut(), line.split_once(" = ")) else {
+            continue;
+        };
+        let Some(key) = key.strip_prefix(dir.as_str()) else {
+            continue;
+        };
+        if key.ends_with("/event-channel-rx") || key == "event-channel-rx" {
+            if !last.contains(" split-event-channels=1") {
+                last.push_str(" split-event-channels=1");
+            }
+        } else if !key.contains('/') && KEYS.iter().any(|k| key.starts_with(k)) {
+            let _ = std::fmt::Write::write_fmt(
+                last,
+                format_args!(" {key}={}", value.trim_matches('"')),
+            );
+        }
+    }
+    out
 }
 
 /// Parses `bench-results.txt` (`text`), the driver domain's debug log and the summary.
@@ -228,5 +274,27 @@ mod tests {
         assert_eq!(r.verified, ["BENCHVERIFY a ok"]);
         assert_eq!(r.dd_results, ["RESULT bench-blk PASS 16 MiB"]);
         assert!(r.verdict.contains("PASS"));
+    }
+
+    #[test]
+    fn digests_xenstore_dumps() {
+        let dump = "--- blk-a-frontend /l/2/device/vbd/51712\n\
+            /l/2/device/vbd/51712/state = \"4\"\n\
+            /l/2/device/vbd/51712/ring-page-order = \"1\"\n\
+            /l/2/device/vbd/51712/queue-0/ring-ref0 = \"8\"\n\
+            /l/2/device/vbd/51712/protocol = \"x86_64-abi\"\n\
+            --- net-a-frontend /l/2/device/vif/0\n\
+            /l/2/device/vif/0/queue-0/event-channel-rx = \"9\"\n\
+            /l/2/device/vif/0/queue-1/event-channel-rx = \"11\"\n\
+            /l/2/device/vif/0/feature-sg = \"1\"\n\
+            --- empty /l/x\n";
+        assert_eq!(
+            features_of_dump(dump),
+            [
+                "FEAT blk-a-frontend ring-page-order=1 protocol=x86_64-abi",
+                "FEAT net-a-frontend split-event-channels=1 feature-sg=1",
+                "FEAT empty",
+            ]
+        );
     }
 }
