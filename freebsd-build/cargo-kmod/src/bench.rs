@@ -3,7 +3,7 @@
 //! `results.md` (the tables BENCHMARKS.md quotes), `results.csv` and PNG plots into DIR
 //! (default `target/bench`). The network suite needs root (namespaces, TAP, veth) and is
 //! skipped with its reason otherwise. The `real-xen` suite boots Xen once under QEMU TCG
-//! (`xen-harness bench`, about 10–20 minutes on a loaded 2-core machine; logs in
+//! (`xen-harness bench`: 1.5 minutes on a quiet 2-core machine, up to 20 under load; logs in
 //! DIR/real-xen) and is skipped with its reason when QEMU or Xen's tools are missing
 //! (`cargo kmod setup` installs them) and by `--quick`. It is never part of `cargo kmod test`,
 //! which only compiles the crate (clippy `--all-targets`).
