@@ -3,7 +3,9 @@
 //! # Data flow of one request
 //!
 //! 1. The frontend's event (or a reschedule) makes the platform call [`Backend::poll`].
-//! 2. Store completions are collected first (they free ring slots and unblock flushes).
+//! 2. Store completions are collected first (they free ring slots and unblock flushes), and
+//!    again after new requests were submitted, for as long as the store completes some: a
+//!    store that completes inside `submit` gets its requests answered in the same poll.
 //! 3. Per queue, up to `budget` requests are **copied out of the ring once**
 //!    ([`BackRingAny::pop_request`]) and validated ([`Request::parse`]); the slot is never read
 //!    again. A protocol violation stops the device (logged with its reason); a request that
@@ -51,6 +53,10 @@ use crate::proto::{
     SEGS_PER_INDIRECT_PAGE,
 };
 use crate::store::{BlockStore, DiscardInfo, Io, IoError, IoOp, IoTag, StoreInfo};
+
+/// Most rounds of "collect completions, take requests" in one [`Backend::poll`] (see there);
+/// a store still completing after that gets [`PollResult::more`] instead.
+const MAX_PASSES: u32 = 16;
 
 /// How data moves between the frontend's pages and the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1177,29 +1183,37 @@ impl<'a, E: BackendEnv<'a>, B: BlockStore<'a>> Backend<'a, E, B> {
             failure,
             _a: core::marker::PhantomData,
         };
-        // 1. Completions.
-        while let Some((tag, r)) = ctx.store.poll_completion() {
-            let qi = usize::try_from(tag >> 32).unwrap_or(usize::MAX);
-            let si = usize::try_from(tag & 0xffff_ffff).unwrap_or(usize::MAX);
-            match conn.queues.get_mut(qi) {
-                Some(q) => q.complete(&mut ctx, si, r),
-                None => ctx.stats.stray_completions += 1,
+        // What each queue may still take this poll.
+        let mut left: Vec<u32> = vec![ctx.cfg.budget; conn.queues.len()];
+        // 1. Completions, then 2. new requests, repeated while the store keeps completing:
+        // a store that completes inside `submit` (a RAM disk) has answers for requests taken
+        // this very poll, and those answers (and the ring slots and flushes they unblock)
+        // must not wait for the frontend's next event. Each pass after the first needs a
+        // completion; every completion retires a step of a request in flight, so the passes
+        // are bounded by the work taken; `MAX_PASSES` bounds a store that never stops.
+        let mut pass = 0u32;
+        loop {
+            let completed = Self::collect_completions(&mut ctx, &mut conn.queues);
+            if pass > 0 && completed == 0 {
+                break;
             }
-        }
-        // Completions may have unblocked flushes anywhere.
-        for q in conn.queues.iter_mut() {
-            q.retry_waiting(&mut ctx);
-        }
-        // 2. New requests.
-        let stop = *draining || ctx.failure.is_some();
-        for q in conn.queues.iter_mut() {
-            if !stop && !q.stopped {
-                let (n, more) = q.consume(&mut ctx);
-                result.requests += n;
-                result.more |= more;
+            if pass == MAX_PASSES {
+                // Poll again soon for the rest.
+                result.more = true;
+                break;
             }
-            // A flush taken this round may be waiting for writes of another queue.
-            q.retry_waiting(&mut ctx);
+            pass += 1;
+            let stop = *draining || ctx.failure.is_some();
+            for (q, budget) in conn.queues.iter_mut().zip(left.iter_mut()) {
+                if !stop && !q.stopped && *budget > 0 {
+                    let (n, more) = q.consume(&mut ctx, *budget);
+                    *budget -= n.min(*budget);
+                    result.requests += n;
+                    result.more |= more;
+                }
+                // A flush taken this round may be waiting for writes of another queue.
+                q.retry_waiting(&mut ctx);
+            }
         }
         // 3. Responses.
         for q in conn.queues.iter_mut() {
@@ -1207,6 +1221,30 @@ impl<'a, E: BackendEnv<'a>, B: BlockStore<'a>> Backend<'a, E, B> {
         }
         result.control = self.control_pending();
         result
+    }
+}
+
+impl<'a, E: BackendEnv<'a>, B: BlockStore<'a>> Backend<'a, E, B> {
+    /// Hands every completion the store has to its request, then lets requests waiting for
+    /// earlier writes go on (completions may have unblocked flushes on any queue). Returns
+    /// the number of completions.
+    fn collect_completions(ctx: &mut Ctx<'_, 'a, E, B>, queues: &mut [Queue<'a>]) -> u32 {
+        let mut n = 0u32;
+        while let Some((tag, r)) = ctx.store.poll_completion() {
+            n = n.saturating_add(1);
+            let qi = usize::try_from(tag >> 32).unwrap_or(usize::MAX);
+            let si = usize::try_from(tag & 0xffff_ffff).unwrap_or(usize::MAX);
+            match queues.get_mut(qi) {
+                Some(q) => q.complete(ctx, si, r),
+                None => ctx.stats.stray_completions += 1,
+            }
+        }
+        // Also without completions: a write that failed at submit (answered at once) may
+        // have been the last one a flush on another queue waited for.
+        for q in queues.iter_mut() {
+            q.retry_waiting(ctx);
+        }
+        n
     }
 }
 
@@ -1219,6 +1257,7 @@ impl<'a> Queue<'a> {
     fn consume<E: BackendEnv<'a>, B: BlockStore<'a>>(
         &mut self,
         ctx: &mut Ctx<'_, 'a, E, B>,
+        budget: u32,
     ) -> (u32, bool) {
         let mut n = 0u32;
         loop {
@@ -1232,7 +1271,7 @@ impl<'a> Queue<'a> {
             if ctx.cfg.data_path == DataPath::Copy && self.pool.len() < per_request(ctx.cfg) {
                 return (n, false);
             }
-            if n >= ctx.cfg.budget {
+            if n >= budget {
                 ctx.stats.budget_exhausted += 1;
                 return (n, true);
             }
