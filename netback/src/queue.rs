@@ -726,17 +726,88 @@ impl<'a, H: DataPlane> Queue<'a, H> {
         }
     }
 
-    /// Timer: enforces the stall timeout without an event, and lifts a stall once the
-    /// frontend has posted buffers again. Returns whether RX work can proceed.
+    /// Timer: checks the RX ring's producer, enforces the stall timeout without an event, and
+    /// lifts a stall once the frontend has posted buffers again. Returns whether RX work can
+    /// proceed.
+    ///
+    /// The producer is checked here, not only when a packet waits for buffers: a frontend
+    /// that publishes an impossible RX `req_prod` (more requests than the ring holds) fails
+    /// its queue at the next tick, so the connection is reported and released instead of
+    /// sitting mapped until traffic for it happens to arrive (the hostile frontend's
+    /// `runaway-rx` phase on real Xen).
     pub fn tick(&mut self, now: u64) -> bool {
         if self.failed.is_some() {
             return false;
         }
+        let posted = match self.rx.unconsumed_requests() {
+            Ok(n) => n,
+            Err(f) => {
+                self.fail(f.into());
+                return false;
+            }
+        };
         self.check_stall(now);
-        if self.stalled && self.rx.unconsumed_requests().unwrap_or(0) > 0 {
+        if self.stalled && posted > 0 {
             self.stalled = false;
             self.blocked_since = None;
         }
         !self.rxq.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fuzzing::{all_features, FakeGrants, Harness, Memory, STAGING_BASE};
+    use crate::{Limits, QueueError, RxRefused, STAGING_PAGES};
+    use xen_netif::PacketMeta;
+    use xen_ring::Fault;
+
+    /// XSA-392 class (a frontend pinning backend resources): an RX `req_prod` far beyond
+    /// what the ring holds fails the queue at the next tick, with no packet waiting for
+    /// buffers; before the fix the fault was only seen once traffic arrived for the vif, so
+    /// an idle hostile frontend kept its connection (mapped rings, bound ports) indefinitely.
+    #[test]
+    fn xsa392_runaway_rx_req_prod_fails_at_the_next_tick() {
+        let mem = Memory::new(STAGING_PAGES);
+        let grants = FakeGrants::new(&mem.local, STAGING_BASE);
+        let mut h = Harness::new(&mem, &grants, all_features(), Limits::default());
+        // A good tick first: nothing posted, nothing queued.
+        assert!(!h.queue.tick(0));
+        assert!(h.queue.failure().is_none());
+        h.rx_ring.store_release_u32(0, 256 + 1000).unwrap();
+        assert!(!h.queue.tick(1));
+        assert!(matches!(
+            h.queue.failure(),
+            Some(QueueError::Ring(Fault::RequestOverflow {
+                req_prod: 1256,
+                ..
+            }))
+        ));
+        // Sticky: every later call refuses without touching the rings.
+        assert_eq!(
+            h.queue.process_rx(2).unwrap_err(),
+            h.queue.failure().unwrap()
+        );
+        assert_eq!(
+            h.queue.enqueue_rx(&[0u8; 60], &PacketMeta::default()),
+            Err(RxRefused::Failed)
+        );
+        assert_eq!(grants.entries.get(), 0);
+    }
+
+    /// Posted buffers within the ring's size are not a fault for the tick.
+    #[test]
+    fn a_full_rx_ring_is_not_a_fault() {
+        let mem = Memory::new(STAGING_PAGES);
+        let grants = FakeGrants::new(&mem.local, STAGING_BASE);
+        let mut h = Harness::new(&mem, &grants, all_features(), Limits::default());
+        h.post_rx(256);
+        assert!(!h.queue.tick(0));
+        assert!(h.queue.failure().is_none());
+        h.queue
+            .enqueue_rx(&[0u8; 60], &PacketMeta::default())
+            .unwrap();
+        h.queue.process_rx(1).unwrap();
+        assert_eq!(h.rx_rsp_prod(), 1);
     }
 }

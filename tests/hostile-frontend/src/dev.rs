@@ -102,6 +102,11 @@ impl Dev {
             .map_err(|e| format!("write {path}: {e}"))
     }
 
+    /// Removes `key` from our directory (absent already is fine: best effort).
+    pub fn remove(&mut self, key: &str) {
+        let _ = self.xs.rm(&format!("{}/{key}", self.fe));
+    }
+
     /// Writes our `state`.
     ///
     /// # Errors

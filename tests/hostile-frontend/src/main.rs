@@ -1,32 +1,34 @@
-//! `hostile-frontend`: a blkif frontend with bad intentions, for a Linux domU.
+//! `hostile-frontend`: a blkif or netif frontend with bad intentions, for a Linux domU.
 //!
-//! It attaches to the backend of one of its domain's `vbd` devices the way a real frontend
-//! does (grants through `/dev/xen/gntalloc`, an event channel through `/dev/xen/evtchn`,
-//! xenstore through `/dev/xen/xenbus`, `Initialised` → `Connected`) and then misbehaves, one
-//! phase per connection (see [`blk::Phase`]): garbage slots, unknown operations, bad segment
-//! counts and sector ranges, unknown and read-only grants, indirect pages of junk, runaway
-//! ring indexes, event floods and xenstore games. Each phase is logged with what the backend
+//! It attaches to the backend of one of its domain's `vbd` (`blk`) or `vif` (`net`) devices
+//! the way a real frontend does (grants through `/dev/xen/gntalloc`, an event channel through
+//! `/dev/xen/evtchn`, xenstore through `/dev/xen/xenbus`, then `Connected`) and misbehaves,
+//! one phase per connection (see [`blk::Phase`], [`net::Phase`]): garbage slots, unknown
+//! operations, bad segment counts and sector ranges, zero-length and oversize packets,
+//! unknown and read-only grants, indirect pages of junk, bogus and endless extra-info slots,
+//! runaway ring indexes, RX buffers with bad references and duplicate ids, event floods,
+//! missing and garbage keys and xenstore games. Each phase is logged with what the backend
 //! did and whether that is what a correct backend does.
 //!
 //! ```text
-//! hostile-frontend blk [--class CLASS] [--device ID] [--phase NAME]... [--seed N] [--go KEY] [--report KEY]
+//! hostile-frontend blk|net [--class CLASS] [--device ID] [--phase NAME]... [--seed N] [--go KEY] [--report KEY]
 //! hostile-frontend list
 //! ```
 //!
-//! `--class` is the directory under our `device/` holding the device (default `vbd`). The
+//! `--class` is the directory under our `device/` holding the device (default `vbd` / `vif`). The
 //! real-Xen scenario uses another name, so that the domU's own xen-blkfront (loaded for other
 //! scenarios) does not claim the device first: a backend only follows its `frontend` node,
 //! whatever class directory that names. `--go KEY`: after the `START` line, wait (at most 120 s)
 //! until our domain's `data/KEY` exists before the first phase, so that dom0 can start the
 //! well-behaved frontend first and the attacks overlap its I/O.
 //!
-//! Output: `HOSTILE blk <phase> PASS|FAIL|SKIP <detail>` per phase, then `HOSTILE blk SUMMARY
-//! <ok>/<n> as expected`. With `--report KEY`, the summary is also written to our domain's
+//! Output: `HOSTILE <blk|net> <phase> PASS|FAIL|SKIP <detail>` per phase, then `HOSTILE
+//! <blk|net> SUMMARY <ok>/<n> as expected`. With `--report KEY`, the summary is also written to our domain's
 //! `data/KEY` node, where dom0 reads it. Exit status 0 when every phase went as expected.
 //!
 //! Built statically (`-C target-feature=+crt-static`) so it runs in a busybox initramfs.
 
-use hostile_frontend::{blk, dev, os};
+use hostile_frontend::{blk, dev, net, os};
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -34,14 +36,50 @@ use std::process::ExitCode;
 use xen_xenbus::client::Config;
 use xen_xenbus::{Store, Xs};
 
-const USAGE: &str = "usage: hostile-frontend blk [--class CLASS] [--device ID] [--phase NAME]... \
+const USAGE: &str =
+    "usage: hostile-frontend blk|net [--class CLASS] [--device ID] [--phase NAME]... \
                      [--seed N|0xHEX] [--go KEY] [--report KEY] | list";
+
+/// Which protocol is attacked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Kind {
+    /// blkif, a `vbd`.
+    #[default]
+    Blk,
+    /// netif, a `vif`.
+    Net,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Blk => "blk",
+            Kind::Net => "net",
+        }
+    }
+
+    /// Every phase name, in run order.
+    fn all(self) -> Vec<&'static str> {
+        match self {
+            Kind::Blk => blk::Phase::ALL.iter().map(|p| p.name()).collect(),
+            Kind::Net => net::Phase::ALL.iter().map(|p| p.name()).collect(),
+        }
+    }
+
+    fn known(self, name: &str) -> bool {
+        match self {
+            Kind::Blk => blk::Phase::parse(name).is_some(),
+            Kind::Net => net::Phase::parse(name).is_some(),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct Options {
+    kind: Kind,
     class: String,
     device: Option<String>,
-    phases: Vec<blk::Phase>,
+    phases: Vec<String>,
     seed: u64,
     go: Option<String>,
     report: Option<String>,
@@ -49,13 +87,15 @@ struct Options {
 
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut it = args.iter();
-    match it.next().map(String::as_str) {
-        Some("blk") => {}
+    let kind = match it.next().map(String::as_str) {
+        Some("blk") => Kind::Blk,
+        Some("net") => Kind::Net,
         Some("list") => return Ok(None),
         _ => return Err(USAGE.into()),
-    }
+    };
     let mut o = Options {
-        class: "vbd".into(),
+        kind,
+        class: if kind == Kind::Net { "vif" } else { "vbd" }.into(),
         seed: 0x5eed,
         ..Options::default()
     };
@@ -66,8 +106,10 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--device" => o.device = Some(value()?.clone()),
             "--phase" => {
                 let v = value()?;
-                o.phases
-                    .push(blk::Phase::parse(v).ok_or_else(|| format!("unknown phase {v}"))?);
+                if !kind.known(v) {
+                    return Err(format!("unknown {} phase {v}", kind.name()));
+                }
+                o.phases.push(v.clone());
             }
             "--seed" => o.seed = parse_seed(value()?).ok_or("--seed needs a number")?,
             "--go" => o.go = Some(value()?.clone()),
@@ -76,7 +118,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         }
     }
     if o.phases.is_empty() {
-        o.phases = blk::Phase::ALL.to_vec();
+        o.phases = kind.all().into_iter().map(String::from).collect();
     }
     Ok(Some(o))
 }
@@ -96,6 +138,7 @@ fn say(line: &str) {
 }
 
 fn run(o: &Options) -> Result<bool, String> {
+    let k = o.kind.name();
     let gnt = os::Gntalloc::open().map_err(|e| e.to_string())?;
     let mut ev = os::Evtchn::open().map_err(|e| e.to_string())?;
     let mut xs = Xs::new(
@@ -106,7 +149,7 @@ fn run(o: &Options) -> Result<bool, String> {
     xs.set_max_waits(100);
     let mut dev = dev::Dev::find(xs, &o.class, o.device.as_deref())?;
     say(&format!(
-        "blk START frontend {} backend {} (domain {}), {} phases, seed {}",
+        "{k} START frontend {} backend {} (domain {}), {} phases, seed {}",
         dev.fe,
         dev.be,
         dev.be_id,
@@ -122,28 +165,54 @@ fn run(o: &Options) -> Result<bool, String> {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        say(&format!("blk GO after {} ms", start.elapsed().as_millis()));
+        say(&format!("{k} GO after {} ms", start.elapsed().as_millis()));
     }
-    let mut env = blk::Env {
-        dev: &mut dev,
-        gnt: &gnt,
-        ev: &mut ev,
-        seed: o.seed,
-    };
+    let mac = dev
+        .xs
+        .read_string(&format!("{}/mac", dev.fe))
+        .ok()
+        .and_then(|m| net::parse_mac(&m))
+        .unwrap_or(net::DEFAULT_MAC);
     let mut ok = 0;
     let mut failed = Vec::new();
-    for &p in &o.phases {
-        let r = blk::run(&mut env, p);
-        let verdict = match (r.skipped, r.as_expected) {
-            (true, _) => "SKIP",
-            (false, true) => "PASS",
-            (false, false) => "FAIL",
+    for name in &o.phases {
+        // (verdict, as expected, detail)
+        let (verdict, as_expected, detail) = match o.kind {
+            Kind::Blk => {
+                let mut env = blk::Env {
+                    dev: &mut dev,
+                    gnt: &gnt,
+                    ev: &mut ev,
+                    seed: o.seed,
+                };
+                let p = blk::Phase::parse(name).ok_or("phase")?;
+                let r = blk::run(&mut env, p);
+                let v = match (r.skipped, r.as_expected) {
+                    (true, _) => "SKIP",
+                    (false, true) => "PASS",
+                    (false, false) => "FAIL",
+                };
+                (v, r.as_expected, r.detail)
+            }
+            Kind::Net => {
+                let mut env = net::Env {
+                    dev: &mut dev,
+                    gnt: &gnt,
+                    ev: &mut ev,
+                    seed: o.seed,
+                    mac,
+                };
+                let p = net::Phase::parse(name).ok_or("phase")?;
+                let r = net::run(&mut env, p);
+                let v = if r.as_expected { "PASS" } else { "FAIL" };
+                (v, r.as_expected, r.detail)
+            }
         };
-        say(&format!("blk {} {verdict} {}", p.name(), r.detail));
-        if r.as_expected {
+        say(&format!("{k} {name} {verdict} {detail}"));
+        if as_expected {
             ok += 1;
         } else {
-            failed.push(p.name());
+            failed.push(name.as_str());
         }
     }
     let summary = format!(
@@ -155,11 +224,11 @@ fn run(o: &Options) -> Result<bool, String> {
             format!(" (not: {})", failed.join(" "))
         }
     );
-    say(&format!("blk SUMMARY {summary}"));
+    say(&format!("{k} SUMMARY {summary}"));
     if let Some(key) = &o.report {
         let path = format!("data/{key}");
         if let Err(e) = dev.xs.write_str(&path, &summary) {
-            say(&format!("blk cannot write {path}: {e}"));
+            say(&format!("{k} cannot write {path}: {e}"));
         }
     }
     Ok(failed.is_empty())
@@ -171,7 +240,10 @@ fn main() -> ExitCode {
         Ok(Some(o)) => o,
         Ok(None) => {
             for p in blk::Phase::ALL {
-                println!("{:<18} {:?}", p.name(), p.expect());
+                println!("blk {:<18} {:?}", p.name(), p.expect());
+            }
+            for p in net::Phase::ALL {
+                println!("net {:<18} {:?}", p.name(), p.expect());
             }
             return ExitCode::SUCCESS;
         }
@@ -184,7 +256,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            say(&format!("blk ERROR {e}"));
+            say(&format!("{} ERROR {e}", o.kind.name()));
             ExitCode::FAILURE
         }
     }
@@ -205,13 +277,22 @@ mod tests {
         ))
         .unwrap()
         .unwrap();
-        assert_eq!(o.phases, [blk::Phase::Runaway, blk::Phase::BadOp]);
+        assert_eq!(o.phases, ["runaway", "bad-op"]);
+        assert_eq!(o.kind, Kind::Blk);
         assert_eq!(o.seed, 9);
         assert_eq!(o.report.as_deref(), Some("h"));
         assert_eq!(o.go.as_deref(), Some("g"));
         let o = parse(&args("blk")).unwrap().unwrap();
         assert_eq!(o.phases.len(), blk::Phase::ALL.len());
         assert_eq!(o.class, "vbd");
+        let o = parse(&args("net --phase runaway-rx")).unwrap().unwrap();
+        assert_eq!((o.kind, o.class.as_str()), (Kind::Net, "vif"));
+        assert_eq!(o.phases, ["runaway-rx"]);
+        let o = parse(&args("net")).unwrap().unwrap();
+        assert_eq!(o.phases.len(), net::Phase::ALL.len());
+        // A phase of the other protocol is refused.
+        assert!(parse(&args("net --phase bad-op")).is_err());
+        assert!(parse(&args("blk --phase runaway-rx")).is_err());
         let o = parse(&args("blk --class hostile-vbd --seed 0xfF01"))
             .unwrap()
             .unwrap();
