@@ -372,11 +372,9 @@ xenrs_kpi_upcall_setup(int mode, uint32_t *where)
 {
 	int error;
 
-	if (mode != 2) {
-		printf("xen: upcall: the per-vCPU vector is not implemented by this "
-		    "build (no IDT entry stub); set hw.xenrs.upcall=pci on HVM\n");
-		return (EOPNOTSUPP);
-	}
+	/* The per-vCPU vector is set up by xenrs_kpi_vec_* below, step by step from Rust. */
+	if (mode != 2)
+		return (EINVAL);
 	if (xenrs_pci_dev == NULL) {
 		printf("xen: upcall: no Xen platform PCI device (5853:0001) attached\n");
 		return (ENXIO);
@@ -411,6 +409,251 @@ xenrs_kpi_upcall_teardown(void)
 	bus_release_resource(xenrs_pci_dev, SYS_RES_IRQ, xenrs_irq_rid,
 	    xenrs_irq);
 	xenrs_irq = NULL;
+}
+
+int
+xenrs_kpi_upcall_pci_present(void)
+{
+	return (xenrs_pci_dev != NULL);
+}
+
+/*
+ * The per-vCPU upcall vector (hw.xenrs.upcall=vector), without an IDT entry stub of our
+ * own: the upcall is an ordinary x86 interrupt source (struct intsrc) of a PIC of ours,
+ * registered at an IRQ number nobody uses. Its vector is allocated on the boot CPU's local
+ * APIC with apic_alloc_vector(), whose stock IDT entry (Xapic_isrN, installed by
+ * apic_enable_vector()) calls lapic_handle_intr() -> intr_execute_handlers() -> our
+ * filter, and then the PIC's pic_eoi_source (lapic_eoi()). src/kpi.rs drives the steps and
+ * their undoing; the IRQ is chosen there from xenrs_kpi_irq_space()/xenrs_kpi_irq_used().
+ *
+ * FreeBSD has no intr_deregister_source() or intr_deregister_pic(): once registered, the
+ * source and its PIC stay in the kernel's tables for good. So both live in M_DEVBUF memory
+ * (not freed at unload), the loader environment variable hw.xenrs.upcall_source records
+ * "<irq>:<address>", and the next load of xen.ko finds and reuses them. Between loads the
+ * source is inert: its vectors are freed (no IDT path leads to it), it has no handler, and
+ * nothing in the kernel calls a method of its PIC any more: pic_register_sources,
+ * pic_suspend, pic_resume and pic_reprogram_pin are NULL (checked by intr_machdep.c),
+ * ie_assign_cpu is NULL (intr_event_bind() then refuses with EOPNOTSUPP), and ie_cpu is CPU 0
+ * (intr_balance() skips bound events). The methods the interrupt path uses point into
+ * xen.ko's text, so a reload rewrites them, and the copies intr_register_source() made into
+ * the intr_event (ie_post_filter, ie_post_ithread).
+ */
+#include <sys/interrupt.h>
+#include <sys/mutex.h>
+#include <machine/intr_machdep.h>
+#include <x86/apicvar.h>
+
+#define	XENRS_VSRC_ENV		"hw.xenrs.upcall_source"
+
+struct xenrs_vsrc {
+	struct intsrc	vs_isrc;	/* first: the kernel passes &vs_isrc */
+	struct pic	vs_pic;
+	u_int		vs_irq;
+};
+
+static struct xenrs_vsrc *xenrs_vsrc;
+static void *xenrs_vsrc_cookie;
+
+static void
+xenrs_vpic_nop(struct intsrc *isrc __unused)
+{
+}
+
+static void
+xenrs_vpic_disable_source(struct intsrc *isrc __unused, int eoi)
+{
+	/* A local APIC vector cannot be masked; a stray is acknowledged. */
+	if (eoi == PIC_EOI)
+		lapic_eoi();
+}
+
+static void
+xenrs_vpic_eoi_source(struct intsrc *isrc __unused)
+{
+	lapic_eoi();
+}
+
+static int
+xenrs_vpic_vector(struct intsrc *isrc)
+{
+	return ((int)((struct xenrs_vsrc *)isrc)->vs_irq);
+}
+
+static int
+xenrs_vpic_source_pending(struct intsrc *isrc __unused)
+{
+	return (0);
+}
+
+static int
+xenrs_vpic_config_intr(struct intsrc *isrc __unused,
+    enum intr_trigger trig __unused, enum intr_polarity pol __unused)
+{
+	return (EOPNOTSUPP);
+}
+
+static int
+xenrs_vpic_assign_cpu(struct intsrc *isrc __unused, u_int apic_id __unused)
+{
+	/* Xen is told one vector on vCPU 0 (the boot CPU): it does not move. */
+	return (EOPNOTSUPP);
+}
+
+/* The methods, (re)written at every load: they point into this module's text. */
+static void
+xenrs_vsrc_methods(struct xenrs_vsrc *vs)
+{
+	struct pic *pic = &vs->vs_pic;
+
+	pic->pic_register_sources = NULL;
+	pic->pic_enable_source = xenrs_vpic_nop;
+	pic->pic_disable_source = xenrs_vpic_disable_source;
+	pic->pic_eoi_source = xenrs_vpic_eoi_source;
+	pic->pic_enable_intr = xenrs_vpic_nop;
+	pic->pic_disable_intr = xenrs_vpic_nop;
+	pic->pic_vector = xenrs_vpic_vector;
+	pic->pic_source_pending = xenrs_vpic_source_pending;
+	pic->pic_suspend = NULL;
+	pic->pic_resume = NULL;
+	pic->pic_config_intr = xenrs_vpic_config_intr;
+	pic->pic_assign_cpu = xenrs_vpic_assign_cpu;
+	pic->pic_reprogram_pin = NULL;
+}
+
+void
+xenrs_kpi_irq_space(uint32_t *num_io, uint32_t *first_msi, uint32_t *num_msi)
+{
+	*num_io = num_io_irqs;
+	*first_msi = first_msi_irq;
+	*num_msi = num_msi_irqs;
+}
+
+int
+xenrs_kpi_irq_used(uint32_t irq)
+{
+	return (intr_lookup_source((int)irq) != NULL);
+}
+
+/* A source left by an earlier load of xen.ko: 0 and its IRQ, or ENOENT. */
+int
+xenrs_kpi_vec_source_find(uint32_t *irq)
+{
+	struct intsrc *isrc;
+	struct xenrs_vsrc *vs;
+	char *env, *end;
+	u_long n;
+	uintptr_t addr;
+	int error = ENOENT;
+
+	env = kern_getenv(XENRS_VSRC_ENV);
+	if (env == NULL)
+		return (ENOENT);
+	n = strtoul(env, &end, 10);
+	if (end != env && *end == ':' && n < num_io_irqs) {
+		addr = (uintptr_t)strtouq(end + 1, NULL, 16);
+		isrc = intr_lookup_source((int)n);
+		/* Ours only if the registered source is at the recorded address. */
+		if (isrc != NULL && (uintptr_t)isrc == addr) {
+			vs = (struct xenrs_vsrc *)isrc;
+			xenrs_vsrc_methods(vs);
+			mtx_lock(&isrc->is_event->ie_lock);
+			isrc->is_event->ie_post_ithread =
+			    (void (*)(void *))vs->vs_pic.pic_enable_source;
+			isrc->is_event->ie_post_filter =
+			    (void (*)(void *))vs->vs_pic.pic_eoi_source;
+			mtx_unlock(&isrc->is_event->ie_lock);
+			xenrs_vsrc = vs;
+			*irq = vs->vs_irq;
+			error = 0;
+		}
+	}
+	freeenv(env);
+	return (error);
+}
+
+/* Registers a new source at `irq` (which xenrs_kpi_irq_used() said is free). */
+int
+xenrs_kpi_vec_source_create(uint32_t irq)
+{
+	struct xenrs_vsrc *vs;
+	struct intr_event *ie;
+	char value[40];
+	int error;
+
+	if (irq >= num_io_irqs)
+		return (EINVAL);
+	vs = malloc(sizeof(*vs), M_DEVBUF, M_WAITOK | M_ZERO);
+	vs->vs_irq = irq;
+	vs->vs_isrc.is_pic = &vs->vs_pic;
+	xenrs_vsrc_methods(vs);
+	error = intr_register_pic(&vs->vs_pic);
+	if (error != 0) {
+		free(vs, M_DEVBUF);
+		return (error);
+	}
+	error = intr_register_source(&vs->vs_isrc);
+	if (error != 0) {
+		/*
+		 * The PIC is in the kernel's list for good: keep its memory. With no source it
+		 * is only ever asked for the NULL suspend/resume methods.
+		 */
+		printf("xen: upcall: intr_register_source(irq %u): %d\n", irq,
+		    error);
+		return (error);
+	}
+	ie = vs->vs_isrc.is_event;
+	mtx_lock(&ie->ie_lock);
+	ie->ie_assign_cpu = NULL;
+	ie->ie_cpu = 0;
+	mtx_unlock(&ie->ie_lock);
+	snprintf(value, sizeof(value), "%u:%jx", irq, (uintmax_t)(uintptr_t)vs);
+	(void)kern_setenv(XENRS_VSRC_ENV, value);
+	xenrs_vsrc = vs;
+	return (0);
+}
+
+int
+xenrs_kpi_vec_handler_add(void)
+{
+	if (xenrs_vsrc == NULL || xenrs_vsrc_cookie != NULL)
+		return (EINVAL);
+	return (intr_add_handler(&xenrs_vsrc->vs_isrc, "xenrs upcall",
+	    xenrs_upcall_filter, NULL, NULL, INTR_TYPE_MISC | INTR_MPSAFE,
+	    &xenrs_vsrc_cookie, 0));
+}
+
+void
+xenrs_kpi_vec_handler_remove(void)
+{
+	if (xenrs_vsrc_cookie == NULL)
+		return;
+	(void)intr_remove_handler(xenrs_vsrc_cookie);
+	xenrs_vsrc_cookie = NULL;
+}
+
+uint32_t
+xenrs_kpi_bsp_apic_id(void)
+{
+	/* CPU 0 is the boot CPU, which is Xen's vCPU 0 (the only one Xen starts). */
+	return ((uint32_t)pcpu_find(0)->pc_apic_id);
+}
+
+uint32_t
+xenrs_kpi_apic_alloc_vector(uint32_t apic_id, uint32_t irq)
+{
+	return (apic_alloc_vector(apic_id, irq));
+}
+
+void
+xenrs_kpi_apic_enable_vector(uint32_t apic_id, uint32_t vector)
+{
+	apic_enable_vector(apic_id, vector);
+}
+
+void
+xenrs_kpi_apic_free_vector(uint32_t apic_id, uint32_t vector, uint32_t irq)
+{
+	apic_free_vector(apic_id, vector, irq);
 }
 
 static int

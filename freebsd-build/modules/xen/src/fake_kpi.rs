@@ -63,6 +63,31 @@ pub struct State {
     pub gntdev_vm: BTreeMap<u64, (u64, u64)>,
     /// Foreign frames mapped by XENMEM_add_to_physmap_batch.
     pub foreign_mapped: i64,
+    /// `mp_ncpus` (0 means 1).
+    pub ncpus: u32,
+    /// The platform PCI device is absent (PVH).
+    pub no_pci: bool,
+    /// The fake kernel's interrupt machinery for the vector upcall: `num_io_irqs`,
+    /// `first_msi_irq`, `num_msi_irqs`, and the IRQs with a registered source (the I/O
+    /// APIC's, set by `reset`).
+    pub irq_space: (u32, u32, u32),
+    pub irq_sources: std::collections::BTreeSet<u32>,
+    /// The source xen.ko registered (it outlives a module load, as in FreeBSD).
+    pub vec_source: Option<u32>,
+    pub vec_source_creates: u32,
+    pub fail_vec_source: bool,
+    /// The upcall filter is installed on it.
+    pub vec_handler: bool,
+    /// Vectors allocated on the boot CPU's APIC: vector -> IRQ; and those enabled.
+    pub vectors: BTreeMap<u32, u32>,
+    pub vectors_enabled: std::collections::BTreeSet<u32>,
+    pub fail_vector_alloc: bool,
+    /// Interrupts taken: EOIs sent, strays (a vector no source owns, or a source without
+    /// a handler).
+    pub eois: u32,
+    pub strays: u32,
+    /// `HVMOP_set_evtchn_upcall_vector` calls accepted: (vcpu, vector).
+    pub upcall_vectors: Vec<(u32, u8)>,
 }
 
 pub static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -80,6 +105,9 @@ pub fn reset() {
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(State {
         next_port: 10,
         store_pfn: 0xfeffc,
+        // One I/O APIC with 48 pins (as Xen's HVM guests have), then 2048 MSI IRQs.
+        irq_space: (48 + 2048, 48, 2048),
+        irq_sources: (0..48).collect(),
         ..State::default()
     });
 }
@@ -186,6 +214,152 @@ pub extern "C" fn xenrs_kpi_upcall_teardown() {
 }
 
 #[no_mangle]
+pub extern "C" fn xenrs_kpi_upcall_pci_present() -> c_int {
+    c_int::from(!state(|s| s.no_pci))
+}
+
+/// # Safety
+/// Writable out-pointers.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_kpi_irq_space(
+    num_io: *mut u32,
+    first_msi: *mut u32,
+    num_msi: *mut u32,
+) {
+    let (a, b, c) = state(|s| s.irq_space);
+    // SAFETY: the caller's out-pointers.
+    unsafe {
+        num_io.write(a);
+        first_msi.write(b);
+        num_msi.write(c);
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_irq_used(irq: u32) -> c_int {
+    c_int::from(state(|s| s.irq_sources.contains(&irq)))
+}
+
+/// # Safety
+/// Writable out-pointer.
+#[no_mangle]
+pub unsafe extern "C" fn xenrs_kpi_vec_source_find(irq: *mut u32) -> c_int {
+    match state(|s| s.vec_source) {
+        Some(i) => {
+            // SAFETY: the caller's out-pointer.
+            unsafe { irq.write(i) };
+            0
+        }
+        None => 2,
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_vec_source_create(irq: u32) -> c_int {
+    state(|s| {
+        if s.fail_vec_source {
+            return 17;
+        }
+        assert!(s.vec_source.is_none(), "a second source registered");
+        assert!(irq < s.irq_space.0, "IRQ beyond num_io_irqs");
+        assert!(s.irq_sources.insert(irq), "IRQ {irq} already has a source");
+        s.vec_source = Some(irq);
+        s.vec_source_creates += 1;
+        0
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_vec_handler_add() -> c_int {
+    state(|s| {
+        assert!(
+            s.vec_source.is_some() && !s.vec_handler,
+            "handler added out of order"
+        );
+        s.vec_handler = true;
+    });
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_vec_handler_remove() {
+    state(|s| {
+        assert!(s.vec_handler, "handler removed twice");
+        assert!(
+            !s.vectors.values().any(|i| Some(*i) == s.vec_source),
+            "handler removed while a vector still leads to it"
+        );
+        s.vec_handler = false;
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_bsp_apic_id() -> u32 {
+    0
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_apic_alloc_vector(apic_id: u32, irq: u32) -> u32 {
+    assert_eq!(apic_id, 0);
+    state(|s| {
+        if s.fail_vector_alloc {
+            return 0;
+        }
+        // APIC_IO_INTS is 48; the first few are taken by the I/O APIC's pins.
+        let v = (0x38..0xef)
+            .find(|v| !s.vectors.contains_key(v))
+            .unwrap_or(0);
+        if v != 0 {
+            s.vectors.insert(v, irq);
+        }
+        v
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_apic_enable_vector(apic_id: u32, vector: u32) {
+    assert_eq!(apic_id, 0);
+    state(|s| {
+        assert!(
+            s.vectors.contains_key(&vector),
+            "enabling a vector not allocated"
+        );
+        s.vectors_enabled.insert(vector);
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn xenrs_kpi_apic_free_vector(apic_id: u32, vector: u32, irq: u32) {
+    assert_eq!(apic_id, 0);
+    state(|s| {
+        assert_eq!(s.vectors.remove(&vector), Some(irq), "IRQ mismatch");
+        s.vectors_enabled.remove(&vector);
+    });
+}
+
+/// An interrupt on the boot CPU at `vector`, dispatched as FreeBSD's `lapic_handle_intr` ->
+/// `intr_execute_handlers` would: the source the vector leads to, its filter (the shim's
+/// `xenrs_upcall_filter`, which calls `xenrs_xen_upcall`), then the PIC's EOI; a vector or
+/// source without a handler is a stray (acknowledged).
+pub fn interrupt(vector: u32) {
+    let ours = state(|s| {
+        let irq = s.vectors.get(&vector).copied();
+        let ours = irq.is_some()
+            && irq == s.vec_source
+            && s.vec_handler
+            && s.vectors_enabled.contains(&vector);
+        if !ours {
+            s.strays += 1;
+        }
+        ours
+    });
+    if ours {
+        crate::services::xenrs_xen_upcall();
+    }
+    state(|s| s.eois += 1);
+}
+
+#[no_mangle]
 pub extern "C" fn xenrs_kpi_uptime_ns() -> u64 {
     1_000_000
 }
@@ -198,7 +372,7 @@ pub extern "C" fn xenrs_kpi_wakeup(_chan: *const c_void) {}
 
 #[no_mangle]
 pub extern "C" fn xenrs_kpi_ncpus() -> u32 {
-    1
+    state(|s| s.ncpus).max(1)
 }
 
 /// A scripted hypervisor: enough of Xen for bring-up and the exported services.
@@ -311,7 +485,14 @@ impl Hypervisor for FakeHv {
                 state(|s| s.params.push((p.index, p.value)));
                 Ok(())
             }
-            HvmOp::SetEvtchnUpcallVector(_) => Ok(()),
+            HvmOp::SetEvtchnUpcallVector(a) => {
+                if fails("SetEvtchnUpcallVector") {
+                    return Err(XenError::ENOSYS);
+                }
+                let (vcpu, vector) = (a.vcpu, a.vector);
+                state(|s| s.upcall_vectors.push((vcpu, vector)));
+                Ok(())
+            }
         }
     }
     fn sched_op(&self, _op: SchedOp<'_>) -> Result<u64, XenError> {

@@ -257,13 +257,7 @@ impl GntdevPlatform for KGntdev {
     }
 
     fn bind_notify(&mut self, port: u32) -> Result<u32, xen_gnttab::gntdev::Errno> {
-        let bound = crate::MODULE_SLOT
-            .with(|m| {
-                m.platform()
-                    .is_some_and(|p| p.evtchn.lock().lookup(port).is_some())
-            })
-            .unwrap_or(false);
-        if bound {
+        if user_port(port) {
             Ok(port)
         } else {
             Err(xen_gnttab::gntdev::Errno::EINVAL)
@@ -271,10 +265,31 @@ impl GntdevPlatform for KGntdev {
     }
 
     fn notify(&mut self, port: &u32) {
-        let _ = self.slots.hv.evtchn_send(*port);
+        // The file that bound it may have closed it since, and the number may now be one of
+        // xen.ko's own ports: send only to a port still bound through /dev/xen/evtchn.
+        if user_port(*port) {
+            let _ = self.slots.hv.evtchn_send(*port);
+        }
     }
 
     fn unbind_notify(&mut self, _port: u32) {}
+}
+
+/// Whether `port` is bound through a `/dev/xen/evtchn` file (a user's port), the only ports
+/// an unmap notification may name: as Linux's gntdev (`evtchn_get` accepts only ports its
+/// evtchn device made reference-counted), never a port of xen.ko or of a driver module
+/// (xenstore's, a disk's or an interface's), whose peer a user must not be able to signal.
+fn user_port(port: u32) -> bool {
+    crate::MODULE_SLOT
+        .with(|m| {
+            m.platform().is_some_and(|p| {
+                p.evtchn
+                    .lock()
+                    .lookup(port)
+                    .is_some_and(|(token, _, _)| token >= crate::cdev::FILE_TOKEN_BASE)
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// The device state (one per module).

@@ -34,6 +34,30 @@ extern "C" {
     fn xenrs_kpi_upcall_setup(mode: c_int, where_: *mut u32) -> c_int;
     /// Tears the upcall down (the handler is not running when this returns).
     fn xenrs_kpi_upcall_teardown();
+    /// Whether the Xen platform PCI device is attached (the `pci` upcall is possible).
+    fn xenrs_kpi_upcall_pci_present() -> c_int;
+    /// `num_io_irqs`, `first_msi_irq`, `num_msi_irqs` of `<x86/intr_machdep.h>`.
+    fn xenrs_kpi_irq_space(num_io: *mut u32, first_msi: *mut u32, num_msi: *mut u32);
+    /// Whether `intr_lookup_source(irq)` finds a registered interrupt source.
+    fn xenrs_kpi_irq_used(irq: u32) -> c_int;
+    /// The upcall's interrupt source left registered by an earlier load (found through the
+    /// kernel environment): 0 with its IRQ in `*irq`, or `ENOENT`.
+    fn xenrs_kpi_vec_source_find(irq: *mut u32) -> c_int;
+    /// Registers the upcall's PIC and interrupt source at the free `irq` (for good: FreeBSD
+    /// cannot deregister either). 0 or an errno.
+    fn xenrs_kpi_vec_source_create(irq: u32) -> c_int;
+    /// `intr_add_handler` of the upcall filter on that source. 0 or an errno.
+    fn xenrs_kpi_vec_handler_add() -> c_int;
+    /// `intr_remove_handler` (waits for a running filter).
+    fn xenrs_kpi_vec_handler_remove();
+    /// The boot CPU's local APIC id (`cpu_apic_ids[0]`): Xen's vCPU 0.
+    fn xenrs_kpi_bsp_apic_id() -> u32;
+    /// `apic_alloc_vector`: a free IDT vector on that APIC for `irq`, or 0.
+    fn xenrs_kpi_apic_alloc_vector(apic_id: u32, irq: u32) -> u32;
+    /// `apic_enable_vector`: points the IDT entry at the stock `Xapic_isrN` handler.
+    fn xenrs_kpi_apic_enable_vector(apic_id: u32, vector: u32);
+    /// `apic_free_vector` (runs on that CPU, so an interrupt already posted is taken first).
+    fn xenrs_kpi_apic_free_vector(apic_id: u32, vector: u32, irq: u32);
     /// Monotonic time in nanoseconds (`sbinuptime`).
     fn xenrs_kpi_uptime_ns() -> u64;
     /// Sleeps on `chan` for at most `ms` milliseconds (`tsleep`).
@@ -228,6 +252,14 @@ pub fn kick_after(task: Task, ms: u32) {
 pub struct Upcall {
     /// The vector (per-vCPU mode) or IRQ (PCI mode).
     pub at: u32,
+    /// Vector mode: what `Drop` gives back.
+    vector: Option<VectorUpcall>,
+}
+
+/// The platform PCI device is attached (so `hw.xenrs.upcall=pci` can work).
+pub fn pci_present() -> bool {
+    // SAFETY: no arguments.
+    unsafe { xenrs_kpi_upcall_pci_present() != 0 }
 }
 
 impl Upcall {
@@ -236,18 +268,160 @@ impl Upcall {
     /// # Errors
     /// What the shim said (it logs why).
     pub fn setup(mode: u32) -> Result<Upcall, Errno> {
+        if mode == 1 {
+            let v = VectorUpcall::setup()?;
+            return Ok(Upcall {
+                at: v.vector,
+                vector: Some(v),
+            });
+        }
         let mut at = 0u32;
         let mode = c_int::try_from(mode).map_err(|_| Errno::EINVAL)?;
         // SAFETY: a live out-pointer; paired with teardown in Drop.
         check(unsafe { xenrs_kpi_upcall_setup(mode, &mut at) })?;
-        Ok(Upcall { at })
+        Ok(Upcall { at, vector: None })
+    }
+
+    /// The interrupt source's IRQ number (vector mode).
+    pub fn irq(&self) -> Option<u32> {
+        self.vector.as_ref().map(|v| v.irq)
     }
 }
 
 impl Drop for Upcall {
     fn drop(&mut self) {
+        if let Some(v) = self.vector.take() {
+            drop(v);
+            return;
+        }
         // SAFETY: set up in `setup`.
         unsafe { xenrs_kpi_upcall_teardown() }
+    }
+}
+
+/// Where FreeBSD numbers its interrupt sources (`<x86/intr_machdep.h>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IrqSpace {
+    /// `num_io_irqs`: the size of the source table.
+    pub num_io: u32,
+    /// `first_msi_irq` (0 when MSI is not enabled).
+    pub first_msi: u32,
+    /// `num_msi_irqs`.
+    pub num_msi: u32,
+}
+
+/// The IRQ for the upcall's interrupt source, or `None` when there is no safe one.
+///
+/// Sources below `first_msi_irq` are registered at boot (I/O APIC pins, 8259A) and never
+/// later, so one that is free at load stays free: the highest such hole is taken first. Past
+/// it, MSI sources are created on demand from the bottom of the MSI range (`msi_alloc`), so
+/// the last IRQ of that range is used only while it and the one below it are free: MSI
+/// would reach it only after `num_msi_irqs - 1` (2047 by default) sources exist. IRQs beyond
+/// the MSI range belong to FreeBSD's own Xen support (event channels) in kernels built with
+/// it, and are never taken.
+pub fn choose_irq(space: IrqSpace, used: impl Fn(u32) -> bool) -> Option<u32> {
+    let below = if space.first_msi > 0 {
+        space.first_msi.min(space.num_io)
+    } else {
+        space.num_io
+    };
+    // Never IRQ 0: lapic_handle_intr maps a stray vector to it.
+    if let Some(irq) = (1..below).rev().take(4096).find(|&irq| !used(irq)) {
+        return Some(irq);
+    }
+    if space.first_msi == 0 || space.num_msi < 2 {
+        return None;
+    }
+    let last = space.first_msi.checked_add(space.num_msi - 1)?;
+    (last < space.num_io && !used(last) && !used(last - 1)).then_some(last)
+}
+
+/// The per-vCPU upcall vector, as an interrupt source of ours (see the shim): the source
+/// (registered for good, reused by the next load), its filter, and a vector on the boot
+/// CPU's local APIC, which is Xen's vCPU 0. Dropping it frees the vector (on that CPU, so a
+/// posted interrupt is taken first) and then removes the filter; the source stays, inert.
+#[derive(Debug)]
+pub struct VectorUpcall {
+    /// The source's IRQ number.
+    pub irq: u32,
+    /// The boot CPU's APIC id.
+    pub apic_id: u32,
+    /// The IDT vector Xen is told.
+    pub vector: u32,
+    handler: bool,
+}
+
+impl VectorUpcall {
+    fn setup() -> Result<VectorUpcall, Errno> {
+        let mut irq = 0u32;
+        // SAFETY: a live out-pointer.
+        let found = unsafe { xenrs_kpi_vec_source_find(&mut irq) } == 0;
+        if !found {
+            let mut space = IrqSpace {
+                num_io: 0,
+                first_msi: 0,
+                num_msi: 0,
+            };
+            // SAFETY: live out-pointers.
+            unsafe {
+                xenrs_kpi_irq_space(&mut space.num_io, &mut space.first_msi, &mut space.num_msi);
+            }
+            // SAFETY: plain values.
+            let Some(pick) = choose_irq(space, |i| unsafe { xenrs_kpi_irq_used(i) } != 0) else {
+                freebsd_kpi::kprintln!(
+                    "xen: upcall: no free IRQ number for the upcall's interrupt source ({} sources, MSI from {}, {} MSI); use hw.xenrs.upcall=pci",
+                    space.num_io,
+                    space.first_msi,
+                    space.num_msi
+                );
+                return Err(Errno::ENOSPC);
+            };
+            // SAFETY: a plain value; the shim registers the source for good.
+            check(unsafe { xenrs_kpi_vec_source_create(pick) }).inspect_err(|e| {
+                freebsd_kpi::kprintln!(
+                    "xen: upcall: cannot register an interrupt source at IRQ {pick}: {e}"
+                );
+            })?;
+            irq = pick;
+        }
+        let mut up = VectorUpcall {
+            irq,
+            // SAFETY: no arguments.
+            apic_id: unsafe { xenrs_kpi_bsp_apic_id() },
+            vector: 0,
+            handler: false,
+        };
+        // SAFETY: no arguments; paired with the removal in Drop.
+        check(unsafe { xenrs_kpi_vec_handler_add() }).inspect_err(|e| {
+            freebsd_kpi::kprintln!("xen: upcall: intr_add_handler(irq {irq}): {e}");
+        })?;
+        up.handler = true;
+        // SAFETY: plain values.
+        let vector = unsafe { xenrs_kpi_apic_alloc_vector(up.apic_id, irq) };
+        if vector == 0 {
+            freebsd_kpi::kprintln!(
+                "xen: upcall: no free vector on the boot CPU's local APIC {}",
+                up.apic_id
+            );
+            return Err(Errno::ENOSPC);
+        }
+        up.vector = vector;
+        // SAFETY: a vector just allocated on that APIC.
+        unsafe { xenrs_kpi_apic_enable_vector(up.apic_id, vector) };
+        Ok(up)
+    }
+}
+
+impl Drop for VectorUpcall {
+    fn drop(&mut self) {
+        if self.vector != 0 {
+            // SAFETY: allocated in `setup` for this IRQ on this APIC, freed once.
+            unsafe { xenrs_kpi_apic_free_vector(self.apic_id, self.vector, self.irq) };
+        }
+        if self.handler {
+            // SAFETY: added in `setup`, removed once.
+            unsafe { xenrs_kpi_vec_handler_remove() };
+        }
     }
 }
 

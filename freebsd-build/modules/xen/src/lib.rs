@@ -14,7 +14,7 @@
 //! | loader tunable | values | default |
 //! |---|---|---|
 //! | `hw.xenrs.verbose` | `0` quiet, `1` a line at load, `2` also the CPUID details | `0` |
-//! | `hw.xenrs.upcall` | `auto` (= `pci` in this build), `vector` (per-vCPU vector: refused, not implemented), `pci` (platform PCI interrupt, HVM) | `auto` |
+//! | `hw.xenrs.upcall` | `auto` (`vector` when Xen advertises it or there is no platform PCI device, else `pci`), `vector` (per-vCPU upcall vector through an interrupt source of ours, `kpi.rs`), `pci` (platform PCI interrupt, HVM) | `auto` |
 //! | `hw.xenrs.evtchn` | `fifo` (FIFO if Xen accepts it), `2level` (keeps the module reloadable) | `fifo` |
 //!
 //! A malformed value is reported on the console (`xen: loader tunable hw.xenrs.verbose="x":
@@ -60,7 +60,8 @@ pub mod services;
 /// How event upcalls reach us (tunable `hw.xenrs.upcall`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Upcall {
-    /// Per-vCPU vector when Xen offers it, else the platform PCI interrupt.
+    /// Per-vCPU vector when Xen advertises it or there is no platform PCI device, else the
+    /// platform PCI interrupt.
     Auto = 0,
     /// `HVMOP_set_evtchn_upcall_vector` (PVH and modern HVM).
     Vector = 1,

@@ -289,17 +289,16 @@ impl core::fmt::Debug for Platform {
     }
 }
 
-/// The upcall mode to use. `auto` is the platform PCI device for now: the per-vCPU vector
-/// needs an IDT entry stub (assembly with FreeBSD's trap-frame and PTI trampolines) that
-/// this build does not have, so the shim refuses `vector` with a message.
-fn upcall_mode(xen: &XenCpuid, asked: UpcallMode) -> Result<UpcallMode, Errno> {
+/// The upcall mode to use. `auto` is the per-vCPU vector when Xen advertises it
+/// (`XEN_HVM_CPUID_UPCALL_VECTOR`) or when there is no platform PCI device to take an
+/// interrupt from (PVH), else the platform device's interrupt. An explicit `vector` is tried
+/// even without the CPUID bit: older Xen versions have `HVMOP_set_evtchn_upcall_vector`
+/// without advertising it, and the global callback vector is the fallback.
+fn upcall_mode(xen: &XenCpuid, asked: UpcallMode, pci_present: bool) -> UpcallMode {
     match asked {
-        UpcallMode::Vector if !xen.has_upcall_vector() => {
-            kprintln!("xen: upcall: hw.xenrs.upcall=vector, but Xen offers no per-vCPU upcall vector; not loading");
-            Err(Errno::EOPNOTSUPP)
-        }
-        UpcallMode::Auto => Ok(UpcallMode::Pci),
-        other => Ok(other),
+        UpcallMode::Auto if xen.has_upcall_vector() || !pci_present => UpcallMode::Vector,
+        UpcallMode::Auto => UpcallMode::Pci,
+        other => other,
     }
 }
 
@@ -317,7 +316,7 @@ impl Platform {
         fifo: bool,
         install: impl FnOnce(&XenCpuid, &KPages) -> Result<(Hv, RawTrap), Errno>,
     ) -> Result<Platform, Errno> {
-        let upcall_mode = upcall_mode(&xen, asked)?;
+        let upcall_mode = upcall_mode(&xen, asked, kpi::pci_present());
         // 1. Hypercall page.
         let hpage = KPages::alloc(1, true).map_err(fail(Step::HypercallPage, Errno::ENOMEM))?;
         let (hv, raw) = install(&xen, &hpage)?;
@@ -390,21 +389,14 @@ impl Platform {
                 hvm::CallbackVia::Gsi(upcall.at).encode(),
             )
             .map_err(fail(Step::Upcall, Errno::ENXIO))?;
-            callback = Some(CallbackGuard { hv });
+            callback = Some(CallbackGuard::Param { hv });
         }
         if upcall_mode == UpcallMode::Vector {
-            if let Ok(vector) = u8::try_from(upcall.at) {
-                for vcpu in 0..kpi::ncpus() {
-                    hvm::set_upcall_vector(hv, vcpu, vector)
-                        .map_err(fail(Step::Upcall, Errno::ENXIO))?;
-                }
-            } else {
-                kprintln!(
-                    "xen: upcall: vector {} out of range; not loading",
-                    upcall.at
-                );
-                return Err(Errno::ENXIO);
-            }
+            callback = Some(tell_xen_the_vector(hv, vcpu0, upcall.at)?);
+            // Events that came before Xen knew the vector raised no interrupt: poll once, and
+            // let the next event raise vCPU 0's flag (and the vector) again.
+            vcpu0.clear_upcall_pending();
+            kpi::kick(kpi::Task::Events);
         }
         // 7. Grant table.
         let frames =
@@ -574,14 +566,63 @@ impl Platform {
     }
 }
 
-/// `HVM_PARAM_CALLBACK_IRQ` set to our interrupt; cleared (no upcalls) on drop.
-struct CallbackGuard {
+/// Tells Xen to raise `vector` on vCPU 0 (the boot CPU, whose local APIC has it): the
+/// per-vCPU `HVMOP_set_evtchn_upcall_vector`, or where Xen refuses that (it is `ENOSYS` for
+/// domains created without per-vCPU upcalls in some versions) and this is the only CPU, the
+/// global callback vector `HVM_PARAM_CALLBACK_IRQ` (which Xen raises on every vCPU with
+/// events pending; with more CPUs the vector would have to be the same on every local APIC,
+/// which FreeBSD's allocator does not promise). Only vCPU 0 is told: every port xen.ko binds
+/// notifies vCPU 0.
+fn tell_xen_the_vector(
     hv: Hv,
+    vcpu0: xen_kmod::shared::VcpuInfo<'static>,
+    at: u32,
+) -> Result<CallbackGuard, Errno> {
+    let Ok(vector) = u8::try_from(at) else {
+        kprintln!("xen: upcall: vector {at} out of range; not loading");
+        return Err(Errno::ENXIO);
+    };
+    match hvm::set_upcall_vector(hv, 0, vector) {
+        Ok(()) => Ok(CallbackGuard::PerVcpu(vcpu0)),
+        Err(e) if kpi::ncpus() == 1 => {
+            kprintln!(
+                "xen: upcall: HVMOP_set_evtchn_upcall_vector: {e}; using the callback vector"
+            );
+            hvm::set_param(
+                hv,
+                HvmParam::CallbackIrq,
+                hvm::CallbackVia::Vector(vector).encode(),
+            )
+            .map_err(fail(Step::Upcall, Errno::ENXIO))?;
+            Ok(CallbackGuard::Param { hv })
+        }
+        Err(e) => {
+            kprintln!("xen: upcall: HVMOP_set_evtchn_upcall_vector: {e}, and the callback vector needs a single CPU; not loading");
+            Err(Errno::ENXIO)
+        }
+    }
+}
+
+/// What makes Xen stop raising our upcall, done on drop (before the interrupt goes).
+pub(crate) enum CallbackGuard {
+    /// `HVM_PARAM_CALLBACK_IRQ` (GSI or global vector): cleared.
+    Param { hv: Hv },
+    /// A per-vCPU vector on vCPU 0. Xen has no way to clear one (it refuses vectors below
+    /// 0x10), but it raises the vector only when vCPU 0's `evtchn_upcall_pending` goes from 0
+    /// to 1: the flag is left set, and nothing clears it until the next load's filter runs.
+    PerVcpu(xen_kmod::shared::VcpuInfo<'static>),
 }
 
 impl Drop for CallbackGuard {
     fn drop(&mut self) {
-        let _ = hvm::set_param(self.hv, HvmParam::CallbackIrq, 0);
+        match self {
+            CallbackGuard::Param { hv } => {
+                let _ = hvm::set_param(*hv, HvmParam::CallbackIrq, 0);
+            }
+            CallbackGuard::PerVcpu(v) => {
+                let _ = v.set_upcall_pending();
+            }
+        }
     }
 }
 

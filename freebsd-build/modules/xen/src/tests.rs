@@ -165,13 +165,195 @@ fn bad_tunables_are_reported_and_defaulted() {
 }
 
 #[test]
-fn vector_upcall_without_xen_support_refuses_to_load() {
+fn vector_upcall_falls_back_to_the_callback_vector_on_one_cpu_and_refuses_on_more() {
     let _kernel = fake::session();
+    // Xen refuses the per-vCPU op (ENOSYS); one CPU: the global callback vector.
     on_xen(0);
     fake::set_env("hw.xenrs.upcall", "vector");
-    assert_eq!(xenrs_xen_load(), 45);
-    assert!(fake::console().contains("no per-vCPU upcall vector"));
-    assert_eq!(stat(XenStat::Upcall), Err(6));
+    crate::fake_kpi::state(|s| s.fail_ops.push("SetEvtchnUpcallVector"));
+    assert_eq!(xenrs_xen_load(), 0);
+    let vector = stat(XenStat::UpcallAt).unwrap();
+    let callback = xen_sys::native::HVM_PARAM_CALLBACK_IRQ;
+    let via = xen_kmod::hvm::CallbackVia::Vector(u8::try_from(vector).unwrap()).encode();
+    crate::fake_kpi::state(|s| assert_eq!(s.params, [(callback, via)]));
+    assert_eq!(xenrs_xen_unload(), 0);
+    crate::fake_kpi::state(|s| assert_eq!(s.params.last(), Some(&(callback, 0))));
+    nothing_outstanding();
+    // Two CPUs: the callback vector would need the same vector on both APICs; refused,
+    // and the vector and filter set up before are given back.
+    crate::fake_kpi::state(|s| s.ncpus = 2);
+    assert_eq!(xenrs_xen_load(), 6);
+    assert!(fake::console().contains("needs a single CPU; not loading"));
+    nothing_outstanding();
+    crate::fake_kpi::state(|s| {
+        assert_eq!(
+            s.params.last(),
+            Some(&(callback, 0)),
+            "nothing new told to Xen"
+        );
+        assert!(s.upcall_vectors.is_empty());
+    });
+}
+
+#[test]
+#[expect(
+    unsafe_code,
+    reason = "a handler registered through the exported C ABI as a driver module does"
+)]
+fn vector_upcall_delivers_through_an_interrupt_source_and_is_inert_after_unload() {
+    use core::sync::atomic::{AtomicU32, Ordering};
+    static FIRED: AtomicU32 = AtomicU32::new(0);
+    unsafe extern "C" fn handler(_arg: *mut core::ffi::c_void, _port: u32) {
+        FIRED.fetch_add(1, Ordering::SeqCst);
+    }
+    let _kernel = fake::session();
+    on_xen(xen_kmod::arch::cpuid::hvm_features::UPCALL_VECTOR);
+    FIRED.store(0, Ordering::SeqCst);
+    fake::set_env("hw.xenrs.upcall", "vector");
+    assert_eq!(xenrs_xen_load(), 0);
+    assert_eq!(stat(XenStat::Upcall), Ok(1));
+    // No hole below the MSI range (48 I/O APIC pins, MSI from 48): the last MSI IRQ.
+    let irq = 48 + 2048 - 1;
+    let vector = u32::try_from(stat(XenStat::UpcallAt).unwrap()).unwrap();
+    crate::fake_kpi::state(|s| {
+        assert_eq!(s.vec_source, Some(irq));
+        assert!(s.vec_handler);
+        assert_eq!(s.vectors.get(&vector), Some(&irq));
+        assert!(s.vectors_enabled.contains(&vector));
+        assert_eq!(
+            s.upcall_vectors,
+            [(0, u8::try_from(vector).unwrap())],
+            "vCPU 0 told its vector"
+        );
+        assert!(s.params.is_empty(), "no HVM_PARAM_CALLBACK_IRQ");
+    });
+    let mut port = 0u32;
+    assert_eq!(
+        services::xenrs_evtchn_alloc_unbound(0, 0, Some(handler), core::ptr::null_mut(), &mut port),
+        0
+    );
+    // An event: Xen sets the pending bits and raises the vector on vCPU 0.
+    let v = MODULE_SLOT.with(|m| {
+        let p = m.platform().unwrap();
+        let si = p.shared_info_view();
+        si.evtchn_pending().test_and_set(port);
+        let v = si.legacy_vcpu_info(0).unwrap();
+        v.set_pending_sel_bit(port / xen_kmod::shared::BITS_PER_XEN_ULONG);
+        v.set_upcall_pending();
+        v
+    });
+    let v = v.unwrap();
+    let (kicks, eois) = crate::fake_kpi::state(|s| (s.kicks[0], s.eois));
+    crate::fake_kpi::interrupt(vector);
+    assert!(!v.upcall_pending(), "the filter cleared vCPU 0's flag");
+    crate::fake_kpi::state(|s| {
+        assert_eq!(s.kicks[0], kicks + 1, "the events task was queued");
+        assert_eq!(s.eois, eois + 1, "the PIC sent the EOI");
+        assert_eq!(s.strays, 0);
+    });
+    services::xenrs_xen_run_events();
+    assert_eq!(
+        FIRED.load(Ordering::SeqCst),
+        1,
+        "the events task ran the handler"
+    );
+    assert_eq!(services::xenrs_evtchn_unbind(port), 0);
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+    crate::fake_kpi::state(|s| {
+        assert_eq!(
+            s.vec_source,
+            Some(irq),
+            "FreeBSD cannot deregister the source"
+        );
+        assert!(s.vectors.is_empty() && !s.vec_handler);
+    });
+    // Nothing fires after unload: the old vector leads nowhere, no task is queued.
+    let kicks = crate::fake_kpi::state(|s| s.kicks[0]);
+    crate::fake_kpi::interrupt(vector);
+    crate::fake_kpi::state(|s| {
+        assert_eq!(s.kicks[0], kicks);
+        assert_eq!(s.strays, 1);
+    });
+    services::xenrs_xen_upcall();
+    assert_eq!(crate::fake_kpi::state(|s| s.kicks[0]), kicks);
+    // A reload reuses the source (no second registration) with a fresh vector.
+    assert_eq!(xenrs_xen_load(), 0);
+    crate::fake_kpi::state(|s| {
+        assert_eq!(s.vec_source_creates, 1);
+        assert!(s.vec_handler);
+        assert_eq!(s.upcall_vectors.len(), 2);
+    });
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+}
+
+#[test]
+fn the_per_vcpu_guard_leaves_vcpu0_flag_set_so_xen_raises_no_vector_after_unload() {
+    let words: &'static [core::sync::atomic::AtomicU32] = Vec::leak(
+        (0..1024)
+            .map(|_| core::sync::atomic::AtomicU32::new(0))
+            .collect(),
+    );
+    let mem = xen_shmem::SharedMem::from_words(words);
+    let si = xen_kmod::shared::SharedInfo::new(mem).unwrap();
+    let v = si.legacy_vcpu_info(0).unwrap();
+    assert!(!v.upcall_pending());
+    drop(platform::CallbackGuard::PerVcpu(v));
+    assert!(
+        v.upcall_pending(),
+        "Xen injects only when the flag goes from 0 to 1"
+    );
+}
+
+#[test]
+fn vector_upcall_set_up_failures_unwind() {
+    type Inject = fn(&mut crate::fake_kpi::State);
+    let cases: [(&str, Inject); 3] = [
+        ("cannot register an interrupt source", |s| {
+            s.fail_vec_source = true
+        }),
+        ("no free vector", |s| s.fail_vector_alloc = true),
+        ("no free IRQ number", |s| s.irq_space = (48, 48, 0)),
+    ];
+    for (message, inject) in cases {
+        let _kernel = fake::session();
+        on_xen(0);
+        fake::set_env("hw.xenrs.upcall", "vector");
+        crate::fake_kpi::state(inject);
+        assert_ne!(xenrs_xen_load(), 0, "{message}");
+        let console = fake::console();
+        assert!(console.contains(message), "{message}: {console:?}");
+        assert!(console.contains("xen: upcall:"), "{console:?}");
+        nothing_outstanding();
+        crate::fake_kpi::state(|s| assert!(s.upcall_vectors.is_empty()));
+    }
+}
+
+#[test]
+fn the_upcall_irq_is_a_hole_below_msi_else_the_last_msi_irq_while_msi_is_far() {
+    use kpi::{choose_irq, IrqSpace};
+    let space = |num_io, first_msi, num_msi| IrqSpace {
+        num_io,
+        first_msi,
+        num_msi,
+    };
+    // A hole among the I/O APIC pins wins.
+    assert_eq!(
+        choose_irq(space(2096, 48, 2048), |i| i != 30 && i < 48),
+        Some(30)
+    );
+    // No hole: the last MSI IRQ, while it and its neighbour are free.
+    assert_eq!(choose_irq(space(2096, 48, 2048), |i| i < 48), Some(2095));
+    assert_eq!(
+        choose_irq(space(2096, 48, 2048), |i| i < 48 || i == 2094),
+        None
+    );
+    // Never IRQ 0, never beyond the MSI range (FreeBSD's own Xen IRQs live there).
+    assert_eq!(choose_irq(space(48, 48, 0), |i| i > 0), None);
+    assert_eq!(choose_irq(space(4096, 48, 2048), |i| i < 48), Some(2095));
+    // MSI disabled: any hole in the table.
+    assert_eq!(choose_irq(space(24, 0, 0), |i| i != 5), Some(5));
 }
 
 #[test]
@@ -214,6 +396,8 @@ fn nothing_outstanding() {
         assert!(!s.threads, "threads still running");
         assert!(!s.upcall, "upcall still installed");
         assert!(!s.cdevs, "/dev/xen nodes still there");
+        assert!(s.vectors.is_empty(), "APIC vectors left: {:?}", s.vectors);
+        assert!(!s.vec_handler, "upcall filter still installed");
     });
     assert_eq!(fake::locks_out(), 0, "sx locks left");
 }
@@ -651,18 +835,27 @@ fn xenbus_registration_start_stop_and_refusals() {
 }
 
 #[test]
-fn auto_upcall_uses_the_platform_device_even_when_xen_offers_the_vector() {
+fn auto_upcall_is_the_vector_when_xen_offers_it_or_there_is_no_platform_device() {
     let _kernel = fake::session();
-    on_xen(xen_kmod::arch::cpuid::hvm_features::UPCALL_VECTOR);
+    on_xen(0);
     assert_eq!(xenrs_xen_load(), 0);
     assert_eq!(stat(XenStat::UpcallAt), Ok(11), "the platform device's IRQ");
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
-    // Asking for the vector explicitly is refused (not in this build), cleanly.
     on_xen(xen_kmod::arch::cpuid::hvm_features::UPCALL_VECTOR);
-    fake::set_env("hw.xenrs.upcall", "vector");
-    assert_eq!(xenrs_xen_load(), 45);
-    assert!(fake::console().contains("xen: upcall:"));
+    assert_eq!(xenrs_xen_load(), 0);
+    crate::fake_kpi::state(|s| {
+        assert!(!s.upcall, "the platform device's interrupt is not used");
+        assert_eq!(s.upcall_vectors.len(), 1);
+    });
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+    // PVH: no platform device, no CPUID bit.
+    on_xen(0);
+    crate::fake_kpi::state(|s| s.no_pci = true);
+    assert_eq!(xenrs_xen_load(), 0);
+    crate::fake_kpi::state(|s| assert_eq!(s.upcall_vectors.len(), 1));
+    assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
 }
 
@@ -1305,19 +1498,82 @@ mod gntdev_dev {
         n[8..12].copy_from_slice(&2u32.to_le_bytes());
         n[12..16].copy_from_slice(&77u32.to_le_bytes());
         assert_eq!(ioctl(h, ABI.set_unmap_notify(), &mut n), 22);
+        // Nor may it name a port of xen.ko (the xenstore port, 1 here) or of a driver
+        // module: only a port bound through /dev/xen/evtchn, as Linux's gntdev.
+        n[12..16].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(
+            ioctl(h, ABI.set_unmap_notify(), &mut n),
+            22,
+            "xenstore's port"
+        );
+        unsafe extern "C" fn nop(_arg: *mut core::ffi::c_void, _port: u32) {}
+        let mut driver_port = 0u32;
+        assert_eq!(
+            services::xenrs_evtchn_alloc_unbound(
+                0,
+                0,
+                Some(nop),
+                core::ptr::null_mut(),
+                &mut driver_port
+            ),
+            0
+        );
+        n[12..16].copy_from_slice(&driver_port.to_le_bytes());
+        assert_eq!(
+            ioctl(h, ABI.set_unmap_notify(), &mut n),
+            22,
+            "a driver's port"
+        );
+        assert_eq!(services::xenrs_evtchn_unbind(driver_port), 0);
+        let mut cookie = 0u64;
+        let mut eh = 0u64;
+        assert_eq!(
+            // SAFETY: live out-pointer; the cookie outlives the file (closed below).
+            unsafe {
+                cdev::xenrs_cdev_open(
+                    cdev::KIND_EVTCHN,
+                    core::ptr::from_mut(&mut cookie).cast(),
+                    &mut eh,
+                )
+            },
+            0
+        );
+        let mut bind = [0u8; 8];
+        assert_eq!(
+            ioctl(
+                eh,
+                xen_evtchn::dev::IOCTL_EVTCHN_BIND_UNBOUND_PORT,
+                &mut bind
+            ),
+            0
+        );
+        let user_port = u32::from_ne_bytes(bind[4..8].try_into().unwrap());
+        n[12..16].copy_from_slice(&user_port.to_le_bytes());
+        assert_eq!(
+            ioctl(h, ABI.set_unmap_notify(), &mut n),
+            0,
+            "a /dev/xen/evtchn port"
+        );
         // Closing the file leaves the mapping to its VM object: still mapped, unload refused.
         cdev::xenrs_cdev_close(h);
         assert_eq!(counters(), (2, 2));
         assert_eq!(
             stat(XenStat::Users),
-            Ok(1),
-            "the VM object holds the module"
+            Ok(2),
+            "the VM object (and the evtchn file) hold the module"
         );
         assert_eq!(xenrs_xen_unload(), 16);
         // The pager's destructor: grants unmapped, frames populated again, module free.
         gntdev::xenrs_gntdev_object_released(obj);
         gntdev::xenrs_gntdev_object_released(obj);
         assert_eq!(counters(), (0, 0));
+        crate::fake_kpi::state(|s| {
+            assert!(
+                s.sent.contains(&user_port),
+                "the notification went to the user's port"
+            )
+        });
+        cdev::xenrs_cdev_close(eh);
         assert_eq!(fault(obj, 0), Err(22), "gone with its object");
         assert_eq!(stat(XenStat::Users), Ok(0));
         assert_eq!(xenrs_xen_unload(), 0);
