@@ -56,6 +56,9 @@ pub trait HostGrants: Send + Sync {
     fn end_access(&self, r: &GrantRef) -> bool;
     /// `GrantTable::revoke`.
     fn revoke(&self, r: GrantRef) -> Revoke;
+    /// `GrantTable::poll_deferred`: retries deferred revocations, calling `release` with the
+    /// frame of each that completed.
+    fn poll_deferred(&self, release: &mut dyn FnMut(u64));
 }
 
 impl<H, F> HostGrants for GrantTable<'static, H, F>
@@ -74,6 +77,9 @@ where
     }
     fn revoke(&self, r: GrantRef) -> Revoke {
         GrantTable::revoke(self, r)
+    }
+    fn poll_deferred(&self, release: &mut dyn FnMut(u64)) {
+        GrantTable::poll_deferred(self, |frame| release(u64::from(frame)));
     }
 }
 
@@ -165,6 +171,10 @@ pub struct Outstanding {
     pub pages: usize,
     /// Driver registrations.
     pub registrations: usize,
+    /// Grants whose revocation the peer deferred (it still maps the page).
+    pub deferred: usize,
+    /// Page runs given back but held, because a deferred grant still covers them.
+    pub held: usize,
 }
 
 /// [`XenServices`] over host-side pieces (see the module docs).
@@ -175,9 +185,14 @@ pub struct HostXen<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport +
     grants: Box<dyn HostGrants>,
     memory: Box<dyn HostMemory>,
     handlers: Mutex<BTreeMap<Port, Arc<EventHandler>>>,
-    refs: Mutex<BTreeMap<u32, GrantRef>>,
+    /// Our references: raw -> (reference, granted frame).
+    refs: Mutex<BTreeMap<u32, (GrantRef, u64)>>,
     maps: Mutex<BTreeMap<u64, Option<MapHandle>>>,
     pages: Mutex<BTreeMap<u64, u32>>,
+    /// Frames whose revocation was deferred, with a count per frame (as xen.ko's).
+    deferred: Mutex<BTreeMap<u64, u32>>,
+    /// Page runs given back while a deferred frame covers them: (first frame, count).
+    held: Mutex<Vec<(u64, u32)>>,
     buses: Buses<T>,
     next_reg: Mutex<u64>,
 }
@@ -213,6 +228,8 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
             refs: Mutex::new(BTreeMap::new()),
             maps: Mutex::new(BTreeMap::new()),
             pages: Mutex::new(BTreeMap::new()),
+            deferred: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(Vec::new()),
             buses: Arc::new(Mutex::new(BTreeMap::new())),
             next_reg: Mutex::new(1),
         }
@@ -225,6 +242,7 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
     /// # Errors
     /// The connection's failure.
     pub fn pump(&self, budget: usize) -> Result<usize, xen_xenbus::Error> {
+        self.poll_deferred();
         for hb in lock(&self.buses).values_mut() {
             if hb.kicked.swap(false, core::sync::atomic::Ordering::AcqRel) {
                 if let Some(f) = hb.on_kick.as_mut() {
@@ -268,6 +286,53 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
             mappings: lock(&self.maps).len(),
             pages: lock(&self.pages).len(),
             registrations: lock(&self.buses).len(),
+            deferred: lock(&self.deferred).values().map(|n| *n as usize).sum(),
+            held: lock(&self.held).len(),
+        }
+    }
+
+    /// Retries deferred revocations, then frees the held page runs no deferred frame covers
+    /// any more (xen.ko does this on its xenbus thread every 250 ms while any is deferred;
+    /// here [`HostXen::pump`] does it first).
+    pub fn poll_deferred(&self) {
+        if lock(&self.deferred).is_empty() {
+            return;
+        }
+        self.grants.poll_deferred(&mut |gfn| {
+            let mut deferred = lock(&self.deferred);
+            if let Some(n) = deferred.get_mut(&gfn) {
+                *n -= 1;
+                if *n == 0 {
+                    deferred.remove(&gfn);
+                }
+            }
+        });
+        let deferred = lock(&self.deferred);
+        let mut free = Vec::new();
+        lock(&self.held).retain(|&(first, count)| {
+            let covered = deferred
+                .range(first..first + u64::from(count))
+                .next()
+                .is_some();
+            if !covered {
+                free.push((first, count));
+            }
+            covered
+        });
+        drop(deferred);
+        for (first, count) in free {
+            self.memory.free(first, count);
+        }
+    }
+
+    /// Revokes `r` (granted on `gfn`); a deferred revocation is remembered for `gfn`.
+    fn revoke_ref(&self, r: GrantRef, gfn: u64) -> Revoked {
+        match self.grants.revoke(r) {
+            Revoke::Done => Revoked::Done,
+            Revoke::Deferred => {
+                *lock(&self.deferred).entry(gfn).or_insert(0) += 1;
+                Revoked::Deferred
+            }
         }
     }
 
@@ -399,17 +464,17 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
     fn grant_access(&self, domid: u16, gfn: u64, readonly: bool) -> Result<u32, Errno> {
         let r = self.grants.grant(domid, gfn, readonly)?;
         let raw = r.raw();
-        lock(&self.refs).insert(raw, r);
+        lock(&self.refs).insert(raw, (r, gfn));
         Ok(raw)
     }
 
     fn grant_end_access(&self, gref: u32) -> Result<(), Errno> {
         let mut refs = lock(&self.refs);
-        let r = refs.get(&gref).ok_or(Errno::ENOENT)?;
+        let (r, _) = refs.get(&gref).ok_or(Errno::ENOENT)?;
         if !self.grants.end_access(r) {
             return Err(Errno::EBUSY);
         }
-        if let Some(r) = refs.remove(&gref) {
+        if let Some((r, _)) = refs.remove(&gref) {
             // Access already ended: the revoke only frees the reference.
             let _ = self.grants.revoke(r);
         }
@@ -417,11 +482,8 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
     }
 
     fn grant_revoke(&self, gref: u32) -> Result<Revoked, Errno> {
-        let r = lock(&self.refs).remove(&gref).ok_or(Errno::ENOENT)?;
-        Ok(match self.grants.revoke(r) {
-            Revoke::Done => Revoked::Done,
-            Revoke::Deferred => Revoked::Deferred,
-        })
+        let (r, gfn) = lock(&self.refs).remove(&gref).ok_or(Errno::ENOENT)?;
+        Ok(self.revoke_ref(r, gfn))
     }
 
     fn grant_map(&self, domid: u16, gref: u32, readonly: bool) -> Result<Mapped, Errno> {
@@ -470,9 +532,217 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
         })
     }
 
+    /// As xen.ko: grants still live on the pages are revoked first (a driver bug, or the peer
+    /// could reach freed memory), and a run that a deferred revocation covers is held until
+    /// the peer lets go ([`HostXen::poll_deferred`]), never handed back while mapped.
     fn free_pages(&self, pages: Pages) {
-        if lock(&self.pages).remove(&pages.gfn).is_some() {
+        if lock(&self.pages).remove(&pages.gfn).is_none() {
+            return;
+        }
+        let (first, count) = (pages.gfn, u64::from(pages.count));
+        let live: Vec<u32> = lock(&self.refs)
+            .iter()
+            .filter(|(_, (_, gfn))| (first..first + count).contains(gfn))
+            .map(|(raw, _)| *raw)
+            .collect();
+        for raw in live {
+            let taken = lock(&self.refs).remove(&raw);
+            if let Some((r, gfn)) = taken {
+                let _ = self.revoke_ref(r, gfn);
+            }
+        }
+        let covered = lock(&self.deferred)
+            .range(first..first + count)
+            .next()
+            .is_some();
+        if covered {
+            lock(&self.held).push((pages.gfn, pages.count));
+        } else {
             self.memory.free(pages.gfn, pages.count);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use xen_kmod::{
+        EventChannelOp, GrantTableOp, HvmOp, MemoryOp, SchedOp, VcpuOp, XenError, XenVersionOp,
+    };
+
+    /// No hypervisor: nothing here reaches it.
+    #[derive(Clone, Copy, Debug)]
+    struct NoHv;
+
+    impl Hypervisor for NoHv {
+        fn event_channel_op(&self, _op: EventChannelOp<'_>) -> Result<(), XenError> {
+            Err(XenError::ENOSYS)
+        }
+        fn grant_table_op(&self, _op: GrantTableOp<'_>) -> Result<(), XenError> {
+            Err(XenError::ENOSYS)
+        }
+        fn memory_op(&self, _op: MemoryOp<'_>) -> Result<u64, XenError> {
+            Err(XenError::ENOSYS)
+        }
+        fn hvm_op(&self, _op: HvmOp<'_>) -> Result<(), XenError> {
+            Err(XenError::ENOSYS)
+        }
+        fn sched_op(&self, _op: SchedOp<'_>) -> Result<u64, XenError> {
+            Err(XenError::ENOSYS)
+        }
+        fn vcpu_op(&self, _vcpu: u32, _op: VcpuOp<'_>) -> Result<u64, XenError> {
+            Err(XenError::ENOSYS)
+        }
+        fn xen_version(&self, _op: XenVersionOp<'_>) -> Result<u64, XenError> {
+            Err(XenError::ENOSYS)
+        }
+    }
+
+    /// A xenstore that never answers (nothing queued).
+    struct NoStore;
+
+    impl Transport for NoStore {
+        fn send(&mut self, _bytes: &[u8]) -> Result<usize, xen_xenbus::TransportError> {
+            Err(xen_xenbus::TransportError::Closed)
+        }
+        fn recv(&mut self, _buf: &mut [u8]) -> Result<usize, xen_xenbus::TransportError> {
+            Ok(0)
+        }
+        fn wait_for_event(&mut self) -> Result<(), xen_xenbus::TransportError> {
+            Err(xen_xenbus::TransportError::Closed)
+        }
+    }
+
+    /// A grant table whose peer maps every grant until `let_go` is set: revocations are
+    /// deferred, and complete at the next poll after that.
+    #[derive(Default)]
+    struct PeerHolds {
+        let_go: Arc<AtomicBool>,
+        frames: Mutex<BTreeMap<u32, u64>>,
+        deferred: Mutex<Vec<u32>>,
+        next: Mutex<u32>,
+    }
+
+    impl HostGrants for PeerHolds {
+        fn grant(&self, _domid: u16, gfn: u64, _readonly: bool) -> Result<GrantRef, Errno> {
+            let mut next = lock(&self.next);
+            *next += 1;
+            lock(&self.frames).insert(*next, gfn);
+            Ok(GrantRef::from_foreign_table(*next))
+        }
+        fn end_access(&self, _r: &GrantRef) -> bool {
+            self.let_go.load(Ordering::SeqCst)
+        }
+        fn revoke(&self, r: GrantRef) -> Revoke {
+            if self.let_go.load(Ordering::SeqCst) {
+                Revoke::Done
+            } else {
+                lock(&self.deferred).push(r.raw());
+                Revoke::Deferred
+            }
+        }
+        fn poll_deferred(&self, release: &mut dyn FnMut(u64)) {
+            if !self.let_go.load(Ordering::SeqCst) {
+                return;
+            }
+            for raw in lock(&self.deferred).drain(..) {
+                release(lock(&self.frames).get(&raw).copied().unwrap_or(0));
+            }
+        }
+    }
+
+    /// Pages from the host heap, numbered from frame 100; frees are recorded.
+    #[derive(Default)]
+    struct Heap {
+        next: Mutex<u64>,
+        freed: Arc<Mutex<Vec<(u64, u32)>>>,
+    }
+
+    impl HostMemory for Heap {
+        fn alloc(&self, count: u32) -> Option<(SharedMem<'static>, u64)> {
+            let words: &'static [core::sync::atomic::AtomicU32] = Vec::leak(
+                (0..count as usize * 1024)
+                    .map(|_| core::sync::atomic::AtomicU32::new(0))
+                    .collect(),
+            );
+            let mut next = lock(&self.next);
+            let gfn = 100 + *next;
+            *next += u64::from(count);
+            Some((SharedMem::from_words(words), gfn))
+        }
+        fn free(&self, gfn: u64, count: u32) {
+            lock(&self.freed).push((gfn, count));
+        }
+        fn reserve_slot(&self) -> Option<u64> {
+            None
+        }
+        fn view_slot(&self, _host_addr: u64) -> Option<SharedMem<'static>> {
+            None
+        }
+        fn release_slot(&self, _host_addr: u64) {}
+    }
+
+    /// Page runs the heap got back: (first frame, count).
+    type Freed = Arc<Mutex<Vec<(u64, u32)>>>;
+
+    fn host() -> (HostXen<NoHv, NoStore>, Arc<AtomicBool>, Freed) {
+        let grants = PeerHolds::default();
+        let let_go = Arc::clone(&grants.let_go);
+        let heap = Heap::default();
+        let freed = Arc::clone(&heap.freed);
+        let xs = Xs::new(NoStore, xen_xenbus::Config::default());
+        (
+            HostXen::new(NoHv, 1, xs, Box::new(grants), Box::new(heap)),
+            let_go,
+            freed,
+        )
+    }
+
+    #[test]
+    fn pages_under_a_deferred_revoke_are_held_until_the_peer_lets_go() {
+        let (xen, let_go, freed) = host();
+        let pages = xen.alloc_pages(2).unwrap();
+        let gfn = pages.gfn;
+        let gref = xen.grant_access(0, gfn + 1, false).unwrap();
+        assert_eq!(xen.grant_revoke(gref), Ok(Revoked::Deferred));
+        xen.free_pages(pages);
+        assert!(
+            lock(&freed).is_empty(),
+            "handed back while the peer maps a page"
+        );
+        let o = xen.outstanding();
+        assert_eq!((o.pages, o.deferred, o.held), (0, 1, 1), "{o:?}");
+        // Polling while the peer still maps it changes nothing.
+        xen.poll_deferred();
+        assert!(lock(&freed).is_empty());
+        let_go.store(true, Ordering::SeqCst);
+        assert_eq!(
+            xen.pump(8),
+            Ok(0),
+            "pump polls the deferred revocations first"
+        );
+        assert_eq!(*lock(&freed), [(gfn, 2)]);
+        assert_eq!(xen.outstanding(), Outstanding::default());
+    }
+
+    #[test]
+    fn pages_freed_with_a_live_grant_revoke_it_and_are_held_if_deferred() {
+        let (xen, let_go, freed) = host();
+        let other = xen.alloc_pages(1).unwrap();
+        let pages = xen.alloc_pages(1).unwrap();
+        let gfn = pages.gfn;
+        let _live = xen.grant_access(0, gfn, true).unwrap();
+        xen.free_pages(pages);
+        let o = xen.outstanding();
+        assert_eq!((o.grants, o.deferred, o.held), (0, 1, 1), "{o:?}");
+        // A run no deferred revocation covers goes back at once.
+        let other_gfn = other.gfn;
+        xen.free_pages(other);
+        assert_eq!(*lock(&freed), [(other_gfn, 1)]);
+        let_go.store(true, Ordering::SeqCst);
+        xen.poll_deferred();
+        assert_eq!(*lock(&freed), [(other_gfn, 1), (gfn, 1)]);
+        assert_eq!(xen.outstanding(), Outstanding::default());
     }
 }
