@@ -10,7 +10,9 @@
 //! - [`tunable`]: loader tunables, parsed strictly, with a logged reason for a bad value.
 //! - [`print`]: `kprintln!` to the console and dmesg.
 //! - [`alloc`]: `malloc(9)` as the global allocator on the kernel targets.
-//! - [`sync`]: [`sync::SxLock`], a value behind an `sx(9)` lock.
+//! - [`sync`]: [`sync::SxLock`], a value behind an `sx(9)` lock, and [`sync::Mutex`], one
+//!   behind an `MTX_DEF` mutex (the driver modules' device lock and short queues).
+//! - [`taskqueue`]: [`taskqueue::TaskQueue`], a device's own taskqueue thread and its task.
 //! - `fake` (feature `fake-kpi`): `#[no_mangle] extern "C"` fakes of every kernel function
 //!   this crate calls, for host tests of the glue.
 //!
@@ -31,6 +33,7 @@ pub mod module;
 pub mod print;
 pub mod sync;
 mod sys;
+pub mod taskqueue;
 pub mod tunable;
 
 pub use errno::Errno;

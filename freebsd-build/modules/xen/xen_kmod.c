@@ -135,6 +135,7 @@ XENRS_XEN_LEAF(open_files, XENRS_XEN_STAT_OPEN_FILES,
  * variadic or header-private interfaces.
  */
 #include <sys/lock.h>
+#include <sys/mutex.h>
 #include <sys/sx.h>
 #include <sys/taskqueue.h>
 #include <sys/time.h>
@@ -176,6 +177,134 @@ xenrs_sx_free(void *lock)
 {
 	sx_destroy((struct sx *)lock);
 	free(lock, M_XENRS);
+}
+
+/* 1 when taken, 0 when another thread holds it (never sleeps). */
+int
+xenrs_sx_try_lock(void *lock)
+{
+	return (sx_try_xlock((struct sx *)lock));
+}
+
+/*
+ * The driver modules' shared kernel glue (freebsd_kpi::sync::Mutex and
+ * freebsd_kpi::taskqueue::TaskQueue, docs/FREEBSD.md "The driver modules"): one copy here,
+ * exported, instead of one per module. Every driver module depends on xen.ko, so these are
+ * always loaded first, and one global name serves a custom kernel too.
+ *
+ * An MTX_DEF mutex named `name` (which must outlive it); never sleeps to take.
+ */
+void *
+xenrs_mtx_new(const char *name)
+{
+	struct mtx *m;
+
+	m = malloc(sizeof(*m), M_XENRS, M_WAITOK | M_ZERO);
+	mtx_init(m, name, NULL, MTX_DEF);
+	return (m);
+}
+
+void
+xenrs_mtx_lock(void *m)
+{
+	mtx_lock((struct mtx *)m);
+}
+
+void
+xenrs_mtx_unlock(void *m)
+{
+	mtx_unlock((struct mtx *)m);
+}
+
+void
+xenrs_mtx_free(void *m)
+{
+	mtx_destroy((struct mtx *)m);
+	free(m, M_XENRS);
+}
+
+/*
+ * A device's own taskqueue thread ("<name><unit> taskq") running one task, fn(arg), now or
+ * after a delay. xen.ko's event thread only flags work and enqueues the task, which may
+ * sleep (it waits for the device's sx lock). prio: 0 PWAIT, 1 PRIBIO (a disk's I/O).
+ */
+struct xenrs_tq {
+	struct taskqueue	*tq;
+	struct task		 task;
+	struct timeout_task	 later;
+	void			(*fn)(void *);
+	void			*arg;
+};
+
+static void
+xenrs_tq_run(void *arg, int pending __unused)
+{
+	struct xenrs_tq *t;
+
+	t = arg;
+	t->fn(t->arg);
+}
+
+void *
+xenrs_tq_new(void (*fn)(void *), void *arg, const char *name, u_int unit, int prio)
+{
+	struct xenrs_tq *t;
+
+	t = malloc(sizeof(*t), M_XENRS, M_WAITOK | M_ZERO);
+	t->fn = fn;
+	t->arg = arg;
+	TASK_INIT(&t->task, 0, xenrs_tq_run, t);
+	t->tq = taskqueue_create(name, M_WAITOK, taskqueue_thread_enqueue,
+	    &t->tq);
+	TIMEOUT_TASK_INIT(t->tq, &t->later, 0, xenrs_tq_run, t);
+	taskqueue_start_threads(&t->tq, 1, prio == 1 ? PRIBIO : PWAIT,
+	    "%s%u taskq", name, unit);
+	return (t);
+}
+
+void
+xenrs_tq_enqueue(void *tq)
+{
+	struct xenrs_tq *t;
+
+	t = tq;
+	taskqueue_enqueue(t->tq, &t->task);
+}
+
+/* The task again in ms milliseconds (at least one tick). */
+void
+xenrs_tq_enqueue_later(void *tq, u_int ms)
+{
+	struct xenrs_tq *t;
+
+	t = tq;
+	taskqueue_enqueue_timeout(t->tq, &t->later, MAX(1, ms * hz / 1000));
+}
+
+/*
+ * Cancels a delayed run not yet due and waits for a run in progress (and for one the task
+ * enqueues itself meanwhile).
+ */
+void
+xenrs_tq_drain(void *tq)
+{
+	struct xenrs_tq *t;
+
+	t = tq;
+	taskqueue_drain_timeout(t->tq, &t->later);
+	taskqueue_drain(t->tq, &t->task);
+}
+
+/* Drains (xenrs_tq_drain), then frees the thread and the queue. */
+void
+xenrs_tq_free(void *tq)
+{
+	struct xenrs_tq *t;
+
+	t = tq;
+	xenrs_tq_drain(t);
+	taskqueue_free(t->tq);
+	free(t, M_XENRS);
 }
 
 void *

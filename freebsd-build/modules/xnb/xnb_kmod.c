@@ -4,21 +4,18 @@
  * xnb.ko: module registration and the thin FreeBSD side of the network backend: one ifnet
  * per guest vif (named xnb<domid>.<handle>, IFT_ETHER, so bridge(4) can hold it and put it in
  * promiscuous mode), its transmit/ioctl entry points (the bridge sends frames for the guest
- * through if_transmit), mbuf copies both ways, link state, a mutex per vif and the sysctl
- * tree dev.xnb.<unit>. Every decision is the Rust library's (src/vif.rs); each function here
- * is a few lines of KPI with fixed arity, so the host tests replace them with fakes.
+ * through if_transmit), mbuf copies both ways, link state and the sysctl tree
+ * dev.xnb.<unit> (its locks and taskqueue are xen.ko's shared glue). Every decision is the
+ * Rust library's (src/vif.rs); each function here is a few lines of KPI with fixed arity, so
+ * the host tests replace them with fakes.
  */
 #include "xenrs_module.h"
 
-#include <sys/lock.h>
 #include <sys/malloc.h>
 #include <sys/mbuf.h>
-#include <sys/mutex.h>
 #include <sys/socket.h>
 #include <sys/sockio.h>
 #include <sys/sysctl.h>
-#include <sys/taskqueue.h>
-#include <sys/sx.h>
 #include <sys/time.h>
 
 #include <net/ethernet.h>
@@ -200,125 +197,11 @@ xenrs_xnb_now_ns(void)
 }
 
 /*
- * The device's own taskqueue thread: event work (responses, received frames) runs here, not
- * in xen.ko's event thread, whose handler only sets a flag and enqueues the task. The task
- * may sleep, so it waits for the device lock like a xenbus callback.
+ * The vif's device lock (sx), the mutex of its queue of packets waiting for that lock, and
+ * its taskqueue are the shared glue xen.ko exports (freebsd_kpi::sync and ::taskqueue; see
+ * docs/FREEBSD.md "The driver modules"): if_transmit and the event handler never sleep, they
+ * only try the device lock and leave their work for its holder.
  */
-void	xenrs_xnb_task(void *softc);
-
-struct xenrs_xnb_tq {
-	struct taskqueue	*tq;
-	struct task		 task;
-};
-
-static void
-xnb_kmod_task(void *arg, int pending __unused)
-{
-	xenrs_xnb_task(arg);
-}
-
-struct xenrs_xnb_tq *
-xenrs_xnb_tq_new(void *softc, u_int unit)
-{
-	struct xenrs_xnb_tq *t;
-
-	t = malloc(sizeof(*t), M_DEVBUF, M_WAITOK | M_ZERO);
-	TASK_INIT(&t->task, 0, xnb_kmod_task, softc);
-	t->tq = taskqueue_create("xnb", M_WAITOK, taskqueue_thread_enqueue,
-	    &t->tq);
-	taskqueue_start_threads(&t->tq, 1, PWAIT, "xnb%u taskq", unit);
-	return (t);
-}
-
-void
-xenrs_xnb_tq_enqueue(struct xenrs_xnb_tq *t)
-{
-	taskqueue_enqueue(t->tq, &t->task);
-}
-
-/* Waits for a run in progress, then frees the thread and the queue. */
-void
-xenrs_xnb_tq_free(struct xenrs_xnb_tq *t)
-{
-	taskqueue_drain(t->tq, &t->task);
-	taskqueue_free(t->tq);
-	free(t, M_DEVBUF);
-}
-
-/*
- * Two locks per interface. The device lock is an sx(9) lock: the xenbus callbacks hold it
- * while they talk to xenstore, allocate pages and unbind event channels, all of which may
- * sleep. if_transmit and the event handler never sleep: they only try it, and a packet that
- * finds it taken waits in a short queue guarded by the MTX_DEF mutex below (held only for a
- * push or a pop) for the holder, which drains it before it is done.
- */
-struct sx *
-xenrs_xnb_sx_new(void)
-{
-	struct sx *sx;
-
-	sx = malloc(sizeof(*sx), M_DEVBUF, M_NOWAIT | M_ZERO);
-	if (sx != NULL)
-		sx_init(sx, "xnb");
-	return (sx);
-}
-
-void
-xenrs_xnb_sx_xlock(struct sx *sx)
-{
-	sx_xlock(sx);
-}
-
-/* 1 when taken, 0 when another thread holds it. */
-int
-xenrs_xnb_sx_try_xlock(struct sx *sx)
-{
-	return (sx_try_xlock(sx));
-}
-
-void
-xenrs_xnb_sx_xunlock(struct sx *sx)
-{
-	sx_xunlock(sx);
-}
-
-void
-xenrs_xnb_sx_free(struct sx *sx)
-{
-	sx_destroy(sx);
-	free(sx, M_DEVBUF);
-}
-
-/* The queue of packets waiting for the device lock. */
-struct mtx *
-xenrs_xnb_lock_new(void)
-{
-	struct mtx *m;
-
-	m = malloc(sizeof(*m), M_DEVBUF, M_NOWAIT | M_ZERO);
-	if (m != NULL)
-		mtx_init(m, "xnb txq", NULL, MTX_DEF);
-	return (m);
-}
-
-void
-xenrs_xnb_lock(struct mtx *m)
-{
-	mtx_lock(m);
-}
-
-void
-xenrs_xnb_unlock(struct mtx *m)
-{
-	mtx_unlock(m);
-}
-
-void
-xenrs_xnb_lock_free(struct mtx *m)
-{
-	mtx_destroy(m);
-	free(m, M_DEVBUF);
-}
 
 /*
  * dev.xnb.<unit>.<leaf>: the indices are `DevStat` in src/vif.rs; a unit test there checks

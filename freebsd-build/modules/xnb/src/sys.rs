@@ -1,5 +1,6 @@
 //! The FreeBSD side of xnb.ko: the C shim's functions (`xnb_kmod.c`), the kernel
-//! implementation of [`IfKpi`], the per-vif mutex and softc, and the `extern "C"`
+//! implementation of [`IfKpi`], the per-vif softc (its locks and taskqueue are
+//! `freebsd_kpi`'s shared glue, which xen.ko exports), and the `extern "C"`
 //! entry points the shim calls (`if_transmit`, ioctls, sysctl leaves).
 //!
 //! This is the only part of the crate with `unsafe`: each block says why it holds.
@@ -8,10 +9,12 @@
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+use freebsd_kpi::sync::{Mutex, SxLock};
+use freebsd_kpi::taskqueue::{Priority, TaskQueue};
 
 use crate::vif::{IfHandle, IfKpi, MbufHandle};
 
@@ -33,19 +36,7 @@ extern "C" {
     ) -> *mut c_void;
     fn xenrs_xnb_input(ifp: *mut c_void, m: *mut c_void);
     fn xenrs_xnb_now_ns() -> u64;
-    fn xenrs_xnb_lock_new() -> *mut c_void;
-    fn xenrs_xnb_lock(m: *mut c_void);
-    fn xenrs_xnb_sx_new() -> *mut c_void;
-    fn xenrs_xnb_tq_new(softc: *mut c_void, unit: u32) -> *mut c_void;
-    fn xenrs_xnb_tq_enqueue(tq: *mut c_void);
-    fn xenrs_xnb_tq_free(tq: *mut c_void);
-    fn xenrs_xnb_sx_xlock(sx: *mut c_void);
-    fn xenrs_xnb_sx_try_xlock(sx: *mut c_void) -> c_int;
-    fn xenrs_xnb_sx_xunlock(sx: *mut c_void);
-    fn xenrs_xnb_sx_free(sx: *mut c_void);
     fn xenrs_xnb_m_freem(m: *mut c_void);
-    fn xenrs_xnb_unlock(m: *mut c_void);
-    fn xenrs_xnb_lock_free(m: *mut c_void);
     fn xenrs_xnb_sysctl_attach(softc: *mut c_void, unit: u32) -> *mut c_void;
     fn xenrs_xnb_sysctl_detach(ctx: *mut c_void);
 }
@@ -129,125 +120,6 @@ impl IfKpi for Kernel {
     }
 }
 
-/// A FreeBSD `MTX_DEF` mutex around a value (the queue of packets waiting for the device
-/// lock).
-///
-/// # Invariants
-/// `mtx` is a live mutex from `xenrs_xnb_lock_new`; `value` is only reached while it is held.
-pub struct Locked<T> {
-    mtx: NonNull<c_void>,
-    value: UnsafeCell<T>,
-}
-
-// SAFETY: the value is only reached under the mutex (type invariant), from any thread.
-unsafe impl<T: Send> Sync for Locked<T> {}
-// SAFETY: as above; the mutex itself may be used and freed from any thread.
-unsafe impl<T: Send> Send for Locked<T> {}
-
-impl<T> core::fmt::Debug for Locked<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Locked").finish_non_exhaustive()
-    }
-}
-
-impl<T> Locked<T> {
-    /// `None` when the kernel has no memory for the mutex.
-    pub fn new(value: T) -> Option<Self> {
-        // SAFETY: no arguments; NULL on failure.
-        let mtx = NonNull::new(unsafe { xenrs_xnb_lock_new() })?;
-        // INVARIANT: a fresh mutex.
-        Some(Locked {
-            mtx,
-            value: UnsafeCell::new(value),
-        })
-    }
-
-    /// Runs `f` with the mutex held: only a push or a pop of the packet queue (never sleeps;
-    /// not re-entrant).
-    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // SAFETY: a live mutex (invariant).
-        unsafe { xenrs_xnb_lock(self.mtx.as_ptr()) };
-        // SAFETY: the mutex is held, so this is the only reference to the value.
-        let r = f(unsafe { &mut *self.value.get() });
-        // SAFETY: held by us, above.
-        unsafe { xenrs_xnb_unlock(self.mtx.as_ptr()) };
-        r
-    }
-}
-
-impl<T> Drop for Locked<T> {
-    fn drop(&mut self) {
-        // SAFETY: a live mutex nobody holds (we are being dropped).
-        unsafe { xenrs_xnb_lock_free(self.mtx.as_ptr()) }
-    }
-}
-
-/// The device lock: a FreeBSD sx(9) lock around a value, which its holder may sleep under
-/// (xenstore requests, page allocation, unbinding an event channel).
-///
-/// # Invariants
-/// `sx` is a live lock from `xenrs_xnb_sx_new`; `value` is only reached while it is held.
-pub struct DeviceLock<T> {
-    sx: NonNull<c_void>,
-    value: UnsafeCell<T>,
-}
-
-// SAFETY: the value is only reached under the lock (type invariant), from any thread.
-unsafe impl<T: Send> Sync for DeviceLock<T> {}
-// SAFETY: as above; the lock itself may be used and freed from any thread.
-unsafe impl<T: Send> Send for DeviceLock<T> {}
-
-impl<T> core::fmt::Debug for DeviceLock<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("DeviceLock").finish_non_exhaustive()
-    }
-}
-
-impl<T> DeviceLock<T> {
-    /// `None` when the kernel has no memory for the lock.
-    pub fn new(value: T) -> Option<Self> {
-        // SAFETY: no arguments; NULL on failure.
-        let sx = NonNull::new(unsafe { xenrs_xnb_sx_new() })?;
-        // INVARIANT: a fresh lock.
-        Some(DeviceLock {
-            sx,
-            value: UnsafeCell::new(value),
-        })
-    }
-
-    /// Runs `f` with the lock held, waiting (sleeping) for it: only from contexts that may
-    /// sleep (xenbus callbacks, ioctls, sysctl handlers).
-    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // SAFETY: a live lock (invariant).
-        unsafe { xenrs_xnb_sx_xlock(self.sx.as_ptr()) };
-        // SAFETY: the lock is held exclusively, so this is the only reference to the value.
-        let r = f(unsafe { &mut *self.value.get() });
-        // SAFETY: held by us, above.
-        unsafe { xenrs_xnb_sx_xunlock(self.sx.as_ptr()) };
-        r
-    }
-
-    /// Runs `f` if the lock is free now; `None` when another thread holds it. Never sleeps.
-    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        // SAFETY: a live lock (invariant).
-        if unsafe { xenrs_xnb_sx_try_xlock(self.sx.as_ptr()) } == 0 {
-            return None;
-        }
-        // SAFETY: the lock is held exclusively, so this is the only reference to the value.
-        let r = f(unsafe { &mut *self.value.get() });
-        // SAFETY: held by us, above.
-        unsafe { xenrs_xnb_sx_xunlock(self.sx.as_ptr()) };
-        Some(r)
-    }
-}
-
-impl<T> Drop for DeviceLock<T> {
-    fn drop(&mut self) {
-        // SAFETY: a live lock nobody holds (we are being dropped).
-        unsafe { xenrs_xnb_sx_free(self.sx.as_ptr()) }
-    }
-}
-
 /// Received mbufs waiting for `if_input` (called once the mutex is released).
 pub type Inputs = Vec<(IfHandle, MbufHandle)>;
 
@@ -303,11 +175,14 @@ pub const KEPT: c_int = -1;
 /// it lets go ([`Softc::drain`]).
 #[derive(Debug)]
 pub struct Softc {
-    dev: DeviceLock<Slot>,
-    txq: Locked<VecDeque<Deferred>>,
+    /// The device lock: xenbus callbacks, ioctls and the task hold it and may sleep under
+    /// it; `if_transmit` and events only try it.
+    dev: SxLock<Slot>,
+    /// Packets waiting for the device lock (the mutex is held for a push or a pop only).
+    txq: Mutex<VecDeque<Deferred>>,
     sysctl: Option<NonNull<c_void>>,
     /// The device's taskqueue (event work runs there).
-    tq: Option<NonNull<c_void>>,
+    tq: Option<TaskQueue>,
     /// Events that arrived while another thread held the device lock.
     pending: AtomicBool,
 }
@@ -319,12 +194,10 @@ impl Softc {
     /// An event from xen.ko's event thread: flag it and hand the work to the device's
     /// taskqueue (inline, bounded, only if there is none).
     fn kick(&self) {
-        match self.tq {
+        match &self.tq {
             Some(tq) => {
                 self.pending.store(true, Ordering::Release);
-                // SAFETY: a live taskqueue (freed only in `SoftcBox::free`, after the sink
-                // is disconnected and every port unbound).
-                unsafe { xenrs_xnb_tq_enqueue(tq.as_ptr()) };
+                tq.enqueue();
             }
             None => self.event(),
         }
@@ -334,9 +207,8 @@ impl Softc {
     /// next drain round runs it).
     fn again(&self) {
         self.pending.store(true, Ordering::Release);
-        if let Some(tq) = self.tq {
-            // SAFETY: a live taskqueue (freed only in `SoftcBox::free`, which drains it).
-            unsafe { xenrs_xnb_tq_enqueue(tq.as_ptr()) };
+        if let Some(tq) = &self.tq {
+            tq.enqueue();
         }
     }
 
@@ -461,8 +333,8 @@ impl SoftcBox {
     /// A softc with an empty device slot and its `dev.xnb.<unit>` tree.
     pub fn new(unit: u32) -> Option<SoftcBox> {
         let softc = Box::new(Softc {
-            dev: DeviceLock::new(None)?,
-            txq: Locked::new(VecDeque::new())?,
+            dev: SxLock::new(c"xnb", None).ok()?,
+            txq: Mutex::new(c"xnb txq", VecDeque::new()).ok()?,
             sysctl: None,
             tq: None,
             pending: AtomicBool::new(false),
@@ -472,10 +344,11 @@ impl SoftcBox {
         let ctx = unsafe { xenrs_xnb_sysctl_attach(ptr.as_ptr().cast(), unit) };
         // SAFETY: nobody else uses the softc yet.
         unsafe { (*ptr.as_ptr()).sysctl = NonNull::new(ctx) };
-        // SAFETY: a live Softc until `free`, which drains and frees the taskqueue first.
-        let tq = unsafe { xenrs_xnb_tq_new(ptr.as_ptr().cast(), unit) };
+        // SAFETY: the softc stays valid for the task until `free`, which drains the
+        // taskqueue first.
+        let tq = unsafe { TaskQueue::new(c"xnb", unit, Priority::Wait, task, ptr.as_ptr().cast()) };
         // SAFETY: nobody else uses the softc yet (the task runs only once enqueued).
-        unsafe { (*ptr.as_ptr()).tq = NonNull::new(tq) };
+        unsafe { (*ptr.as_ptr()).tq = tq };
         // INVARIANT: leaked above.
         Some(SoftcBox { ptr })
     }
@@ -516,10 +389,10 @@ impl SoftcBox {
     /// Frees the softc: only after its ifnet was destroyed and its ports unbound.
     pub fn free(self, sink: &EventSink) {
         sink.softc.store(core::ptr::null_mut(), Ordering::Release);
-        if let Some(tq) = self.softc().tq {
-            // SAFETY: from tq_new, freed once; waits for a run in progress (which may take
-            // the device lock: nothing holds it here).
-            unsafe { xenrs_xnb_tq_free(tq.as_ptr()) };
+        if let Some(tq) = &self.softc().tq {
+            // Waits for a run in progress (which may take the device lock: nothing holds it
+            // here); nothing enqueues the task any more. Freed with the softc below.
+            tq.drain();
         }
         if let Some(ctx) = self.softc().sysctl {
             // SAFETY: from sysctl_attach, removed once.
@@ -595,12 +468,11 @@ pub unsafe extern "C" fn xenrs_xnb_dev_stat(
     }
 }
 
-/// The device's task (`xnb_kmod_task`), on its own taskqueue thread.
+/// The device's task, on its own taskqueue thread.
 ///
 /// # Safety
 /// `softc` is a live softc (its taskqueue is drained before it is freed).
-#[no_mangle]
-pub unsafe extern "C" fn xenrs_xnb_task(softc: *mut c_void) {
+pub(crate) unsafe extern "C" fn task(softc: *mut c_void) {
     // SAFETY: by the caller's contract.
     unsafe { &*softc.cast::<Softc>() }.task();
 }

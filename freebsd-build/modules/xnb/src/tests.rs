@@ -42,11 +42,6 @@ mod shim {
         pub rx: BTreeMap<usize, (Vec<u8>, bool)>,
         /// Mbufs passed to if_input, in order.
         pub input: Vec<usize>,
-        pub locks_live: usize,
-        pub lock_held: bool,
-        pub sx_held: bool,
-        /// Live taskqueues: handle -> (softc, enqueued runs).
-        pub tqs: BTreeMap<usize, (usize, u32)>,
         /// Transmitted mbufs freed by the glue.
         pub freed: usize,
         /// The softc each ifnet was created with.
@@ -159,8 +154,9 @@ mod shim {
     #[no_mangle]
     pub extern "C" fn xenrs_xnb_input(ifp: *mut c_void, m: *mut c_void) {
         with(|s| {
-            assert!(
-                !s.lock_held && !s.sx_held,
+            assert_eq!(
+                freebsd_kpi::fake::locks_held(),
+                0,
                 "if_input with a lock of the interface held"
             );
             assert!(
@@ -180,102 +176,6 @@ mod shim {
     }
 
     #[no_mangle]
-    pub extern "C" fn xenrs_xnb_lock_new() -> *mut c_void {
-        with(|s| s.locks_live += 1);
-        Box::into_raw(Box::new(0u64)).cast()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xnb_lock(_m: *mut c_void) {
-        with(|s| {
-            assert!(!s.lock_held, "xnb mutex taken recursively");
-            s.lock_held = true;
-        });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xnb_tq_new(softc: *mut c_void, _unit: u32) -> *mut c_void {
-        with(|s| {
-            s.next += 1;
-            let h = 0x7700_0000 + s.next;
-            s.tqs.insert(h, (softc as usize, 0));
-            h as *mut c_void
-        })
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xnb_tq_enqueue(tq: *mut c_void) {
-        with(|s| s.tqs.get_mut(&(tq as usize)).expect("live taskqueue").1 += 1);
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xnb_tq_free(tq: *mut c_void) {
-        with(|s| s.tqs.remove(&(tq as usize)).expect("live taskqueue"));
-    }
-
-    /// Runs every enqueued task once, as the taskqueue threads would; how many ran.
-    pub fn run_tasks() -> usize {
-        let due: Vec<usize> = with(|s| {
-            s.tqs
-                .values_mut()
-                .filter(|t| t.1 > 0)
-                .map(|t| {
-                    t.1 = 0;
-                    t.0
-                })
-                .collect()
-        });
-        for softc in &due {
-            // SAFETY: the softc of a live taskqueue (freed only by tq_free).
-            unsafe { super::sys::xenrs_xnb_task(*softc as *mut c_void) };
-        }
-        due.len()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xnb_sx_new() -> *mut c_void {
-        with(|s| s.locks_live += 1);
-        Box::into_raw(Box::new(0u64)).cast()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xnb_sx_xlock(_sx: *mut c_void) {
-        with(|s| {
-            assert!(!s.sx_held, "device lock taken recursively");
-            s.sx_held = true;
-        });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xnb_sx_try_xlock(_sx: *mut c_void) -> c_int {
-        with(|s| {
-            if s.sx_held {
-                0
-            } else {
-                s.sx_held = true;
-                1
-            }
-        })
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xnb_sx_xunlock(_sx: *mut c_void) {
-        with(|s| {
-            assert!(s.sx_held, "device lock released but not held");
-            s.sx_held = false;
-        });
-    }
-
-    /// # Safety
-    /// `sx` came from `xenrs_xnb_sx_new`.
-    #[no_mangle]
-    pub unsafe extern "C" fn xenrs_xnb_sx_free(sx: *mut c_void) {
-        with(|s| s.locks_live -= 1);
-        // SAFETY: from Box::into_raw in sx_new, freed once.
-        drop(unsafe { Box::from_raw(sx.cast::<u64>()) });
-    }
-
-    #[no_mangle]
     pub extern "C" fn xenrs_xnb_m_freem(m: *mut c_void) {
         with(|s| {
             assert!(
@@ -284,23 +184,6 @@ mod shim {
             );
             s.freed += 1;
         });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xnb_unlock(_m: *mut c_void) {
-        with(|s| {
-            assert!(s.lock_held, "xnb mutex released but not held");
-            s.lock_held = false;
-        });
-    }
-
-    /// # Safety
-    /// `m` came from `xenrs_xnb_lock_new`.
-    #[no_mangle]
-    pub unsafe extern "C" fn xenrs_xnb_lock_free(m: *mut c_void) {
-        with(|s| s.locks_live -= 1);
-        // SAFETY: from Box::into_raw in lock_new, freed once.
-        drop(unsafe { Box::from_raw(m.cast::<u64>()) });
     }
 
     #[no_mangle]
@@ -893,7 +776,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     assert!(delivered > 0);
     // The handler only queued the work; the interface's taskqueue thread runs it.
     assert_eq!(shim::with(|s| s.input.len()), 0);
-    assert_eq!(shim::run_tasks(), 1);
+    assert_eq!(fake::run_tasks(), 1);
     let inputs = shim::with(|s| s.input.clone());
     assert_eq!(inputs.len(), 1);
     assert_eq!(shim::with(|s| s.rx[&inputs[0]].0.clone()), frame);
@@ -942,7 +825,11 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         "{left:?}"
     );
     assert_eq!(
-        shim::with(|s| (s.locks_live, s.sysctl_live, s.tqs.len())),
+        (
+            fake::locks_out(),
+            shim::with(|s| s.sysctl_live),
+            fake::taskqueues().len()
+        ),
         (0, 0, 0)
     );
     setup.queues.clear();
