@@ -115,6 +115,7 @@ struct HostBus<T: Transport> {
     bus: Bus<HostStore<T>>,
     store: HostStore<T>,
     on_kick: Option<crate::KickFn<HostStore<T>>>,
+    on_watch: Option<crate::WatchFn<HostStore<T>>>,
     kicked: Arc<core::sync::atomic::AtomicBool>,
 }
 
@@ -255,9 +256,22 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
             let ev = lock(&self.xs).poll_event()?;
             let Some((id, ev)) = ev else { break };
             let mut buses = lock(&self.buses);
-            for hb in buses.values_mut() {
-                if hb.bus.handle_event(&mut hb.store, id, &ev) {
-                    break;
+            // As xen.ko: the event goes to the registration that added the watch; what its
+            // bus does not claim (a watch of the driver's own) to its `on_watch` hook.
+            let owner = buses
+                .values_mut()
+                .find(|hb| lock(&hb.store.watches).contains(&id));
+            if let Some(hb) = owner {
+                if !hb.bus.handle_event(&mut hb.store, id, &ev) {
+                    if let Some(f) = hb.on_watch.as_mut() {
+                        f(&mut hb.bus, &mut hb.store, id, &ev);
+                    }
+                }
+            } else {
+                for hb in buses.values_mut() {
+                    if hb.bus.handle_event(&mut hb.store, id, &ev) {
+                        break;
+                    }
                 }
             }
             n += 1;
@@ -345,7 +359,7 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
         &self,
         role: Role,
         driver: Box<dyn Driver<HostStore<T>> + Send>,
-        on_kick: Option<crate::KickFn<HostStore<T>>>,
+        hooks: crate::Hooks<HostStore<T>>,
     ) -> Result<HostReg<T>, Errno> {
         let id = {
             let mut next = lock(&self.next_reg);
@@ -366,7 +380,8 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
             HostBus {
                 bus,
                 store,
-                on_kick,
+                on_kick: hooks.on_kick,
+                on_watch: hooks.on_watch,
                 kicked: Arc::clone(&kicked),
             },
         );
@@ -408,7 +423,7 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
         role: Role,
         driver: Box<dyn Driver<HostStore<T>> + Send>,
     ) -> Result<HostReg<T>, Errno> {
-        self.register(role, driver, None)
+        self.register(role, driver, crate::Hooks::default())
     }
 
     fn register_driver_with_kick(
@@ -417,7 +432,20 @@ impl<H: Hypervisor + Clone + Send + Sync + 'static, T: Transport + Send + 'stati
         driver: Box<dyn Driver<HostStore<T>> + Send>,
         on_kick: crate::KickFn<HostStore<T>>,
     ) -> Result<HostReg<T>, Errno> {
-        self.register(role, driver, Some(on_kick))
+        let hooks = crate::Hooks {
+            on_kick: Some(on_kick),
+            on_watch: None,
+        };
+        self.register(role, driver, hooks)
+    }
+
+    fn register_driver_with_hooks(
+        &self,
+        role: Role,
+        driver: Box<dyn Driver<HostStore<T>> + Send>,
+        hooks: crate::Hooks<HostStore<T>>,
+    ) -> Result<HostReg<T>, Errno> {
+        self.register(role, driver, hooks)
     }
 
     fn evtchn_alloc_unbound(

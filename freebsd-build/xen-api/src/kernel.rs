@@ -267,6 +267,7 @@ struct Host {
     bus: Bus<KernelStore>,
     store: KernelStore,
     on_kick: Option<crate::KickFn<KernelStore>>,
+    on_watch: Option<crate::WatchFn<KernelStore>>,
 }
 
 /// # Safety
@@ -299,7 +300,13 @@ unsafe extern "C" fn xenbus_trampoline(
                 path: path.into(),
                 missed: missed != 0,
             };
-            host.bus.handle_event(&mut host.store, WatchId(watch), &ev);
+            // xen.ko routes a watch's events to the registration that added it; what the
+            // bus does not claim is a watch of the driver's own (blkfront's `sectors`).
+            if !host.bus.handle_event(&mut host.store, WatchId(watch), &ev) {
+                if let Some(f) = host.on_watch.as_mut() {
+                    f(&mut host.bus, &mut host.store, WatchId(watch), &ev);
+                }
+            }
         }
         XB_STOP => host.bus.stop(&mut host.store),
         XB_KICK => {
@@ -406,7 +413,7 @@ impl KernelXen {
         &self,
         role: Role,
         driver: Box<dyn Driver<KernelStore> + Send>,
-        on_kick: Option<crate::KickFn<KernelStore>>,
+        hooks: crate::Hooks<KernelStore>,
     ) -> Result<KernelReg, Errno> {
         let mut devtype = Vec::from(driver.devtype().as_bytes());
         devtype.push(0);
@@ -420,7 +427,8 @@ impl KernelXen {
             store: KernelStore {
                 reg: core::ptr::null(),
             },
-            on_kick,
+            on_kick: hooks.on_kick,
+            on_watch: hooks.on_watch,
         }));
         // SAFETY: `host` is a fresh box; the store points at the box's own AtomicPtr.
         unsafe { (*host).store.reg = &raw const (*host).reg };
@@ -520,7 +528,7 @@ impl XenServices for KernelXen {
         role: Role,
         driver: Box<dyn Driver<KernelStore> + Send>,
     ) -> Result<KernelReg, Errno> {
-        self.register(role, driver, None)
+        self.register(role, driver, crate::Hooks::default())
     }
 
     fn register_driver_with_kick(
@@ -529,7 +537,20 @@ impl XenServices for KernelXen {
         driver: Box<dyn Driver<KernelStore> + Send>,
         on_kick: crate::KickFn<KernelStore>,
     ) -> Result<KernelReg, Errno> {
-        self.register(role, driver, Some(on_kick))
+        let hooks = crate::Hooks {
+            on_kick: Some(on_kick),
+            on_watch: None,
+        };
+        self.register(role, driver, hooks)
+    }
+
+    fn register_driver_with_hooks(
+        &self,
+        role: Role,
+        driver: Box<dyn Driver<KernelStore> + Send>,
+        hooks: crate::Hooks<KernelStore>,
+    ) -> Result<KernelReg, Errno> {
+        self.register(role, driver, hooks)
     }
 
     fn evtchn_alloc_unbound(

@@ -145,6 +145,40 @@ impl core::fmt::Debug for Kicker {
 /// handler found: `bus.with_device(store, nodename, ...)`).
 pub type KickFn<S> = Box<dyn FnMut(&mut xen_xenbus::Bus<S>, &mut S) + Send>;
 
+/// What runs on the xenbus thread for a watch event of a registration that its bus did not
+/// claim (the bus handles only its root watch and the other ends' `state` watches): a watch
+/// the driver added itself through the store, such as blkfront's on the backend's `sectors`
+/// (online resize). Arguments: the bus, the store, the watch and the event.
+pub type WatchFn<S> = Box<
+    dyn FnMut(&mut xen_xenbus::Bus<S>, &mut S, xen_xenbus::WatchId, &xen_xenbus::WatchEvent) + Send,
+>;
+
+/// The optional hooks of a registration ([`XenServices::register_driver_with_hooks`]).
+pub struct Hooks<S> {
+    /// Run after each [`Registration::kicker`] request (coalesced).
+    pub on_kick: Option<KickFn<S>>,
+    /// Run for each watch event the bus did not claim.
+    pub on_watch: Option<WatchFn<S>>,
+}
+
+impl<S> Default for Hooks<S> {
+    fn default() -> Self {
+        Hooks {
+            on_kick: None,
+            on_watch: None,
+        }
+    }
+}
+
+impl<S> core::fmt::Debug for Hooks<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("on_kick", &self.on_kick.is_some())
+            .field("on_watch", &self.on_watch.is_some())
+            .finish()
+    }
+}
+
 /// The services of xen.ko, as the driver glue uses them.
 pub trait XenServices: Sync {
     /// The hypervisor: typed hypercalls (`xen_kmod::HypervisorExt`), grant map/unmap/copy
@@ -182,6 +216,20 @@ pub trait XenServices: Sync {
         role: Role,
         driver: Box<dyn Driver<Self::Store> + Send>,
         on_kick: KickFn<Self::Store>,
+    ) -> Result<Self::Reg, Errno>;
+
+    /// As [`XenServices::register_driver`], with the registration's [`Hooks`]: `on_kick` as
+    /// for [`XenServices::register_driver_with_kick`], and `on_watch` for the watch events of
+    /// this registration's own watches that its bus does not claim (without it they are
+    /// dropped).
+    ///
+    /// # Errors
+    /// As [`XenServices::register_driver`].
+    fn register_driver_with_hooks(
+        &self,
+        role: Role,
+        driver: Box<dyn Driver<Self::Store> + Send>,
+        hooks: Hooks<Self::Store>,
     ) -> Result<Self::Reg, Errno>;
 
     /// A port `remote` may bind to; `handler` runs for each event.

@@ -123,10 +123,13 @@ impl KernelModule for XbdModule {
         let live = Arc::new(AtomicUsize::new(0));
         let kick = Arc::new(xen::KickSlot::new().ok_or(Errno::ENOMEM)?);
         let driver = xen::XbdDriver::new(xen.clone(), config, live.clone(), kick.clone());
-        let registration = xen.register_driver_with_kick(
+        let registration = xen.register_driver_with_hooks(
             Role::Frontend,
             Box::new(driver),
-            Box::new(xen::on_kick),
+            xenrs_api::Hooks {
+                on_kick: Some(Box::new(xen::on_kick)),
+                on_watch: Some(Box::new(xen::on_watch)),
+            },
         )?;
         kick.set(xenrs_api::Registration::kicker(&registration));
         kprintln!(

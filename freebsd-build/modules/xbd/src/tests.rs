@@ -1168,7 +1168,14 @@ impl ApiRig {
             kick.clone(),
         );
         let reg = xen
-            .register_driver_with_kick(Role::Frontend, Box::new(driver), Box::new(xen::on_kick))
+            .register_driver_with_hooks(
+                Role::Frontend,
+                Box::new(driver),
+                xenrs_api::Hooks {
+                    on_kick: Some(Box::new(xen::on_kick)),
+                    on_watch: Some(Box::new(xen::on_watch)),
+                },
+            )
             .expect("register");
         kick.set(xenrs_api::Registration::kicker(&reg));
         let mut rig = ApiRig {
@@ -1276,6 +1283,39 @@ fn geom_strategy(softc: usize, bio: usize, cmd: i32, offset: i64, length: i64, d
             data as *mut _,
         );
     }
+}
+
+#[test]
+fn a_new_backend_size_reaches_disk_resize_through_the_xenrs_api_watch_hook() {
+    use xen_xenbus::Store as _;
+    let _kernel = fake::session();
+    let mut rig = ApiRig::new(23);
+    assert_eq!(shim::with(|s| s.created.len()), 1);
+    assert!(shim::with(|s| s.resized.is_empty()));
+    // A backend that publishes a new size without rewriting its `state`: the bus's watch on
+    // the other end's state does not fire, only the blkfront core's own watch on `sectors`,
+    // which the bus does not claim. It reaches the disk through the registration's
+    // `on_watch` hook (xen.ko's xenbus thread -> KernelXen's trampoline, here HostXen::pump).
+    rig.be_xs
+        .write(
+            &format!("{}/sectors", be_dir()),
+            format!("{}", SECTORS * 2).as_bytes(),
+        )
+        .expect("write sectors");
+    rig.run(300);
+    assert_eq!(
+        shim::with(|s| s.resized.clone()),
+        vec![(SECTORS * 2 * 512) as i64]
+    );
+    assert_eq!(rig.live.load(std::sync::atomic::Ordering::Acquire), 1);
+    drop(rig.reg.take());
+    drop(rig.kick.take());
+    let left = rig.xen.outstanding();
+    assert_eq!(
+        (left.ports, left.grants, left.pages, left.registrations),
+        (0, 0, 0, 0),
+        "{left:?}"
+    );
 }
 
 #[test]

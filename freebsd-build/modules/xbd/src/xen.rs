@@ -69,6 +69,30 @@ pub fn on_kick<S: XenStore + ?Sized>(bus: &mut xen_xenbus::Bus<S>, xs: &mut S) {
     }
 }
 
+/// The registration's hook for watch events its bus did not claim: the blkfront core's own
+/// watch on each backend's `sectors` (online resize, for a backend that changes the size
+/// without rewriting its `state`). Which disk's watch fired is not known here (the bus hands
+/// out its devices only as `dyn Driver`), so every connected device looks at its backend
+/// again, which re-reads the size; a new size becomes `disk_resize`.
+pub fn on_watch<S: XenStore + ?Sized>(
+    bus: &mut xen_xenbus::Bus<S>,
+    xs: &mut S,
+    _id: xen_xenbus::WatchId,
+    _ev: &xen_xenbus::WatchEvent,
+) {
+    let names: Vec<String> = bus
+        .devices()
+        .filter(|d| d.state() == XenbusState::Connected)
+        .map(|d| String::from(d.nodename()))
+        .collect();
+    for name in names {
+        let _ = bus.with_device(xs, &name, |driver, xs, dev| {
+            let state = dev.otherend_state();
+            driver.otherend_changed(xs, dev, state)
+        });
+    }
+}
+
 /// A page run handed to the core, and which of its pages came back.
 #[derive(Debug)]
 struct Run {
