@@ -1,0 +1,766 @@
+//! xbbd.ko attached as in the kernel: the module's entry points against the fake xenrs API,
+//! and the `vbd` driver registered through the xenrs API (`HostXen` over xensim) serving our
+//! blkfront core in a guest domain, with the shim's functions (`xbbd_kmod.c`: the backing
+//! object, the taskqueue, the sysctl tree) faked over host files and a hand-run task queue.
+
+use std::cell::RefCell;
+use std::ffi::{c_int, c_void};
+use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use xen_blkback::BackendConfig;
+use xen_blkfront::{Bio, BioOp, BufSeg, Frontend, FrontendConfig};
+use xen_tests::blk::drivers::FrontDriver;
+use xen_tests::blk::file_store::temp_image;
+use xen_tests::blk::sim::{contiguous_view, take_pending, Log, SimFrontEnv};
+use xen_tests::xensim::xenstored::{SimTransport, XenstoreSim};
+use xen_tests::xensim::{DomainConfig, DomainHandle, SimConfig, SimHypervisor};
+use xen_xenbus::{Access, Bus, Perm, Role, XenbusState};
+use xenrs_api::{Registration as _, XenServices};
+
+use super::fake_xenrs_api;
+use crate::dev::{on_kick, DevStat, KickSlot, XbbdDriver};
+use crate::env::SlotView;
+use crate::sys::xenrs_xbbd_dev_stat;
+use crate::{config_from_tunables, XbbdModule};
+use freebsd_kpi::fake;
+use freebsd_kpi::module::KernelModule;
+
+/// Fakes of the shim's functions (`xbbd_kmod.c`).
+pub mod shim {
+    use std::collections::BTreeMap;
+    use std::ffi::{c_char, c_int, c_void, CStr};
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::sync::{Mutex, PoisonError};
+
+    #[derive(Debug, Default)]
+    pub struct State {
+        /// Open backing objects: handle -> (file, writable).
+        pub files: BTreeMap<usize, (File, bool)>,
+        pub opened: usize,
+        pub closed: usize,
+        pub rdwr: usize,
+        pub flushes: usize,
+        pub discards: usize,
+        /// Live sysctl trees: handle -> softc.
+        pub trees: BTreeMap<usize, usize>,
+        pub next: usize,
+    }
+
+    static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+    pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+        let mut g = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+        f(g.get_or_insert_with(State::default))
+    }
+
+    pub fn reset() {
+        with(|s| *s = State::default());
+    }
+
+    fn next(s: &mut State) -> usize {
+        s.next += 1;
+        0x20_0000 + s.next * 16
+    }
+
+    /// # Safety
+    /// `path` is NUL-terminated; the out pointers are valid for writes.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xbbd_vn_open(
+        path: *const c_char,
+        writable: c_int,
+        out: *mut *mut c_void,
+        size: *mut u64,
+        sector: *mut u32,
+        isdev: *mut c_int,
+    ) -> c_int {
+        // SAFETY: by contract.
+        let path = unsafe { CStr::from_ptr(path) }
+            .to_string_lossy()
+            .into_owned();
+        let Ok(file) = File::options().read(true).write(writable != 0).open(&path) else {
+            return 2;
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        with(|s| {
+            let h = next(s);
+            s.files.insert(h, (file, writable != 0));
+            s.opened += 1;
+            // SAFETY: by contract.
+            unsafe {
+                out.write(h as *mut c_void);
+                size.write(len);
+                sector.write(512);
+                isdev.write(0);
+            }
+        });
+        0
+    }
+
+    /// # Safety
+    /// `buf` is valid for `len` bytes.
+    #[no_mangle]
+    pub unsafe extern "C" fn xenrs_xbbd_vn_rdwr(
+        v: *mut c_void,
+        write: c_int,
+        off: u64,
+        buf: *mut u8,
+        len: u32,
+    ) -> c_int {
+        // SAFETY: by contract.
+        let data = unsafe { std::slice::from_raw_parts_mut(buf, len as usize) };
+        with(|s| {
+            s.rdwr += 1;
+            let (file, writable) = s.files.get(&(v as usize)).expect("open object");
+            let r = if write != 0 {
+                assert!(*writable, "write to an object opened read-only");
+                file.write_all_at(data, off)
+            } else {
+                file.read_exact_at(data, off)
+            };
+            if r.is_ok() {
+                0
+            } else {
+                5
+            }
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbbd_vn_flush(v: *mut c_void) -> c_int {
+        with(|s| {
+            s.flushes += 1;
+            let (file, _) = s.files.get(&(v as usize)).expect("open object");
+            if file.sync_data().is_ok() {
+                0
+            } else {
+                5
+            }
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbbd_vn_discard(v: *mut c_void, off: u64, len: u64) -> c_int {
+        with(|s| {
+            s.discards += 1;
+            let (file, _) = s.files.get(&(v as usize)).expect("open object");
+            let zeros = vec![0u8; usize::try_from(len).expect("small")];
+            if file.write_all_at(&zeros, off).is_ok() {
+                0
+            } else {
+                5
+            }
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbbd_vn_close(v: *mut c_void) {
+        with(|s| {
+            s.files.remove(&(v as usize)).expect("open object");
+            s.closed += 1;
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbbd_sysctl_attach(softc: *mut c_void, _unit: u32) -> *mut c_void {
+        with(|s| {
+            let h = next(s);
+            s.trees.insert(h, softc as usize);
+            h as *mut c_void
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn xenrs_xbbd_sysctl_detach(ctx: *mut c_void) {
+        with(|s| s.trees.remove(&(ctx as usize)).expect("live tree"));
+    }
+}
+
+// ---------------------------------------------------------------- module
+
+#[test]
+fn load_registers_the_vbd_backend_and_unload_unregisters_it() {
+    let _kernel = fake::session();
+    fake_xenrs_api::reset(1);
+    assert_eq!(crate::xenrs_xbbd_load(), 0);
+    let console = fake::console();
+    assert!(
+        console.starts_with(
+            "xbbd: loaded (rings up to 2^4 pages, 4 queue(s), 256 indirect segments, grant copy)"
+        ),
+        "{console}"
+    );
+    assert_eq!(
+        fake_xenrs_api::with(|s| s
+            .registered
+            .iter()
+            .map(|r| (r.0, r.1.clone()))
+            .collect::<Vec<_>>()),
+        vec![(1, String::from("vbd"))]
+    );
+    assert_eq!(crate::xenrs_xbbd_quiesce(), 0);
+    assert_eq!(crate::xenrs_xbbd_unload(), 0);
+    assert_eq!(
+        fake_xenrs_api::with(|s| (s.registered.len(), s.unregistered)),
+        (0, 1)
+    );
+    assert_eq!(fake::heap_blocks_out(), 0);
+}
+
+#[test]
+fn tunables_are_read_and_bad_ones_rejected_with_a_reason() {
+    let _kernel = fake::session();
+    fake::set_env("hw.xbbd.max_ring_page_order", "2");
+    fake::set_env("hw.xbbd.max_queues", "0");
+    fake::set_env("hw.xbbd.max_indirect_segments", "8");
+    let c = config_from_tunables();
+    assert_eq!(c.max_ring_page_order, 2);
+    assert_eq!(c.max_queues, BackendConfig::default().max_queues);
+    assert_eq!(c.max_indirect_segments, 256);
+    assert_eq!(c.data_path, xen_blkback::DataPath::Copy);
+    assert!(!c.persistent);
+    let console = fake::console();
+    assert!(
+        console.contains("xbbd: loader tunable hw.xbbd.max_queues=\"0\": out of range"),
+        "{console}"
+    );
+    assert!(
+        console.contains("hw.xbbd.max_indirect_segments=\"8\": out of range"),
+        "{console}"
+    );
+    fake::set_env("hw.xbbd.max_indirect_segments", "0");
+    assert_eq!(config_from_tunables().max_indirect_segments, 0);
+}
+
+#[test]
+fn sysctl_leaves_agree_with_the_shim() {
+    let shim = include_str!("../../xbbd_kmod.c");
+    let start = shim.find("xbbd_kmod_leaves[] = {").expect("leaf table");
+    let names: Vec<&str> = shim[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("};"))
+        .filter_map(|l| l.trim().strip_prefix("{ \"")?.split('"').next())
+        .collect();
+    let ours: Vec<&str> = DevStat::ALL.iter().map(|(_, n)| *n).collect();
+    assert_eq!(names, ours);
+    for (i, (stat, _)) in DevStat::ALL.iter().enumerate() {
+        assert_eq!(*stat as usize, i);
+    }
+}
+
+// ---------------------------------------------------------------- attached over xensim
+
+/// Dom0's xenstore connection for `HostXen` (which wants `Send`).
+struct OneThread(SimTransport);
+
+// SAFETY: the simulated machine lives on the test's thread only; HostXen's mutexes never hand
+// the transport to another thread.
+unsafe impl Send for OneThread {}
+
+impl xen_xenbus::Transport for OneThread {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, xen_xenbus::TransportError> {
+        self.0.send(bytes)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, xen_xenbus::TransportError> {
+        self.0.recv(buf)
+    }
+    fn wait_for_event(&mut self) -> Result<(), xen_xenbus::TransportError> {
+        self.0.wait_for_event()
+    }
+}
+
+/// Dom0's memory for `HostXen`: runs of its RAM pages (contiguous, as `xenrs_pages_alloc`
+/// gives them), and slots (unused here: xbbd makes its own from RAM runs).
+struct SimMemory(&'static DomainHandle);
+
+impl xenrs_api::host::HostMemory for SimMemory {
+    fn alloc(&self, count: u32) -> Option<(xen_shmem::SharedMem<'static>, u64)> {
+        let mut gfns: Vec<u64> = Vec::new();
+        for _ in 0..count {
+            match self.0.alloc_page() {
+                Some(g) => gfns.push(g),
+                None => break,
+            }
+        }
+        gfns.sort_unstable();
+        let contiguous = gfns.len() == count as usize
+            && gfns.windows(2).all(|w| w[1] == w[0] + 1)
+            && !gfns.is_empty();
+        let view = if contiguous {
+            contiguous_view(self.0, gfns[0], count)
+        } else {
+            None
+        };
+        let Some(mem) = view else {
+            for g in gfns {
+                self.0.free_page(g);
+            }
+            return None;
+        };
+        mem.zero_all();
+        Some((mem, gfns[0]))
+    }
+    fn free(&self, gfn: u64, count: u32) {
+        for i in 0..u64::from(count) {
+            self.0.free_page(gfn + i);
+        }
+    }
+    fn reserve_slot(&self) -> Option<u64> {
+        None
+    }
+    fn view_slot(&self, _host_addr: u64) -> Option<xen_shmem::SharedMem<'static>> {
+        None
+    }
+    fn release_slot(&self, _host_addr: u64) {}
+}
+
+/// How the simulated dom0 sees a slot run: through the frames now mapped there.
+struct SimView(&'static DomainHandle);
+
+impl SlotView for SimView {
+    fn view(
+        &self,
+        _run: &xenrs_api::Pages,
+        _first: u32,
+        pages: u32,
+        host_addr: u64,
+    ) -> Option<xen_shmem::SharedMem<'static>> {
+        let gfn = host_addr / 4096;
+        if pages == 1 {
+            self.0.page_any(gfn)
+        } else {
+            contiguous_view(self.0, gfn, pages)
+        }
+    }
+}
+
+/// Keeps `v` for the rest of the test process (the simulated machine outlives every view).
+fn leak<T>(v: T) -> &'static T {
+    Box::leak(Box::new(v))
+}
+
+type Host = xenrs_api::host::HostXen<&'static DomainHandle, OneThread>;
+
+const FE: u16 = 1;
+const SECTORS: u64 = 4096;
+
+fn be_dir() -> String {
+    format!("/local/domain/0/backend/vbd/{FE}/51712")
+}
+
+fn fe_dir() -> String {
+    format!("/local/domain/{FE}/device/vbd/51712")
+}
+
+/// Dom0 with xbbd registered through the xenrs API; the guest's blkfront on its own bus.
+struct World {
+    xs: &'static XenstoreSim,
+    dom0: &'static DomainHandle,
+    guest: &'static DomainHandle,
+    xen: Arc<Host>,
+    reg: Option<<Host as XenServices>::Reg>,
+    live: Arc<AtomicUsize>,
+    fe_xs: xen_xenbus::Xs<SimTransport>,
+    fe_bus: Bus<xen_xenbus::Xs<SimTransport>>,
+    frontend: Rc<RefCell<Frontend<'static, SimFrontEnv>>>,
+    path: std::path::PathBuf,
+}
+
+impl World {
+    fn new(mode: &str, params: Option<&str>, fe_cfg: FrontendConfig) -> World {
+        let sim = leak(SimHypervisor::new(SimConfig {
+            seed: 11,
+            machine_pages: 8192,
+            maptrack_limit: 16384,
+            ..SimConfig::default()
+        }));
+        let dom0 = leak(
+            sim.create_domain(DomainConfig {
+                ram_pages: 3072,
+                ..DomainConfig::dom0()
+            })
+            .expect("dom0"),
+        );
+        let guest = leak(
+            sim.create_domain(DomainConfig {
+                domid: Some(FE),
+                ram_pages: 1536,
+                ..DomainConfig::guest()
+            })
+            .expect("guest"),
+        );
+        let path = temp_image("xbbd-attach");
+        let file = std::fs::File::create(&path).expect("image");
+        file.set_len(SECTORS * 512).expect("size");
+        let xs = leak(XenstoreSim::new());
+        {
+            let mut d = xs.daemon();
+            let be = [Perm::new(Access::None, 0), Perm::new(Access::Read, FE)];
+            let fe = [Perm::new(Access::None, FE), Perm::new(Access::Read, 0)];
+            let (bd, fd) = (be_dir(), fe_dir());
+            for (k, v) in [
+                ("frontend", fd.as_str()),
+                ("frontend-id", "1"),
+                ("params", params.unwrap_or(path.to_str().unwrap())),
+                ("type", "file"),
+                ("mode", mode),
+                ("state", "1"),
+            ] {
+                d.put(&format!("{bd}/{k}"), v.as_bytes(), &be);
+            }
+            for (k, v) in [
+                ("backend", bd.as_str()),
+                ("backend-id", "0"),
+                ("virtual-device", "51712"),
+                ("device-type", "disk"),
+                ("state", "1"),
+            ] {
+                d.put(&format!("{fd}/{k}"), v.as_bytes(), &fe);
+            }
+        }
+        let table = xen_gnttab::GrantTable::new(
+            dom0,
+            xen_tests::xensim::grants::SimTableFrames::new(dom0),
+            4,
+        )
+        .expect("grant table");
+        let xen = Arc::new(Host::new(
+            dom0,
+            0,
+            xen_xenbus::Xs::new(OneThread(xs.connect(0)), xen_xenbus::Config::default()),
+            Box::new(table),
+            Box::new(SimMemory(dom0)),
+        ));
+        let live = Arc::new(AtomicUsize::new(0));
+        let kick = Arc::new(KickSlot::new().expect("kick slot"));
+        let driver = XbbdDriver::new(
+            xen.clone(),
+            config_from_tunables(),
+            Arc::new(SimView(dom0)),
+            kick.clone(),
+            live.clone(),
+        );
+        let reg = xen
+            .register_driver_with_kick(Role::Backend, Box::new(driver), Box::new(on_kick))
+            .expect("register");
+        kick.set(reg.kicker());
+        let frontend = Rc::new(RefCell::new(Frontend::new(
+            SimFrontEnv::new(guest, Log::default()),
+            fe_cfg,
+        )));
+        let mut fe_xs = xs.client(FE);
+        let mut fe_bus = Bus::new(Role::Frontend, FE);
+        fe_bus.register(Box::new(FrontDriver {
+            fe: frontend.clone(),
+        }));
+        fe_bus.start(&mut fe_xs).expect("frontend bus");
+        let mut w = World {
+            xs,
+            dom0,
+            guest,
+            xen,
+            reg: Some(reg),
+            live,
+            fe_xs,
+            fe_bus,
+            frontend,
+            path,
+        };
+        w.run(400);
+        w
+    }
+
+    /// One round of every thread: xenstore, xen.ko's xenbus thread, its event thread, the
+    /// device's taskqueue, the guest. Whether anything happened.
+    fn step(&mut self) -> bool {
+        let mut any = false;
+        self.xs.settle();
+        any |= self.xen.pump(64).unwrap_or(0) > 0;
+        while let Ok(Some((id, ev))) = self.fe_xs.poll_event() {
+            any = true;
+            self.fe_bus.handle_event(&mut self.fe_xs, id, &ev);
+        }
+        for port in 1..64 {
+            if take_pending(self.dom0, port) {
+                any = true;
+                let _ = self.xen.deliver(port);
+            }
+        }
+        any |= fake::run_tasks() > 0;
+        let mut pending = false;
+        for p in self.frontend.borrow().ports() {
+            pending |= take_pending(self.guest, p);
+        }
+        if pending {
+            any = true;
+            let _ = self.frontend.borrow_mut().poll();
+        }
+        any
+    }
+
+    fn run(&mut self, max: usize) {
+        let mut idle = 0;
+        for _ in 0..max {
+            if self.step() {
+                idle = 0;
+            } else {
+                idle += 1;
+                if idle >= 3 {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn bio(&self, op: BioOp, sector: u64, fill: u8, tag: u64) -> Bio<'static> {
+        let gfn = self.guest.alloc_page().expect("page");
+        let page = self.guest.page(gfn).expect("view");
+        page.fill(0, 4096, fill).unwrap();
+        Bio::new(
+            op,
+            sector,
+            vec![BufSeg {
+                gfn,
+                page,
+                offset: 0,
+                len: 4096,
+            }],
+            tag,
+        )
+    }
+
+    fn completions(&self) -> Vec<(u64, bool, u8)> {
+        let mut out = Vec::new();
+        while let Some(c) = self.frontend.borrow_mut().pop_completion() {
+            let mut first = [0u8; 1];
+            if let Some(seg) = c.bio.segs.first() {
+                let _ = seg.page.copy_to_slice(0, &mut first);
+            }
+            out.push((c.bio.tag, c.result.is_ok(), first[0]));
+        }
+        out.sort_by_key(|c| c.0);
+        out
+    }
+
+    fn softc(&self) -> usize {
+        shim::with(|s| s.trees.values().next().copied()).expect("a device's tree")
+    }
+
+    fn stat(&self, softc: usize, which: DevStat) -> u64 {
+        let mut v = 0u64;
+        // SAFETY: the softc of a live tree (the device is attached); `v` is writable.
+        let rc = unsafe { xenrs_xbbd_dev_stat(softc as *mut c_void, which as c_int, &mut v) };
+        assert_eq!(rc, 0);
+        v
+    }
+}
+
+#[test]
+fn a_vbd_attaches_serves_a_file_and_detaches_leaving_nothing() {
+    let _kernel = fake::session();
+    shim::reset();
+    let locks = fake::locks_out();
+    let mut w = World::new("w", None, FrontendConfig::default());
+    // The registration's kick slot, the device lock and the task slot.
+    assert_eq!(fake::locks_out(), locks + 3);
+    assert_eq!(w.live.load(std::sync::atomic::Ordering::Acquire), 1);
+    assert_eq!(
+        w.fe_bus.device(&fe_dir()).map(xen_xenbus::Device::state),
+        Some(XenbusState::Connected)
+    );
+    let disk = w.frontend.borrow().disk().expect("connected");
+    assert_eq!(
+        (disk.sectors, disk.readonly, disk.flush),
+        (SECTORS, false, true)
+    );
+    let softc = w.softc();
+    assert_eq!(w.stat(softc, DevStat::Connected), 1);
+    assert_eq!(w.stat(softc, DevStat::Domid), u64::from(FE));
+    assert_eq!(w.stat(softc, DevStat::Handle), 51712);
+    assert_eq!(w.stat(softc, DevStat::Sectors), SECTORS);
+    let during = w.xen.outstanding();
+    assert!(during.ports > 0 && during.pages > 0, "{during:?}");
+
+    // Writes through the whole path, a flush, a discard; the file has them.
+    for i in 0..24u64 {
+        let bio = w.bio(BioOp::Write, i * 8, i as u8 + 1, i + 1);
+        w.frontend.borrow_mut().submit(bio).expect("write");
+    }
+    w.frontend
+        .borrow_mut()
+        .submit(Bio::flush(100))
+        .expect("flush");
+    w.frontend
+        .borrow_mut()
+        .submit(Bio::discard(8, 8, false, 101))
+        .expect("discard");
+    w.run(2000);
+    let done = w.completions();
+    assert_eq!(done.len(), 26, "{done:?}");
+    assert!(done.iter().all(|c| c.1), "{done:?}");
+    let image = std::fs::read(&w.path).unwrap();
+    assert!(image[..4096].iter().all(|b| *b == 1));
+    assert!(image[4096..8192].iter().all(|b| *b == 0), "discarded");
+    assert!(image[23 * 4096..24 * 4096].iter().all(|b| *b == 24));
+    assert!(shim::with(|s| s.flushes) >= 1);
+    assert_eq!(shim::with(|s| s.discards), 1);
+    // Reads come back from the file.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&w.path)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 4096], 40 * 4096))
+        .unwrap();
+    for (i, sector) in [(0u64, 0u64), (1, 23 * 8), (2, 40 * 8)] {
+        let bio = w.bio(BioOp::Read, sector, 0xee, 200 + i);
+        w.frontend.borrow_mut().submit(bio).expect("read");
+    }
+    w.run(1000);
+    assert_eq!(
+        w.completions(),
+        vec![(200, true, 1), (201, true, 24), (202, true, 0x5a)]
+    );
+    assert_eq!(w.stat(softc, DevStat::Writes), 24);
+    assert_eq!(w.stat(softc, DevStat::Reads), 3);
+    assert_eq!(w.stat(softc, DevStat::Flushes), 1);
+    assert_eq!(w.stat(softc, DevStat::Discards), 1);
+    assert_eq!(w.stat(softc, DevStat::Errors), 0);
+    assert_eq!(w.stat(softc, DevStat::InFlight), 0);
+
+    // kldunload is refused while the vbd is attached.
+    {
+        fake_xenrs_api::reset(1);
+        let mut m = XbbdModule::load().expect("load");
+        m.live = w.live.clone();
+        assert_eq!(m.quiesce(), Err(freebsd_kpi::Errno::EBUSY));
+        assert!(fake::console().contains("xbbd: 1 vbd(s) attached; detach them first"));
+        m.live = Arc::new(AtomicUsize::new(0));
+        assert_eq!(m.quiesce(), Ok(()));
+        m.unload();
+    }
+
+    // Detach (the registration goes, as at kldunload once allowed): nothing fires
+    // afterwards, nothing is left bound, mapped, allocated or open.
+    let ports: Vec<u32> = (1..64).filter(|p| w.xen.deliver(*p)).collect();
+    assert!(
+        !ports.is_empty(),
+        "the device's ports deliver while attached"
+    );
+    drop(w.reg.take());
+    assert_eq!(w.live.load(std::sync::atomic::Ordering::Acquire), 0);
+    for p in 1..64 {
+        assert!(!w.xen.deliver(p), "port {p} still delivers after detach");
+    }
+    let bio = w.bio(BioOp::Write, 0, 9, 300);
+    let _ = w.frontend.borrow_mut().submit(bio);
+    w.run(50);
+    let left = w.xen.outstanding();
+    assert_eq!(
+        (
+            left.ports,
+            left.mappings,
+            left.pages,
+            left.grants,
+            left.registrations
+        ),
+        (0, 0, 0, 0, 0),
+        "{left:?}"
+    );
+    shim::with(|s| {
+        assert_eq!((s.opened, s.closed), (1, 1));
+        assert!(s.files.is_empty() && s.trees.is_empty());
+    });
+    let image = std::fs::read(&w.path).unwrap();
+    assert!(
+        image[..4096].iter().all(|b| *b == 1),
+        "nothing written after detach"
+    );
+    let _ = w.fe_xs.poll_event();
+}
+
+#[test]
+fn mode_without_w_opens_read_only_and_the_frontend_sees_it() {
+    let _kernel = fake::session();
+    shim::reset();
+    let w = World::new("r", None, FrontendConfig::default());
+    let disk = w.frontend.borrow().disk().expect("connected");
+    assert!(disk.readonly);
+    let softc = w.softc();
+    assert_eq!(w.stat(softc, DevStat::ReadOnly), 1);
+    assert!(shim::with(|s| s
+        .files
+        .values()
+        .all(|(_, writable)| !writable)));
+    let w2 = w.bio(BioOp::Write, 0, 3, 1);
+    assert!(w.frontend.borrow_mut().submit(w2).is_err());
+}
+
+#[test]
+fn a_missing_backing_file_fails_the_device_and_leaves_nothing() {
+    let _kernel = fake::session();
+    shim::reset();
+    let mut w = World::new(
+        "w",
+        Some("/nonexistent/xbbd-disk.img"),
+        FrontendConfig::default(),
+    );
+    let console = fake::console();
+    assert!(
+        console.contains("xbbd0: cannot open /nonexistent/xbbd-disk.img: error 2"),
+        "{console}"
+    );
+    // The device failed: nothing of it is left, and the frontend never connects.
+    assert_eq!(w.live.load(std::sync::atomic::Ordering::Acquire), 0);
+    assert_eq!(
+        (
+            fake::taskqueues().len(),
+            shim::with(|s| (s.trees.len(), s.files.len(), s.opened))
+        ),
+        (0, (0, 0, 0))
+    );
+    assert!(w.frontend.borrow().disk().is_none());
+    let left = w.xen.outstanding();
+    assert_eq!(
+        (left.ports, left.pages, left.mappings),
+        (0, 0, 0),
+        "{left:?}"
+    );
+    w.run(50);
+    drop(w.reg.take());
+}
+
+#[test]
+fn the_task_runs_in_bounded_rounds_and_asks_for_itself_again() {
+    let _kernel = fake::session();
+    shim::reset();
+    let mut w = World::new("w", None, FrontendConfig::default());
+    let softc = w.softc();
+    // More I/O than one task run performs (TASK_ROUNDS batches of BATCH).
+    let per_run = crate::dev::TASK_ROUNDS * crate::store::BATCH;
+    let n = (per_run + 20) as u64;
+    for i in 0..n {
+        let bio = w.bio(BioOp::Write, (i % 400) * 8, 7, i + 1);
+        w.frontend.borrow_mut().submit(bio).expect("write");
+    }
+    // Deliver the guest's event, then one task run only: it stops at its budget and asks
+    // for another run.
+    for port in 1..64 {
+        if take_pending(w.dom0, port) {
+            let _ = w.xen.deliver(port);
+        }
+    }
+    let before = shim::with(|s| s.rdwr);
+    assert_eq!(fake::run_tasks(), 1);
+    let rdwr = shim::with(|s| s.rdwr) - before;
+    assert_eq!(rdwr, per_run, "one run performs its budget");
+    assert!(
+        fake::taskqueues().iter().any(|t| t.due),
+        "the task asked for itself again"
+    );
+    w.run(2000);
+    assert_eq!(w.completions().len() as u64, n);
+    assert_eq!(w.stat(softc, DevStat::Writes), n);
+    drop(w.reg.take());
+}
