@@ -58,7 +58,9 @@ use xen_netback::{Connection, Limits, LocalPage, NetIo, Offloads, QueueStats};
 use xen_netfront::negotiate::{self, BackendOffer, FrontendConfig, Setup};
 use xen_netif::{Csum, PacketMeta};
 use xen_shmem::SharedMem;
-use xen_xenbus::{Bus, Device, Driver, Error as XsErr, Role, WatchEvent, WatchId, XenbusState};
+use xen_xenbus::{
+    Bus, Device, Driver, Error as XsErr, Role, Store, WatchEvent, WatchId, XenbusState,
+};
 
 use crate::arch;
 use crate::dd::{DdCtx, Round, Service, Slots};
@@ -276,6 +278,36 @@ impl Record {
     }
 }
 
+/// Every connection attempt of one backend device and its failures (kept across
+/// reconnections, for the report on a hostile frontend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Frontend domain.
+    pub fe: u16,
+    /// Device id.
+    pub devid: String,
+    /// Connection attempts (the frontend reached `Initialised`/`Connected` while we waited).
+    pub attempts: u32,
+    /// Of which failed: refused at connect, or stopped by a protocol violation.
+    pub failures: u32,
+    /// Failures reported without a reason (must stay 0).
+    pub unexplained: u32,
+    /// The last failure's reason, as written to the `error` node.
+    pub last: Option<String>,
+}
+
+/// Reports a failed vif as a backend does (`xenbus_dev_fatal`'s effect, without marking the
+/// bus device dead so that the frontend's `Closing`/`Closed` are still followed and a fresh
+/// connection can start after `Closed`): the reason goes to the device directory's `error`
+/// node, where the frontend and the toolstack read it, and the state to `Closing`.
+fn report_failure(xs: &mut GuestXs, dev: &mut Device, reason: &str) {
+    crate::e9!("dd-net: {}: vif failed: {reason}", dev.nodename());
+    let _ = dev.write_node(xs, "error", reason);
+    if dev.state().can_switch_to(XenbusState::Closing) {
+        let _ = dev.switch_state(xs, XenbusState::Closing);
+    }
+}
+
 /// A connected backend vif.
 struct Vif {
     id: u32,
@@ -351,6 +383,8 @@ struct Shared {
     /// Backend directories whose connection failed since the last round (to be moved to
     /// `Closing` through the bus).
     newly_failed: Vec<String>,
+    /// Connection attempts and failures per device.
+    tallies: Vec<Tally>,
 }
 
 impl Shared {
@@ -411,6 +445,42 @@ impl Shared {
         v.conn.ctrl = None;
         let mut plat = self.back_plat();
         v.conn.resources.release(&mut plat);
+    }
+
+    /// Counts a connection attempt (`failure` = `None`) or a failure of device `fe`/`devid`.
+    fn tally(&mut self, fe: u16, devid: &str, failure: Option<&str>) {
+        let i = match self
+            .tallies
+            .iter()
+            .position(|t| t.fe == fe && t.devid == devid)
+        {
+            Some(i) => i,
+            None => {
+                if self.tallies.len() >= MAX_RECORDS {
+                    self.tallies.remove(0);
+                }
+                self.tallies.push(Tally {
+                    fe,
+                    devid: devid.to_string(),
+                    attempts: 0,
+                    failures: 0,
+                    unexplained: 0,
+                    last: None,
+                });
+                self.tallies.len() - 1
+            }
+        };
+        let t = &mut self.tallies[i];
+        match failure {
+            None => t.attempts += 1,
+            Some(r) => {
+                t.failures += 1;
+                if r.is_empty() {
+                    t.unexplained += 1;
+                }
+                t.last = Some(r.to_string());
+            }
+        }
     }
 
     fn keep(&mut self, rec: Record) {
@@ -723,26 +793,31 @@ impl Driver<GuestXs> for BackDriver {
                 if dev.state() == XenbusState::InitWait =>
             {
                 let mut sh = self.shared.borrow_mut();
+                let domid = dev.otherend_id();
+                sh.tally(domid, dev.id(), None);
+                // A refused connection is reported (reason in `error`, `Closing`) and the
+                // frontend may close and try again; it does not kill the device.
+                let refuse =
+                    |sh: &mut Shared, xs: &mut GuestXs, dev: &mut Device, reason: String| {
+                        sh.tally(domid, dev.id(), Some(&reason));
+                        report_failure(xs, dev, &reason);
+                        Ok(())
+                    };
                 if sh.vifs.len() >= MAX_VIFS {
-                    return Err(XsErr::BadValue);
+                    return refuse(&mut sh, xs, dev, format!("more than {MAX_VIFS} vifs"));
                 }
                 let offer = sh.offer();
                 let fe = dev.otherend().to_string();
                 let info = match be_config::read_frontend(xs, &fe, &offer) {
                     Ok(i) => i,
                     Err(e) => {
-                        crate::e9!("dd-net: {}: frontend keys refused: {e:?}", dev.nodename());
-                        return Err(XsErr::BadValue);
+                        return refuse(&mut sh, xs, dev, format!("frontend keys refused: {e:?}"))
                     }
                 };
                 let mut plat = sh.back_plat();
-                let domid = dev.otherend_id();
                 let conn = match xen_netback::connect(&mut plat, domid, &info, Limits::default()) {
                     Ok(c) => c,
-                    Err(e) => {
-                        crate::e9!("dd-net: {}: connect: {e:?}", dev.nodename());
-                        return Err(XsErr::BadValue);
-                    }
+                    Err(e) => return refuse(&mut sh, xs, dev, format!("connect: {e:?}")),
                 };
                 let id = sh.next_vif;
                 sh.next_vif += 1;
@@ -780,6 +855,8 @@ impl Driver<GuestXs> for BackDriver {
             // The frontend starts again after a close: offer again.
             XenbusState::Initialising if dev.state() == XenbusState::Closed => {
                 let offer = self.shared.borrow().offer();
+                // A new connection starts without the last one's failure.
+                let _ = xs.rm(&dev.node("error"));
                 be_config::publish(xs, dev.nodename(), &offer)?;
                 dev.switch_state(xs, XenbusState::InitWait)
             }
@@ -919,6 +996,7 @@ pub fn start(ctx: &DdCtx, xs: &mut GuestXs, bus: &mut Bus<GuestXs>) -> Box<dyn S
         backlog: VecDeque::new(),
         counters: Counters::default(),
         newly_failed: Vec::new(),
+        tallies: Vec::new(),
     }));
     bus.register(Box::new(BackDriver {
         shared: Rc::clone(&shared),
@@ -989,6 +1067,31 @@ impl DdNet {
         )
     }
 
+    /// The verdict on a hostile frontend's vif: it failed connections (each counted once,
+    /// each with a reason in `error`), and none of its connections is still live (rings
+    /// unmapped, ports closed: everything was released when it failed or closed).
+    fn hostile_report(&self, fe: u16, devid: &str) -> Result<String, String> {
+        let sh = self.shared.borrow();
+        let Some(t) = sh.tallies.iter().find(|t| t.fe == fe && t.devid == devid) else {
+            return Err(format!("vif {fe}/{devid} never tried to connect"));
+        };
+        let live = sh
+            .vifs
+            .iter()
+            .filter(|v| v.fe == fe && v.devid == devid)
+            .count();
+        let last: String = t.last.as_deref().unwrap_or("-").chars().take(70).collect();
+        let line = format!(
+            "d{fe} vif {devid}: {} failures in {} connections, {} unexplained, {live} live; last: {last}",
+            t.failures, t.attempts, t.unexplained
+        );
+        if t.failures == 0 || t.unexplained > 0 || live > 0 {
+            Err(line)
+        } else {
+            Ok(line)
+        }
+    }
+
     /// The record of backend device `vif/<fe>/<devid>` (live or finished).
     fn record(&self, fe: u16, devid: &str) -> Option<Record> {
         let sh = self.shared.borrow();
@@ -1039,7 +1142,17 @@ impl Service for DdNet {
         let failed = core::mem::take(&mut self.shared.borrow_mut().newly_failed);
         // Its rings are released at once (the bus ignores a failed device's other end).
         for dir in failed {
-            bus.with_device(xs, &dir, |_, xs, dev| dev.fatal(xs, XsErr::BadValue));
+            let (fe, devid, reason) = {
+                let sh = self.shared.borrow();
+                let v = sh.vifs.iter().find(|v| v.dir == dir);
+                (
+                    v.map_or(0, |v| v.fe),
+                    v.map_or(String::new(), |v| v.devid.clone()),
+                    v.and_then(|v| v.failure.clone()).unwrap_or_default(),
+                )
+            };
+            self.shared.borrow_mut().tally(fe, &devid, Some(&reason));
+            bus.with_device(xs, &dir, |_, xs, dev| report_failure(xs, dev, &reason));
             self.shared.borrow_mut().drop_vif(&dir);
         }
         // Progress on the debug port while frames are bridged: every 5 s at most.
@@ -1068,7 +1181,7 @@ impl Service for DdNet {
         devtype: &str,
         fe: u16,
         id: &str,
-        _expect: &str,
+        expect: &str,
     ) -> Option<Result<String, String>> {
         if devtype != "vif" {
             return None;
@@ -1077,6 +1190,9 @@ impl Service for DdNet {
         let bridge = self.bridge_line();
         crate::e9!("dd-net: {uplink}");
         crate::e9!("dd-net: {bridge}");
+        if expect == "hostile" {
+            return Some(self.hostile_report(fe, id));
+        }
         let Some(rec) = self.record(fe, id) else {
             return Some(Err(format!("vif {fe}/{id} never connected; {uplink}")));
         };

@@ -121,7 +121,8 @@ pub enum Scenario {
     DdBlkAbi32,
     /// Our driver domain's netback serving a Linux PVH domU's xen-netfront, bridged to dom0.
     DdNet,
-    /// A hostile Linux frontend attacks the driver domain's blkback while a good one uses it.
+    /// A hostile Linux frontend attacks the driver domain's blkback and netback while good
+    /// ones use them.
     DdHostile,
     /// Benchmark (`xen-harness bench`, bench.rs): one Linux domU's disk and network I/O
     /// through dom0's backends and through the driver domain's, same boot. Not in [`ALL`]
@@ -189,7 +190,7 @@ impl Scenario {
             Scenario::NetReattach => "xl network-detach + network-attach while the guest runs: reconnect, ARP/ping/UDP again",
             Scenario::DdBlk => "driver domain: our blkback (RAM disk) serves a Linux PVH domU's xen-blkfront: O_DIRECT + cached I/O, vfat, sha256",
             Scenario::DdBlkAbi32 => "driver domain: our blkback serves our i686 guest's blkfront (x86_32-abi ring layout)",
-            Scenario::DdHostile => "driver domain: tests/hostile-frontend in a Linux domU attacks our blkback (13 phases) while our blkfront uses the same driver domain",
+            Scenario::DdHostile => "driver domain: tests/hostile-frontend in a Linux domU attacks our blkback (13 phases) and netback (16) while our blkfront, then netfront, use the same driver domain",
             Scenario::DdNet => "driver domain: our netback serves a Linux domU's xen-netfront, bridged to dom0: ping, 3 MiB TCP each way, sha256",
             Scenario::Bench => "benchmark: a Linux domU's disk and TCP I/O via dom0's backends vs the driver domain's, same boot",
         }
@@ -247,7 +248,11 @@ impl Scenario {
             Scenario::NetReattach => &[Source::Guest("net-reattach"), Source::Dom0("net-reattach")],
             Scenario::DdBlk => &[Source::Guest("dd-blk"), Source::Dom0("dd-blk")],
             Scenario::DdBlkAbi32 => &[Source::Guest("dd-blk-abi32"), Source::Dom0("dd-blk-abi32")],
-            Scenario::DdHostile => &[Source::Guest("dd-hostile"), Source::Dom0("dd-hostile")],
+            Scenario::DdHostile => &[
+                Source::Guest("dd-hostile"),
+                Source::Guest("dd-hostile-net"),
+                Source::Dom0("dd-hostile"),
+            ],
             Scenario::DdNet => &[Source::Guest("dd-net"), Source::Dom0("dd-net")],
             Scenario::Bench => &[Source::Dom0("bench")],
         }
