@@ -19,10 +19,11 @@
 //! # Detach
 //!
 //! On removal (the directory goes, `xl block-detach`, or `kldunload xbbd`) the core stops
-//! taking requests; what the store accepted is performed on the xenbus thread itself, then
-//! the core's teardown unbinds the ports (no event handler runs afterwards) and unmaps the
-//! rings; then the taskqueue is drained and freed, the sysctl tree removed, and the backing
-//! object closed with the last reference to it.
+//! taking requests and the taskqueue is drained and freed (requests for the task do nothing
+//! afterwards); what the store accepted is performed on the xenbus thread itself, then the
+//! core's teardown unbinds the ports (no event handler runs afterwards) and unmaps the rings;
+//! then the sysctl tree is removed and the backing object closed with the last reference to
+//! it.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -329,10 +330,14 @@ impl<X: XenServices + Send + Sync + 'static> XbbdDriver<X> {
         })
     }
 
-    /// Detaches `u` (see the module docs); `dev` is its xenbus device, when it still has one.
+    /// Detaches `u` (see the module docs).
     fn finish<S: XenStore + ?Sized>(&self, u: Unit<X>, xs: &mut S, dev: &mut Device) {
         u.vbd.with_core(|c| c.remove(xs, dev));
-        // What the store accepted is performed here, bounded.
+        // The taskqueue first: after this no task runs (a run in progress is waited for)
+        // and requests for one do nothing, so what follows is this thread's alone.
+        u.vbd.tasks.finish();
+        // What the store accepted is performed here; each run makes progress (the I/O is
+        // synchronous), and an idle one returns at once.
         for _ in 0..DRAIN_RUNS {
             let busy = u.vbd.with_core(|c| c.store().map_or(0, QueuedStore::busy));
             if busy == 0 {
@@ -350,7 +355,6 @@ impl<X: XenServices + Send + Sync + 'static> XbbdDriver<X> {
                 );
             }
         });
-        u.vbd.tasks.finish();
         if let Some(t) = u.sysctl {
             t.remove();
         }

@@ -764,3 +764,58 @@ fn the_task_runs_in_bounded_rounds_and_asks_for_itself_again() {
     assert_eq!(w.stat(softc, DevStat::Writes), n);
     drop(w.reg.take());
 }
+
+#[test]
+fn detach_performs_what_was_accepted_and_answers_it() {
+    let _kernel = fake::session();
+    shim::reset();
+    let mut w = World::new("w", None, FrontendConfig::default());
+    let per_run = crate::dev::TASK_ROUNDS * crate::store::BATCH;
+    let n = (per_run + 40) as u64;
+    for i in 0..n {
+        let bio = w.bio(BioOp::Write, i * 8, (i % 250) as u8 + 1, i + 1);
+        w.frontend.borrow_mut().submit(bio).expect("write");
+    }
+    for port in 1..64 {
+        if take_pending(w.dom0, port) {
+            let _ = w.xen.deliver(port);
+        }
+    }
+    // One run of the task, then the device goes with work left: queued in the store or
+    // still in the rings.
+    assert_eq!(fake::run_tasks(), 1);
+    let softc = w.softc();
+    let taken = w.stat(softc, DevStat::Requests);
+    let performed = shim::with(|s| s.rdwr);
+    assert!(
+        taken > performed as u64,
+        "{taken} taken, {performed} performed"
+    );
+    drop(w.reg.take());
+    // Everything the core took from the rings was performed and answered.
+    let performed = shim::with(|s| s.rdwr) as u64;
+    assert_eq!(performed, taken);
+    let _ = w.frontend.borrow_mut().poll();
+    let done = w.completions();
+    assert_eq!(done.len() as u64, taken, "answered");
+    assert!(done.iter().all(|c| c.1), "{done:?}");
+    let image = std::fs::read(&w.path).unwrap();
+    for (tag, _, _) in &done {
+        let i = tag - 1;
+        let at = usize::try_from(i * 4096).unwrap();
+        assert!(
+            image[at..at + 4096]
+                .iter()
+                .all(|b| *b == (i % 250) as u8 + 1),
+            "write {tag} landed"
+        );
+    }
+    let left = w.xen.outstanding();
+    assert_eq!(
+        (left.ports, left.mappings, left.pages),
+        (0, 0, 0),
+        "{left:?}"
+    );
+    assert!(fake::taskqueues().is_empty());
+    assert_eq!(shim::with(|s| (s.opened, s.closed)), (1, 1));
+}
