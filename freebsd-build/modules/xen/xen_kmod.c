@@ -681,9 +681,14 @@ xenrs_kpi_vec_source_find(uint32_t *irq)
 	if (end != env && *end == ':' && n < num_io_irqs) {
 		addr = (uintptr_t)strtouq(end + 1, NULL, 16);
 		isrc = intr_lookup_source((int)n);
-		/* Ours only if the registered source is at the recorded address. */
-		if (isrc != NULL && (uintptr_t)isrc == addr) {
-			vs = (struct xenrs_vsrc *)isrc;
+		vs = (struct xenrs_vsrc *)isrc;
+		/*
+		 * Ours only if the registered source is at the recorded address and its PIC is
+		 * the one that follows it (is_pic is read inside struct intsrc, so a source of
+		 * another kind that a stale or forged value names is never read beyond it).
+		 */
+		if (isrc != NULL && (uintptr_t)isrc == addr &&
+		    isrc->is_pic == &vs->vs_pic) {
 			xenrs_vsrc_methods(vs);
 			mtx_lock(&isrc->is_event->ie_lock);
 			isrc->is_event->ie_post_ithread =

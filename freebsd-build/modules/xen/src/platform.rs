@@ -316,7 +316,8 @@ impl Platform {
         fifo: bool,
         install: impl FnOnce(&XenCpuid, &KPages) -> Result<(Hv, RawTrap), Errno>,
     ) -> Result<Platform, Errno> {
-        let upcall_mode = upcall_mode(&xen, asked, kpi::pci_present());
+        let pci_present = kpi::pci_present();
+        let upcall_mode = upcall_mode(&xen, asked, pci_present);
         // 1. Hypercall page.
         let hpage = KPages::alloc(1, true).map_err(fail(Step::HypercallPage, Errno::ENOMEM))?;
         let (hv, raw) = install(&xen, &hpage)?;
@@ -376,28 +377,19 @@ impl Platform {
             SxLock::new(c"xenrs dispatch", ()).map_err(fail(Step::EventChannels, Errno::ENOMEM))?;
         // 5. Threads.
         let threads = Threads::start().map_err(fail(Step::Threads, Errno::ENOMEM))?;
-        // 6. Upcall.
-        let upcall = Upcall::setup(upcall_mode as u32).inspect_err(|e| {
-            kprintln!("xen: upcall: {upcall_mode:?} set-up failed: {e}; not loading");
-        })?;
-        let mut callback = None;
-        if upcall_mode == UpcallMode::Pci {
-            // Xen raises the platform device's interrupt line (its GSI) for upcalls.
-            hvm::set_param(
-                hv,
-                HvmParam::CallbackIrq,
-                hvm::CallbackVia::Gsi(upcall.at).encode(),
-            )
-            .map_err(fail(Step::Upcall, Errno::ENXIO))?;
-            callback = Some(CallbackGuard::Param { hv });
-        }
-        if upcall_mode == UpcallMode::Vector {
-            callback = Some(tell_xen_the_vector(hv, vcpu0, upcall.at)?);
-            // Events that came before Xen knew the vector raised no interrupt: poll once, and
-            // let the next event raise vCPU 0's flag (and the vector) again.
-            vcpu0.clear_upcall_pending();
-            kpi::kick(kpi::Task::Events);
-        }
+        // 6. Upcall. `auto` chose the vector; where it cannot be had and the platform device
+        // is there, the device's interrupt still works.
+        let (upcall, callback, upcall_mode) = match install_upcall(hv, vcpu0, upcall_mode) {
+            Err(e)
+                if asked == UpcallMode::Auto
+                    && upcall_mode == UpcallMode::Vector
+                    && pci_present =>
+            {
+                kprintln!("xen: upcall: the per-vCPU vector failed ({e}); using the platform PCI device's interrupt");
+                install_upcall(hv, vcpu0, UpcallMode::Pci)?
+            }
+            other => other?,
+        };
         // 7. Grant table.
         let frames =
             KPages::alloc(GNTTAB_FRAMES, false).map_err(fail(Step::GrantTable, Errno::ENOMEM))?;
@@ -564,6 +556,35 @@ impl Platform {
         }
         kpi::kick(kpi::Task::Events);
     }
+}
+
+/// Step 6 in `mode` (`Vector` or `Pci`): the interrupt, and what makes Xen raise it.
+fn install_upcall(
+    hv: Hv,
+    vcpu0: xen_kmod::shared::VcpuInfo<'static>,
+    mode: UpcallMode,
+) -> Result<(Upcall, Option<CallbackGuard>, UpcallMode), Errno> {
+    let upcall = Upcall::setup(mode as u32).inspect_err(|e| {
+        kprintln!("xen: upcall: {mode:?} set-up failed: {e}; not loading");
+    })?;
+    let callback = if mode == UpcallMode::Vector {
+        let guard = tell_xen_the_vector(hv, vcpu0, upcall.at)?;
+        // Events that came before Xen knew the vector raised no interrupt: poll once, and let
+        // the next event raise vCPU 0's flag (and the vector) again.
+        vcpu0.clear_upcall_pending();
+        kpi::kick(kpi::Task::Events);
+        guard
+    } else {
+        // Xen raises the platform device's interrupt line (its GSI) for upcalls.
+        hvm::set_param(
+            hv,
+            HvmParam::CallbackIrq,
+            hvm::CallbackVia::Gsi(upcall.at).encode(),
+        )
+        .map_err(fail(Step::Upcall, Errno::ENXIO))?;
+        CallbackGuard::Param { hv }
+    };
+    Ok((upcall, Some(callback), mode))
 }
 
 /// Tells Xen to raise `vector` on vCPU 0 (the boot CPU, whose local APIC has it): the

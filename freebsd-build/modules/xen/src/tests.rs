@@ -857,6 +857,36 @@ fn auto_upcall_is_the_vector_when_xen_offers_it_or_there_is_no_platform_device()
     crate::fake_kpi::state(|s| assert_eq!(s.upcall_vectors.len(), 1));
     assert_eq!(xenrs_xen_unload(), 0);
     nothing_outstanding();
+    // Xen advertises the vector but refuses it, two CPUs: `auto` falls back to the platform
+    // device's interrupt, having given the vector and the filter back.
+    on_xen(xen_kmod::arch::cpuid::hvm_features::UPCALL_VECTOR);
+    crate::fake_kpi::state(|s| {
+        s.ncpus = 2;
+        s.fail_ops.push("SetEvtchnUpcallVector");
+    });
+    assert_eq!(xenrs_xen_load(), 0);
+    assert!(fake::console().contains("using the platform PCI device's interrupt"));
+    assert_eq!(stat(XenStat::Upcall), Ok(0), "the tunable stays auto");
+    assert_eq!(stat(XenStat::UpcallAt), Ok(11), "the platform device's IRQ");
+    crate::fake_kpi::state(|s| {
+        assert!(s.upcall && !s.vec_handler && s.vectors.is_empty());
+        let callback = xen_sys::native::HVM_PARAM_CALLBACK_IRQ;
+        assert_eq!(
+            s.params,
+            [(callback, xen_kmod::hvm::CallbackVia::Gsi(11).encode())]
+        );
+    });
+    assert_eq!(xenrs_xen_unload(), 0);
+    nothing_outstanding();
+    // Without the platform device there is nothing to fall back to.
+    on_xen(xen_kmod::arch::cpuid::hvm_features::UPCALL_VECTOR);
+    crate::fake_kpi::state(|s| {
+        s.ncpus = 2;
+        s.no_pci = true;
+        s.fail_ops.push("SetEvtchnUpcallVector");
+    });
+    assert_eq!(xenrs_xen_load(), 6);
+    nothing_outstanding();
 }
 
 #[test]
