@@ -24,6 +24,39 @@ pub struct Seen {
     pub unregistered: usize,
     /// Kicks of live registrations.
     pub kicks: usize,
+    /// Each registration's callback and argument, by handle (for [`deliver`]).
+    pub callbacks: Vec<(usize, XenbusCb, usize)>,
+}
+
+/// xen.ko's xenbus callback type (`xenrs_xenbus_cb_t`).
+pub type XenbusCb = unsafe extern "C" fn(*mut c_void, c_int, u32, *const c_char, c_int);
+
+/// Calls live registration `handle`'s callback as xen.ko's xenbus thread does: `kind` 0
+/// start, 1 watch event (`watch`, `path`), 2 stop, 3 kick. False when no such registration.
+#[allow(
+    dead_code,
+    reason = "used by the modules whose tests drive the xenbus callback (xbd), not every includer"
+)]
+pub fn deliver(handle: usize, kind: c_int, watch: u32, path: &CStr) -> bool {
+    let cb = with(|s| {
+        s.registered
+            .iter()
+            .any(|r| r.2 == handle)
+            .then(|| {
+                s.callbacks
+                    .iter()
+                    .find(|c| c.0 == handle)
+                    .map(|c| (c.1, c.2))
+            })
+            .flatten()
+    });
+    let Some((cb, arg)) = cb else {
+        return false;
+    };
+    // SAFETY: a live registration's callback and argument, called from one thread at a time
+    // (the tests' own) as xen.ko's xenbus thread would; `path` is NUL-terminated.
+    unsafe { cb(arg as *mut c_void, kind, watch, path.as_ptr(), 0) };
+    true
 }
 
 static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
@@ -77,8 +110,8 @@ pub extern "C" fn xenrs_xs_call(
 pub unsafe extern "C" fn xenrs_xenbus_register(
     role: u32,
     devtype: *const c_char,
-    _cb: unsafe extern "C" fn(*mut c_void, c_int, u32, *const c_char, c_int),
-    _arg: *mut c_void,
+    cb: XenbusCb,
+    arg: *mut c_void,
     out: *mut *mut c_void,
 ) -> c_int {
     // SAFETY: NUL-terminated by the caller's contract.
@@ -88,6 +121,7 @@ pub unsafe extern "C" fn xenrs_xenbus_register(
     let handle = with(|s| {
         let h = 0x5000 + s.registered.len() + s.unregistered;
         s.registered.push((role, ty, h));
+        s.callbacks.push((h, cb, arg as usize));
         h
     });
     // SAFETY: `out` is valid for a write by the caller's contract.

@@ -306,6 +306,70 @@ fn load_registers_the_vbd_frontend_and_unload_unregisters_it() {
 }
 
 #[test]
+fn kernel_xen_hands_a_watch_event_its_bus_does_not_claim_to_on_watch() {
+    use std::sync::{Arc, Mutex};
+    use xenrs_api::XenServices;
+    struct Idle;
+    impl<S: XenStore + ?Sized> Driver<S> for Idle {
+        fn devtype(&self) -> &str {
+            "vbd"
+        }
+        fn probe(&mut self, _xs: &mut S, _dev: &mut Device) -> Result<(), XsErr> {
+            Ok(())
+        }
+        fn otherend_changed(
+            &mut self,
+            _xs: &mut S,
+            _dev: &mut Device,
+            _state: XenbusState,
+        ) -> Result<(), XsErr> {
+            Ok(())
+        }
+        fn remove(&mut self, _xs: &mut S, _dev: &mut Device) {}
+    }
+    let _kernel = fake::session();
+    fake_xenrs_api::reset(1);
+    let xen = xenrs_api::kernel::KernelXen::new().expect("xen.ko's API");
+    let seen: Arc<Mutex<Vec<(u32, String)>>> = Arc::default();
+    let record = seen.clone();
+    let reg = xen
+        .register_driver_with_hooks(
+            Role::Frontend,
+            Box::new(Idle),
+            xenrs_api::Hooks {
+                on_kick: None,
+                on_watch: Some(Box::new(move |_bus, _xs, id, ev| {
+                    record.lock().unwrap().push((id.0, ev.path.clone()));
+                })),
+            },
+        )
+        .expect("register");
+    let handle = fake_xenrs_api::with(|s| s.registered[0].2);
+    // xen.ko's xenbus thread: start (the store answers ENXIO here, so the bus has no root
+    // watch), then an event of a watch the driver added itself.
+    assert!(fake_xenrs_api::deliver(handle, 0, 0, c""));
+    assert!(fake_xenrs_api::deliver(
+        handle,
+        1,
+        77,
+        c"/local/domain/0/backend/vbd/1/51712/sectors"
+    ));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(
+            77,
+            String::from("/local/domain/0/backend/vbd/1/51712/sectors")
+        )]
+    );
+    drop(reg);
+    assert!(
+        !fake_xenrs_api::deliver(handle, 1, 77, c"/x"),
+        "unregistered"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[test]
 fn load_refuses_a_xen_ko_of_another_api_version() {
     let _kernel = fake::session();
     fake_xenrs_api::reset(2);
