@@ -12,7 +12,7 @@
 //!   store whose I/O the device's taskqueue thread performs in bounded batches
 //!   ([`store::QueuedStore`], [`store::perform`]), written against the narrow
 //!   [`store::BackingKpi`] trait;
-//! * [`env`]: the core's platform over xen.ko's services (event channels, pages, and the
+//! * [`env`](mod@env): the core's platform over xen.ko's services (event channels, pages, and the
 //!   slot runs where the core maps the rings; the core copies data by grant copy);
 //! * [`dev`]: the xenbus `vbd` backend driver, one [`dev::Vbd`] per device, its task, detach;
 //! * [`sys`]: the kernel side (the shim's functions as safe handles, the `extern "C"` entry
@@ -54,7 +54,7 @@ pub use xen_blkback;
 /// Most indirect segments offered (Linux blkback's default and maximum advertised).
 pub const MAX_INDIRECT_SEGMENTS: u64 = 256;
 
-/// Reads the loader tunables into the core's configuration: copy mode (see [`env`]), the
+/// Reads the loader tunables into the core's configuration: copy mode (see [`env`](mod@env)), the
 /// limits the tunables set. A malformed value is logged and its default used.
 #[must_use]
 pub fn config_from_tunables() -> BackendConfig {

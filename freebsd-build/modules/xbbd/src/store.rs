@@ -5,11 +5,13 @@
 //!
 //! [`backing_for`] reads what the core parsed from xenstore ([`DeviceConfig`]): the path is
 //! `physical-device-path` when present, else `params` without a `phy:`/`file:` prefix; a path
-//! under `/dev/` is a character device (a GEOM provider: reads and writes reach it through
-//! `physio`, flush is `DIOCGFLUSH`, discard `DIOCGDELETE`, the size `DIOCGMEDIASIZE`), anything
-//! else a regular file (`vn_rdwr`, `VOP_FSYNC`, `vn_deallocate` on FreeBSD 14, the size from
-//! `VOP_GETATTR`); `mode` without `w` opens it read-only, and writes are then refused before
-//! they reach it. Paths must be absolute, free of NUL and shorter than `MAXPATHLEN`.
+//! under `/dev/` is expected to be a character device (a GEOM provider: reads and writes reach
+//! it through its cdevsw, i.e. `physio`, flush is `DIOCGFLUSH`, discard `DIOCGDELETE`, the size
+//! `DIOCGMEDIASIZE`), anything else a regular file (`vn_rdwr`, `VOP_FSYNC`, `vn_deallocate` on
+//! FreeBSD 14, the size from `vn_getsize`); what the opened vnode turns out to be decides
+//! (`crate::sys::Vnode::open`). `mode` without `w` opens it read-only, and writes are then
+//! refused before they reach it. Paths must be absolute, free of NUL and shorter than
+//! `MAXPATHLEN`.
 //!
 //! # Split phase, bounded
 //!
