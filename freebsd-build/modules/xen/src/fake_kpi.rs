@@ -105,8 +105,9 @@ pub fn reset() {
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(State {
         next_port: 10,
         store_pfn: 0xfeffc,
-        // One I/O APIC with 48 pins (as Xen's HVM guests have), then 2048 MSI IRQs.
-        irq_space: (48 + 2048, 48, 2048),
+        // One I/O APIC with 48 pins (as Xen's HVM guests have), then the default 512 MSI
+        // IRQs (`machdep.num_msi_irqs`).
+        irq_space: (48 + 512, 48, 512),
         irq_sources: (0..48).collect(),
         ..State::default()
     });

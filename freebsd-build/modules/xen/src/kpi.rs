@@ -316,9 +316,9 @@ pub struct IrqSpace {
 /// later, so one that is free at load stays free: the highest such hole is taken first. Past
 /// it, MSI sources are created on demand from the bottom of the MSI range (`msi_alloc`), so
 /// the last IRQ of that range is used only while it and the one below it are free: MSI
-/// would reach it only after `num_msi_irqs - 1` (2047 by default) sources exist. IRQs beyond
-/// the MSI range belong to FreeBSD's own Xen support (event channels) in kernels built with
-/// it, and are never taken.
+/// would reach it only after `num_msi_irqs - 1` sources exist (511 with the default
+/// `machdep.num_msi_irqs` of 512). IRQs beyond the MSI range belong to FreeBSD's own Xen
+/// support (event channels) in kernels built with it, and are never taken.
 pub fn choose_irq(space: IrqSpace, used: impl Fn(u32) -> bool) -> Option<u32> {
     let below = if space.first_msi > 0 {
         space.first_msi.min(space.num_io)

@@ -213,7 +213,7 @@ fn vector_upcall_delivers_through_an_interrupt_source_and_is_inert_after_unload(
     assert_eq!(xenrs_xen_load(), 0);
     assert_eq!(stat(XenStat::Upcall), Ok(1));
     // No hole below the MSI range (48 I/O APIC pins, MSI from 48): the last MSI IRQ.
-    let irq = 48 + 2048 - 1;
+    let irq = 48 + 512 - 1;
     let vector = u32::try_from(stat(XenStat::UpcallAt).unwrap()).unwrap();
     crate::fake_kpi::state(|s| {
         assert_eq!(s.vec_source, Some(irq));
