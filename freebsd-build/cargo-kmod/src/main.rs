@@ -22,6 +22,8 @@ mod setup;
 mod suite;
 mod verify;
 
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,7 +38,9 @@ options:
   --arch ARCH      only this architecture (amd64 or i386); may be repeated
   --no-install     never install packages; fail with what is missing instead
   --out DIR        (bench) where the result tables go
-  --quick          (bench) a fast, noisy run (seconds) to check that everything works";
+  --quick          (bench) a fast, noisy run (seconds) to check that everything works
+  --only SUITES    (bench) only these suites, comma-separated: ring, gnttab, evtchn, parse,
+                   blk, net, real-xen";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,6 +83,8 @@ pub struct Options {
     pub filter: Option<String>,
     pub out: Option<PathBuf>,
     pub quick: bool,
+    /// `--only` (bench): the suites to run, comma-separated, as xen-bench takes them.
+    pub only: Option<String>,
 }
 
 impl Options {
@@ -104,6 +110,7 @@ impl Options {
             filter: None,
             out: None,
             quick: false,
+            only: None,
         };
         let mut rest = args[1..].iter();
         while let Some(arg) = rest.next() {
@@ -117,6 +124,10 @@ impl Options {
                     options.out = Some(rest.next().ok_or("--out needs a folder")?.into());
                 }
                 "--quick" if command == Command::Bench => options.quick = true,
+                "--only" if command == Command::Bench => {
+                    let suites = rest.next().ok_or("--only needs suite names")?;
+                    options.only = Some(bench::suites(suites)?);
+                }
                 filter if command == Command::Test && !filter.starts_with('-') => {
                     options.filter = Some(filter.to_string());
                 }
@@ -163,6 +174,27 @@ mod tests {
         assert_eq!(options.out, Some(PathBuf::from("/tmp/b")));
         assert!(options.quick);
         assert!(parse("test --quick").is_err());
+        assert_eq!(options.only, None);
+    }
+
+    #[test]
+    fn bench_takes_only_and_checks_the_suite_names() {
+        let options = parse("kmod bench --only ring,real-xen --out x").unwrap();
+        assert_eq!(options.only.as_deref(), Some("ring,real-xen"));
+        assert_eq!(
+            bench::xen_bench_args(&options, Path::new("/o")),
+            ["--out", "/o", "--only", "ring,real-xen"]
+        );
+        let options = parse("bench --quick").unwrap();
+        assert_eq!(
+            bench::xen_bench_args(&options, Path::new("/o")),
+            ["--out", "/o", "--quick"]
+        );
+        assert!(parse("bench --only").unwrap_err().contains("needs"));
+        assert!(parse("bench --only ring,rings")
+            .unwrap_err()
+            .contains("`rings`"));
+        assert!(parse("test --only ring").is_err());
     }
 
     #[test]
