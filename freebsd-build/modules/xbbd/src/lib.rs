@@ -23,6 +23,7 @@
 //! | `hw.xbbd.max_ring_page_order` | 0..=4: ring pages offered per queue, as an order | 4 |
 //! | `hw.xbbd.max_queues` | 1..=16: queues offered | 4 |
 //! | `hw.xbbd.max_indirect_segments` | 0, 12..=256: segments of an indirect request offered (0: none) | 256 |
+//! | `hw.xbbd.copy_pool_pages` | 1..=4096: pages per queue for grant copies (raised to one largest request's worth) | 512 |
 //!
 //! A malformed value is reported on the console and the default is used.
 #![cfg_attr(target_os = "none", no_std)]
@@ -54,6 +55,9 @@ pub use xen_blkback;
 /// Most indirect segments offered (Linux blkback's default and maximum advertised).
 pub const MAX_INDIRECT_SEGMENTS: u64 = 256;
 
+/// Most pages of a queue's copy pool (16 MiB).
+pub const MAX_COPY_POOL_PAGES: u64 = 4096;
+
 /// Reads the loader tunables into the core's configuration: copy mode (see [`env`](mod@env)), the
 /// limits the tunables set. A malformed value is logged and its default used.
 #[must_use]
@@ -80,7 +84,14 @@ pub fn config_from_tunables() -> BackendConfig {
             _ => tunable::parse_u64_in(t, 12, MAX_INDIRECT_SEGMENTS),
         },
     );
+    let pool = tunable::get(
+        "xbbd",
+        c"hw.xbbd.copy_pool_pages",
+        d.copy_pool_pages as u64,
+        |t| tunable::parse_u64_in(t, 1, MAX_COPY_POOL_PAGES),
+    );
     BackendConfig {
+        copy_pool_pages: usize::try_from(pool).unwrap_or(d.copy_pool_pages),
         max_ring_page_order: u32::try_from(order).unwrap_or(d.max_ring_page_order),
         max_queues: u32::try_from(queues).unwrap_or(d.max_queues),
         max_indirect_segments: u32::try_from(indirect).unwrap_or(d.max_indirect_segments),

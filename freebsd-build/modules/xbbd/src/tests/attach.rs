@@ -231,7 +231,15 @@ fn tunables_are_read_and_bad_ones_rejected_with_a_reason() {
         "{console}"
     );
     fake::set_env("hw.xbbd.max_indirect_segments", "0");
-    assert_eq!(config_from_tunables().max_indirect_segments, 0);
+    fake::set_env("hw.xbbd.copy_pool_pages", "64");
+    let c = config_from_tunables();
+    assert_eq!((c.max_indirect_segments, c.copy_pool_pages), (0, 64));
+    fake::set_env("hw.xbbd.copy_pool_pages", "100000");
+    assert_eq!(
+        config_from_tunables().copy_pool_pages,
+        BackendConfig::default().copy_pool_pages
+    );
+    assert!(fake::console().contains("hw.xbbd.copy_pool_pages=\"100000\": out of range"));
 }
 
 #[test]
@@ -818,4 +826,34 @@ fn detach_performs_what_was_accepted_and_answers_it() {
     );
     assert!(fake::taskqueues().is_empty());
     assert_eq!(shim::with(|s| (s.opened, s.closed)), (1, 1));
+}
+
+#[test]
+fn the_tunables_shape_what_a_connection_uses() {
+    let _kernel = fake::session();
+    shim::reset();
+    fake::set_env("hw.xbbd.max_queues", "1");
+    fake::set_env("hw.xbbd.max_ring_page_order", "0");
+    fake::set_env("hw.xbbd.copy_pool_pages", "1");
+    let mut w = World::new("w", None, FrontendConfig::default());
+    let softc = w.softc();
+    assert_eq!(w.stat(softc, DevStat::Queues), 1);
+    assert_eq!(w.stat(softc, DevStat::RingPages), 1);
+    // One queue's pool, raised to one largest request's worth, instead of 4 x 512 pages.
+    let per_request = 256 + xen_blkback::proto::MAX_INDIRECT_PAGES;
+    let pages = w.xen.outstanding().pages;
+    assert!(
+        (per_request..per_request + 8).contains(&pages),
+        "{pages} pages for a pool of {per_request}"
+    );
+    for i in 0..40u64 {
+        let bio = w.bio(BioOp::Write, i * 8, 0x33, i + 1);
+        w.frontend.borrow_mut().submit(bio).expect("write");
+    }
+    w.run(2000);
+    let done = w.completions();
+    assert_eq!(done.len(), 40);
+    assert!(done.iter().all(|c| c.1));
+    drop(w.reg.take());
+    assert_eq!(w.xen.outstanding().pages, 0);
 }
