@@ -117,6 +117,11 @@ struct Summary {
     failures: u32,
     /// The current connection has failed (so it is not counted twice).
     failed_now: bool,
+    /// Connections of earlier backend devices for the same frontend device (a detach and
+    /// re-attach makes a new device; its counters start again).
+    earlier_connections: u64,
+    /// How many backend devices served this frontend device.
+    instances: u32,
 }
 
 struct Dev {
@@ -190,6 +195,7 @@ impl Driver<GuestXs> for BlkDriver {
             more: false,
             summary: Summary {
                 sectors,
+                instances: 1,
                 ..Summary::default()
             },
         };
@@ -237,7 +243,19 @@ impl Driver<GuestXs> for BlkDriver {
                 );
             }
             let key = (dev.otherend_id(), dev.id().to_string());
-            sh.gone.insert(key, d.summary);
+            let mut s = d.summary;
+            if let Some(old) = sh.gone.get(&key) {
+                s.earlier_connections = old.earlier_connections + old.stats.connections;
+                s.instances = old.instances + 1;
+            }
+            crate::e9!(
+                "dd-blk: {} removed (device {} of this frontend device; {} connection(s) in all), {} foreign slots mapped now",
+                dev.nodename(),
+                s.instances,
+                s.earlier_connections + s.stats.connections,
+                self.env.slots.in_use()
+            );
+            sh.gone.insert(key, s);
             // The RAM disk goes with the core.
         }
     }
@@ -246,6 +264,7 @@ impl Driver<GuestXs> for BlkDriver {
 /// The service the main loop drives.
 struct BlkService {
     shared: Rc<RefCell<Shared>>,
+    slots: &'static Slots,
 }
 
 /// Registers the `vbd` driver on `bus` and returns its service.
@@ -260,7 +279,10 @@ pub fn start(ctx: &DdCtx, bus: &mut Bus<GuestXs>) -> Box<dyn Service> {
         env,
         shared: Rc::clone(&shared),
     }));
-    Box::new(BlkService { shared })
+    Box::new(BlkService {
+        shared,
+        slots: ctx.slots,
+    })
 }
 
 impl Service for BlkService {
@@ -286,12 +308,10 @@ impl Service for BlkService {
                 if !(hit || d.more || d.be.control_pending()) {
                     continue;
                 }
+                // The RAM disk completes inside `submit`; the core collects those
+                // completions in the same poll, so only its own `more` brings us back.
                 let r = d.be.poll();
-                // The RAM disk completes inside `submit` but reports completions only when
-                // polled: come back for them (the platform's job, as a GEOM completion would
-                // schedule the backend).
-                let ready = d.be.store().map_or(0, MemStore::completions_ready);
-                d.more = r.more || ready > 0;
+                d.more = r.more;
                 d.update();
                 round.any = true;
                 round.more |= d.more;
@@ -359,7 +379,19 @@ impl Service for BlkService {
         let Some(s) = summary else {
             return Some(Err(format!("no vbd {fe}/{id} was ever probed")));
         };
-        Some(verdict(&s, expect))
+        // What is still held: event channels of live vbds, foreign slots of every backend
+        // (after a frontend is gone and its device removed, its share must be 0).
+        let ports: usize = sh.devs.values().map(|d| d.be.ports().len()).sum();
+        let held = format!(
+            "; now {} live vbd(s), {ports} port(s), {} foreign slot(s) mapped",
+            sh.devs.len(),
+            self.slots.in_use()
+        );
+        Some(
+            verdict(&s, expect)
+                .map(|d| d + &held)
+                .map_err(|e| e + &held),
+        )
     }
 }
 
@@ -390,7 +422,7 @@ fn verdict(s: &Summary, expect: &str) -> Result<String, String> {
         Abi::X86_64 => "x86_64-abi",
     };
     let detail = format!(
-        "{} MiB {proto} q{} order {} ({} entries) persist {} ({} max) indirect {} flush {} discard {}; {} req: {}r {}w {}f {}d {}ind; {} pmaps {} phits; err {} viol {}",
+        "{} MiB {proto} q{} order {} ({} entries) persist {} ({} max) indirect {} flush {} discard {}; {} req: {}r {}w {}f {}d {}ind; {} pmaps {} phits; err {} viol {}; {} conn over {} dev",
         s.sectors / 2048,
         n.queues,
         n.ring_page_order,
@@ -410,6 +442,8 @@ fn verdict(s: &Summary, expect: &str) -> Result<String, String> {
         st.persistent_hits,
         st.errors,
         st.violations,
+        s.earlier_connections + st.connections,
+        s.instances,
     );
     let mut problems = Vec::new();
     if expect != "-" && expect != proto {
