@@ -741,6 +741,22 @@ dd_attach_vbd() {
             "$bp/mode" "$mode" "$bp/type" ram "$bp/device-type" disk "$bp/online" 1 \
             "$bp/removable" 0 "$bp/bootable" 1 "$bp/dev" xvda "$bp/state" 1
 }
+# dd_attach_vbd_live FE DD DEVID PARAMS: dd_attach_vbd for a frontend that is running: both
+# directories are created (empty: neither side probes a directory without a state) and
+# chmod'ed first, then every node of both goes in one xenstore-write (one transaction), as
+# libxl does. A running Linux probes as soon as its frontend nodes exist, and fails (-ENOENT)
+# when the backend directory they name is not there yet.
+dd_attach_vbd_live() {
+    local fe=$1 dd=$2 id=$3 params=$4
+    local fp=/local/domain/$1/device/vbd/$3 bp=/local/domain/$2/backend/vbd/$1/$3
+    xenstore-write "$fp" "" && xenstore-chmod "$fp" "n$fe" "r$dd" &&
+        xenstore-write "$bp" "" && xenstore-chmod "$bp" "n$dd" "r$fe" &&
+        xenstore-write "$bp/frontend" "$fp" "$bp/frontend-id" "$fe" "$bp/params" "$params" \
+            "$bp/mode" w "$bp/type" ram "$bp/device-type" disk "$bp/online" 1 \
+            "$bp/removable" 0 "$bp/bootable" 1 "$bp/dev" xvda "$bp/state" 1 \
+            "$fp/backend" "$bp" "$fp/backend-id" "$dd" "$fp/virtual-device" "$id" \
+            "$fp/device-type" disk "$fp/state" 1
+}
 # dd_detach_vbd FE DD DEVID: removes both directories (after the frontend is gone).
 dd_detach_vbd() {
     xenstore-rm "/local/domain/$2/backend/vbd/$1/$3" 2>/dev/null
@@ -859,15 +875,24 @@ dd_report() {
         echo "NOTE $2 the driver domain did not answer the report request"
 }
 
-# dd_blk_linux ARCH DD NONCE: scenario dd-blk.
+# ddblk_unbound FP BP NAME: both ends of the vbd are Closed (the domU unbound its blkfront),
+# or the domU is done (it never got that far).
+ddblk_unbound() {
+    { is_value "$1/state" 6 && is_value "$2/state" 6; } || domu_log "$3" | grep -q '^DOMU DONE'
+}
+# ddblk_devgone NAME: the domU says its xenbus device of the vbd is gone (or it is done).
+ddblk_devgone() { domu_log "$1" | grep -q -e '^BLK DEVGONE' -e '^DOMU DONE'; }
+# dd_blk_linux ARCH DD NONCE: scenario dd-blk. The domU's memory (the harness puts in
+# domu.rs's constant for it) holds the bounce pages of xen-blkfront's module arguments.
 dd_blk_linux() {
-    local a=$1 dd=$2 n=pvh-ddblk-$1 fe bp
-    if ! domu_start "$n" dd-blk "$3"; then
+    local a=$1 dd=$2 n=pvh-ddblk-$1 fe bp fp
+    if ! domu_start "$n" dd-blk "$3" DD_BLK_MEMORY; then
         echo "CHECK dd-blk $a FAIL xl create -p of the Linux domU failed"
         return
     fi
     fe=$d
     bp=/local/domain/$dd/backend/vbd/$fe/51712
+    fp=/local/domain/$fe/device/vbd/51712
     echo "NOTE dd-blk $a Linux PVH domU d$fe, driver domain d$dd"
     dd_attach_vbd "$fe" "$dd" 51712 ram:16M || echo "NOTE dd-blk $a writing the vbd nodes failed"
     xl unpause "$fe"
@@ -875,6 +900,18 @@ dd_blk_linux() {
         { xenstore-ls -f "/local/domain/$fe/device/vbd"; xenstore-ls -f "$bp"; } > "/tmp/ddblk-$a.txt" 2>&1
     else
         echo "NOTE dd-blk $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 300 s"
+    fi
+    # The reconnect (domu.rs, blk_reconnect): once the domU has unbound its blkfront and both
+    # ends are Closed, the device is removed and, when Linux has dropped it (BLK DEVGONE),
+    # written again, as xl block-detach and block-attach would.
+    if wait_secs 600 ddblk_unbound "$fp" "$bp" "$n" && ! domu_log "$n" | grep -q '^DOMU DONE'; then
+        dd_detach_vbd "$fe" "$dd" 51712
+        wait_secs 120 ddblk_devgone "$n" || echo "NOTE dd-blk $a no BLK DEVGONE from the domU within 120 s"
+        dd_attach_vbd_live "$fe" "$dd" 51712 ram:16M || echo "NOTE dd-blk $a writing the vbd nodes again failed"
+        wait_secs 300 is_value "$bp/state" 4 ||
+            echo "NOTE dd-blk $a backend state $(xenstore-read "$bp/state" 2>/dev/null) 300 s after the re-attach"
+    else
+        echo "NOTE dd-blk $a the domU did not unbind its vbd: front $(xenstore-read "$fp/state" 2>/dev/null) back $(xenstore-read "$bp/state" 2>/dev/null)"
     fi
     domu_wait "$n" 240
     domu_verdict "$n" dd-blk "$a"
@@ -971,7 +1008,7 @@ pub fn init_script(runs: &[Run], scenarios: &[Scenario]) -> String {
         "for m in MODULES;",
         &format!("for m in {};", MODULES.join(" ")),
     );
-    s.push_str(DD_FUNCTIONS);
+    s.push_str(&DD_FUNCTIONS.replace("DD_BLK_MEMORY", &crate::domu::DD_BLK_MEMORY_MIB.to_string()));
     s.push_str(crate::hostile::DOM0_FUNCTIONS);
     s.push_str(&crate::bench::dom0_functions());
     for run in runs {
@@ -1055,6 +1092,11 @@ mod tests {
         ] {
             assert!(s.contains(f), "{f} missing");
         }
+        // The dd-blk domU gets the memory its xen-blkfront parameters need.
+        assert!(s.contains(&format!(
+            "domu_start \"$n\" dd-blk \"$3\" {}; then",
+            crate::domu::DD_BLK_MEMORY_MIB
+        )));
     }
 
     #[test]

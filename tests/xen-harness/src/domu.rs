@@ -41,12 +41,23 @@ pub const MODULES: &[&str] = &[
     "nls_ascii",
 ];
 
-/// Module parameters: xen-blkfront's default is a one-page ring; ask for a two-page ring (and
-/// a queue per vCPU, its default, spelled out). Not more: with persistent grants xen-blkfront
-/// allocates a bounce page per grant it may use, (segments + indirect pages) × ring entries ×
-/// queues, and 256 segments on 16-page rings would be ≈ 1 GiB — an earlier try left the 192 MiB
-/// domU stuck allocating. Its default of 32 indirect segments is kept.
-pub const MODULE_ARGS: &[(&str, &str)] = &[("xen-blkfront", "max_ring_page_order=1 max_queues=2")];
+/// Module parameters: xen-blkfront's defaults are a one-page ring, 32 indirect segments and a
+/// queue per vCPU. With persistent grants it allocates a bounce page for every grant it may
+/// use, (segments + indirect pages) × ring entries × queues, up front: our whole offer (256
+/// segments, 16-page rings = 512 entries, 4 queues; 2 with 2 vCPUs) would be ≈ 1 GiB (an early
+/// try left a 192 MiB domU stuck allocating). What fits the dd-blk domU (256 MiB,
+/// [`DD_BLK_MEMORY_MIB`]): 4-page rings (128 entries) with 64 segments, (64 + 1) × 128 × 2 =
+/// 16 640 pages = 65 MiB, and as many grant references, half of a domU's default 32 768
+/// (64 grant frames). The next steps would double that (8-page rings or 128 segments: 130 MiB
+/// and all but all of the grant references).
+pub const MODULE_ARGS: &[(&str, &str)] = &[(
+    "xen-blkfront",
+    "max_ring_page_order=2 max_queues=2 max_indirect_segments=64",
+)];
+
+/// Memory of the dd-blk domU (MiB): its kernel, the image, the test files in tmpfs and the
+/// 65 MiB xen-blkfront allocates for [`MODULE_ARGS`].
+pub const DD_BLK_MEMORY_MIB: u32 = 256;
 
 /// The `insmod` lines of `/init`.
 fn insmod_lines() -> String {
@@ -220,10 +231,41 @@ blk_check() {
     fstrim_out=$(blkdiscard -o 8388608 -l 1048576 /dev/xvda 2>&1 && echo discard-ok)
     echo "BLKOK $sz sectors; 4 MiB O_DIRECT + 1 MiB cached sha256 ok; vfat $f entries remounted, 10 sha256 ok; $fstrim_out"
 }
+# A reconnect as the toolstack does it: Linux's xen-blkfront cannot rebind a device it
+# unbound (its probe leaves the device Closed, waiting for an Initialising it never writes), so
+# the domU unbinds it (frontend Closed, the backend follows), dom0 removes both directories
+# once both ends are Closed, waits for the domU's BLK DEVGONE (Linux has dropped its xenbus
+# device: a directory written again before that is taken for the old, unbound device and never
+# probed) and writes the device again (a new xenbus device in Linux, a new backend device in
+# the driver domain, a new empty RAM disk); the domU checks I/O on it.
+blk_reconnect() {
+    local sz want got
+    # On the console at once (the function's output is collected in a file): dom0 waits for it.
+    echo "BLK UNBIND" > /dev/hvc0
+    echo vbd-51712 > /sys/bus/xen/drivers/vbd/unbind || { echo "reconnect: unbind failed"; return 1; }
+    wait_for 300 sh -c '! test -b /dev/xvda' || { echo "reconnect: /dev/xvda stayed after the unbind"; return 1; }
+    wait_for 1800 sh -c '! test -e /sys/bus/xen/devices/vbd-51712' || { echo "reconnect: dom0 did not remove the vbd within 180 s"; return 1; }
+    echo "BLK DEVGONE" > /dev/hvc0
+    wait_for 1800 test -b /dev/xvda || { echo "reconnect: no /dev/xvda within 180 s of the removal"; return 1; }
+    sz=$(blockdev --getsz /dev/xvda)
+    dmesg | grep -i blkfront | tail -n 1
+    dd if=/dev/urandom of=/tmp/pat2 bs=65536 count=16 2>/dev/null
+    want=$(sha256sum < /tmp/pat2 | cut -d' ' -f1)
+    dd if=/tmp/pat2 of=/dev/xvda bs=65536 oflag=direct 2>/dev/null || { echo "reconnect: direct write failed"; return 1; }
+    got=$(dd if=/dev/xvda bs=65536 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+    [ "$got" = "$want" ] || { echo "reconnect: 1 MiB read back differs"; return 1; }
+    echo "RECONNOK $sz sectors, 1 MiB O_DIRECT sha256 ok"
+}
 blk_check > /tmp/blk.out 2>&1
 cat /tmp/blk.out
 if grep -q '^BLKOK ' /tmp/blk.out; then
-    verdict dd-blk PASS "$(grep '^BLKOK ' /tmp/blk.out | cut -c7-)"
+    blk_reconnect > /tmp/rec.out 2>&1
+    cat /tmp/rec.out
+    if grep -q '^RECONNOK ' /tmp/rec.out; then
+        verdict dd-blk PASS "reconnect ok; $(grep '^BLKOK ' /tmp/blk.out | cut -c7-)"
+    else
+        verdict dd-blk FAIL "$(tail -n 1 /tmp/rec.out)"
+    fi
 else
     verdict dd-blk FAIL "$(tail -n 1 /tmp/blk.out)"
 fi
@@ -269,10 +311,40 @@ net_check() {
     [ "$size" = 3145728 ] || { echo "download: $size of 3145728 bytes after $((t2 - t1)) s"; return 1; }
     echo "NETOK ping 3/3 avg $rtt ms; 3 MiB up $((t1 - t0)) s, down $((t2 - t1)) s; queues $q"
 }
+# Reconnects: xen-netfront can rebind (its probe writes Initialising and waits for the
+# backend to leave Closed), so the domU unbinds the vif (Closing, Closed; the backend
+# follows), binds it again (Initialising; the backend goes InitWait, then Connected) and
+# pings through the new connection, twice.
+vif_reconnect() {
+    local k n got
+    for k in 1 2; do
+        echo vif-0 > /sys/bus/xen/drivers/vif/unbind || { echo "reconnect $k: unbind failed"; return 1; }
+        wait_for 300 sh -c '! test -e /sys/class/net/eth0' || { echo "reconnect $k: eth0 stayed after the unbind"; return 1; }
+        echo vif-0 > /sys/bus/xen/drivers/vif/bind || { echo "reconnect $k: bind failed"; return 1; }
+        wait_for 600 test -e /sys/class/net/eth0 || { echo "reconnect $k: no eth0 within 60 s of the bind"; return 1; }
+        ip addr add 10.99.0.3/24 dev eth0 && ip link set eth0 up || { echo "reconnect $k: cannot configure eth0"; return 1; }
+        n=0
+        while ! ping -c 1 -W 2 10.99.0.1 >/dev/null 2>&1; do
+            n=$((n + 1))
+            [ "$n" -lt 15 ] || { echo "reconnect $k: no echo reply in 15 tries"; return 1; }
+        done
+        ping -c 3 -s 1400 -W 10 10.99.0.1 > /tmp/ping$k.out 2>&1
+        got=$(grep -o '[0-9]* packets received' /tmp/ping$k.out | cut -d' ' -f1)
+        [ "$got" = 3 ] || { echo "reconnect $k: ${got:-0} of 3 echo replies (1400 B)"; return 1; }
+        echo "reconnect $k: $(tail -n 1 /tmp/ping$k.out)"
+    done
+    echo "RECONNOK 2 unbind/bind, ping 3/3 of 1400 B after each"
+}
 net_check > /tmp/net.out 2>&1
 cat /tmp/net.out
 if grep -q '^NETOK ' /tmp/net.out; then
-    verdict dd-net PASS "$(grep '^NETOK ' /tmp/net.out | cut -c7-)"
+    vif_reconnect > /tmp/rec.out 2>&1
+    cat /tmp/rec.out
+    if grep -q '^RECONNOK ' /tmp/rec.out; then
+        verdict dd-net PASS "reconnect 2/2; $(grep '^NETOK ' /tmp/net.out | cut -c7-)"
+    else
+        verdict dd-net FAIL "$(tail -n 1 /tmp/rec.out)"
+    fi
 else
     verdict dd-net FAIL "$(tail -n 1 /tmp/net.out)"
 fi
@@ -337,7 +409,7 @@ mod tests {
     fn init_loads_modules_and_sources_the_script() {
         let init = INIT.replace("INSMOD\n", &insmod_lines());
         assert!(init.contains("insmod /lib/modules/xen-privcmd.ko  ||"));
-        assert!(init.contains("xen-blkfront.ko max_ring_page_order=1"));
+        assert!(init.contains("xen-blkfront.ko max_ring_page_order=2"));
         assert!(init.contains(". \"/scripts/$script\""));
         assert!(SCRIPTS
             .iter()
