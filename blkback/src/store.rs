@@ -8,8 +8,11 @@
 //! issued once every earlier write has *completed*). So [`BlockStore::submit`] only starts an
 //! I/O; `Ok` means exactly one completion will be reported by
 //! [`BlockStore::poll_completion`], and `Err` hands the I/O back unstarted. A store never
-//! completes inside `submit` (Tock's split-phase rule), so the backend's state is never
-//! re-entered.
+//! calls back into the backend from `submit` (Tock's split-phase rule), so the backend's state
+//! is never re-entered. A store may still have the completion ready when `submit` returns
+//! ([`MemStore`] does the I/O there): [`crate::Backend::poll`] collects completions again
+//! after submitting, so such a store's requests are answered in the same poll and the
+//! platform only schedules the backend for completions that arrive later.
 //!
 //! # Data
 //!
@@ -260,7 +263,8 @@ impl MemStore {
         self.fail_next = n;
     }
 
-    /// Completions not yet polled (the platform would schedule the backend for them).
+    /// Completions not yet polled. [`crate::Backend::poll`] leaves none behind (it collects
+    /// what `submit` completed); a diagnostic for tests.
     #[must_use]
     pub fn completions_ready(&self) -> usize {
         self.done.len()
