@@ -79,20 +79,16 @@ dd_attach_hostile_vif() {
 hostile_net_started() { domu_log "$1" | grep -q '^HOSTILE net START'; }
 hostile_net_done() { domu_log "$1" | grep -q '^HOSTILE net \(SUMMARY\|ERROR\)'; }
 
-# dd_hostile_net ARCH DD NONCE HOSTILE-NAME HOSTILE-DOMID: the network half of dd-hostile. Sets good_net
-# (the good guest's before/during/after verdict) and net_detail.
+# dd_hostile_net ARCH DD NONCE HOSTILE-NAME HOSTILE-DOMID: the network half of dd-hostile.
+# Sets good_net (the good guest's before/during/after verdict) and net_detail. dom0's UDP echo
+# is socat's PIPE (no shell or busybox child: those segfault now and then under TCG); the
+# guest itself compares the echoed payload.
 dd_hostile_net() {
-    local a=$1 dd=$2 h=$4 g=pvh-ddgoodnet-$1 ge v v2 sp m=1 acked=no tries=0 answered=0 t0
-    local p udp=/tmp/udp-ddh-$1.txt
+    local a=$1 dd=$2 h=$4 g=pvh-ddgoodnet-$1 ge v v2 sp m=1 acked=no tries=0 answered=0 t0 now
+    local p
     [ "$a" = x86_64 ] || m=2
     good_net=no
     net_detail="no good network guest"
-    wait_secs 300 hostile_net_started "$h" || echo "NOTE dd-hostile $a no HOSTILE net START within 300 s"
-    rm -f "$udp"
-    socat -T 300 UDP4-RECVFROM:5555,bind=10.99.0.1,reuseaddr,fork SYSTEM:"tee -a $udp" &
-    sp=$!
-    wait_for 300 udp_listening || echo "NOTE dd-hostile $a socat is not listening on UDP 5555"
-    ip neigh flush dev xenbr0 2>/dev/null
     cat > "/tmp/$g.cfg" <<EOC
 name = "$g"
 type = "pvh"
@@ -105,55 +101,68 @@ on_poweroff = "destroy"
 on_reboot = "destroy"
 on_crash = "preserve"
 EOC
+    # Created (paused) while the blk attacks may still run: xl create is slow under TCG.
     if ! xl create -p "/tmp/$g.cfg"; then
         dump_file xl.log "/var/log/xen/xl-$g.log"
         xenstore-write "/local/domain/$5/data/hostile-net-go" 1
-        kill "$sp" 2>/dev/null
         return
     fi
     ge=$(xl domid "$g")
     p=/local/domain/$ge/data
     dd_attach_vif "$ge" "$dd" 0 "00:16:3e:5a:03:0$m" || echo "NOTE dd-hostile $a writing the good vif failed"
+    socat -T 300 UDP4-RECVFROM:5555,bind=10.99.0.1,reuseaddr,fork PIPE &
+    sp=$!
+    wait_for 300 udp_listening || echo "NOTE dd-hostile $a socat is not listening on UDP 5555"
+    ip neigh flush dev xenbr0 2>/dev/null
+    wait_secs 300 hostile_net_started "$h" || echo "NOTE dd-hostile $a no HOSTILE net START within 300 s"
     xl unpause "$ge"
     ack_xenstore "$a" "$ge" "$3" | sed 's/^CHECK xenstore/NOTE xenstore/'
     # Before: ARP, 3 pings and the UDP echo through the driver domain.
     if wait_secs 120 reported "$p/pvh-net" "$g" && v=$(xenstore-read "$p/pvh-net"); then :; else v="FAIL: no data/pvh-net"; fi
     xenstore-write "/local/domain/$5/data/hostile-net-go" 1
-    # During: dom0 pings the good guest until the attacks end. The guest waits 60 s for
-    # the ack of its first result, then 90 s for the detach, answering pings all along: the
-    # ack goes out after 45 s, or at the end of the attacks if sooner.
-    t0=$(date +%s)
-    while ! hostile_net_done "$h" && [ "$tries" -lt 150 ]; do
-        tries=$((tries + 1))
-        ping -c 1 -W 2 10.99.0.2 > /dev/null 2>&1 && answered=$((answered + 1))
-        if [ "$acked" = no ] && [ $(($(date +%s) - t0)) -ge 45 ]; then
-            xenstore-write "$p/pvh-net-ack" 1
-            acked=yes
-        fi
-    done
-    [ "$acked" = yes ] || xenstore-write "$p/pvh-net-ack" 1
-    echo "NOTE dd-hostile $a good guest d$ge answered $answered of $tries pings during the attacks"
-    # After: a fresh connection to the driver domain, the exchange again.
-    rm -f "$udp"
-    dd_detach_vif "$ge" "$dd" 0
-    wait_secs 5 sh -c "! xenstore-read /local/domain/$dd/backend/vif/$ge/0/state"
-    dd_attach_vif "$ge" "$dd" 0 "00:16:3e:5a:03:0$m" || echo "NOTE dd-hostile $a writing the good vif again failed"
-    if wait_secs 150 reported "$p/pvh-net2" "$g" && v2=$(xenstore-read "$p/pvh-net2"); then
-        xenstore-write "$p/pvh-net2-ack" 1
-    else
-        v2="FAIL: no data/pvh-net2"
-    fi
-    case "$v/$v2" in
-    FAIL*) net_detail="before: $(echo "$v" | head -c 60)" ;;
-    */ok:*)
-        if [ "$answered" -gt 0 ] && grep -q "pvh-net $3" "$udp"; then
-            good_net=yes
-            net_detail="good d$ge: udp+ping before, $answered/$tries pings during, udp+ping after reattach"
-        else
-            net_detail="after: udp '$(head -c 30 "$udp" 2>/dev/null)' pings during $answered/$tries"
-        fi
+    case "$v" in
+    FAIL*)
+        xenstore-write "$p/pvh-net-ack" 1
+        net_detail="before: $(echo "$v" | head -c 60)"
         ;;
-    *) net_detail="after: $(echo "$v2" | head -c 60)" ;;
+    *)
+        # During: dom0 pings the good guest until the attacks end (at most 120 s). The
+        # guest waits 60 s for the ack of its first result, then 90 s for the detach,
+        # answering pings all along: the ack goes out after 45 s, or at the end.
+        t0=$(date +%s)
+        now=$t0
+        while ! hostile_net_done "$h" && [ "$tries" -lt 120 ] && [ $((now - t0)) -lt 120 ]; do
+            tries=$((tries + 1))
+            ping -c 1 -W 2 10.99.0.2 > /dev/null 2>&1 && answered=$((answered + 1))
+            now=$(date +%s) || now=$((now + 1))
+            if [ "$acked" = no ] && [ $((now - t0)) -ge 45 ]; then
+                xenstore-write "$p/pvh-net-ack" 1
+                acked=yes
+            fi
+        done
+        [ "$acked" = yes ] || xenstore-write "$p/pvh-net-ack" 1
+        echo "NOTE dd-hostile $a good guest d$ge answered $answered of $tries pings during the attacks"
+        # After: a fresh connection to the driver domain, the exchange again.
+        dd_detach_vif "$ge" "$dd" 0
+        wait_secs 5 sh -c "! xenstore-read /local/domain/$dd/backend/vif/$ge/0/state"
+        dd_attach_vif "$ge" "$dd" 0 "00:16:3e:5a:03:0$m" || echo "NOTE dd-hostile $a writing the good vif again failed"
+        if wait_secs 150 reported "$p/pvh-net2" "$g" && v2=$(xenstore-read "$p/pvh-net2"); then
+            xenstore-write "$p/pvh-net2-ack" 1
+        else
+            v2="FAIL: no data/pvh-net2"
+        fi
+        case "$v2" in
+        ok:*)
+            if [ "$answered" -gt 0 ]; then
+                good_net=yes
+                net_detail="good net d$ge: before ok, $answered/$tries pings during, after reattach ok"
+            else
+                net_detail="no ping answered during the attacks ($tries sent)"
+            fi
+            ;;
+        *) net_detail="after: $(echo "$v2" | head -c 60)" ;;
+        esac
+        ;;
     esac
     echo "NOTE dd-hostile $a good network guest: $net_detail"
     kill "$sp" 2>/dev/null
@@ -161,10 +170,6 @@ EOC
     domu_finish "$g"
     dd_detach_vif "$ge" "$dd" 0
 }
-# hostile_done NAME: the domU printed DOMU DONE. Not "or the domain is gone": dom0's tools
-# crash now and then under TCG, and a crashed check must mean "wait on", not "done".
-hostile_done() { domu_log "$1" | grep -q '^DOMU DONE'; }
-hostile_line() { domu_log "$1" | grep '^DOMU dd-hostile ' | tail -n 1; }
 
 # dd_hostile ARCH DD NONCE: scenario dd-hostile.
 dd_hostile() {
