@@ -155,9 +155,9 @@ pub fn locks_held() -> usize {
     kernel(|k| k.locks_held)
 }
 
-/// A fake `struct sx` or `struct mtx`: the holding thread and a condition variable. Taking
-/// it again from the thread that holds it panics (neither lock is recursive in the glue's
-/// use; the kernel would panic under `witness(4)` or deadlock).
+/// A fake `struct sx` or `struct mtx`: the holding thread and a condition variable. Waiting
+/// for it on the thread that holds it panics (neither lock is recursive in the glue's use; the
+/// kernel would panic under `witness(4)` or deadlock); trying it there fails.
 struct FakeLock {
     holder: Mutex<Option<std::thread::ThreadId>>,
     cv: std::sync::Condvar,
@@ -179,7 +179,9 @@ unsafe fn lock_take(lock: *mut core::ffi::c_void, wait: bool) -> bool {
     let l = unsafe { &*lock.cast::<FakeLock>() };
     let me = std::thread::current().id();
     let mut holder = l.holder.lock().unwrap_or_else(PoisonError::into_inner);
-    assert!(*holder != Some(me), "lock taken recursively");
+    // A try by the holder fails, as `sx_try_xlock` on a non-recursive lock does; a wait would
+    // never end.
+    assert!(!wait || *holder != Some(me), "lock taken recursively");
     while holder.is_some() {
         if !wait {
             return false;

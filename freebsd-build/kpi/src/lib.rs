@@ -13,6 +13,8 @@
 //! - [`sync`]: [`sync::SxLock`], a value behind an `sx(9)` lock, and [`sync::Mutex`], one
 //!   behind an `MTX_DEF` mutex (the driver modules' device lock and short queues).
 //! - [`taskqueue`]: [`taskqueue::TaskQueue`], a device's own taskqueue thread and its task.
+//! - [`device`]: the driver modules' per-device softc (device lock, queue of work that may not
+//!   sleep, event flag, taskqueue, sysctl tree) over a driver's [`device::DeviceGlue`].
 //! - `fake` (feature `fake-kpi`): `#[no_mangle] extern "C"` fakes of every kernel function
 //!   this crate calls, for host tests of the glue.
 //!
@@ -25,7 +27,10 @@
 #[cfg(test)]
 extern crate std;
 
+extern crate alloc as alloc_crate;
+
 pub mod alloc;
+pub mod device;
 pub mod errno;
 #[cfg(any(test, feature = "fake-kpi"))]
 pub mod fake;

@@ -148,6 +148,7 @@ XENRS_XEN_LEAF(open_files, XENRS_XEN_STAT_OPEN_FILES,
 #include <machine/bus.h>
 
 #include "xenrs_api.h"
+#include "xenrs_glue.h"
 
 /* Locks for freebsd_kpi::sync::SxLock (exported: the drivers' Rust uses them too). */
 void *
@@ -304,6 +305,73 @@ xenrs_tq_free(void *tq)
 	t = tq;
 	xenrs_tq_drain(t);
 	taskqueue_free(t->tq);
+	free(t, M_XENRS);
+}
+
+/*
+ * A device's sysctl tree dev.<m>.<unit> (include/xenrs_glue.h, XENRS_SYSCTL_DEV): one
+ * read-only uint64 leaf per table entry, read through the driver's stat function.
+ */
+struct xenrs_sysctl_tree {
+	struct sysctl_ctx_list	 ctx;
+	xenrs_stat_fn		*stat;
+	void			*softc;
+};
+
+static int
+xenrs_sysctl_leaf_handler(SYSCTL_HANDLER_ARGS)
+{
+	struct xenrs_sysctl_tree *t;
+	uint64_t value;
+	int error;
+
+	t = arg1;
+	value = 0;
+	error = t->stat(t->softc, (int)arg2, &value);
+	if (error != 0)
+		return (error);
+	return (sysctl_handle_64(oidp, &value, 0, req));
+}
+
+void *
+xenrs_sysctl_tree(struct sysctl_oid_list *parent, u_int unit, const char *descr,
+    const struct xenrs_sysctl_leaf *leaves, u_int nleaves, xenrs_stat_fn *stat,
+    void *softc)
+{
+	struct xenrs_sysctl_tree *t;
+	struct sysctl_oid *node;
+	char name[16];
+	u_int i;
+
+	t = malloc(sizeof(*t), M_XENRS, M_NOWAIT | M_ZERO);
+	if (t == NULL)
+		return (NULL);
+	t->stat = stat;
+	t->softc = softc;
+	sysctl_ctx_init(&t->ctx);
+	snprintf(name, sizeof(name), "%u", unit);
+	node = SYSCTL_ADD_NODE(&t->ctx, parent, OID_AUTO, name,
+	    CTLFLAG_RD | CTLFLAG_MPSAFE, NULL, descr);
+	if (node == NULL) {
+		sysctl_ctx_free(&t->ctx);
+		free(t, M_XENRS);
+		return (NULL);
+	}
+	for (i = 0; i < nleaves; i++)
+		SYSCTL_ADD_PROC(&t->ctx, SYSCTL_CHILDREN(node), OID_AUTO,
+		    leaves[i].name, CTLTYPE_U64 | CTLFLAG_RD | CTLFLAG_MPSAFE,
+		    t, i, xenrs_sysctl_leaf_handler, "QU", leaves[i].descr);
+	return (t);
+}
+
+/* Removes the tree; sysctl waits for handlers that are running. */
+void
+xenrs_sysctl_tree_free(void *tree)
+{
+	struct xenrs_sysctl_tree *t;
+
+	t = tree;
+	sysctl_ctx_free(&t->ctx);
 	free(t, M_XENRS);
 }
 

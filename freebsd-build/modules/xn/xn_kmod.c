@@ -3,31 +3,32 @@
  *
  * xn.ko: module registration and the thin FreeBSD side of the network frontend: the ifnet
  * (if_t accessors only), its transmit/ioctl entry points, mbuf copies in both directions,
- * link state, a mutex per interface and the sysctl tree dev.xn.<unit>. Every decision (which
+ * link state and the sysctl tree dev.xn.<unit> (its locks and taskqueue are xen.ko's shared
+ * glue: freebsd_kpi::sync and ::taskqueue, docs/FREEBSD.md). Every decision (which
  * queue, which offload flags, when the link is up, the gratuitous ARP) is the Rust library's
  * (src/net.rs); each function here is a few lines of KPI with fixed arity, so the host tests
  * replace them with fakes.
  */
 #include "xenrs_module.h"
+#include "xenrs_glue.h"
 
-#include <sys/lock.h>
 #include <sys/malloc.h>
 #include <sys/mbuf.h>
-#include <sys/mutex.h>
 #include <sys/socket.h>
 #include <sys/sockio.h>
 #include <sys/sysctl.h>
-#include <sys/taskqueue.h>
-#include <sys/sx.h>
 
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <net/if_var.h>
 #include <net/if_types.h>
 
+#include "xenrs_ifnet.h"
+
 #include <netinet/in.h>
 
 XENRS_DRIVER_MODULE(xn);
+XENRS_IFNET_GLUE(xn);
 
 /* Interface capabilities as the Rust side names them (src/net.rs `Caps`). */
 #define	XENRS_XN_TXCSUM		0x01
@@ -50,7 +51,6 @@ int	xenrs_xn_transmit(void *softc, struct mbuf *m, uint32_t len, uint32_t offloa
 	    uint32_t segsz, uint32_t flowid, int hashed);
 int	xenrs_xn_ioctl_mtu(void *softc, int mtu);
 void	xenrs_xn_ioctl_caps(void *softc, uint32_t caps);
-int	xenrs_xn_dev_stat(void *softc, int which, uint64_t *out);
 
 static int
 xn_kmod_caps_to_ifcap(uint32_t caps)
@@ -140,13 +140,6 @@ xn_kmod_transmit(if_t ifp, struct mbuf *m)
 	return (error);
 }
 
-/* Frees a packet the Rust side kept (after copying it to the ring, or dropping it). */
-void
-xenrs_xn_m_freem(struct mbuf *m)
-{
-	m_freem(m);
-}
-
 /* Packets wait in the driver only while the interface's lock is taken (src/sys.rs). */
 static void
 xn_kmod_qflush(if_t ifp __unused)
@@ -224,54 +217,6 @@ xenrs_xn_ifnet_caps(if_t ifp, uint32_t caps, uint32_t enabled)
 	xn_kmod_set_hwassist(ifp);
 }
 
-void
-xenrs_xn_ifnet_destroy(if_t ifp)
-{
-	ether_ifdetach(ifp);
-	if_free(ifp);
-}
-
-void
-xenrs_xn_link(if_t ifp, int up)
-{
-	if (up)
-		if_setdrvflagbits(ifp, IFF_DRV_RUNNING, IFF_DRV_OACTIVE);
-	if_link_state_change(ifp, up ? LINK_STATE_UP : LINK_STATE_DOWN);
-}
-
-void
-xenrs_xn_m_copydata(struct mbuf *m, uint32_t off, uint32_t len, uint8_t *buf)
-{
-	m_copydata(m, off, len, (caddr_t)buf);
-}
-
-/* A received frame as an mbuf chain; csum_valid: the TCP/UDP checksum is known good. */
-struct mbuf *
-xenrs_xn_mbuf(if_t ifp, const uint8_t *data, uint32_t len, int csum_valid)
-{
-	struct mbuf *m;
-
-	m = m_getcl(M_NOWAIT, MT_DATA, M_PKTHDR);
-	if (m == NULL)
-		return (NULL);
-	if (m_append(m, len, (c_caddr_t)data) == 0) {
-		m_freem(m);
-		return (NULL);
-	}
-	m->m_pkthdr.rcvif = ifp;
-	if (csum_valid) {
-		m->m_pkthdr.csum_flags = CSUM_DATA_VALID | CSUM_PSEUDO_HDR;
-		m->m_pkthdr.csum_data = 0xffff;
-	}
-	return (m);
-}
-
-void
-xenrs_xn_input(if_t ifp, struct mbuf *m)
-{
-	if_input(ifp, m);
-}
-
 static u_int
 xn_kmod_first_ipv4(void *arg, struct ifaddr *ifa, u_int count)
 {
@@ -292,134 +237,10 @@ xenrs_xn_ipv4(if_t ifp, uint8_t *out)
 }
 
 /*
- * The device's own taskqueue thread: event work (responses, received frames) runs here, not
- * in xen.ko's event thread, whose handler only sets a flag and enqueues the task. The task
- * may sleep, so it waits for the device lock like a xenbus callback.
- */
-void	xenrs_xn_task(void *softc);
-
-struct xenrs_xn_tq {
-	struct taskqueue	*tq;
-	struct task		 task;
-};
-
-static void
-xn_kmod_task(void *arg, int pending __unused)
-{
-	xenrs_xn_task(arg);
-}
-
-struct xenrs_xn_tq *
-xenrs_xn_tq_new(void *softc, u_int unit)
-{
-	struct xenrs_xn_tq *t;
-
-	t = malloc(sizeof(*t), M_DEVBUF, M_WAITOK | M_ZERO);
-	TASK_INIT(&t->task, 0, xn_kmod_task, softc);
-	t->tq = taskqueue_create("xn", M_WAITOK, taskqueue_thread_enqueue,
-	    &t->tq);
-	taskqueue_start_threads(&t->tq, 1, PWAIT, "xn%u taskq", unit);
-	return (t);
-}
-
-void
-xenrs_xn_tq_enqueue(struct xenrs_xn_tq *t)
-{
-	taskqueue_enqueue(t->tq, &t->task);
-}
-
-/* Waits for a run in progress, then frees the thread and the queue. */
-void
-xenrs_xn_tq_free(struct xenrs_xn_tq *t)
-{
-	taskqueue_drain(t->tq, &t->task);
-	taskqueue_free(t->tq);
-	free(t, M_DEVBUF);
-}
-
-/*
- * Two locks per interface. The device lock is an sx(9) lock: the xenbus callbacks hold it
- * while they talk to xenstore, allocate pages and unbind event channels, all of which may
- * sleep. if_transmit and the event handler never sleep: they only try it, and a packet that
- * finds it taken waits in a short queue guarded by the MTX_DEF mutex below (held only for a
- * push or a pop) for the holder, which drains it before it is done.
- */
-struct sx *
-xenrs_xn_sx_new(void)
-{
-	struct sx *sx;
-
-	sx = malloc(sizeof(*sx), M_DEVBUF, M_NOWAIT | M_ZERO);
-	if (sx != NULL)
-		sx_init(sx, "xn");
-	return (sx);
-}
-
-void
-xenrs_xn_sx_xlock(struct sx *sx)
-{
-	sx_xlock(sx);
-}
-
-/* 1 when taken, 0 when another thread holds it. */
-int
-xenrs_xn_sx_try_xlock(struct sx *sx)
-{
-	return (sx_try_xlock(sx));
-}
-
-void
-xenrs_xn_sx_xunlock(struct sx *sx)
-{
-	sx_xunlock(sx);
-}
-
-void
-xenrs_xn_sx_free(struct sx *sx)
-{
-	sx_destroy(sx);
-	free(sx, M_DEVBUF);
-}
-
-/* The queue of packets waiting for the device lock. */
-struct mtx *
-xenrs_xn_lock_new(void)
-{
-	struct mtx *m;
-
-	m = malloc(sizeof(*m), M_DEVBUF, M_NOWAIT | M_ZERO);
-	if (m != NULL)
-		mtx_init(m, "xn txq", NULL, MTX_DEF);
-	return (m);
-}
-
-void
-xenrs_xn_lock(struct mtx *m)
-{
-	mtx_lock(m);
-}
-
-void
-xenrs_xn_unlock(struct mtx *m)
-{
-	mtx_unlock(m);
-}
-
-void
-xenrs_xn_lock_free(struct mtx *m)
-{
-	mtx_destroy(m);
-	free(m, M_DEVBUF);
-}
-
-/*
  * dev.xn.<unit>.<leaf>: the indices are `DevStat` in src/net.rs; a unit test there checks
  * that both lists agree.
  */
-static const struct {
-	const char *name;
-	const char *descr;
-} xn_kmod_leaves[] = {
+static const struct xenrs_sysctl_leaf xn_kmod_leaves[] = {
 	{ "tx_packets", "Packets sent" },
 	{ "tx_bytes", "Bytes sent" },
 	{ "tx_dropped", "Packets dropped on transmit (ring full, malformed)" },
@@ -432,53 +253,6 @@ static const struct {
 	{ "link", "Link up (1) or down (0)" },
 };
 
-static SYSCTL_NODE(_dev, OID_AUTO, xn, CTLFLAG_RD | CTLFLAG_MPSAFE, 0,
-    "Xen PV network interfaces (xen-freebsd-rs)");
-
-static int
-xn_kmod_sysctl(SYSCTL_HANDLER_ARGS)
-{
-	uint64_t value;
-	int error;
-
-	value = 0;
-	error = xenrs_xn_dev_stat(arg1, (int)arg2, &value);
-	if (error != 0)
-		return (error);
-	return (sysctl_handle_64(oidp, &value, 0, req));
-}
-
-struct sysctl_ctx_list *
-xenrs_xn_sysctl_attach(void *softc, u_int unit)
-{
-	struct sysctl_ctx_list *ctx;
-	struct sysctl_oid *node;
-	char name[16];
-	u_int i;
-
-	ctx = malloc(sizeof(*ctx), M_DEVBUF, M_NOWAIT | M_ZERO);
-	if (ctx == NULL)
-		return (NULL);
-	sysctl_ctx_init(ctx);
-	snprintf(name, sizeof(name), "%u", unit);
-	node = SYSCTL_ADD_NODE(ctx, SYSCTL_STATIC_CHILDREN(_dev_xn), OID_AUTO,
-	    name, CTLFLAG_RD | CTLFLAG_MPSAFE, NULL, "Xen PV network interface");
-	if (node == NULL) {
-		sysctl_ctx_free(ctx);
-		free(ctx, M_DEVBUF);
-		return (NULL);
-	}
-	for (i = 0; i < nitems(xn_kmod_leaves); i++)
-		SYSCTL_ADD_PROC(ctx, SYSCTL_CHILDREN(node), OID_AUTO,
-		    xn_kmod_leaves[i].name,
-		    CTLTYPE_U64 | CTLFLAG_RD | CTLFLAG_MPSAFE, softc, i,
-		    xn_kmod_sysctl, "QU", xn_kmod_leaves[i].descr);
-	return (ctx);
-}
-
-void
-xenrs_xn_sysctl_detach(struct sysctl_ctx_list *ctx)
-{
-	sysctl_ctx_free(ctx);
-	free(ctx, M_DEVBUF);
-}
+XENRS_SYSCTL_DEV(xn, xn_kmod_leaves,
+    "Xen PV network interfaces (xen-freebsd-rs)",
+    "Xen PV network interface");

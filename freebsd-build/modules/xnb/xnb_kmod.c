@@ -10,6 +10,7 @@
  * the host tests replace them with fakes.
  */
 #include "xenrs_module.h"
+#include "xenrs_glue.h"
 
 #include <sys/malloc.h>
 #include <sys/mbuf.h>
@@ -23,7 +24,10 @@
 #include <net/if_var.h>
 #include <net/if_types.h>
 
+#include "xenrs_ifnet.h"
+
 XENRS_DRIVER_MODULE(xnb);
+XENRS_IFNET_GLUE(xnb);
 
 /* What a packet asks of the offloads (src/vif.rs `tx`). */
 #define	XENRS_XNB_TX_PARTIAL	0x1
@@ -37,7 +41,6 @@ XENRS_DRIVER_MODULE(xnb);
 int	xenrs_xnb_transmit(void *softc, struct mbuf *m, uint32_t len, uint32_t offload,
 	    uint32_t flowid, int hashed);
 int	xenrs_xnb_ioctl_mtu(void *softc, int mtu);
-int	xenrs_xnb_dev_stat(void *softc, int which, uint64_t *out);
 
 static int
 xnb_kmod_transmit(if_t ifp, struct mbuf *m)
@@ -63,13 +66,6 @@ xnb_kmod_transmit(if_t ifp, struct mbuf *m)
 		return (0);
 	m_freem(m);
 	return (error);
-}
-
-/* Frees a packet the Rust side kept (after copying it to the ring, or dropping it). */
-void
-xenrs_xnb_m_freem(struct mbuf *m)
-{
-	m_freem(m);
 }
 
 /* Packets wait in the driver only while the interface's lock is taken (src/sys.rs). */
@@ -141,54 +137,6 @@ xenrs_xnb_ifnet_create(void *softc, const char *name, const uint8_t *mac, int mt
 	return (ifp);
 }
 
-void
-xenrs_xnb_ifnet_destroy(if_t ifp)
-{
-	ether_ifdetach(ifp);
-	if_free(ifp);
-}
-
-void
-xenrs_xnb_link(if_t ifp, int up)
-{
-	if (up)
-		if_setdrvflagbits(ifp, IFF_DRV_RUNNING, IFF_DRV_OACTIVE);
-	if_link_state_change(ifp, up ? LINK_STATE_UP : LINK_STATE_DOWN);
-}
-
-void
-xenrs_xnb_m_copydata(struct mbuf *m, uint32_t off, uint32_t len, uint8_t *buf)
-{
-	m_copydata(m, off, len, (caddr_t)buf);
-}
-
-/* A received frame as an mbuf chain; csum_valid: the TCP/UDP checksum is known good. */
-struct mbuf *
-xenrs_xnb_mbuf(if_t ifp, const uint8_t *data, uint32_t len, int csum_valid)
-{
-	struct mbuf *m;
-
-	m = m_getcl(M_NOWAIT, MT_DATA, M_PKTHDR);
-	if (m == NULL)
-		return (NULL);
-	if (m_append(m, len, (c_caddr_t)data) == 0) {
-		m_freem(m);
-		return (NULL);
-	}
-	m->m_pkthdr.rcvif = ifp;
-	if (csum_valid) {
-		m->m_pkthdr.csum_flags = CSUM_DATA_VALID | CSUM_PSEUDO_HDR;
-		m->m_pkthdr.csum_data = 0xffff;
-	}
-	return (m);
-}
-
-void
-xenrs_xnb_input(if_t ifp, struct mbuf *m)
-{
-	if_input(ifp, m);
-}
-
 /* Monotonic time in nanoseconds (the netback core's stall timer). */
 uint64_t
 xenrs_xnb_now_ns(void)
@@ -207,10 +155,7 @@ xenrs_xnb_now_ns(void)
  * dev.xnb.<unit>.<leaf>: the indices are `DevStat` in src/vif.rs; a unit test there checks
  * that both lists agree.
  */
-static const struct {
-	const char *name;
-	const char *descr;
-} xnb_kmod_leaves[] = {
+static const struct xenrs_sysctl_leaf xnb_kmod_leaves[] = {
 	{ "domid", "Frontend domain id" },
 	{ "handle", "Frontend vif handle" },
 	{ "to_guest_packets", "Frames queued for the guest" },
@@ -222,53 +167,6 @@ static const struct {
 	{ "link", "Link up (1) or down (0)" },
 };
 
-static SYSCTL_NODE(_dev, OID_AUTO, xnb, CTLFLAG_RD | CTLFLAG_MPSAFE, 0,
-    "Xen PV network backend vifs (xen-freebsd-rs)");
-
-static int
-xnb_kmod_sysctl(SYSCTL_HANDLER_ARGS)
-{
-	uint64_t value;
-	int error;
-
-	value = 0;
-	error = xenrs_xnb_dev_stat(arg1, (int)arg2, &value);
-	if (error != 0)
-		return (error);
-	return (sysctl_handle_64(oidp, &value, 0, req));
-}
-
-struct sysctl_ctx_list *
-xenrs_xnb_sysctl_attach(void *softc, u_int unit)
-{
-	struct sysctl_ctx_list *ctx;
-	struct sysctl_oid *node;
-	char name[16];
-	u_int i;
-
-	ctx = malloc(sizeof(*ctx), M_DEVBUF, M_NOWAIT | M_ZERO);
-	if (ctx == NULL)
-		return (NULL);
-	sysctl_ctx_init(ctx);
-	snprintf(name, sizeof(name), "%u", unit);
-	node = SYSCTL_ADD_NODE(ctx, SYSCTL_STATIC_CHILDREN(_dev_xnb), OID_AUTO,
-	    name, CTLFLAG_RD | CTLFLAG_MPSAFE, NULL, "Xen PV network backend vif");
-	if (node == NULL) {
-		sysctl_ctx_free(ctx);
-		free(ctx, M_DEVBUF);
-		return (NULL);
-	}
-	for (i = 0; i < nitems(xnb_kmod_leaves); i++)
-		SYSCTL_ADD_PROC(ctx, SYSCTL_CHILDREN(node), OID_AUTO,
-		    xnb_kmod_leaves[i].name,
-		    CTLTYPE_U64 | CTLFLAG_RD | CTLFLAG_MPSAFE, softc, i,
-		    xnb_kmod_sysctl, "QU", xnb_kmod_leaves[i].descr);
-	return (ctx);
-}
-
-void
-xenrs_xnb_sysctl_detach(struct sysctl_ctx_list *ctx)
-{
-	sysctl_ctx_free(ctx);
-	free(ctx, M_DEVBUF);
-}
+XENRS_SYSCTL_DEV(xnb, xnb_kmod_leaves,
+    "Xen PV network backend vifs (xen-freebsd-rs)",
+    "Xen PV network backend vif");

@@ -11,7 +11,8 @@
 //! * [`kernel::KernelXen`]: the implementation over xen.ko's symbols (what ships);
 //! * [`host::HostXen`] (feature `host`): the same trait over a host-side hypervisor and
 //!   xenstore (xensim in the project's tests), so the drivers' glue is tested against the
-//!   same interface it uses in the kernel.
+//!   same interface it uses in the kernel; [`sim`] (feature `host`) sets it up over a xensim
+//!   domain, the test support the driver modules' tests share.
 //!
 //! # xenbus in the driver module
 //!
@@ -35,6 +36,8 @@ use xen_xenbus::{Driver, Role, XenStore};
 #[cfg(feature = "host")]
 pub mod host;
 pub mod kernel;
+#[cfg(feature = "host")]
+pub mod sim;
 
 /// The ABI version this crate speaks (`XENRS_API_VERSION` in `xenrs_api.h`).
 pub const API_VERSION: u32 = 1;

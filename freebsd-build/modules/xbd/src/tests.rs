@@ -57,13 +57,6 @@ mod shim {
         pub resized: Vec<i64>,
         pub destroyed: usize,
         pub live_disks: usize,
-        pub locks_live: usize,
-        pub lock_held: bool,
-        pub sx_held: bool,
-        /// Live taskqueues: handle -> (softc, enqueued runs).
-        pub tqs: BTreeMap<usize, (usize, u32)>,
-        /// Delayed task runs asked for: (taskqueue, milliseconds).
-        pub later: Vec<(usize, u32)>,
         pub sysctl_live: usize,
         pub next: usize,
     }
@@ -139,124 +132,6 @@ mod shim {
             s.destroyed += 1;
             s.live_disks -= 1;
         });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_lock_new() -> *mut c_void {
-        with(|s| s.locks_live += 1);
-        Box::into_raw(Box::new(0u64)).cast()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_lock(_m: *mut c_void) {
-        with(|s| {
-            assert!(!s.lock_held, "xbd mutex taken recursively");
-            s.lock_held = true;
-        });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_tq_new(softc: *mut c_void, _unit: u32) -> *mut c_void {
-        with(|s| {
-            s.next += 1;
-            let h = 0x7700_0000 + s.next;
-            s.tqs.insert(h, (softc as usize, 0));
-            h as *mut c_void
-        })
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_tq_enqueue(tq: *mut c_void) {
-        with(|s| s.tqs.get_mut(&(tq as usize)).expect("live taskqueue").1 += 1);
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_tq_enqueue_later(tq: *mut c_void, ms: u32) {
-        with(|s| s.later.push((tq as usize, ms)));
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_tq_free(tq: *mut c_void) {
-        with(|s| s.tqs.remove(&(tq as usize)).expect("live taskqueue"));
-    }
-
-    /// Runs every enqueued task once, as the taskqueue threads would; how many ran.
-    pub fn run_tasks() -> usize {
-        let due: Vec<usize> = with(|s| {
-            s.tqs
-                .values_mut()
-                .filter(|t| t.1 > 0)
-                .map(|t| {
-                    t.1 = 0;
-                    t.0
-                })
-                .collect()
-        });
-        for softc in &due {
-            // SAFETY: the softc of a live taskqueue (freed only by tq_free).
-            unsafe { super::sys::xenrs_xbd_task(*softc as *mut c_void) };
-        }
-        due.len()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_sx_new() -> *mut c_void {
-        with(|s| s.locks_live += 1);
-        Box::into_raw(Box::new(0u64)).cast()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_sx_xlock(_sx: *mut c_void) {
-        with(|s| {
-            assert!(!s.sx_held, "xbd device lock taken recursively");
-            s.sx_held = true;
-        });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_sx_try_xlock(_sx: *mut c_void) -> c_int {
-        with(|s| {
-            if s.sx_held {
-                0
-            } else {
-                s.sx_held = true;
-                1
-            }
-        })
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_sx_xunlock(_sx: *mut c_void) {
-        with(|s| {
-            assert!(s.sx_held, "xbd device lock released but not held");
-            s.sx_held = false;
-        });
-    }
-
-    /// # Safety
-    /// `sx` came from `xenrs_xbd_sx_new`.
-    #[no_mangle]
-    pub unsafe extern "C" fn xenrs_xbd_sx_free(sx: *mut c_void) {
-        with(|s| s.locks_live -= 1);
-        // SAFETY: from Box::into_raw in sx_new, freed once.
-        drop(unsafe { Box::from_raw(sx.cast::<u64>()) });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xbd_unlock(_m: *mut c_void) {
-        with(|s| {
-            assert!(s.lock_held, "xbd mutex released but not held");
-            s.lock_held = false;
-        });
-    }
-
-    /// # Safety
-    /// `m` came from `xenrs_xbd_lock_new`.
-    #[no_mangle]
-    pub unsafe extern "C" fn xenrs_xbd_lock_free(m: *mut c_void) {
-        with(|s| s.locks_live -= 1);
-        // SAFETY: from Box::into_raw in lock_new, freed once.
-        drop(unsafe { Box::from_raw(m.cast::<u64>()) });
     }
 
     #[no_mangle]
@@ -988,7 +863,7 @@ fn strategy_and_sysctl_entry_points_reach_the_device_under_its_lock() {
     let _kernel = fake::session();
     shim::reset();
     let softc = SoftcBox::new(3).expect("softc");
-    assert_eq!(shim::with(|s| (s.locks_live, s.sysctl_live)), (2, 1));
+    assert_eq!((fake::locks_out(), shim::with(|s| s.sysctl_live)), (2, 1));
     let raw = softc.as_raw();
     // No device yet (attach not finished): refused with ENXIO.
     // SAFETY: a live softc; the bio handle is only recorded by the fake biodone.
@@ -1030,10 +905,10 @@ fn strategy_and_sysctl_entry_points_reach_the_device_under_its_lock() {
     assert_eq!(v, 2);
     // SAFETY: as above.
     assert_eq!(unsafe { sys::xenrs_xbd_dev_stat(raw, 5, &mut v) }, 2);
-    assert!(!shim::with(|s| s.lock_held || s.sx_held));
+    assert_eq!(fake::locks_held(), 0);
     softc.with(|d| *d = None);
     softc.free(&sys::EventSink::default());
-    assert_eq!(shim::with(|s| (s.locks_live, s.sysctl_live)), (0, 0));
+    assert_eq!((fake::locks_out(), shim::with(|s| s.sysctl_live)), (0, 0));
     assert_eq!(fake::heap_blocks_out(), 0);
 }
 
@@ -1069,88 +944,27 @@ fn held_grants_bring_the_task_back_from_a_timer() {
     let sink = sys::EventSink::default();
     softc.connect(&sink);
     sink.fire();
-    assert_eq!(shim::run_tasks(), 1);
+    assert_eq!(fake::run_tasks(), 1);
     assert_eq!(state.lock().unwrap().0, 1);
-    let later = shim::with(|s| s.later.clone());
-    assert_eq!(later.len(), 1, "a retry is asked for while grants are held");
-    assert_eq!(later[0].1, sys::RETRY_MS);
+    assert_eq!(
+        fake::delays(),
+        vec![sys::RETRY_MS],
+        "a retry is asked for while grants are held"
+    );
     // The timer fires: the task runs again; once nothing is held, no further retry.
     state.lock().unwrap().1 = false;
-    let softc_addr = shim::with(|s| s.tqs[&later[0].0].0);
-    // SAFETY: the live softc of that taskqueue.
-    unsafe { sys::xenrs_xbd_task(softc_addr as *mut _) };
+    assert_eq!(fake::run_delayed(), 1);
     assert_eq!(state.lock().unwrap().0, 2);
-    assert_eq!(shim::with(|s| s.later.len()), 1);
+    assert_eq!(fake::delays().len(), 1);
+    assert_eq!(fake::run_delayed(), 0);
     softc.with(|d| *d = None);
     softc.free(&sink);
-    assert_eq!(shim::with(|s| (s.tqs.len(), s.locks_live)), (0, 0));
+    assert_eq!((fake::taskqueues().len(), fake::locks_out()), (0, 0));
 }
 
 // ---------------------------------------------------------------- through the xenrs API
 
-/// The xenstore connection of the simulated guest, for `HostXen` (which wants `Send`).
-struct OneThread(SimTransport);
-
-// SAFETY: the simulated machine (daemon, domains, connections) lives on the test's thread
-// only; HostXen's mutexes never hand the transport to another thread.
-unsafe impl Send for OneThread {}
-
-impl xen_xenbus::Transport for OneThread {
-    fn send(&mut self, bytes: &[u8]) -> Result<usize, xen_xenbus::TransportError> {
-        self.0.send(bytes)
-    }
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, xen_xenbus::TransportError> {
-        self.0.recv(buf)
-    }
-    fn wait_for_event(&mut self) -> Result<(), xen_xenbus::TransportError> {
-        self.0.wait_for_event()
-    }
-}
-
-/// The guest's memory for `HostXen`: contiguous runs of its pages.
-struct SimMemory(&'static DomainHandle);
-
-impl xenrs_api::host::HostMemory for SimMemory {
-    fn alloc(&self, count: u32) -> Option<(xen_shmem::SharedMem<'static>, u64)> {
-        let mut got: Vec<u64> = Vec::new();
-        let mut first = None;
-        for _ in 0..4096 {
-            let g = self.0.alloc_page()?;
-            got.push(g);
-            got.sort_unstable();
-            first = got
-                .windows(count as usize)
-                .find(|w| w[w.len() - 1] - w[0] == u64::from(count) - 1)
-                .map(|w| w[0]);
-            if first.is_some() {
-                break;
-            }
-        }
-        let first = first?;
-        for &g in &got {
-            if g < first || g >= first + u64::from(count) {
-                self.0.free_page(g);
-            }
-        }
-        let mem = xen_tests::blk::sim::contiguous_view(self.0, first, count)?;
-        mem.zero_all();
-        Some((mem, first))
-    }
-    fn free(&self, gfn: u64, count: u32) {
-        for i in 0..u64::from(count) {
-            self.0.free_page(gfn + i);
-        }
-    }
-    fn reserve_slot(&self) -> Option<u64> {
-        None
-    }
-    fn view_slot(&self, _host_addr: u64) -> Option<xen_shmem::SharedMem<'static>> {
-        None
-    }
-    fn release_slot(&self, _host_addr: u64) {}
-}
-
-type Host = xenrs_api::host::HostXen<&'static DomainHandle, OneThread>;
+type Host = xenrs_api::sim::SimXen;
 
 /// The guest side through `HostXen` (as xen.ko would run it), dom0 as in [`Rig`].
 struct ApiRig {
@@ -1209,20 +1023,7 @@ impl ApiRig {
             store: Rc::new(RefCell::new(Some(store))),
         }));
         be_bus.start(&mut be_xs).expect("backend bus");
-        let table = xen_gnttab::GrantTable::new(
-            front_dom,
-            xen_tests::xensim::grants::SimTableFrames::new(front_dom),
-            4,
-        )
-        .expect("grant table");
-        let fe_xs = xen_xenbus::Xs::new(OneThread(xs.connect(FE)), xen_xenbus::Config::default());
-        let xen = Arc::new(Host::new(
-            front_dom,
-            FE,
-            fe_xs,
-            Box::new(table),
-            Box::new(SimMemory(front_dom)),
-        ));
+        let xen = Arc::new(xenrs_api::sim::xen(front_dom, &xs, 4));
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
         let driver = xen::XbdDriver::new(
@@ -1294,7 +1095,7 @@ impl ApiRig {
             }
         }
         // The disks' taskqueue threads.
-        any |= shim::run_tasks() > 0;
+        any |= fake::run_tasks() > 0;
         any
     }
 
@@ -1450,7 +1251,11 @@ fn attach_io_detach_through_the_xenrs_api_leaves_nothing_behind() {
         "{left:?} (had {ports} ports)"
     );
     assert_eq!(
-        shim::with(|s| (s.locks_live, s.sysctl_live, s.tqs.len())),
+        (
+            fake::locks_out(),
+            shim::with(|s| s.sysctl_live),
+            fake::taskqueues().len()
+        ),
         (0, 0, 0)
     );
 }

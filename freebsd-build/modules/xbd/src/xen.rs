@@ -20,6 +20,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use freebsd_kpi::kprintln;
+use freebsd_kpi::sync::Mutex;
 use xen_blkback::env::Level;
 use xen_blkfront::{FrontendConfig, FrontendEnv, PageRun};
 use xen_gnttab::{GrantError, GrantRef, Revoke, StillInUse};
@@ -29,18 +30,18 @@ use xen_xenbus::{Device, Driver, Error as XsErr, XenbusState};
 use xenrs_api::{BindFlags, Kicker, Pages, Revoked, XenServices};
 
 use crate::disk::{BioRequest, Detach, XbdDisk};
-use crate::sys::{Again, EventSink, GeomDisk, Kernel, Locked, SoftcBox};
+use crate::sys::{Again, EventSink, GeomDisk, Kernel, SoftcBox};
 
 /// Where the disks find the registration's [`Kicker`] (set once the driver is registered):
 /// a request for a run on xen.ko's xenbus thread, where the core can report a failure it
 /// found while handling responses (its control path needs the store).
 #[derive(Debug)]
-pub struct KickSlot(Locked<Option<Kicker>>);
+pub struct KickSlot(Mutex<Option<Kicker>>);
 
 impl KickSlot {
     /// An empty slot; `None` when the kernel has no memory for its mutex.
     pub fn new() -> Option<KickSlot> {
-        Locked::new(None).map(KickSlot)
+        Mutex::new(c"xbd", None).ok().map(KickSlot)
     }
 
     /// Records the kicker (the registration's, once it exists).
@@ -388,7 +389,7 @@ impl<X: XenServices + Send + 'static, S: XenStore + ?Sized> Driver<S> for XbdDri
         let softc = SoftcBox::new(unit).ok_or(XsErr::BadValue)?;
         let sink = Arc::new(EventSink::default());
         let env = XenFrontEnv::new(self.xen.clone(), unit, sink.clone(), self.kick.clone());
-        let disk: KernelDisk<X> = XbdDisk::new(env, self.cfg, softc.kernel(), unit);
+        let disk: KernelDisk<X> = XbdDisk::new(env, self.cfg, crate::sys::kernel(&softc), unit);
         softc.with(|d| *d = Some(Box::new(disk)));
         softc.connect(&sink);
         let u = Unit { unit, softc, sink };

@@ -1,17 +1,16 @@
 //! The FreeBSD side of xn.ko: the C shim's functions (`xn_kmod.c`), the kernel
-//! implementation of [`IfKpi`], the per-interface mutex and softc, and the `extern "C"`
+//! implementation of [`IfKpi`], the per-interface softc (its locks and taskqueue are
+//! `freebsd_kpi`'s shared glue, which xen.ko exports), and the `extern "C"`
 //! entry points the shim calls (`if_transmit`, ioctls, sysctl leaves).
 //!
 //! This is the only part of the crate with `unsafe`: each block says why it holds.
 #![allow(unsafe_code)]
 
-use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::cell::UnsafeCell;
-use core::ffi::{c_char, c_int, c_void};
-use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::ffi::{c_char, c_int, c_void, CStr};
+
+use freebsd_kpi::device::{self, Again, DeviceGlue};
+use freebsd_kpi::taskqueue::Priority;
 
 use crate::net::{IfHandle, IfKpi, MbufHandle};
 
@@ -33,19 +32,7 @@ extern "C" {
         -> *mut c_void;
     fn xenrs_xn_input(ifp: *mut c_void, m: *mut c_void);
     fn xenrs_xn_ipv4(ifp: *mut c_void, out: *mut u8) -> c_int;
-    fn xenrs_xn_lock_new() -> *mut c_void;
-    fn xenrs_xn_lock(m: *mut c_void);
-    fn xenrs_xn_sx_new() -> *mut c_void;
-    fn xenrs_xn_tq_new(softc: *mut c_void, unit: u32) -> *mut c_void;
-    fn xenrs_xn_tq_enqueue(tq: *mut c_void);
-    fn xenrs_xn_tq_free(tq: *mut c_void);
-    fn xenrs_xn_sx_xlock(sx: *mut c_void);
-    fn xenrs_xn_sx_try_xlock(sx: *mut c_void) -> c_int;
-    fn xenrs_xn_sx_xunlock(sx: *mut c_void);
-    fn xenrs_xn_sx_free(sx: *mut c_void);
     fn xenrs_xn_m_freem(m: *mut c_void);
-    fn xenrs_xn_unlock(m: *mut c_void);
-    fn xenrs_xn_lock_free(m: *mut c_void);
     fn xenrs_xn_sysctl_attach(softc: *mut c_void, unit: u32) -> *mut c_void;
     fn xenrs_xn_sysctl_detach(ctx: *mut c_void);
 }
@@ -145,125 +132,6 @@ impl IfKpi for Kernel {
     }
 }
 
-/// A FreeBSD `MTX_DEF` mutex around a value (the queue of packets waiting for the device
-/// lock).
-///
-/// # Invariants
-/// `mtx` is a live mutex from `xenrs_xn_lock_new`; `value` is only reached while it is held.
-pub struct Locked<T> {
-    mtx: NonNull<c_void>,
-    value: UnsafeCell<T>,
-}
-
-// SAFETY: the value is only reached under the mutex (type invariant), from any thread.
-unsafe impl<T: Send> Sync for Locked<T> {}
-// SAFETY: as above; the mutex itself may be used and freed from any thread.
-unsafe impl<T: Send> Send for Locked<T> {}
-
-impl<T> core::fmt::Debug for Locked<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Locked").finish_non_exhaustive()
-    }
-}
-
-impl<T> Locked<T> {
-    /// `None` when the kernel has no memory for the mutex.
-    pub fn new(value: T) -> Option<Self> {
-        // SAFETY: no arguments; NULL on failure.
-        let mtx = NonNull::new(unsafe { xenrs_xn_lock_new() })?;
-        // INVARIANT: a fresh mutex.
-        Some(Locked {
-            mtx,
-            value: UnsafeCell::new(value),
-        })
-    }
-
-    /// Runs `f` with the mutex held: only a push or a pop of the packet queue (never sleeps;
-    /// not re-entrant).
-    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // SAFETY: a live mutex (invariant).
-        unsafe { xenrs_xn_lock(self.mtx.as_ptr()) };
-        // SAFETY: the mutex is held, so this is the only reference to the value.
-        let r = f(unsafe { &mut *self.value.get() });
-        // SAFETY: held by us, above.
-        unsafe { xenrs_xn_unlock(self.mtx.as_ptr()) };
-        r
-    }
-}
-
-impl<T> Drop for Locked<T> {
-    fn drop(&mut self) {
-        // SAFETY: a live mutex nobody holds (we are being dropped).
-        unsafe { xenrs_xn_lock_free(self.mtx.as_ptr()) }
-    }
-}
-
-/// The device lock: a FreeBSD sx(9) lock around a value, which its holder may sleep under
-/// (xenstore requests, page allocation, unbinding an event channel).
-///
-/// # Invariants
-/// `sx` is a live lock from `xenrs_xn_sx_new`; `value` is only reached while it is held.
-pub struct DeviceLock<T> {
-    sx: NonNull<c_void>,
-    value: UnsafeCell<T>,
-}
-
-// SAFETY: the value is only reached under the lock (type invariant), from any thread.
-unsafe impl<T: Send> Sync for DeviceLock<T> {}
-// SAFETY: as above; the lock itself may be used and freed from any thread.
-unsafe impl<T: Send> Send for DeviceLock<T> {}
-
-impl<T> core::fmt::Debug for DeviceLock<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("DeviceLock").finish_non_exhaustive()
-    }
-}
-
-impl<T> DeviceLock<T> {
-    /// `None` when the kernel has no memory for the lock.
-    pub fn new(value: T) -> Option<Self> {
-        // SAFETY: no arguments; NULL on failure.
-        let sx = NonNull::new(unsafe { xenrs_xn_sx_new() })?;
-        // INVARIANT: a fresh lock.
-        Some(DeviceLock {
-            sx,
-            value: UnsafeCell::new(value),
-        })
-    }
-
-    /// Runs `f` with the lock held, waiting (sleeping) for it: only from contexts that may
-    /// sleep (xenbus callbacks, ioctls, sysctl handlers).
-    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        // SAFETY: a live lock (invariant).
-        unsafe { xenrs_xn_sx_xlock(self.sx.as_ptr()) };
-        // SAFETY: the lock is held exclusively, so this is the only reference to the value.
-        let r = f(unsafe { &mut *self.value.get() });
-        // SAFETY: held by us, above.
-        unsafe { xenrs_xn_sx_xunlock(self.sx.as_ptr()) };
-        r
-    }
-
-    /// Runs `f` if the lock is free now; `None` when another thread holds it. Never sleeps.
-    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        // SAFETY: a live lock (invariant).
-        if unsafe { xenrs_xn_sx_try_xlock(self.sx.as_ptr()) } == 0 {
-            return None;
-        }
-        // SAFETY: the lock is held exclusively, so this is the only reference to the value.
-        let r = f(unsafe { &mut *self.value.get() });
-        // SAFETY: held by us, above.
-        unsafe { xenrs_xn_sx_xunlock(self.sx.as_ptr()) };
-        Some(r)
-    }
-}
-
-impl<T> Drop for DeviceLock<T> {
-    fn drop(&mut self) {
-        // SAFETY: a live lock nobody holds (we are being dropped).
-        unsafe { xenrs_xn_sx_free(self.sx.as_ptr()) }
-    }
-}
-
 /// Received mbufs waiting for `if_input` (called once the mutex is released).
 pub type Inputs = Vec<(IfHandle, MbufHandle)>;
 
@@ -291,8 +159,6 @@ pub trait IfDevice: Send {
     /// The device as `Any`, for the xenbus side that knows its concrete type.
     fn as_any(&mut self) -> &mut dyn core::any::Any;
 }
-
-type Slot = Option<Box<dyn IfDevice>>;
 
 impl core::fmt::Debug for dyn IfDevice {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -323,125 +189,63 @@ pub const TXQ_MAX: usize = 512;
 /// `xenrs_xn_transmit` kept the mbuf (`XENRS_XN_KEPT` in the shim).
 pub const KEPT: c_int = -1;
 
-/// The per-interface object: `if_getsoftc()` and the sysctl handlers' `arg1`.
-///
-/// Work that may not sleep (`if_transmit`, events) never waits for the device lock: it is
-/// left in `txq`/`pending` and run by whoever holds the lock, which every holder checks after
-/// it lets go ([`Softc::drain`]).
+/// xn's side of the shared per-device softc ([`freebsd_kpi::device`]): the device is an
+/// [`IfDevice`], the work waiting for its lock packets from `if_transmit`, and what an event
+/// hands out received frames, passed up once the lock is released.
 #[derive(Debug)]
-pub struct Softc {
-    dev: DeviceLock<Slot>,
-    txq: Locked<VecDeque<Deferred>>,
-    sysctl: Option<NonNull<c_void>>,
-    /// The device's taskqueue (event work runs there).
-    tq: Option<NonNull<c_void>>,
-    /// Events that arrived while another thread held the device lock.
-    pending: AtomicBool,
+pub enum Glue {}
+
+impl DeviceGlue for Glue {
+    type Dev = dyn IfDevice;
+    type Work = Deferred;
+    type Out = Inputs;
+    const NAME: &'static CStr = c"xn";
+    const QUEUE_NAME: &'static CStr = c"xn txq";
+    const PRIORITY: Priority = Priority::Wait;
+    const QUEUE_MAX: usize = TXQ_MAX;
+
+    fn run(dev: Option<&mut (dyn IfDevice + 'static)>, p: Deferred) {
+        if let Some(d) = dev {
+            let _ = d.transmit(p.m, p.len, p.offload, p.segsz, p.flowid, p.hashed);
+        }
+        // SAFETY: the mbuf if_transmit handed over and we kept; copied to the ring (or
+        // dropped) above, freed once.
+        unsafe { xenrs_xn_m_freem(p.m.0 as *mut c_void) };
+    }
+
+    fn event(dev: &mut (dyn IfDevice + 'static), out: &mut Inputs) -> Again {
+        // Work left at a budget: run again, from the taskqueue when there is one.
+        if dev.event(out) {
+            Again::Soon
+        } else {
+            Again::No
+        }
+    }
+
+    fn finish(inputs: Inputs) {
+        pass_up(inputs);
+    }
+
+    const SYSCTL_ATTACH: unsafe extern "C" fn(*mut c_void, u32) -> *mut c_void =
+        xenrs_xn_sysctl_attach;
+    const SYSCTL_DETACH: unsafe extern "C" fn(*mut c_void) = xenrs_xn_sysctl_detach;
 }
 
-/// Most rounds one caller drains before leaving the rest to the next one.
-const DRAIN_ROUNDS: usize = 64;
+/// The per-interface object: `if_getsoftc()` and the softc of its sysctl leaves.
+pub type Softc = device::Softc<Glue>;
+/// An attached interface's softc, owned by the driver until [`SoftcBox::free`].
+pub type SoftcBox = device::SoftcBox<Glue>;
+/// The event handlers' way to the softc.
+pub type EventSink = device::EventSink<Glue>;
 
-impl Softc {
-    /// An event from xen.ko's event thread: flag it and hand the work to the device's
-    /// taskqueue (inline, bounded, only if there is none).
-    fn kick(&self) {
-        match self.tq {
-            Some(tq) => {
-                self.pending.store(true, Ordering::Release);
-                // SAFETY: a live taskqueue (freed only in `SoftcBox::free`, after the sink
-                // is disconnected and every port unbound).
-                unsafe { xenrs_xn_tq_enqueue(tq.as_ptr()) };
-            }
-            None => self.event(),
-        }
-    }
-
-    /// Asks for another event run: flags it and enqueues the task (without a taskqueue, the
-    /// next drain round runs it).
-    fn again(&self) {
-        self.pending.store(true, Ordering::Release);
-        if let Some(tq) = self.tq {
-            // SAFETY: a live taskqueue (freed only in `SoftcBox::free`, which drains it).
-            unsafe { xenrs_xn_tq_enqueue(tq.as_ptr()) };
-        }
-    }
-
-    /// The task: waits for the device lock (it may sleep), then runs what is pending.
-    fn task(&self) {
-        self.pending.store(true, Ordering::Release);
-        self.with(|_| ());
-    }
-
-    /// An event from xen.ko's event thread (never sleeps).
-    fn event(&self) {
-        self.pending.store(true, Ordering::Release);
-        self.drain();
-    }
-
-    /// `if_transmit` (never sleeps): queued, then run if the device lock is free. `KEPT`, or
-    /// `ENOBUFS` when too many packets wait.
-    fn transmit(&self, p: Deferred) -> c_int {
-        let queued = self.txq.with(|q| {
-            if q.len() < TXQ_MAX {
-                q.push_back(p);
-                true
-            } else {
-                false
-            }
-        });
-        if !queued {
-            return crate::net::errno::ENOBUFS;
-        }
-        self.drain();
-        KEPT
-    }
-
-    /// Runs waiting packets and pending events if the device lock is free (its holder will
-    /// otherwise: it drains after letting go); received frames go up after the lock is
-    /// released. Bounded by [`DRAIN_ROUNDS`].
-    fn drain(&self) {
-        for _ in 0..DRAIN_ROUNDS {
-            let idle = !self.pending.load(Ordering::Acquire) && self.txq.with(|q| q.is_empty());
-            if idle {
-                return;
-            }
-            let mut inputs = Inputs::new();
-            let ran = self.dev.try_with(|dev| {
-                let packets: VecDeque<Deferred> = self.txq.with(core::mem::take);
-                for p in packets {
-                    if let Some(d) = dev.as_mut() {
-                        let _ = d.transmit(p.m, p.len, p.offload, p.segsz, p.flowid, p.hashed);
-                    }
-                    // SAFETY: the mbuf if_transmit handed over and we kept; copied to the
-                    // ring (or dropped) above, freed once.
-                    unsafe { xenrs_xn_m_freem(p.m.0 as *mut c_void) };
-                }
-                if self.pending.swap(false, Ordering::AcqRel) {
-                    if let Some(d) = dev.as_mut() {
-                        return d.event(&mut inputs);
-                    }
-                }
-                false
-            });
-            pass_up(inputs);
-            match ran {
-                None => return,
-                // Work left at a budget: run again, from the taskqueue when there is one.
-                Some(true) => self.again(),
-                Some(false) => {}
-            }
-        }
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
-        let r = self.dev.with(f);
-        self.drain();
-        r
+/// The kernel stack for `softc`'s interface.
+pub fn kernel(softc: &SoftcBox) -> Kernel {
+    Kernel {
+        softc: softc.as_raw(),
     }
 }
 
-/// `if_input` for each received frame, with no mutex of ours held.
+/// `if_input` for each received frame, with no lock of ours held.
 fn pass_up(inputs: Inputs) {
     for (ifp, m) in inputs {
         // SAFETY: a live ifnet (it is destroyed only after every port is unbound, so no
@@ -450,117 +254,10 @@ fn pass_up(inputs: Inputs) {
     }
 }
 
-/// The event handlers' way to the softc (see xbd's `EventSink`).
-#[derive(Debug, Default)]
-pub struct EventSink {
-    softc: AtomicPtr<Softc>,
-}
-
-impl EventSink {
-    /// Delivers an event to the interface, if attached.
-    pub fn fire(&self) {
-        let softc = self.softc.load(Ordering::Acquire);
-        if softc.is_null() {
-            return;
-        }
-        // SAFETY: stored by `SoftcBox::connect`, cleared by `SoftcBox::free` before the softc
-        // is freed; every port is unbound before that and unbind waits for a running handler.
-        unsafe { &*softc }.kick();
-    }
-}
-
-/// An attached interface's softc, owned by the driver until [`SoftcBox::free`].
-///
-/// # Invariants
-/// `ptr` is a `Box<Softc>` leaked by [`SoftcBox::new`]; the shim holds it as the ifnet's
-/// softc and the sysctl leaves' `arg1` until the ifnet is destroyed and the tree removed.
-#[derive(Debug)]
-pub struct SoftcBox {
-    ptr: NonNull<Softc>,
-}
-
-// SAFETY: the Softc's state is behind its mutex and atomics.
-unsafe impl Send for SoftcBox {}
-// SAFETY: as above.
-unsafe impl Sync for SoftcBox {}
-
-impl SoftcBox {
-    /// A softc with an empty device slot and its `dev.xn.<unit>` tree.
-    pub fn new(unit: u32) -> Option<SoftcBox> {
-        let softc = Box::new(Softc {
-            dev: DeviceLock::new(None)?,
-            txq: Locked::new(VecDeque::new())?,
-            sysctl: None,
-            tq: None,
-            pending: AtomicBool::new(false),
-        });
-        let ptr = NonNull::from(Box::leak(softc));
-        // SAFETY: a live Softc until `free`, which removes the tree first.
-        let ctx = unsafe { xenrs_xn_sysctl_attach(ptr.as_ptr().cast(), unit) };
-        // SAFETY: nobody else uses the softc yet.
-        unsafe { (*ptr.as_ptr()).sysctl = NonNull::new(ctx) };
-        // SAFETY: a live Softc until `free`, which drains and frees the taskqueue first.
-        let tq = unsafe { xenrs_xn_tq_new(ptr.as_ptr().cast(), unit) };
-        // SAFETY: nobody else uses the softc yet (the task runs only once enqueued).
-        unsafe { (*ptr.as_ptr()).tq = NonNull::new(tq) };
-        // INVARIANT: leaked above.
-        Some(SoftcBox { ptr })
-    }
-
-    fn softc(&self) -> &Softc {
-        // SAFETY: live until `free` (invariant).
-        unsafe { self.ptr.as_ref() }
-    }
-
-    /// The address the shim keeps.
-    pub fn as_raw(&self) -> *mut c_void {
-        self.ptr.as_ptr().cast()
-    }
-
-    /// The kernel stack for this softc.
-    pub fn kernel(&self) -> Kernel {
-        Kernel {
-            softc: self.as_raw(),
-        }
-    }
-
-    /// Runs `f` on the device under its mutex (then any event that arrived meanwhile; the
-    /// frames received are passed up after the mutex is released).
-    pub fn with<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
-        self.softc().with(f)
-    }
-
-    /// Points `sink` at this softc.
-    pub fn connect(&self, sink: &EventSink) {
-        sink.softc.store(self.ptr.as_ptr(), Ordering::Release);
-    }
-
-    /// An event, as xen.ko's event thread delivers it.
-    pub fn event(&self) {
-        self.softc().event();
-    }
-
-    /// Frees the softc: only after its ifnet was destroyed and its ports unbound.
-    pub fn free(self, sink: &EventSink) {
-        sink.softc.store(core::ptr::null_mut(), Ordering::Release);
-        if let Some(tq) = self.softc().tq {
-            // SAFETY: from tq_new, freed once; waits for a run in progress (which may take
-            // the device lock: nothing holds it here).
-            unsafe { xenrs_xn_tq_free(tq.as_ptr()) };
-        }
-        if let Some(ctx) = self.softc().sysctl {
-            // SAFETY: from sysctl_attach, removed once.
-            unsafe { xenrs_xn_sysctl_detach(ctx.as_ptr()) };
-        }
-        // SAFETY: leaked by `new`, reclaimed once; nothing refers to it any more.
-        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
-    }
-}
-
 fn softc_ref<'s>(softc: *mut c_void) -> &'s Softc {
     // SAFETY: every caller is an entry point whose contract is a live softc (the ifnet's,
     // which is destroyed before the softc is freed).
-    unsafe { &*softc.cast::<Softc>() }
+    unsafe { Softc::from_raw(softc) }
 }
 
 /// `if_transmit`, called by the shim: [`KEPT`] (the mbuf is ours now) or an errno (the shim
@@ -578,14 +275,19 @@ pub unsafe extern "C" fn xenrs_xn_transmit(
     flowid: u32,
     hashed: c_int,
 ) -> c_int {
-    softc_ref(softc).transmit(Deferred {
+    let p = Deferred {
         m: MbufHandle(m as usize),
         len,
         offload,
         segsz,
         flowid,
         hashed: hashed != 0,
-    })
+    };
+    match softc_ref(softc).push(p) {
+        Ok(()) => KEPT,
+        // Too many packets wait for the device lock.
+        Err(_) => crate::net::errno::ENOBUFS,
+    }
 }
 
 /// `SIOCSIFMTU`.
@@ -635,14 +337,4 @@ pub unsafe extern "C" fn xenrs_xn_dev_stat(
         // ENOENT
         None => 2,
     }
-}
-
-/// The device's task (`xn_kmod_task`), on its own taskqueue thread.
-///
-/// # Safety
-/// `softc` is a live softc (its taskqueue is drained before it is freed).
-#[no_mangle]
-pub unsafe extern "C" fn xenrs_xn_task(softc: *mut c_void) {
-    // SAFETY: by the caller's contract.
-    unsafe { &*softc.cast::<Softc>() }.task();
 }

@@ -44,11 +44,6 @@ mod shim {
         /// Mbufs passed to if_input, in order.
         pub input: Vec<usize>,
         pub ipv4: Option<[u8; 4]>,
-        pub locks_live: usize,
-        pub lock_held: bool,
-        pub sx_held: bool,
-        /// Live taskqueues: handle -> (softc, enqueued runs).
-        pub tqs: BTreeMap<usize, (usize, u32)>,
         /// Transmitted mbufs freed by the glue.
         pub freed: usize,
         /// The softc each ifnet was created with.
@@ -164,8 +159,9 @@ mod shim {
     #[no_mangle]
     pub extern "C" fn xenrs_xn_input(ifp: *mut c_void, m: *mut c_void) {
         with(|s| {
-            assert!(
-                !s.lock_held && !s.sx_held,
+            assert_eq!(
+                freebsd_kpi::fake::locks_held(),
+                0,
                 "if_input with a lock of the interface held"
             );
             assert!(
@@ -191,102 +187,6 @@ mod shim {
     }
 
     #[no_mangle]
-    pub extern "C" fn xenrs_xn_lock_new() -> *mut c_void {
-        with(|s| s.locks_live += 1);
-        Box::into_raw(Box::new(0u64)).cast()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_lock(_m: *mut c_void) {
-        with(|s| {
-            assert!(!s.lock_held, "xn mutex taken recursively");
-            s.lock_held = true;
-        });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_tq_new(softc: *mut c_void, _unit: u32) -> *mut c_void {
-        with(|s| {
-            s.next += 1;
-            let h = 0x7700_0000 + s.next;
-            s.tqs.insert(h, (softc as usize, 0));
-            h as *mut c_void
-        })
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_tq_enqueue(tq: *mut c_void) {
-        with(|s| s.tqs.get_mut(&(tq as usize)).expect("live taskqueue").1 += 1);
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_tq_free(tq: *mut c_void) {
-        with(|s| s.tqs.remove(&(tq as usize)).expect("live taskqueue"));
-    }
-
-    /// Runs every enqueued task once, as the taskqueue threads would; how many ran.
-    pub fn run_tasks() -> usize {
-        let due: Vec<usize> = with(|s| {
-            s.tqs
-                .values_mut()
-                .filter(|t| t.1 > 0)
-                .map(|t| {
-                    t.1 = 0;
-                    t.0
-                })
-                .collect()
-        });
-        for softc in &due {
-            // SAFETY: the softc of a live taskqueue (freed only by tq_free).
-            unsafe { super::sys::xenrs_xn_task(*softc as *mut c_void) };
-        }
-        due.len()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_sx_new() -> *mut c_void {
-        with(|s| s.locks_live += 1);
-        Box::into_raw(Box::new(0u64)).cast()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_sx_xlock(_sx: *mut c_void) {
-        with(|s| {
-            assert!(!s.sx_held, "device lock taken recursively");
-            s.sx_held = true;
-        });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_sx_try_xlock(_sx: *mut c_void) -> c_int {
-        with(|s| {
-            if s.sx_held {
-                0
-            } else {
-                s.sx_held = true;
-                1
-            }
-        })
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_sx_xunlock(_sx: *mut c_void) {
-        with(|s| {
-            assert!(s.sx_held, "device lock released but not held");
-            s.sx_held = false;
-        });
-    }
-
-    /// # Safety
-    /// `sx` came from `xenrs_xn_sx_new`.
-    #[no_mangle]
-    pub unsafe extern "C" fn xenrs_xn_sx_free(sx: *mut c_void) {
-        with(|s| s.locks_live -= 1);
-        // SAFETY: from Box::into_raw in sx_new, freed once.
-        drop(unsafe { Box::from_raw(sx.cast::<u64>()) });
-    }
-
-    #[no_mangle]
     pub extern "C" fn xenrs_xn_m_freem(m: *mut c_void) {
         with(|s| {
             assert!(
@@ -295,23 +195,6 @@ mod shim {
             );
             s.freed += 1;
         });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_unlock(_m: *mut c_void) {
-        with(|s| {
-            assert!(s.lock_held, "xn mutex released but not held");
-            s.lock_held = false;
-        });
-    }
-
-    /// # Safety
-    /// `m` came from `xenrs_xn_lock_new`.
-    #[no_mangle]
-    pub unsafe extern "C" fn xenrs_xn_lock_free(m: *mut c_void) {
-        with(|s| s.locks_live -= 1);
-        // SAFETY: from Box::into_raw in lock_new, freed once.
-        drop(unsafe { Box::from_raw(m.cast::<u64>()) });
     }
 
     #[no_mangle]
@@ -835,14 +718,19 @@ fn entry_points_reach_the_device_and_input_happens_unlocked() {
     // From xen.ko's event thread: queued for the interface's taskqueue, run there.
     sink.fire();
     assert_eq!(shim::with(|s| s.input.len()), 1);
-    assert_eq!(shim::run_tasks(), 1);
+    assert_eq!(fake::run_tasks(), 1);
     assert_eq!(shim::with(|s| s.input.len()), 2);
     softc.with(|d| *d = None);
     softc.free(&sink);
     // A late event after free is dropped.
     sink.fire();
     assert_eq!(
-        shim::with(|s| (s.input.len(), s.locks_live, s.sysctl_live, s.tqs.len())),
+        (
+            shim::with(|s| s.input.len()),
+            fake::locks_out(),
+            shim::with(|s| s.sysctl_live),
+            fake::taskqueues().len()
+        ),
         (2, 0, 0, 0)
     );
 }
@@ -882,63 +770,15 @@ fn work_left_at_a_budget_runs_again_from_the_taskqueue() {
     softc.connect(&sink);
     sink.fire();
     // The first run leaves work: the task is queued again, although no new event came.
-    assert_eq!(shim::run_tasks(), 1);
-    assert_eq!(shim::run_tasks(), 1);
-    assert_eq!(shim::run_tasks(), 0);
+    assert_eq!(fake::run_tasks(), 1);
+    assert_eq!(fake::run_tasks(), 1);
+    assert_eq!(fake::run_tasks(), 0);
     assert!(*runs.lock().unwrap() >= 2);
     softc.with(|d| *d = None);
     softc.free(&sink);
 }
 
 // ---------------------------------------------------------------- through the xenrs API
-
-/// The guest's xenstore connection for `HostXen` (which wants `Send`).
-struct OneThread(xen_tests::xensim::xenstored::SimTransport);
-
-// SAFETY: the simulated machine lives on the test's thread only; HostXen's mutexes never hand
-// the transport to another thread.
-unsafe impl Send for OneThread {}
-
-impl xen_xenbus::Transport for OneThread {
-    fn send(&mut self, bytes: &[u8]) -> Result<usize, xen_xenbus::TransportError> {
-        self.0.send(bytes)
-    }
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, xen_xenbus::TransportError> {
-        self.0.recv(buf)
-    }
-    fn wait_for_event(&mut self) -> Result<(), xen_xenbus::TransportError> {
-        self.0.wait_for_event()
-    }
-}
-
-/// The guest's pages for `HostXen` (single pages are all netfront asks for).
-struct SimMemory(&'static xen_tests::xensim::DomainHandle);
-
-impl xenrs_api::host::HostMemory for SimMemory {
-    fn alloc(&self, count: u32) -> Option<(xen_shmem::SharedMem<'static>, u64)> {
-        if count != 1 {
-            return None;
-        }
-        let gfn = self.0.alloc_page()?;
-        let mem = self.0.page(gfn)?;
-        mem.zero_all();
-        Some((mem, gfn))
-    }
-    fn free(&self, gfn: u64, count: u32) {
-        for i in 0..u64::from(count) {
-            self.0.free_page(gfn + i);
-        }
-    }
-    fn reserve_slot(&self) -> Option<u64> {
-        None
-    }
-    fn view_slot(&self, _host_addr: u64) -> Option<xen_shmem::SharedMem<'static>> {
-        None
-    }
-    fn release_slot(&self, _host_addr: u64) {}
-}
-
-type Host = xenrs_api::host::HostXen<&'static xen_tests::xensim::DomainHandle, OneThread>;
 
 #[test]
 fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
@@ -949,22 +789,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     let xs = xen_tests::net::bus::leak(XenstoreSim::new());
     world.toolstack(xs, "00:16:3e:01:02:03", true);
     let guest = &world.guest;
-    let table = xen_gnttab::GrantTable::new(
-        guest,
-        xen_tests::xensim::grants::SimTableFrames::new(guest),
-        8,
-    )
-    .expect("grant table");
-    let xen = Arc::new(Host::new(
-        guest,
-        guest.domid(),
-        xen_xenbus::Xs::new(
-            OneThread(xs.connect(guest.domid())),
-            xen_xenbus::Config::default(),
-        ),
-        Box::new(table),
-        Box::new(SimMemory(guest)),
-    ));
+    let xen = Arc::new(xenrs_api::sim::xen(guest, xs, 8));
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cfg = FrontendConfig {
         queues: 1,
@@ -978,12 +803,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         )
         .expect("register");
     let pump = |n: usize| {
-        for _ in 0..n {
-            xs.settle();
-            if xen.pump(64).unwrap_or(0) == 0 {
-                break;
-            }
-        }
+        xenrs_api::sim::pump(&xen, xs, n);
     };
     pump(16);
     let (ifp, softc) =
@@ -1046,7 +866,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     assert!(delivered > 0);
     // The handler only queued the work; the interface's taskqueue thread runs it.
     assert_eq!(shim::with(|s| s.input.len()), 0);
-    assert_eq!(shim::run_tasks(), 1);
+    assert_eq!(fake::run_tasks(), 1);
     let inputs = shim::with(|s| s.input.clone());
     assert_eq!(inputs.len(), 1);
     assert_eq!(
@@ -1079,7 +899,11 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         "{left:?}"
     );
     assert_eq!(
-        shim::with(|s| (s.locks_live, s.sysctl_live, s.tqs.len())),
+        (
+            fake::locks_out(),
+            shim::with(|s| s.sysctl_live),
+            fake::taskqueues().len()
+        ),
         (0, 0, 0)
     );
 }

@@ -220,7 +220,7 @@ impl<X: XenServices + Send + 'static, S: XenStore + ?Sized> Driver<S> for XnDriv
         let softc = SoftcBox::new(unit).ok_or(XsErr::BadValue)?;
         let sink = Arc::new(EventSink::default());
         let plat = XenNetPlatform::new(self.xen.clone(), sink.clone());
-        let ifc: KernelIf<X> = XnIf::new(plat, self.cfg, softc.kernel(), unit);
+        let ifc: KernelIf<X> = XnIf::new(plat, self.cfg, crate::sys::kernel(&softc), unit);
         softc.with(|d| *d = Some(Box::new(ifc)));
         softc.connect(&sink);
         let u = Unit { unit, softc, sink };

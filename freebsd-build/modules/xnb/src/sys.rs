@@ -6,15 +6,11 @@
 //! This is the only part of the crate with `unsafe`: each block says why it holds.
 #![allow(unsafe_code)]
 
-use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::ffi::{c_char, c_int, c_void, CStr};
-use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
-use freebsd_kpi::sync::{Mutex, SxLock};
-use freebsd_kpi::taskqueue::{Priority, TaskQueue};
+use freebsd_kpi::device::{self, Again, DeviceGlue};
+use freebsd_kpi::taskqueue::Priority;
 
 use crate::vif::{IfHandle, IfKpi, MbufHandle};
 
@@ -139,8 +135,6 @@ pub trait IfDevice: Send {
     fn as_any(&mut self) -> &mut dyn core::any::Any;
 }
 
-type Slot = Option<Box<dyn IfDevice>>;
-
 impl core::fmt::Debug for dyn IfDevice {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("IfDevice")
@@ -168,125 +162,63 @@ pub const TXQ_MAX: usize = 512;
 /// `xenrs_xnb_transmit` kept the mbuf (`XENRS_XNB_KEPT` in the shim).
 pub const KEPT: c_int = -1;
 
-/// The per-interface object: `if_getsoftc()` and the sysctl handlers' `arg1`.
-///
-/// Work that may not sleep (`if_transmit`, events) never waits for the device lock: it is
-/// left in `txq`/`pending` and run by whoever holds the lock, which every holder checks after
-/// it lets go ([`Softc::drain`]).
+/// xnb's side of the shared per-device softc ([`freebsd_kpi::device`]): the device is an
+/// [`IfDevice`], the work waiting for its lock packets from `if_transmit`, and what an event
+/// hands out received frames, passed up once the lock is released.
 #[derive(Debug)]
-pub struct Softc {
-    /// The device lock: xenbus callbacks, ioctls and the task hold it and may sleep under
-    /// it; `if_transmit` and events only try it.
-    dev: SxLock<Slot>,
-    /// Packets waiting for the device lock (the mutex is held for a push or a pop only).
-    txq: Mutex<VecDeque<Deferred>>,
-    sysctl: Option<NonNull<c_void>>,
-    /// The device's taskqueue (event work runs there).
-    tq: Option<TaskQueue>,
-    /// Events that arrived while another thread held the device lock.
-    pending: AtomicBool,
+pub enum Glue {}
+
+impl DeviceGlue for Glue {
+    type Dev = dyn IfDevice;
+    type Work = Deferred;
+    type Out = Inputs;
+    const NAME: &'static CStr = c"xnb";
+    const QUEUE_NAME: &'static CStr = c"xnb txq";
+    const PRIORITY: Priority = Priority::Wait;
+    const QUEUE_MAX: usize = TXQ_MAX;
+
+    fn run(dev: Option<&mut (dyn IfDevice + 'static)>, p: Deferred) {
+        if let Some(d) = dev {
+            let _ = d.transmit(p.m, p.len, p.offload, p.flowid, p.hashed);
+        }
+        // SAFETY: the mbuf if_transmit handed over and we kept; copied to the ring (or
+        // dropped) above, freed once.
+        unsafe { xenrs_xnb_m_freem(p.m.0 as *mut c_void) };
+    }
+
+    fn event(dev: &mut (dyn IfDevice + 'static), out: &mut Inputs) -> Again {
+        // Work left at a budget: run again, from the taskqueue when there is one.
+        if dev.event(out) {
+            Again::Soon
+        } else {
+            Again::No
+        }
+    }
+
+    fn finish(inputs: Inputs) {
+        pass_up(inputs);
+    }
+
+    const SYSCTL_ATTACH: unsafe extern "C" fn(*mut c_void, u32) -> *mut c_void =
+        xenrs_xnb_sysctl_attach;
+    const SYSCTL_DETACH: unsafe extern "C" fn(*mut c_void) = xenrs_xnb_sysctl_detach;
 }
 
-/// Most rounds one caller drains before leaving the rest to the next one.
-const DRAIN_ROUNDS: usize = 64;
+/// The per-interface object: `if_getsoftc()` and the softc of its sysctl leaves.
+pub type Softc = device::Softc<Glue>;
+/// An attached interface's softc, owned by the driver until [`SoftcBox::free`].
+pub type SoftcBox = device::SoftcBox<Glue>;
+/// The event handlers' way to the softc.
+pub type EventSink = device::EventSink<Glue>;
 
-impl Softc {
-    /// An event from xen.ko's event thread: flag it and hand the work to the device's
-    /// taskqueue (inline, bounded, only if there is none).
-    fn kick(&self) {
-        match &self.tq {
-            Some(tq) => {
-                self.pending.store(true, Ordering::Release);
-                tq.enqueue();
-            }
-            None => self.event(),
-        }
-    }
-
-    /// Asks for another event run: flags it and enqueues the task (without a taskqueue, the
-    /// next drain round runs it).
-    fn again(&self) {
-        self.pending.store(true, Ordering::Release);
-        if let Some(tq) = &self.tq {
-            tq.enqueue();
-        }
-    }
-
-    /// The task: waits for the device lock (it may sleep), then runs what is pending.
-    fn task(&self) {
-        self.pending.store(true, Ordering::Release);
-        self.with(|_| ());
-    }
-
-    /// An event from xen.ko's event thread (never sleeps).
-    fn event(&self) {
-        self.pending.store(true, Ordering::Release);
-        self.drain();
-    }
-
-    /// `if_transmit` (never sleeps): queued, then run if the device lock is free. `KEPT`, or
-    /// `ENOBUFS` when too many packets wait.
-    fn transmit(&self, p: Deferred) -> c_int {
-        let queued = self.txq.with(|q| {
-            if q.len() < TXQ_MAX {
-                q.push_back(p);
-                true
-            } else {
-                false
-            }
-        });
-        if !queued {
-            return crate::vif::errno::ENOBUFS;
-        }
-        self.drain();
-        KEPT
-    }
-
-    /// Runs waiting packets and pending events if the device lock is free (its holder will
-    /// otherwise: it drains after letting go); received frames go up after the lock is
-    /// released. Bounded by [`DRAIN_ROUNDS`].
-    fn drain(&self) {
-        for _ in 0..DRAIN_ROUNDS {
-            let idle = !self.pending.load(Ordering::Acquire) && self.txq.with(|q| q.is_empty());
-            if idle {
-                return;
-            }
-            let mut inputs = Inputs::new();
-            let ran = self.dev.try_with(|dev| {
-                let packets: VecDeque<Deferred> = self.txq.with(core::mem::take);
-                for p in packets {
-                    if let Some(d) = dev.as_mut() {
-                        let _ = d.transmit(p.m, p.len, p.offload, p.flowid, p.hashed);
-                    }
-                    // SAFETY: the mbuf if_transmit handed over and we kept; copied to the
-                    // ring (or dropped) above, freed once.
-                    unsafe { xenrs_xnb_m_freem(p.m.0 as *mut c_void) };
-                }
-                if self.pending.swap(false, Ordering::AcqRel) {
-                    if let Some(d) = dev.as_mut() {
-                        return d.event(&mut inputs);
-                    }
-                }
-                false
-            });
-            pass_up(inputs);
-            match ran {
-                None => return,
-                // Work left at a budget: run again, from the taskqueue when there is one.
-                Some(true) => self.again(),
-                Some(false) => {}
-            }
-        }
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
-        let r = self.dev.with(f);
-        self.drain();
-        r
+/// The kernel stack for `softc`'s interface.
+pub fn kernel(softc: &SoftcBox) -> Kernel {
+    Kernel {
+        softc: softc.as_raw(),
     }
 }
 
-/// `if_input` for each received frame, with no mutex of ours held.
+/// `if_input` for each received frame, with no lock of ours held.
 fn pass_up(inputs: Inputs) {
     for (ifp, m) in inputs {
         // SAFETY: a live ifnet (it is destroyed only after every port is unbound, so no
@@ -295,118 +227,10 @@ fn pass_up(inputs: Inputs) {
     }
 }
 
-/// The event handlers' way to the softc (see xbd's `EventSink`).
-#[derive(Debug, Default)]
-pub struct EventSink {
-    softc: AtomicPtr<Softc>,
-}
-
-impl EventSink {
-    /// Delivers an event to the interface, if attached.
-    pub fn fire(&self) {
-        let softc = self.softc.load(Ordering::Acquire);
-        if softc.is_null() {
-            return;
-        }
-        // SAFETY: stored by `SoftcBox::connect`, cleared by `SoftcBox::free` before the softc
-        // is freed; every port is unbound before that and unbind waits for a running handler.
-        unsafe { &*softc }.kick();
-    }
-}
-
-/// An attached interface's softc, owned by the driver until [`SoftcBox::free`].
-///
-/// # Invariants
-/// `ptr` is a `Box<Softc>` leaked by [`SoftcBox::new`]; the shim holds it as the ifnet's
-/// softc and the sysctl leaves' `arg1` until the ifnet is destroyed and the tree removed.
-#[derive(Debug)]
-pub struct SoftcBox {
-    ptr: NonNull<Softc>,
-}
-
-// SAFETY: the Softc's state is behind its mutex and atomics.
-unsafe impl Send for SoftcBox {}
-// SAFETY: as above.
-unsafe impl Sync for SoftcBox {}
-
-impl SoftcBox {
-    /// A softc with an empty device slot and its `dev.xnb.<unit>` tree.
-    pub fn new(unit: u32) -> Option<SoftcBox> {
-        let softc = Box::new(Softc {
-            dev: SxLock::new(c"xnb", None).ok()?,
-            txq: Mutex::new(c"xnb txq", VecDeque::new()).ok()?,
-            sysctl: None,
-            tq: None,
-            pending: AtomicBool::new(false),
-        });
-        let ptr = NonNull::from(Box::leak(softc));
-        // SAFETY: a live Softc until `free`, which removes the tree first.
-        let ctx = unsafe { xenrs_xnb_sysctl_attach(ptr.as_ptr().cast(), unit) };
-        // SAFETY: nobody else uses the softc yet.
-        unsafe { (*ptr.as_ptr()).sysctl = NonNull::new(ctx) };
-        // SAFETY: the softc stays valid for the task until `free`, which drains the
-        // taskqueue first.
-        let tq = unsafe { TaskQueue::new(c"xnb", unit, Priority::Wait, task, ptr.as_ptr().cast()) };
-        // SAFETY: nobody else uses the softc yet (the task runs only once enqueued).
-        unsafe { (*ptr.as_ptr()).tq = tq };
-        // INVARIANT: leaked above.
-        Some(SoftcBox { ptr })
-    }
-
-    fn softc(&self) -> &Softc {
-        // SAFETY: live until `free` (invariant).
-        unsafe { self.ptr.as_ref() }
-    }
-
-    /// The address the shim keeps.
-    pub fn as_raw(&self) -> *mut c_void {
-        self.ptr.as_ptr().cast()
-    }
-
-    /// The kernel stack for this softc.
-    pub fn kernel(&self) -> Kernel {
-        Kernel {
-            softc: self.as_raw(),
-        }
-    }
-
-    /// Runs `f` on the device under its mutex (then any event that arrived meanwhile; the
-    /// frames received are passed up after the mutex is released).
-    pub fn with<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
-        self.softc().with(f)
-    }
-
-    /// Points `sink` at this softc.
-    pub fn connect(&self, sink: &EventSink) {
-        sink.softc.store(self.ptr.as_ptr(), Ordering::Release);
-    }
-
-    /// An event, as xen.ko's event thread delivers it.
-    pub fn event(&self) {
-        self.softc().event();
-    }
-
-    /// Frees the softc: only after its ifnet was destroyed and its ports unbound.
-    pub fn free(self, sink: &EventSink) {
-        sink.softc.store(core::ptr::null_mut(), Ordering::Release);
-        if let Some(tq) = &self.softc().tq {
-            // Waits for a run in progress (which may take the device lock: nothing holds it
-            // here); nothing enqueues the task any more. Freed with the softc below.
-            tq.drain();
-        }
-        if let Some(ctx) = self.softc().sysctl {
-            // SAFETY: from sysctl_attach, removed once.
-            unsafe { xenrs_xnb_sysctl_detach(ctx.as_ptr()) };
-        }
-        // SAFETY: leaked by `new`, reclaimed once; nothing refers to it any more.
-        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
-    }
-}
-
 fn softc_ref<'s>(softc: *mut c_void) -> &'s Softc {
     // SAFETY: every caller is an entry point whose contract is a live softc (the ifnet's,
     // which is destroyed before the softc is freed).
-    unsafe { &*softc.cast::<Softc>() }
+    unsafe { Softc::from_raw(softc) }
 }
 
 /// `if_transmit`, called by the shim: [`KEPT`] (the mbuf is ours now) or an errno (the shim
@@ -423,13 +247,18 @@ pub unsafe extern "C" fn xenrs_xnb_transmit(
     flowid: u32,
     hashed: c_int,
 ) -> c_int {
-    softc_ref(softc).transmit(Deferred {
+    let p = Deferred {
         m: MbufHandle(m as usize),
         len,
         offload,
         flowid,
         hashed: hashed != 0,
-    })
+    };
+    match softc_ref(softc).push(p) {
+        Ok(()) => KEPT,
+        // Too many packets wait for the device lock.
+        Err(_) => crate::vif::errno::ENOBUFS,
+    }
 }
 
 /// `SIOCSIFMTU`.
@@ -466,13 +295,4 @@ pub unsafe extern "C" fn xenrs_xnb_dev_stat(
         // ENOENT
         None => 2,
     }
-}
-
-/// The device's task, on its own taskqueue thread.
-///
-/// # Safety
-/// `softc` is a live softc (its taskqueue is drained before it is freed).
-pub(crate) unsafe extern "C" fn task(softc: *mut c_void) {
-    // SAFETY: by the caller's contract.
-    unsafe { &*softc.cast::<Softc>() }.task();
 }

@@ -618,56 +618,6 @@ fn a_guest_that_stops_taking_frames_stalls_its_vif_and_recovers() {
 
 // ---------------------------------------------------------------- through the xenrs API
 
-/// Dom0's xenstore connection for `HostXen` (which wants `Send`).
-struct OneThread(xen_tests::xensim::xenstored::SimTransport);
-
-// SAFETY: the simulated machine lives on the test's thread only; HostXen's mutexes never hand
-// the transport to another thread.
-unsafe impl Send for OneThread {}
-
-impl xen_xenbus::Transport for OneThread {
-    fn send(&mut self, bytes: &[u8]) -> Result<usize, xen_xenbus::TransportError> {
-        self.0.send(bytes)
-    }
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, xen_xenbus::TransportError> {
-        self.0.recv(buf)
-    }
-    fn wait_for_event(&mut self) -> Result<(), xen_xenbus::TransportError> {
-        self.0.wait_for_event()
-    }
-}
-
-/// Dom0's memory for `HostXen`: its pages, and free guest-physical slots for foreign maps.
-struct SimMemory(&'static xen_tests::xensim::DomainHandle);
-
-impl xenrs_api::host::HostMemory for SimMemory {
-    fn alloc(&self, count: u32) -> Option<(xen_shmem::SharedMem<'static>, u64)> {
-        if count != 1 {
-            return None;
-        }
-        let gfn = self.0.alloc_page()?;
-        let mem = self.0.page(gfn)?;
-        mem.zero_all();
-        Some((mem, gfn))
-    }
-    fn free(&self, gfn: u64, count: u32) {
-        for i in 0..u64::from(count) {
-            self.0.free_page(gfn + i);
-        }
-    }
-    fn reserve_slot(&self) -> Option<u64> {
-        self.0.reserve_gfns(1).map(|g| g * 4096)
-    }
-    fn view_slot(&self, host_addr: u64) -> Option<xen_shmem::SharedMem<'static>> {
-        self.0.page_any(host_addr / 4096)
-    }
-    fn release_slot(&self, host_addr: u64) {
-        self.0.release_gfns(host_addr / 4096, 1);
-    }
-}
-
-type Host = xenrs_api::host::HostXen<&'static xen_tests::xensim::DomainHandle, OneThread>;
-
 #[test]
 fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     use std::sync::Arc;
@@ -678,19 +628,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     let xs = xen_tests::net::bus::leak(XenstoreSim::new());
     world.toolstack(xs, "00:16:3e:0a:0b:0c", true);
     let dom0 = &world.dom0;
-    let table = xen_gnttab::GrantTable::new(
-        dom0,
-        xen_tests::xensim::grants::SimTableFrames::new(dom0),
-        4,
-    )
-    .expect("grant table");
-    let xen = Arc::new(Host::new(
-        dom0,
-        0,
-        xen_xenbus::Xs::new(OneThread(xs.connect(0)), xen_xenbus::Config::default()),
-        Box::new(table),
-        Box::new(SimMemory(dom0)),
-    ));
+    let xen = Arc::new(xenrs_api::sim::xen(dom0, xs, 4));
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let features = BackendFeatures {
         max_queues: 1,
@@ -709,12 +647,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         )
         .expect("register");
     let pump = |n: usize| {
-        for _ in 0..n {
-            xs.settle();
-            if xen.pump(64).unwrap_or(0) == 0 {
-                break;
-            }
-        }
+        xenrs_api::sim::pump(&xen, xs, n);
     };
     pump(16);
     let (ifp, softc) =

@@ -226,7 +226,8 @@ impl<X: XenServices + Send + 'static, S: XenStore + ?Sized> Driver<S> for XnbDri
         let softc = SoftcBox::new(unit).ok_or(XsErr::BadValue)?;
         let sink = Arc::new(EventSink::default());
         let plat = XenBackPlatform::new(self.xen.clone(), sink.clone());
-        let vif: KernelVif<X> = XnbIf::new(plat, self.features, self.limits, softc.kernel());
+        let vif: KernelVif<X> =
+            XnbIf::new(plat, self.features, self.limits, crate::sys::kernel(&softc));
         softc.with(|d| *d = Some(Box::new(vif)));
         softc.connect(&sink);
         let u = Unit { unit, softc, sink };
