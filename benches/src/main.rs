@@ -265,6 +265,173 @@ fn net_section(r: &mut Report, scale: &Scale) {
     }
 }
 
+/// A real-Xen workload's row name and how its per-item ns read as a rate.
+fn real_xen_workload(p: &realxen::Pair) -> (String, Box<dyn Fn(f64) -> String>) {
+    let mib = p.bytes as f64 / 1_048_576.0;
+    let echo = |size: &str| {
+        (
+            format!(
+                "ICMP echo to dom0, {size} data bytes, one at a time ({} per rep)",
+                p.a.items
+            ),
+            Box::new(|ns: f64| format!("{:.1}/s ({:.2} ms)", 1e9 / ns, ns / 1e6))
+                as Box<dyn Fn(f64) -> String>,
+        )
+    };
+    match p.op.as_str() {
+        "write" => (
+            format!("sequential write, {mib:.0} MiB O_DIRECT, 1 MiB blocks"),
+            Box::new(|ns| format!("{:.1} MB/s", 1_048_576.0 / ns * 1e3)),
+        ),
+        "read" => (
+            format!("sequential read, {mib:.0} MiB O_DIRECT, 1 MiB blocks"),
+            Box::new(|ns| format!("{:.1} MB/s", 1_048_576.0 / ns * 1e3)),
+        ),
+        "read4k" => (
+            format!("4 KiB O_DIRECT reads, QD 1 ({} per rep)", p.a.items),
+            Box::new(|ns| format!("{:.0} IOPS ({:.2} ms)", 1e9 / ns, ns / 1e6)),
+        ),
+        "echo56" => echo("56"),
+        "echo1400" => echo("1400"),
+        _ => (
+            format!("TCP domU → dom0, {mib:.0} MiB (busybox nc)"),
+            Box::new(|ns| format!("{:.1} Mbit/s", 8.0 * 1_048_576.0 / ns * 1e3)),
+        ),
+    }
+}
+
+/// The `key=value` (or `key value`) pairs of `keys` found in the first feature line that
+/// starts with `prefix`, as `key=value ...` (for the table's negotiated column).
+fn feature_digest(features: &[String], prefix: &str, keys: &[&str]) -> String {
+    let Some(line) = features.iter().find(|f| f.starts_with(prefix)) else {
+        return "?".into();
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut out = Vec::new();
+    for key in keys {
+        for (i, w) in words.iter().enumerate() {
+            if let Some(v) = w.strip_prefix(key).and_then(|r| r.strip_prefix('=')) {
+                out.push(format!("{key}={v}"));
+                break;
+            }
+            if *w == *key {
+                if let Some(v) = words.get(i + 1) {
+                    out.push(format!("{key}={v}"));
+                    break;
+                }
+            }
+        }
+    }
+    out.join(" ")
+}
+
+/// The frontends table: a Linux domU's blkfront/netfront (path a) vs our PVH guest's (path
+/// c), both against Linux dom0's xen-blkback/xen-netback, in the same boot.
+fn real_xen_frontends(r: &mut Report, x: &realxen::RealXen) {
+    r.section(
+        "Real Xen (QEMU TCG, same boot): our PVH guest's frontends vs a Linux guest's, on Linux dom0's backends",
+        "Path **a**: the Linux 6.1 PVH domU (2 vCPUs) above, its xen-blkfront on `xvda` and \
+         xen-netfront on `vif/0`, served by Linux dom0's xen-blkback (`brd` RAM disk) and \
+         xen-netback (`xenbr0`). Path **c**: our bare-metal PVH guest (`tests/pvh-guest`, \
+         `run=bench`, 1 vCPU) after the domU has gone, our blkfront on the same RAM disk \
+         through the same xen-blkback and our netfront on the same xen-netback and bridge. \
+         Same workload: sequential writes and reads in 1 MiB requests (the domU's \
+         `dd bs=1M` with O_DIRECT; ours 1 MiB bios), 4 KiB reads one at a time, ICMP echo \
+         exchanges to dom0 one at a time (the domU's `ping -A`; ours from its own small \
+         stack; dom0's kernel answers both, no dom0 process in the loop; our guest has no \
+         TCP). The domU times itself with `/proc/uptime` (10 ms) around each command, so \
+         its figures include starting `dd`/`ping`; ours are Xen system time around the \
+         bios/exchanges alone. The two guests run one after the other, not alternating. \
+         Ratio: c's rate ÷ a's (above 1: ours faster).",
+        &[
+            "workload",
+            "(a) Linux domU frontends",
+            "(c) our PVH guest frontends",
+            "ratio c/a (median; best)",
+            "negotiated (a | c)",
+        ],
+    );
+    let blk_a = feature_digest(
+        &x.features,
+        "BENCHFEAT blk a ",
+        &["queues", "max_segments", "max_hw_sectors_kb"],
+    );
+    let blk_c = feature_digest(
+        &x.features,
+        "BENCHFEAT blk c ",
+        &["queues", "ring-order", "max-segs", "persistent", "indirect"],
+    );
+    let net_a = feature_digest(
+        &x.features,
+        "FEAT net-a-frontend",
+        &["multi-queue-num-queues", "feature-sg", "feature-gso-tcpv4"],
+    );
+    let net_c = feature_digest(
+        &x.features,
+        "FEAT net-c-frontend",
+        &["multi-queue-num-queues", "feature-sg", "feature-gso-tcpv4"],
+    );
+    let mut bars = Vec::new();
+    for p in &x.frontends {
+        let (name, show) = real_xen_workload(p);
+        let neg = if p.op.starts_with("echo") || p.op == "tcp" {
+            format!("{net_a} \\| {net_c}")
+        } else {
+            format!("{blk_a} \\| {blk_c}")
+        };
+        r.row(&[
+            format!("{name}; {} / {} reps", p.a.reps, p.b.reps),
+            format!("{} (best {})", show(p.a.median), show(p.a.min)),
+            format!("{} (best {})", show(p.b.median), show(p.b.min)),
+            format!(
+                "**{:.3}**; {:.3}",
+                p.a.median / p.b.median,
+                p.a.min / p.b.min
+            ),
+            neg,
+        ]);
+        let unit = if p.op.starts_with("read4k") || p.op.starts_with("echo") {
+            "ns/request"
+        } else {
+            "ns/MiB"
+        };
+        r.csv("real-xen", &format!("{}-linux-domu-fe", p.op), unit, &p.a);
+        r.csv("real-xen", &format!("{}-our-pvh-fe", p.op), unit, &p.b);
+        bars.push(bar(p.op.clone(), p.a.median / p.b.median, 1));
+    }
+    if x.frontends.is_empty() {
+        r.row(&[
+            format!(
+                "not measured: {}",
+                if x.pvh_result.is_empty() {
+                    "no RESULT bench line from our PVH guest"
+                } else {
+                    x.pvh_result.as_str()
+                }
+            ),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    let _ = writeln!(r.md, "\nOur PVH guest: `{}`.", x.pvh_result);
+    if !x.lost.is_empty() {
+        let _ = writeln!(r.md, "Echo replies missing: {}.", x.lost.join("; "));
+    }
+    if !bars.is_empty() {
+        r.charts.push(Chart {
+            file: "real-xen-frontends.png".into(),
+            title:
+                "Real Xen (TCG, same boot): our PVH frontends / Linux domU frontends, rate ratio"
+                    .into(),
+            unit: "x".into(),
+            bars,
+            legend: ["", "ours / Linux frontends (1 = parity)", ""],
+        });
+    }
+}
+
 /// The real-Xen table: the same Linux domU workload through dom0's backends and ours.
 fn real_xen_section(r: &mut Report, out: &std::path::Path, reuse: bool) {
     r.section(
@@ -277,7 +444,8 @@ fn real_xen_section(r: &mut Report, out: &std::path::Path, reuse: bool) {
          same commands on both, alternating a/b (b/a on even repetitions), timed with its own \
          clock (`/proc/uptime`, 10 ms): busybox `dd` O_DIRECT sequential write and read in 1 \
          MiB blocks, 4 KiB O_DIRECT reads one at a time, busybox `nc` of a file to dom0 over \
-         TCP; busybox `ping` domU → dom0. Under TCG every figure is that of an emulated CPU on \
+         TCP, ICMP echo exchanges one at a time (`ping -A`, 56 and 1400 data bytes); busybox \
+         `ping` domU → dom0 (average RTT). Under TCG every figure is that of an emulated CPU on \
          a shared machine: **only the ratios b/a mean anything**. Ratio: b's rate ÷ a's (for \
          RTT: b's time ÷ a's).",
         &[
@@ -302,25 +470,7 @@ fn real_xen_section(r: &mut Report, out: &std::path::Path, reuse: bool) {
     };
     let mut bars = Vec::new();
     for p in &x.pairs {
-        let mib = p.bytes as f64 / 1_048_576.0;
-        let (name, show): (String, Box<dyn Fn(f64) -> String>) = match p.op.as_str() {
-            "write" => (
-                format!("sequential write, {mib:.0} MiB O_DIRECT, 1 MiB blocks"),
-                Box::new(|ns| format!("{:.1} MB/s", 1_048_576.0 / ns * 1e3)),
-            ),
-            "read" => (
-                format!("sequential read, {mib:.0} MiB O_DIRECT, 1 MiB blocks"),
-                Box::new(|ns| format!("{:.1} MB/s", 1_048_576.0 / ns * 1e3)),
-            ),
-            "read4k" => (
-                format!("4 KiB O_DIRECT reads, QD 1 ({} per rep)", p.a.items),
-                Box::new(|ns| format!("{:.0} IOPS ({:.2} ms)", 1e9 / ns, ns / 1e6)),
-            ),
-            _ => (
-                format!("TCP domU → dom0, {mib:.0} MiB (busybox nc)"),
-                Box::new(|ns| format!("{:.1} Mbit/s", 8.0 * 1_048_576.0 / ns * 1e3)),
-            ),
-        };
+        let (name, show) = real_xen_workload(p);
         r.row(&[
             format!("{name}; {} reps", p.a.reps.min(p.b.reps)),
             format!("{} (best {})", show(p.a.median), show(p.a.min)),
@@ -331,7 +481,7 @@ fn real_xen_section(r: &mut Report, out: &std::path::Path, reuse: bool) {
                 p.a.min / p.b.min
             ),
         ]);
-        let unit = if p.op == "read4k" {
+        let unit = if p.op == "read4k" || p.op.starts_with("echo") {
             "ns/request"
         } else {
             "ns/MiB"
@@ -396,6 +546,7 @@ Verdict: {}; {}.",
             legend: ["ours / Linux dom0 (1 = parity)", "", ""],
         });
     }
+    real_xen_frontends(r, &x);
 }
 
 fn main() {

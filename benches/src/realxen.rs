@@ -1,12 +1,14 @@
 //! Suite `real-xen`: one real Xen boot (`xen-harness bench`, tests/xen-harness/src/bench.rs)
-//! in which one Linux PVH domU runs the same disk and TCP workload through Linux dom0's
+//! in which one Linux PVH domU runs the same disk and network workload through Linux dom0's
 //! xen-blkback/xen-netback (path a) and through our driver domain's blkback/netback (path b),
-//! alternating. Xen runs under QEMU TCG, so absolute figures are those of an emulated CPU on
-//! a shared machine; only the ratios b/a, taken in the same boot by the same guest, are worth
-//! reading.
+//! alternating; then our PVH guest (`run=bench`) runs the same block workload and echo
+//! exchanges with its own blkfront/netfront through dom0's backends (path c). Xen runs under
+//! QEMU TCG, so absolute figures are those of an emulated CPU on a shared machine; only the
+//! ratios b/a (backends) and c/a (frontends), taken in the same boot, are worth reading.
 //!
-//! This module runs the harness, parses what the domU and dom0 reported (`bench-results.txt`)
-//! and the driver domain's own `RESULT bench-*` lines, and hands back samples per path.
+//! This module runs the harness, parses what the guests and dom0 reported
+//! (`bench-results.txt`) and the driver domain's own `RESULT bench-*` lines, and hands back
+//! samples per path.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,24 +16,32 @@ use std::process::Command;
 
 use crate::harness::{sample, Sample};
 
-/// One workload measured on both paths.
+/// One workload measured on two paths.
 #[derive(Debug, Clone)]
 pub struct Pair {
-    /// `write`, `read`, `read4k`, `tcp`.
+    /// One of [`OPS`].
     pub op: String,
     /// Bytes per repetition.
     pub bytes: u64,
-    /// Path a (Linux's backends in dom0): ns per item (MiB, or 4 KiB request for `read4k`).
+    /// Path a (a Linux domU on Linux's backends in dom0): ns per item ([`unit`]).
     pub a: Sample,
-    /// Path b (our driver domain's backends).
+    /// The other path: b (the Linux domU on our driver domain's backends) in
+    /// [`RealXen::pairs`], c (our PVH guest's frontends on dom0's backends) in
+    /// [`RealXen::frontends`].
     pub b: Sample,
 }
 
 /// Everything the boot reported.
 #[derive(Debug, Clone, Default)]
 pub struct RealXen {
-    /// Block and TCP measurements present on both paths, in the order of [`OPS`].
+    /// Backends: measurements present on paths a and b, in the order of [`OPS`].
     pub pairs: Vec<Pair>,
+    /// Frontends: measurements present on paths a and c, in the order of [`OPS`].
+    pub frontends: Vec<Pair>,
+    /// `BENCHLOST` lines: echo replies that did not come.
+    pub lost: Vec<String>,
+    /// Our PVH guest's `RESULT bench` line (path c's verdict and what it negotiated).
+    pub pvh_result: String,
     /// Average ping RTT in ms: (`out` = domU → dom0 | `in` = dom0 → domU, path) → ms.
     pub ping: BTreeMap<(String, char), f64>,
     /// `BENCHFEAT`/`FEAT` lines: what the domU saw and what xenstore held per device.
@@ -49,7 +59,18 @@ pub struct RealXen {
 }
 
 /// The workloads, in table order.
-pub const OPS: [&str; 4] = ["write", "read", "read4k", "tcp"];
+pub const OPS: [&str; 6] = ["write", "read", "read4k", "tcp", "echo56", "echo1400"];
+
+/// Bytes per item of a workload: 1 MiB for transfers, one request for 4 KiB reads and echo
+/// exchanges (whose data size is in the name).
+pub fn unit(op: &str) -> u64 {
+    match op {
+        "read4k" => 4096,
+        "echo56" => 56,
+        "echo1400" => 1400,
+        _ => 1 << 20,
+    }
+}
 
 /// Why the suite cannot run here, if it cannot.
 fn missing_tools() -> Option<String> {
@@ -111,6 +132,17 @@ pub fn run_suite(out: &Path, reuse: bool) -> Result<RealXen, String> {
             results.display()
         )
     })?;
+    // dom0 collects the guests' lines once, at the end; its busybox tools crash now and then
+    // under TCG and a slow domU may still be measuring then. The guests' whole consoles are
+    // dumped beside it: every line of theirs counts once (a line names its repetition).
+    let mut text = text;
+    for log in ["bench-domu.log", "bench-pvh.log"] {
+        if let Ok(more) = std::fs::read_to_string(out.join("bench-x86_64").join(log)) {
+            text.push('\n');
+            text.push_str(&more.replace('\r', ""));
+        }
+    }
+    let text = unique_lines(&text);
     let debug =
         std::fs::read_to_string(out.join("bench-x86_64/guest-debug.log")).unwrap_or_default();
     let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default();
@@ -121,15 +153,27 @@ pub fn run_suite(out: &Path, reuse: bool) -> Result<RealXen, String> {
         r.features.retain(|f| !f.starts_with("FEAT "));
         r.features.extend(features_of_dump(&xs));
     }
-    if r.pairs.is_empty() {
+    if r.pairs.is_empty() && r.frontends.is_empty() {
         return Err(format!(
             "no figure on both paths ({}); logs in {}",
             r.verdict,
             out.display()
         ));
     }
-    r.pairs.sort_by_key(|p| OPS.iter().position(|o| *o == p.op));
     Ok(r)
+}
+
+/// `text`'s lines, each distinct one once, in their first order.
+pub fn unique_lines(text: &str) -> String {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = String::new();
+    for line in text.lines().map(str::trim) {
+        if !line.is_empty() && seen.insert(line) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The negotiation keys of each device directory in a `bench-xenstore.txt` dump
@@ -179,46 +223,66 @@ pub fn parse(text: &str, dd_debug: &str, summary: &str) -> RealXen {
     let mut runs: BTreeMap<(String, char), (u64, Vec<f64>)> = BTreeMap::new();
     for line in text.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
-        match w.as_slice() {
+        // The Linux domU's lines are in centiseconds (`/proc/uptime`), our PVH guest's
+        // (`BENCHNS`) in nanoseconds of Xen's system time.
+        let (op, path, bytes, ns) = match w.as_slice() {
             ["BENCH", op, path, _rep, bytes, cs, "0"] => {
-                let (Ok(bytes), Ok(cs), Some(p)) =
-                    (bytes.parse::<u64>(), cs.parse::<u64>(), path.chars().next())
-                else {
-                    continue;
-                };
-                if cs == 0 || bytes == 0 {
-                    continue; // below the guest clock's 10 ms resolution: no figure
-                }
-                let unit: u64 = if *op == "read4k" { 4096 } else { 1 << 20 };
-                let items = bytes as f64 / unit as f64;
-                let e = runs
-                    .entry(((*op).to_string(), p))
-                    .or_insert((bytes, Vec::new()));
-                e.1.push(cs as f64 * 1e7 / items);
+                (op, path, bytes, cs.parse::<u64>().map(|cs| cs * 10_000_000))
             }
+            ["BENCHNS", op, path, _rep, bytes, ns, "0"] => (op, path, bytes, ns.parse::<u64>()),
             ["BENCHPING", dir, path, avg] => {
                 if let (Ok(ms), Some(p)) = (avg.parse::<f64>(), path.chars().next()) {
                     r.ping.insert(((*dir).to_string(), p), ms);
                 }
+                continue;
             }
-            ["BENCHVERIFY", ..] => r.verified.push(line.trim().to_string()),
-            ["BENCHFEAT", ..] | ["FEAT", ..] => r.features.push(line.trim().to_string()),
-            ["BENCHERR", ..] => r.errors.push(line.trim().to_string()),
-            _ => {}
+            ["BENCHVERIFY", ..] => {
+                r.verified.push(line.trim().to_string());
+                continue;
+            }
+            ["BENCHFEAT", ..] | ["FEAT", ..] => {
+                r.features.push(line.trim().to_string());
+                continue;
+            }
+            ["BENCHERR", ..] => {
+                r.errors.push(line.trim().to_string());
+                continue;
+            }
+            ["BENCHLOST", ..] => {
+                r.lost.push(line.trim().to_string());
+                continue;
+            }
+            ["RESULT", "bench", ..] => {
+                r.pvh_result = line.trim().to_string();
+                continue;
+            }
+            _ => continue,
+        };
+        let (Ok(bytes), Ok(ns), Some(p)) = (bytes.parse::<u64>(), ns, path.chars().next()) else {
+            continue;
+        };
+        if ns == 0 || bytes == 0 {
+            continue; // below the guest clock's 10 ms resolution: no figure
         }
+        let items = bytes as f64 / unit(op) as f64;
+        let e = runs
+            .entry(((*op).to_string(), p))
+            .or_insert((bytes, Vec::new()));
+        e.1.push(ns as f64 / items);
     }
     for op in OPS {
-        let a = runs.get(&(op.to_string(), 'a'));
-        let b = runs.get(&(op.to_string(), 'b'));
-        if let (Some((bytes, pa)), Some((_, pb))) = (a, b) {
-            let unit: u64 = if op == "read4k" { 4096 } else { 1 << 20 };
-            let items = bytes / unit;
-            r.pairs.push(Pair {
-                op: op.to_string(),
-                bytes: *bytes,
-                a: sample(pa.clone(), items),
-                b: sample(pb.clone(), items),
-            });
+        for (other, out) in [('b', &mut r.pairs), ('c', &mut r.frontends)] {
+            let a = runs.get(&(op.to_string(), 'a'));
+            let b = runs.get(&(op.to_string(), other));
+            if let (Some((bytes, pa)), Some((_, pb))) = (a, b) {
+                let items = bytes / unit(op);
+                out.push(Pair {
+                    op: op.to_string(),
+                    bytes: *bytes,
+                    a: sample(pa.clone(), items),
+                    b: sample(pb.clone(), items),
+                });
+            }
         }
     }
     r.dd_results = dd_debug
@@ -274,6 +338,53 @@ mod tests {
         assert_eq!(r.verified, ["BENCHVERIFY a ok"]);
         assert_eq!(r.dd_results, ["RESULT bench-blk PASS 16 MiB"]);
         assert!(r.verdict.contains("PASS"));
+        assert!(r.frontends.is_empty());
+    }
+
+    #[test]
+    fn a_line_in_two_logs_counts_once() {
+        let both = "BENCH write a 1 8 200 0\nBENCH write a 2 8 100 0\n\
+            BENCH write a 1 8 200 0\r\nBENCH write b 1 8 300 0\n";
+        let u = unique_lines(&both.replace('\r', ""));
+        assert_eq!(
+            u,
+            "BENCH write a 1 8 200 0\nBENCH write a 2 8 100 0\nBENCH write b 1 8 300 0\n"
+        );
+        assert_eq!(parse(&u, "", "").pairs[0].a.reps, 2);
+    }
+
+    #[test]
+    fn parses_our_guests_nanosecond_lines_as_path_c() {
+        let text = "BENCH echo56 a 1 2800 150 0\n\
+            BENCH echo56 a 2 2800 250 0\n\
+            BENCH echo56 b 1 2800 100 0\n\
+            BENCHNS echo56 c 1 2800 500000000 0\n\
+            BENCHNS echo56 c 2 2800 700000000 0\n\
+            BENCHNS echo1400 c 1 70000 900000000 1\n\
+            BENCH read4k a 1 524288 64 0\n\
+            BENCHNS read4k c 1 524288 320000000 0\n\
+            BENCHLOST echo56 c 2 1 of 50\n\
+            RESULT bench PASS blk: abi X86_64 queues 2\n\
+            BENCHFEAT blk c pvh-xvda sectors=32768 queues 2\n";
+        let r = parse(text, "", "");
+        let ops: Vec<&str> = r.frontends.iter().map(|p| p.op.as_str()).collect();
+        // echo1400 c failed (rc 1) and has no path a: no pair.
+        assert_eq!(ops, ["read4k", "echo56"]);
+        // 128 reads in 0.64 s (a) and 0.32 s (c): 5 ms and 2.5 ms each.
+        let k = &r.frontends[0];
+        assert_eq!(k.a.items, 128);
+        assert!((k.a.median - 5e6).abs() < 1.0);
+        assert!((k.b.median - 2.5e6).abs() < 1.0);
+        // 50 echoes: a 1.5 s and 2.5 s → median 40 ms; c 0.5 s and 0.7 s → median 12 ms.
+        let e = &r.frontends[1];
+        assert_eq!((e.a.items, e.b.reps), (50, 2));
+        assert!((e.a.median - 40e6).abs() < 1.0);
+        assert!((e.b.median - 12e6).abs() < 1.0);
+        // Path b's echo is a backend pair with a.
+        assert_eq!(r.pairs.len(), 1);
+        assert_eq!(r.lost, ["BENCHLOST echo56 c 2 1 of 50"]);
+        assert!(r.pvh_result.starts_with("RESULT bench PASS"));
+        assert_eq!(r.features.len(), 1);
     }
 
     #[test]

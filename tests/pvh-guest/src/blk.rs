@@ -123,11 +123,12 @@ impl Driver<GuestXs> for FrontDriver {
     }
 }
 
-struct Driving<'x> {
+/// A frontend on its bus, stepped by its user (the checks here, `bench.rs`).
+pub(crate) struct Driving<'x> {
     ev: Events,
     xs: &'x mut GuestXs,
     bus: Bus<GuestXs>,
-    fe: Rc<RefCell<Fe>>,
+    pub(crate) fe: Rc<RefCell<Fe>>,
     more: bool,
     store_port: u32,
 }
@@ -173,7 +174,7 @@ impl Driving<'_> {
 
     /// Steps until `done` or the deadline; sleeps in `SCHEDOP_poll` on the store and queue
     /// ports when nothing happened.
-    fn run_until(
+    pub(crate) fn run_until(
         &mut self,
         ms: u64,
         mut done: impl FnMut(&mut Self) -> bool,
@@ -202,7 +203,7 @@ impl Driving<'_> {
     }
 
     /// Submits one bio and drives until its completion.
-    fn io(&mut self, bio: Bio<'static>) -> Result<Bio<'static>, String> {
+    pub(crate) fn io(&mut self, bio: Bio<'static>) -> Result<Bio<'static>, String> {
         self.fe
             .borrow_mut()
             .submit(bio)
@@ -229,7 +230,7 @@ fn sector_image(nonce: &str, sector: u64) -> [u8; 512] {
 }
 
 /// Pages for a bio of `pages` pages, filled from `fill(page index) -> 4096 bytes`.
-fn buffer(
+pub(crate) fn buffer(
     env: &GuestFrontEnv,
     pages: u32,
 ) -> Result<(PageRun<'static>, Vec<BufSeg<'static>>), String> {
@@ -326,6 +327,40 @@ pub fn run(
     report: &mut dyn FnMut(&str, Result<String, String>),
 ) {
     let pool: &'static PagePool = Box::leak(Box::new(PagePool::new()));
+    let (mut d, started, counters) = start(ev, xs, gt, domid, pool);
+    let Counters {
+        errors,
+        probes,
+        removes,
+    } = counters;
+    let first = started.and_then(|()| first_connection(&mut d, domid, nonce, &errors));
+    let ok = first.is_ok();
+    if let Err(e) = &first {
+        let _ = d.xs.write_str("data/pvh-blk", &format!("FAIL: {e}"));
+    }
+    report("blk", first);
+    if !ok || once {
+        return;
+    }
+    reattach(&mut d, domid, nonce, &probes, &removes, report);
+}
+
+/// What the frontend's platform and driver count: errors logged, probes, removes.
+pub(crate) struct Counters {
+    pub(crate) errors: Rc<Cell<u32>>,
+    probes: Rc<Cell<u32>>,
+    removes: Rc<Cell<u32>>,
+}
+
+/// A frontend (pages from `pool`) registered as the `vbd` driver of a started frontend bus;
+/// it connects as the returned [`Driving`] is stepped. The bus start's outcome beside it.
+pub(crate) fn start<'x>(
+    ev: Events,
+    xs: &'x mut GuestXs,
+    gt: &'static Gnttab,
+    domid: u16,
+    pool: &'static PagePool,
+) -> (Driving<'x>, Result<(), String>, Counters) {
     let env = GuestFrontEnv {
         gt,
         ev,
@@ -348,7 +383,7 @@ pub fn run(
         removes: Rc::clone(&removes),
     }));
     let started = bus.start(xs).map_err(|e| format!("bus start: {e}"));
-    let mut d = Driving {
+    let d = Driving {
         ev,
         xs,
         bus,
@@ -356,16 +391,23 @@ pub fn run(
         more: false,
         store_port,
     };
-    let first = started.and_then(|()| first_connection(&mut d, domid, nonce, &errors));
-    let ok = first.is_ok();
-    if let Err(e) = &first {
-        let _ = d.xs.write_str("data/pvh-blk", &format!("FAIL: {e}"));
-    }
-    report("blk", first);
-    if !ok || once {
-        return;
-    }
-    // dom0 now detaches the disk and attaches it again.
+    let counters = Counters {
+        errors,
+        probes,
+        removes,
+    };
+    (d, started, counters)
+}
+
+/// Scenario `blk-reattach`: dom0 detaches the disk and attaches it again.
+fn reattach(
+    d: &mut Driving<'_>,
+    domid: u16,
+    nonce: &str,
+    probes: &Cell<u32>,
+    removes: &Cell<u32>,
+    report: &mut dyn FnMut(&str, Result<String, String>),
+) {
     let second = (|| -> Result<String, String> {
         d.run_until(90_000, |d| {
             removes.get() >= 1 && probes.get() >= 2 && d.fe.borrow().is_connected()
@@ -383,11 +425,11 @@ pub fn run(
             let off = usize::try_from(s).unwrap_or(0) * 512;
             let _ = old.mem.copy_from_slice(off, &sector_image(nonce, s));
         }
-        let before = read_and_compare(&mut d, &old, 0, 10);
+        let before = read_and_compare(d, &old, 0, 10);
         d.fe.borrow().env().pool.free(&old);
         before?;
         // ...and the new connection writes and reads too.
-        write_and_verify(&mut d, nonce, u64::from(PAGES) * 8, 20)?;
+        write_and_verify(d, nonce, u64::from(PAGES) * 8, 20)?;
         let neg =
             d.fe.borrow()
                 .negotiated()
@@ -403,7 +445,7 @@ pub fn run(
         Ok(s) => format!("ok: {s}"),
         Err(e) => format!("FAIL: {e}"),
     };
-    let acked = handshake(&mut d, domid, "pvh-blk2", &msg);
+    let acked = handshake(d, domid, "pvh-blk2", &msg);
     report("blk-reattach", second.and_then(|s| acked.map(|()| s)));
 }
 

@@ -12,7 +12,8 @@
 //! on Xen's debug port (the harness reads them from Xen's serial console as `(dN)` lines) and
 //! on the PV console. The command line (`cmdline=` in the xl config) says what to do:
 //! `run=basic` (every check, then `SCHEDOP_shutdown(poweroff)`) or `run=busy` (set up, then
-//! keep the console and xenstore busy until the toolstack destroys the domain), plus
+//! keep the console and xenstore busy until the toolstack destroys the domain; `run=blk`,
+//! `run=net`, `run=dd` and `run=bench` are in their modules), plus
 //! `name=` (the xl name, checked against xenstore) and `nonce=` (a token dom0 looks for).
 //!
 //! Nothing here trusts a hypervisor- or toolstack-provided value enough to panic on it: every
@@ -23,6 +24,7 @@
 extern crate alloc;
 
 mod arch;
+mod bench;
 mod blk;
 mod console;
 mod dd;
@@ -358,6 +360,23 @@ pub fn guest_main(si: &arch::StartInfo) -> ! {
                 }
             }
             _ => g.report("dd", false, format_args!("no grant table or domid")),
+        }
+        g.shutdown(xen_sys::native::SHUTDOWN_poweroff)
+    }
+    if run == "bench" {
+        let gt: Option<&'static gnt::Gnttab> = gt.map(|gt| &*Box::leak(Box::new(gt)));
+        let r = match (gt, domid.and_then(|d| u16::try_from(d).ok())) {
+            (Some(gt), Some(domid)) => {
+                let ev = g.ev;
+                let sizes = bench::Sizes::parse(si.cmdline);
+                let mut say = |line: &str| g.say(line);
+                bench::run(ev, &mut xs, gt, domid, sizes, &mut say)
+            }
+            _ => Err(String::from("no grant table or domid")),
+        };
+        match r {
+            Ok(detail) => g.report("bench", true, format_args!("{detail}")),
+            Err(e) => g.report("bench", false, format_args!("{e}")),
         }
         g.shutdown(xen_sys::native::SHUTDOWN_poweroff)
     }

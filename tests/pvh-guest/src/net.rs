@@ -298,6 +298,8 @@ fn udp(src_port: u16, dst_port: u16, data: &[u8]) -> Vec<u8> {
 struct Seen {
     dom0_mac: Option<[u8; 6]>,
     echo_replies: u32,
+    /// Sequence number of the last echo reply to our id.
+    last_echo_seq: Option<u16>,
     pings_answered: u32,
     arps_answered: u32,
     udp_echo: Option<Vec<u8>>,
@@ -348,7 +350,10 @@ fn receive(mac: [u8; 6], frame: &[u8], seen: &mut Seen, out: &mut Vec<Vec<u8>>) 
                     let id = u16::from_be_bytes([l4[4], l4[5]]);
                     let seq = u16::from_be_bytes([l4[6], l4[7]]);
                     match l4[0] {
-                        0 if id == ICMP_ID => seen.echo_replies += 1,
+                        0 if id == ICMP_ID => {
+                            seen.echo_replies += 1;
+                            seen.last_echo_seq = Some(seq);
+                        }
                         3 => seen.unreachable += 1,
                         8 => {
                             let reply = icmp_echo(0, id, seq, &l4[8..]);
@@ -379,7 +384,8 @@ fn receive(mac: [u8; 6], frame: &[u8], seen: &mut Seen, out: &mut Vec<Vec<u8>>) 
     }
 }
 
-struct Net<'x> {
+/// A netfront on its bus, stepped by its user (the checks here, `bench.rs`).
+pub(crate) struct Net<'x> {
     ev: Events,
     xs: &'x mut GuestXs,
     bus: Bus<GuestXs>,
@@ -492,31 +498,8 @@ fn handshake(n: &mut Net<'_>, domid: u16, key: &str, value: &str) -> Result<(), 
 
 /// Waits for a connection, then ARP, 3 pings and the UDP echo; returns the summary.
 fn exchange(n: &mut Net<'_>, nonce: &str) -> Result<String, String> {
-    n.run_until(60_000, |n| {
-        n.slot.borrow().is_some()
-            && n.bus
-                .devices()
-                .next()
-                .is_some_and(|d| d.otherend_state() == XenbusState::Connected)
-    })
-    .map_err(|e| format!("connecting: {e}"))?;
-    n.seen = Seen::default();
+    let dom0_mac = connect(n)?;
     let mac = n.mac();
-
-    // ARP for dom0 (retried: the bridge port may still be coming up).
-    let who_has = eth(
-        [0xFF; 6],
-        mac,
-        0x0806,
-        &arp(1, mac, GUEST_IP, [0; 6], DOM0_IP),
-    );
-    for _ in 0..20 {
-        n.send(&who_has)?;
-        if n.run_until(500, |n| n.seen.dom0_mac.is_some()).is_ok() {
-            break;
-        }
-    }
-    let dom0_mac = n.seen.dom0_mac.ok_or("no ARP reply from 10.99.0.1")?;
 
     // Ping dom0.
     let t0 = time::now_ns(&n.ev.si).unwrap_or(0);
@@ -564,14 +547,79 @@ fn exchange(n: &mut Net<'_>, nonce: &str) -> Result<String, String> {
             ))
         }
     }
+    Ok(format!(
+        "{}; ping rtt {rtt_us} us; udp echo ok",
+        features(n)?
+    ))
+}
+
+/// The connection's MAC, queues and the backend's offer, for reports.
+pub(crate) fn features(n: &Net<'_>) -> Result<String, String> {
     let s = n.slot.borrow();
     let s = s.as_ref().ok_or("disconnected")?;
-    let o = s.offer;
+    let (mac, o) = (s.mac, s.offer);
     Ok(format!(
-        "mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}; queues {}/{} split {} sg {} gso4 {} gso6 {} csum6 {} ctrl {}; ping rtt {rtt_us} us; udp echo ok",
+        "mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}; queues {}/{} split {} sg {} gso4 {} gso6 {} csum6 {} ctrl {}",
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
         s.setup.queues.len(), o.max_queues, s.setup.split, o.sg, o.gso_v4, o.gso_v6, o.ipv6_csum, o.ctrl_ring,
     ))
+}
+
+/// One ICMP echo request to dom0 with `payload` bytes of data and sequence number `seq`;
+/// whether its reply came within `ms` milliseconds (`bench.rs`: a request/response rate both
+/// our stack and a Linux guest's `ping` can drive, answered by dom0's kernel).
+pub(crate) fn echo(
+    n: &mut Net<'_>,
+    dom0_mac: [u8; 6],
+    seq: u16,
+    payload: usize,
+    ms: u64,
+) -> Result<bool, String> {
+    let mac = n.mac();
+    let data = alloc::vec![0xA5u8; payload];
+    let req = icmp_echo(8, ICMP_ID, seq, &data);
+    n.send(&eth(
+        dom0_mac,
+        mac,
+        0x0800,
+        &ipv4(1, GUEST_IP, DOM0_IP, seq, &req),
+    ))?;
+    match n.run_until(ms, |n| n.seen.last_echo_seq == Some(seq)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.starts_with("timed out") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits for a connection and asks for dom0's MAC (ARP, retried); returns it.
+pub(crate) fn connect(n: &mut Net<'_>) -> Result<[u8; 6], String> {
+    n.run_until(60_000, |n| {
+        n.slot.borrow().is_some()
+            && n.bus
+                .devices()
+                .next()
+                .is_some_and(|d| d.otherend_state() == XenbusState::Connected)
+    })
+    .map_err(|e| format!("connecting: {e}"))?;
+    n.seen = Seen::default();
+    let mac = n.mac();
+
+    // ARP for dom0 (retried: the bridge port may still be coming up).
+    let who_has = eth(
+        [0xFF; 6],
+        mac,
+        0x0806,
+        &arp(1, mac, GUEST_IP, [0; 6], DOM0_IP),
+    );
+    for _ in 0..20 {
+        n.send(&who_has)?;
+        if n.run_until(500, |n| n.seen.dom0_mac.is_some()).is_ok() {
+            break;
+        }
+    }
+    n.seen
+        .dom0_mac
+        .ok_or_else(|| String::from("no ARP reply from 10.99.0.1"))
 }
 
 /// The scenarios `net` and `net-reattach`; each result goes to `report`.
@@ -584,6 +632,21 @@ pub fn run(
     report: &mut dyn FnMut(&str, Result<String, String>),
 ) {
     let pool: &'static PagePool = Box::leak(Box::new(PagePool::new()));
+    let (mut n, started, removes) = start(ev, xs, gt, domid, pool);
+    let first = started.and_then(|()| exchange(&mut n, nonce));
+    checks(n, first, &removes, domid, nonce, report);
+}
+
+/// A netfront (2 queues, pages from `pool`) registered as the `vif` driver of a started
+/// frontend bus; it connects as the returned [`Net`] is stepped. The bus start's outcome and
+/// the driver's count of removes beside it.
+pub(crate) fn start<'x>(
+    ev: Events,
+    xs: &'x mut GuestXs,
+    gt: &'static Gnttab,
+    domid: u16,
+    pool: &'static PagePool,
+) -> (Net<'x>, Result<(), String>, Rc<core::cell::Cell<u32>>) {
     let slot: Slot = Rc::new(RefCell::new(None));
     let error = Rc::new(RefCell::new(None));
     let removes = Rc::new(core::cell::Cell::new(0));
@@ -603,7 +666,7 @@ pub fn run(
         removes: Rc::clone(&removes),
     }));
     let started = bus.start(xs).map_err(|e| format!("bus start: {e}"));
-    let mut n = Net {
+    let n = Net {
         ev,
         xs,
         bus,
@@ -612,7 +675,18 @@ pub fn run(
         store_port,
         seen: Seen::default(),
     };
-    let first = started.and_then(|()| exchange(&mut n, nonce));
+    (n, started, removes)
+}
+
+/// The rest of the scenarios `net` and `net-reattach`, after [`start`].
+fn checks(
+    mut n: Net<'_>,
+    first: Result<String, String>,
+    removes: &core::cell::Cell<u32>,
+    domid: u16,
+    nonce: &str,
+    report: &mut dyn FnMut(&str, Result<String, String>),
+) {
     let msg = match &first {
         Ok(s) => s.clone(),
         Err(e) => format!("FAIL: {e}"),

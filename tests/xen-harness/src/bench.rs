@@ -14,7 +14,16 @@
 //! times it with its own clock (`/proc/uptime`, 10 ms): O_DIRECT sequential write and read of
 //! [`BLK_MIB`] MiB in 1 MiB `dd` blocks, 4 KiB O_DIRECT reads one at a time, then reads both
 //! disks back and compares them with what it wrote; pings dom0 through each vif, sends
-//! [`NET_MIB`] MiB to dom0's `nc` listeners through each.
+//! [`NET_MIB`] MiB to dom0's `nc` listeners through each, and times [`NET_ECHO`] ICMP echo
+//! exchanges with 56 and with 1400 data bytes (`ping -A`) through each.
+//!
+//! Path **c** (our frontends on Linux's backends): after the domU, our PVH guest
+//! (tests/pvh-guest, `run=bench`, bench.rs there) gets the RAM disk path a used (`xvda` from
+//! dom0's xen-blkback) and a vif on dom0's xen-netback, and runs the same block workload (1
+//! MiB bios, 4 KiB reads at queue depth 1) and the same echo exchanges with its own tiny
+//! stack, timed with Xen's system time (ns): `BENCHNS` lines. Path c against path a compares
+//! the frontends (ours vs Linux's) on the same backends, in the same boot but one after the
+//! other (the two guests cannot alternate), within [`PVH_SECS`].
 //! It prints `BENCH <op> <path> <rep> <bytes> <centiseconds> <rc>`, `BENCHPING out <path> <avg
 //! ms>` and `BENCHFEAT` lines; dom0 adds the negotiated features from xenstore (`FEAT`
 //! lines, taken while the devices are connected) and dumps everything as `bench-results.txt`;
@@ -32,21 +41,27 @@
 //! results when it failed). Not part of `cargo kmod test` (not in `Scenario::ALL`).
 
 /// MiB per sequential block transfer (the RAM disks have 16 MiB).
-pub const BLK_MIB: u32 = 4;
+pub const BLK_MIB: u32 = 8;
 /// 4 KiB reads per latency measurement.
-pub const BLK_4K: u32 = 64;
-/// Alternating repetitions of each block measurement.
+pub const BLK_4K: u32 = 128;
+/// Alternating repetitions of each block measurement (the tables take the median).
 pub const BLK_REPS: u32 = 3;
 /// MiB per TCP transfer.
-pub const NET_MIB: u32 = 1;
-/// Alternating repetitions of each TCP transfer (dom0 listens on 7101 .. 7100 + 2 × this).
-pub const NET_REPS: u32 = 2;
+pub const NET_MIB: u32 = 2;
+/// Alternating repetitions of each TCP transfer (dom0 listens on 7101 .. 7100 + 2 × this)
+/// and of each echo measurement.
+pub const NET_REPS: u32 = 3;
+/// ICMP echo requests per echo measurement (56 and 1400 data bytes; `ping -A` in the Linux
+/// domU, `run=bench` in our PVH guest).
+pub const NET_ECHO: u32 = 30;
+/// Seconds the PVH guest's part may take (after the Linux domU's, which has 840).
+pub const PVH_SECS: u32 = 240;
 
 /// The domU script (sourced by the domU's `/init` with `$nonce`, `verdict` and `wait_for`).
 const DOMU_SCRIPT: &str = r#"
 # bench (tests/xen-harness/src/bench.rs): path a = dom0's xen-blkback/xen-netback, path b = the
 # driver domain's blkback/netback; the same workload on both, alternating.
-MIB=@BLK_MIB@ K4=@BLK_4K@ REPS=@BLK_REPS@ NMIB=@NET_MIB@ NREPS=@NET_REPS@
+MIB=@BLK_MIB@ K4=@BLK_4K@ REPS=@BLK_REPS@ NMIB=@NET_MIB@ NREPS=@NET_REPS@ NECHO=@NET_ECHO@
 # cs: the domU's clock in centiseconds (/proc/uptime has two decimals).
 cs() { local u r; read u r < /proc/uptime; echo "${u%.*}${u#*.}"; }
 # timed OP PATH REP BYTES CMD...: one measurement line; fails when CMD fails.
@@ -58,6 +73,20 @@ timed() {
     rc=$?
     t1=$(cs)
     echo "BENCH $op $p $r $b $((t1 - t0)) $rc"
+    [ "$rc" = 0 ]
+}
+# timed_ping PATH REP SIZE: NECHO echo requests of SIZE data bytes to dom0, each sent when the
+# previous reply is in (busybox ping -A; after 1 s without one, the next goes anyway). dom0's
+# kernel answers: no dom0 process in the loop. A BENCHLOST line when replies were missing.
+timed_ping() {
+    local p=$1 r=$2 s=$3 t0 t1 rc got
+    t0=$(cs)
+    timeout 300 ping -A -c "$NECHO" -s "$s" 10.99.0.1 > /tmp/echo.out 2>&1
+    rc=$?
+    t1=$(cs)
+    echo "BENCH echo$s $p $r $((NECHO * s)) $((t1 - t0)) $rc"
+    got=$(grep -o '[0-9]* packets received' /tmp/echo.out | cut -d' ' -f1)
+    [ "${got:-0}" = "$NECHO" ] || echo "BENCHLOST echo$s $p $r $((NECHO - ${got:-0})) of $NECHO"
     [ "$rc" = 0 ]
 }
 # err WHY: a BENCHERR line; WHY goes into the verdict.
@@ -134,6 +163,14 @@ bench_net() {
             route_via $p
             timed tcp $p $r $((NMIB * 1048576)) timeout 200 nc 10.99.0.1 $port < /tmp/net || { ok=1; why="net: tcp $p rep $r failed"; }
             port=$((port + 1))
+        done
+    done
+    for r in $(seq 1 $NREPS); do
+        for s in 56 1400; do
+            for p in $(order $r); do
+                route_via $p
+                timed_ping $p $r $s || { ok=1; why="net: echo$s $p rep $r failed"; }
+            done
         done
     done
     return $ok
@@ -224,16 +261,72 @@ EOC
     kill $lp 2>/dev/null
     exec 5>&-
     { domu_log "$n" | grep '^BENCH'; cat /tmp/bench-dom0.txt; } > "$res"
-    domu_verdict "$n" bench "$a"
+    v=$(domu_verdict "$n" bench "$a")
     domu_finish "$n"
     dd_detach_vbd "$fe" "$dd" 51728
     dd_detach_vif "$fe" "$dd" 1
     dd_report "$dd" bench-blk vbd "$fe" 51728 x86_64-abi
     dd_report "$dd" bench-net vif "$fe" 1 -
+    bench_pvh "$a" "$3"
+    { domu_log "pvh-benchc-$a" | grep -e '^BENCH' -e '^RESULT bench '; cat /tmp/bench-dom0c.txt; } >> "$res"
+    c=$(domu_log "pvh-benchc-$a" | grep '^RESULT bench ' | tail -n 1)
+    case "$v" in
+    "CHECK bench $a PASS "*)
+        case "$c" in
+        "RESULT bench PASS "*) echo "$v; pvh ok" ;;
+        *) echo "CHECK bench $a FAIL pvh guest: $(echo "${c:-no RESULT bench line}" | cut -c1-70)" ;;
+        esac
+        ;;
+    *) echo "$v" ;;
+    esac
     dump_file bench-results.txt "$res"
     dump_file bench-xenstore.txt /tmp/bench-xs.txt
     dump_file bench-domu.log "/tmp/xc/guest-$n.log"
+    dump_file bench-pvh.log "/tmp/xc/guest-pvh-benchc-$a.log"
 }
+# bench_pvh ARCH NONCE: path c, our PVH guest's blkfront and netfront (run=bench) against
+# dom0's xen-blkback (the same brd RAM disk the Linux domU's xvda had) and xen-netback on
+# xenbr0; the same workload as the Linux domU's path a, timed with Xen's system time.
+bench_pvh() {
+    local a=$1 n=pvh-benchc-$1 fe
+    bench_end=$(($(date +%s) + @PVH_SECS@))
+    rm -f /tmp/bench-dom0c.txt
+    cat > "/tmp/$n.cfg" <<EOC
+name = "$n"
+type = "pvh"
+kernel = "/guests/pvh-guest-$a"
+cmdline = "run=bench name=$n nonce=$2 bmib=@BLK_MIB@ b4k=@BLK_4K@ breps=@BLK_REPS@ necho=@NET_ECHO@ nreps=@NET_REPS@"
+memory = 128
+vcpus = 1
+tsc_mode = "native"
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "preserve"
+disk = [ 'format=raw, vdev=xvda, access=rw, script=/etc/xen/scripts/pvh-block, target=/dev/ram0' ]
+vif = [ 'mac=00:16:3e:5a:03:03, bridge=xenbr0, script=/etc/xen/scripts/pvh-vif' ]
+EOC
+    ip neigh flush dev xenbr0 2>/dev/null
+    if ! xl create "/tmp/$n.cfg"; then
+        dump_file xl.log "/var/log/xen/xl-$n.log"
+        echo "NOTE bench $a xl create of the PVH guest failed"
+        return
+    fi
+    fe=$(xl domid "$n")
+    echo "NOTE bench $a PVH guest d$fe (path c)"
+    ack_xenstore "$a" "$fe" "$2" | sed 's/^CHECK xenstore/NOTE xenstore/'
+    if wait_secs "$(bench_left)" bench_said_c "$n" 'BENCHFEAT blk c'; then
+        bench_feat blk-c-frontend "/local/domain/$fe/device/vbd/51712"
+        bench_feat blk-c-backend "/local/domain/0/backend/vbd/$fe/51712"
+    fi >> /tmp/bench-dom0c.txt
+    if wait_secs "$(bench_left)" bench_said_c "$n" 'BENCHFEAT net c'; then
+        bench_feat net-c-frontend "/local/domain/$fe/device/vif/0"
+        bench_feat net-c-backend "/local/domain/0/backend/vif/$fe/0"
+    fi >> /tmp/bench-dom0c.txt
+    wait_secs "$(bench_left)" bench_said_c "$n" 'RESULT bench'
+    domu_finish "$n"
+}
+# bench_said_c NAME PREFIX: the PVH guest printed a line starting with PREFIX, or is gone.
+bench_said_c() { domu_log "$1" | grep -q "^$2" || gone "$1"; }
 "#;
 
 /// Fills in the sizes.
@@ -243,6 +336,8 @@ fn sized(text: &str) -> String {
         .replace("@BLK_REPS@", &BLK_REPS.to_string())
         .replace("@NET_MIB@", &NET_MIB.to_string())
         .replace("@NET_REPS@", &NET_REPS.to_string())
+        .replace("@NET_ECHO@", &NET_ECHO.to_string())
+        .replace("@PVH_SECS@", &PVH_SECS.to_string())
 }
 
 /// dom0's functions with the sizes filled in.
@@ -267,17 +362,28 @@ mod tests {
     fn scripts_agree_on_names_and_sizes() {
         let domu = String::from_utf8(domu_files().remove(0).2).unwrap();
         let dom0 = dom0_functions();
-        for placeholder in ["@BLK_", "@NET_"] {
+        for placeholder in ["@BLK_", "@NET_", "@PVH_"] {
             assert!(!domu.contains(placeholder) && !dom0.contains(placeholder));
         }
-        assert!(domu.contains("MIB=4 K4=64 REPS=3 NMIB=1 NREPS=2"));
+        assert!(domu.contains("MIB=8 K4=128 REPS=3 NMIB=2 NREPS=3 NECHO=30"));
+        // The PVH guest gets the same sizes on its command line, and its disk is the RAM
+        // disk the Linux domU's path a used.
+        assert!(dom0.contains("run=bench name=$n nonce=$2 bmib=8 b4k=128 breps=3 necho=30 nreps=3"));
+        assert!(dom0.contains("target=/dev/ram0' ]\nvif = [ 'mac=00:16:3e:5a:03:03,"));
+        assert!(dom0.contains("bench_end=$(($(date +%s) + 240))"));
+        // dom0 waits for the lines the guest prints (tests/pvh-guest/src/bench.rs).
+        for line in ["BENCHFEAT blk c", "BENCHFEAT net c", "RESULT bench"] {
+            assert!(dom0.contains(&format!("bench_said_c \"$n\" '{line}'")));
+        }
+        // The echo sizes are the guest's.
+        assert!(domu.contains("for s in 56 1400; do"));
         // The markers dom0 waits for are the ones the domU prints.
         for word in ["BLKSTART", "NETUP"] {
             assert!(domu.contains(&format!("echo \"BENCH {word}\"")));
             assert!(dom0.contains(&format!("bench_said \"$n\" {word}")));
         }
         // dom0 listens on as many ports as the domU uses.
-        assert!(dom0.contains("$(seq 7101 $((7100 + 2 * 2)))"));
+        assert!(dom0.contains("$(seq 7101 $((7100 + 2 * 3)))"));
         assert!(domu.contains("port=7101"));
         // Disk b is xvdb (51728 = 202 << 8 | 16), vif b is vif/1.
         assert_eq!((202 << 8) | 16, 51728);
