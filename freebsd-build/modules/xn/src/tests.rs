@@ -26,56 +26,13 @@ mod fake_xenrs_api;
 
 /// Fakes of the shim's functions (`xn_kmod.c`).
 mod shim {
-    use std::collections::BTreeMap;
     use std::ffi::{c_char, c_int, c_void};
-    use std::sync::{Mutex, PoisonError};
 
-    #[derive(Debug, Default)]
-    pub struct State {
-        /// Live ifnets: handle -> (mac, caps, enabled, mtu).
-        pub ifnets: BTreeMap<usize, ([u8; 6], u32, u32, i32)>,
-        pub destroyed: usize,
-        /// Link changes in order.
-        pub links: Vec<bool>,
-        /// Packets to transmit: handle -> bytes.
-        pub tx: BTreeMap<usize, Vec<u8>>,
-        /// Received mbufs: handle -> (bytes, csum_valid).
-        pub rx: BTreeMap<usize, (Vec<u8>, bool)>,
-        /// Mbufs passed to if_input, in order.
-        pub input: Vec<usize>,
-        pub ipv4: Option<[u8; 4]>,
-        /// Transmitted mbufs freed by the glue.
-        pub freed: usize,
-        /// The softc each ifnet was created with.
-        pub softcs: BTreeMap<usize, usize>,
-        pub sysctl_live: usize,
-        pub next: usize,
-    }
-
-    static STATE: Mutex<Option<State>> = Mutex::new(None);
-
-    pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
-        let mut g = STATE.lock().unwrap_or_else(PoisonError::into_inner);
-        f(g.get_or_insert_with(State::default))
-    }
-
-    pub fn reset() {
-        with(|s| *s = State::default());
-    }
-
-    fn next(s: &mut State) -> usize {
-        s.next += 1;
-        0x10_0000 + s.next * 16
-    }
-
-    /// A packet for the glue's transmit path.
-    pub fn mbuf(bytes: &[u8]) -> usize {
-        with(|s| {
-            let h = next(s);
-            s.tx.insert(h, bytes.to_vec());
-            h
-        })
-    }
+    include!("../../fake_ifnet.rs");
+    fake_ifnet!(xn, ([u8; 6], u32, u32, i32), {
+        /// What `xenrs_xn_ipv4` answers.
+        ipv4: Option<[u8; 4]>,
+    });
 
     /// # Safety
     /// `mac` is valid for 6 bytes.
@@ -109,69 +66,6 @@ mod shim {
         });
     }
 
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_ifnet_destroy(ifp: *mut c_void) {
-        with(|s| {
-            s.ifnets.remove(&(ifp as usize)).expect("live ifnet");
-            s.destroyed += 1;
-        });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_link(ifp: *mut c_void, up: c_int) {
-        with(|s| {
-            assert!(
-                s.ifnets.contains_key(&(ifp as usize)),
-                "link of a dead ifnet"
-            );
-            s.links.push(up != 0);
-        });
-    }
-
-    /// # Safety
-    /// `buf` is valid for `len` bytes.
-    #[no_mangle]
-    pub unsafe extern "C" fn xenrs_xn_m_copydata(m: *mut c_void, off: u32, len: u32, buf: *mut u8) {
-        let src = with(|s| s.tx.get(&(m as usize)).cloned()).expect("live mbuf");
-        let (off, len) = (off as usize, len as usize);
-        // SAFETY: by contract.
-        unsafe { std::ptr::copy_nonoverlapping(src[off..off + len].as_ptr(), buf, len) };
-    }
-
-    /// # Safety
-    /// `data` is valid for `len` bytes.
-    #[no_mangle]
-    pub unsafe extern "C" fn xenrs_xn_mbuf(
-        _ifp: *mut c_void,
-        data: *const u8,
-        len: u32,
-        csum_valid: c_int,
-    ) -> *mut c_void {
-        // SAFETY: by contract.
-        let bytes = unsafe { std::slice::from_raw_parts(data, len as usize) }.to_vec();
-        with(|s| {
-            let h = next(s);
-            s.rx.insert(h, (bytes, csum_valid != 0));
-            h as *mut c_void
-        })
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_input(ifp: *mut c_void, m: *mut c_void) {
-        with(|s| {
-            assert_eq!(
-                freebsd_kpi::fake::locks_held(),
-                0,
-                "if_input with a lock of the interface held"
-            );
-            assert!(
-                s.ifnets.contains_key(&(ifp as usize)),
-                "input on a dead ifnet"
-            );
-            s.input.push(m as usize);
-        });
-    }
-
     /// # Safety
     /// `out` is valid for 4 bytes.
     #[no_mangle]
@@ -184,30 +78,6 @@ mod shim {
             }
             None => 0,
         }
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_m_freem(m: *mut c_void) {
-        with(|s| {
-            assert!(
-                s.tx.remove(&(m as usize)).is_some(),
-                "m_freem of an unknown mbuf"
-            );
-            s.freed += 1;
-        });
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_sysctl_attach(_softc: *mut c_void, _unit: u32) -> *mut c_void {
-        with(|s| {
-            s.sysctl_live += 1;
-            next(s) as *mut c_void
-        })
-    }
-
-    #[no_mangle]
-    pub extern "C" fn xenrs_xn_sysctl_detach(_ctx: *mut c_void) {
-        with(|s| s.sysctl_live -= 1);
     }
 }
 

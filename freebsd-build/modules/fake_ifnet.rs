@@ -1,0 +1,152 @@
+// Fakes of the shim functions xn.ko and xnb.ko share (`XENRS_IFNET_GLUE` in
+// `include/xenrs_ifnet.h`, `XENRS_SYSCTL_DEV` in `include/xenrs_glue.h`), for their host tests:
+// `include!`d into each test crate's `shim` module, then `fake_ifnet!(xn, <ifnet record>)`
+// defines the state they record (plus the crate's own fields), `with`/`reset`/`mbuf`, and the
+// `#[no_mangle]` fakes under the module's prefix.
+
+/// `fake_ifnet!(prefix, IfnetRecord, { extra_field: Type, ... })`.
+macro_rules! fake_ifnet {
+    ($m:ident, $ifnet:ty, { $($(#[$doc:meta])* $field:ident : $fty:ty),* $(,)? }) => {
+        #[derive(Debug, Default)]
+        pub struct State {
+            /// Live ifnets: handle -> the crate's record.
+            pub ifnets: std::collections::BTreeMap<usize, $ifnet>,
+            pub destroyed: usize,
+            /// Link changes in order.
+            pub links: Vec<bool>,
+            /// Packets to transmit: handle -> bytes.
+            pub tx: std::collections::BTreeMap<usize, Vec<u8>>,
+            /// Received mbufs: handle -> (bytes, csum_valid).
+            pub rx: std::collections::BTreeMap<usize, (Vec<u8>, bool)>,
+            /// Mbufs passed to if_input, in order.
+            pub input: Vec<usize>,
+            /// Transmitted mbufs freed by the glue.
+            pub freed: usize,
+            /// The softc each ifnet was created with.
+            pub softcs: std::collections::BTreeMap<usize, usize>,
+            pub sysctl_live: usize,
+            pub next: usize,
+            $($(#[$doc])* pub $field: $fty,)*
+        }
+
+        static STATE: std::sync::Mutex<Option<State>> = std::sync::Mutex::new(None);
+
+        pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+            let mut g = STATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(g.get_or_insert_with(State::default))
+        }
+
+        pub fn reset() {
+            with(|s| *s = State::default());
+        }
+
+        fn next(s: &mut State) -> usize {
+            s.next += 1;
+            0x10_0000 + s.next * 16
+        }
+
+        /// A packet for the glue's transmit path.
+        pub fn mbuf(bytes: &[u8]) -> usize {
+            with(|s| {
+                let h = next(s);
+                s.tx.insert(h, bytes.to_vec());
+                h
+            })
+        }
+
+        #[export_name = concat!("xenrs_", stringify!($m), "_ifnet_destroy")]
+        pub extern "C" fn ifnet_destroy(ifp: *mut std::ffi::c_void) {
+            with(|s| {
+                s.ifnets.remove(&(ifp as usize)).expect("live ifnet");
+                s.destroyed += 1;
+            });
+        }
+
+        #[export_name = concat!("xenrs_", stringify!($m), "_link")]
+        pub extern "C" fn link(ifp: *mut std::ffi::c_void, up: std::ffi::c_int) {
+            with(|s| {
+                assert!(
+                    s.ifnets.contains_key(&(ifp as usize)),
+                    "link of a dead ifnet"
+                );
+                s.links.push(up != 0);
+            });
+        }
+
+        /// # Safety
+        /// `buf` is valid for `len` bytes.
+        #[export_name = concat!("xenrs_", stringify!($m), "_m_copydata")]
+        pub unsafe extern "C" fn m_copydata(
+            m: *mut std::ffi::c_void,
+            off: u32,
+            len: u32,
+            buf: *mut u8,
+        ) {
+            let src = with(|s| s.tx.get(&(m as usize)).cloned()).expect("live mbuf");
+            let (off, len) = (off as usize, len as usize);
+            // SAFETY: by contract.
+            unsafe { std::ptr::copy_nonoverlapping(src[off..off + len].as_ptr(), buf, len) };
+        }
+
+        /// # Safety
+        /// `data` is valid for `len` bytes.
+        #[export_name = concat!("xenrs_", stringify!($m), "_mbuf")]
+        pub unsafe extern "C" fn mbuf_rx(
+            _ifp: *mut std::ffi::c_void,
+            data: *const u8,
+            len: u32,
+            csum_valid: std::ffi::c_int,
+        ) -> *mut std::ffi::c_void {
+            // SAFETY: by contract.
+            let bytes = unsafe { std::slice::from_raw_parts(data, len as usize) }.to_vec();
+            with(|s| {
+                let h = next(s);
+                s.rx.insert(h, (bytes, csum_valid != 0));
+                h as *mut std::ffi::c_void
+            })
+        }
+
+        #[export_name = concat!("xenrs_", stringify!($m), "_input")]
+        pub extern "C" fn input(ifp: *mut std::ffi::c_void, m: *mut std::ffi::c_void) {
+            with(|s| {
+                assert_eq!(
+                    freebsd_kpi::fake::locks_held(),
+                    0,
+                    "if_input with a lock of the interface held"
+                );
+                assert!(
+                    s.ifnets.contains_key(&(ifp as usize)),
+                    "input on a dead ifnet"
+                );
+                s.input.push(m as usize);
+            });
+        }
+
+        #[export_name = concat!("xenrs_", stringify!($m), "_m_freem")]
+        pub extern "C" fn m_freem(m: *mut std::ffi::c_void) {
+            with(|s| {
+                assert!(
+                    s.tx.remove(&(m as usize)).is_some(),
+                    "m_freem of an unknown mbuf"
+                );
+                s.freed += 1;
+            });
+        }
+
+        #[export_name = concat!("xenrs_", stringify!($m), "_sysctl_attach")]
+        pub extern "C" fn sysctl_attach(
+            _softc: *mut std::ffi::c_void,
+            _unit: u32,
+        ) -> *mut std::ffi::c_void {
+            with(|s| {
+                s.sysctl_live += 1;
+                next(s) as *mut std::ffi::c_void
+            })
+        }
+
+        #[export_name = concat!("xenrs_", stringify!($m), "_sysctl_detach")]
+        pub extern "C" fn sysctl_detach(_ctx: *mut std::ffi::c_void) {
+            with(|s| s.sysctl_live -= 1);
+        }
+    };
+}
