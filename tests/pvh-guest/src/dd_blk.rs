@@ -248,11 +248,19 @@ impl Driver<GuestXs> for BlkDriver {
                 s.earlier_connections = old.earlier_connections + old.stats.connections;
                 s.instances = old.instances + 1;
             }
+            let st = &s.stats;
             crate::e9!(
-                "dd-blk: {} removed (device {} of this frontend device; {} connection(s) in all), {} foreign slots mapped now",
+                "dd-blk: {} removed (device {} of this frontend device; {} connection(s) in all; this one {} req {}r {}w {}ind {} pmaps {} phits err {}), {} foreign slots mapped now",
                 dev.nodename(),
                 s.instances,
-                s.earlier_connections + s.stats.connections,
+                s.earlier_connections + st.connections,
+                st.requests,
+                st.reads,
+                st.writes,
+                st.indirect,
+                st.persistent_maps,
+                st.persistent_hits,
+                st.errors,
                 self.env.slots.in_use()
             );
             sh.gone.insert(key, s);
