@@ -110,9 +110,14 @@ EOC
     ge=$(xl domid "$g")
     p=/local/domain/$ge/data
     dd_attach_vif "$ge" "$dd" 0 "00:16:3e:5a:03:0$m" || echo "NOTE dd-hostile $a writing the good vif failed"
-    socat -T 300 UDP4-RECVFROM:5555,bind=10.99.0.1,reuseaddr,fork PIPE &
-    sp=$!
-    wait_for 300 udp_listening || echo "NOTE dd-hostile $a socat is not listening on UDP 5555"
+    # Started up to three times: socat itself has segfaulted in ld.so at start under TCG.
+    for sp in 1 2 3; do
+        socat -T 300 UDP4-RECVFROM:5555,bind=10.99.0.1,reuseaddr,fork PIPE &
+        sp=$!
+        wait_for 100 udp_listening && break
+        echo "NOTE dd-hostile $a socat is not listening on UDP 5555"
+        kill "$sp" 2>/dev/null
+    done
     ip neigh flush dev xenbr0 2>/dev/null
     wait_secs 300 hostile_net_started "$h" || echo "NOTE dd-hostile $a no HOSTILE net START within 300 s"
     xl unpause "$ge"
