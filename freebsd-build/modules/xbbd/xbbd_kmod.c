@@ -3,12 +3,14 @@
  *
  * xbbd.ko: module registration and the thin FreeBSD side of the block backend: the backing
  * object of a vbd (a regular file through the vnode layer, or a disk device through its
- * cdevsw, as GEOM's providers appear under /dev) and the sysctl tree dev.xbbd.<unit>. The
- * device's taskqueue thread, which performs its I/O, is xen.ko's shared one (xenrs_tq_*).
+ * cdevsw, as GEOM's providers appear under /dev) and the leaves of the sysctl tree
+ * dev.xbbd.<unit>. The device's taskqueue thread, which performs its I/O, and the tree itself
+ * are xen.ko's shared glue (xenrs_tq_*, xenrs_sysctl_tree).
  * Every decision is the Rust library's (src/); each function here is a few lines of KPI
  * with fixed arity, so the host tests replace them with fakes.
  */
 #include "xenrs_module.h"
+#include "xenrs_glue.h"
 
 #include <sys/conf.h>
 #include <sys/disk.h>
@@ -21,7 +23,6 @@
 #include <sys/mutex.h>
 #include <sys/namei.h>
 #include <sys/proc.h>
-#include <sys/sysctl.h>
 #include <sys/ucred.h>
 #include <sys/uio.h>
 #include <sys/vnode.h>
@@ -220,15 +221,10 @@ xenrs_xbbd_vn_close(struct xenrs_xbbd_vn *v)
 }
 
 /*
- * dev.xbbd.<unit>.<leaf>: the indices are `DevStat` in src/dev.rs; a unit test there checks
- * that both lists agree.
+ * dev.xbbd.<unit>.<leaf>, built by xen.ko (XENRS_SYSCTL_DEV): the indices are `DevStat` in
+ * src/dev.rs; a unit test there checks that both lists agree.
  */
-int	xenrs_xbbd_dev_stat(void *softc, int which, uint64_t *out);
-
-static const struct {
-	const char *name;
-	const char *descr;
-} xbbd_kmod_leaves[] = {
+static const struct xenrs_sysctl_leaf xbbd_kmod_leaves[] = {
 	{ "domid", "Frontend domain id" },
 	{ "handle", "Virtual device number" },
 	{ "sectors", "Size in 512-byte sectors" },
@@ -249,51 +245,6 @@ static const struct {
 	{ "connections", "Connections made" },
 };
 
-static SYSCTL_NODE(_dev, OID_AUTO, xbbd, CTLFLAG_RD | CTLFLAG_MPSAFE, 0,
-    "Xen PV block backend devices (xen-freebsd-rs)");
-
-static int
-xbbd_kmod_sysctl(SYSCTL_HANDLER_ARGS)
-{
-	uint64_t value;
-	int error;
-
-	value = 0;
-	error = xenrs_xbbd_dev_stat(arg1, (int)arg2, &value);
-	if (error != 0)
-		return (error);
-	return (sysctl_handle_64(oidp, &value, 0, req));
-}
-
-struct sysctl_ctx_list *
-xenrs_xbbd_sysctl_attach(void *softc, u_int unit)
-{
-	struct sysctl_ctx_list *ctx;
-	struct sysctl_oid *node;
-	char name[16];
-	u_int i;
-
-	ctx = malloc(sizeof(*ctx), M_DEVBUF, M_WAITOK | M_ZERO);
-	sysctl_ctx_init(ctx);
-	snprintf(name, sizeof(name), "%u", unit);
-	node = SYSCTL_ADD_NODE(ctx, SYSCTL_STATIC_CHILDREN(_dev_xbbd), OID_AUTO,
-	    name, CTLFLAG_RD | CTLFLAG_MPSAFE, NULL, "Xen PV block backend device");
-	if (node == NULL) {
-		sysctl_ctx_free(ctx);
-		free(ctx, M_DEVBUF);
-		return (NULL);
-	}
-	for (i = 0; i < nitems(xbbd_kmod_leaves); i++)
-		SYSCTL_ADD_PROC(ctx, SYSCTL_CHILDREN(node), OID_AUTO,
-		    xbbd_kmod_leaves[i].name,
-		    CTLTYPE_U64 | CTLFLAG_RD | CTLFLAG_MPSAFE, softc, i,
-		    xbbd_kmod_sysctl, "QU", xbbd_kmod_leaves[i].descr);
-	return (ctx);
-}
-
-void
-xenrs_xbbd_sysctl_detach(struct sysctl_ctx_list *ctx)
-{
-	sysctl_ctx_free(ctx);
-	free(ctx, M_DEVBUF);
-}
+XENRS_SYSCTL_DEV(xbbd, xbbd_kmod_leaves,
+    "Xen PV block backend devices (xen-freebsd-rs)",
+    "Xen PV block backend device");

@@ -91,7 +91,8 @@ impl Softc {
         unsafe { TaskQueue::new(c"xbbd", unit, Priority::Bio, task_trampoline, self.raw()) }
     }
 
-    /// The device's `dev.xbbd.<unit>` tree; `None` when it could not be made.
+    /// The device's `dev.xbbd.<unit>` tree (`XENRS_SYSCTL_DEV` in the shim: xen.ko builds
+    /// it, each leaf read through [`xenrs_xbbd_dev_stat`]); `None` when it could not be made.
     pub fn sysctl(&self, unit: u32) -> Option<SysctlTree> {
         // SAFETY: the softc outlives the tree (the caller removes the tree first).
         let ctx = unsafe { xenrs_xbbd_sysctl_attach(self.raw(), unit) };
