@@ -325,8 +325,13 @@ impl xenrs_api::host::HostMemory for SimMemory {
     fn release_slot(&self, _host_addr: u64) {}
 }
 
-/// How the simulated dom0 sees a slot run: through the frames now mapped there.
-struct SimView(&'static DomainHandle);
+/// How the simulated dom0 sees a slot run: through the frames now mapped there. The views
+/// handed out (the rings: data moves by grant copy) are kept for tests that play a hostile
+/// guest on them.
+struct SimView(
+    &'static DomainHandle,
+    Arc<std::sync::Mutex<Vec<xen_shmem::SharedMem<'static>>>>,
+);
 
 impl SlotView for SimView {
     fn view(
@@ -337,11 +342,13 @@ impl SlotView for SimView {
         host_addr: u64,
     ) -> Option<xen_shmem::SharedMem<'static>> {
         let gfn = host_addr / 4096;
-        if pages == 1 {
+        let view = if pages == 1 {
             self.0.page_any(gfn)
         } else {
             contiguous_view(self.0, gfn, pages)
-        }
+        }?;
+        self.1.lock().unwrap().push(view);
+        Some(view)
     }
 }
 
@@ -375,6 +382,8 @@ struct World {
     fe_bus: Bus<xen_xenbus::Xs<SimTransport>>,
     frontend: Rc<RefCell<Frontend<'static, SimFrontEnv>>>,
     path: std::path::PathBuf,
+    /// The rings as the backend mapped them.
+    rings: Arc<std::sync::Mutex<Vec<xen_shmem::SharedMem<'static>>>>,
 }
 
 impl World {
@@ -443,11 +452,12 @@ impl World {
             Box::new(SimMemory(dom0)),
         ));
         let live = Arc::new(AtomicUsize::new(0));
+        let rings = Arc::new(std::sync::Mutex::new(Vec::new()));
         let kick = Arc::new(KickSlot::new().expect("kick slot"));
         let driver = XbbdDriver::new(
             xen.clone(),
             config_from_tunables(),
-            Arc::new(SimView(dom0)),
+            Arc::new(SimView(dom0, rings.clone())),
             kick.clone(),
             live.clone(),
         );
@@ -476,6 +486,7 @@ impl World {
             fe_bus,
             frontend,
             path,
+            rings,
         };
         w.run(400);
         w
@@ -856,4 +867,53 @@ fn the_tunables_shape_what_a_connection_uses() {
     assert!(done.iter().all(|c| c.1));
     drop(w.reg.take());
     assert_eq!(w.xen.outstanding().pages, 0);
+}
+
+#[test]
+fn a_broken_ring_found_by_the_task_is_reported_through_the_xenbus_thread() {
+    let _kernel = fake::session();
+    shim::reset();
+    let mut w = World::new("w", None, FrontendConfig::default());
+    let softc = w.softc();
+    let ring = w
+        .rings
+        .lock()
+        .unwrap()
+        .first()
+        .copied()
+        .expect("a mapped ring");
+    // A hostile guest moves its request producer far past what the ring holds.
+    let rsp_prod = ring.load_acquire_u32(8).unwrap();
+    ring.store_release_u32(0, rsp_prod.wrapping_add(100_000))
+        .unwrap();
+    for port in 1..64 {
+        let _ = w.xen.deliver(port);
+    }
+    // The task finds it; it needs xenstore to report it, so it asks for the xenbus thread.
+    assert_eq!(fake::run_tasks(), 1);
+    assert_eq!(
+        w.stat(softc, DevStat::Connected),
+        1,
+        "not torn down by the task"
+    );
+    w.run(200);
+    let mut tool = w.xs.client(0);
+    let state = xen_xenbus::Store::read_string(&mut tool, &format!("{}/state", be_dir()));
+    // Closing, and Closed once the frontend followed.
+    assert!(
+        matches!(state.as_deref(), Ok("5" | "6")),
+        "the backend closes: {state:?}"
+    );
+    let error = xen_xenbus::Store::read_string(&mut tool, &format!("{}/error", be_dir()));
+    assert!(
+        error.as_ref().is_ok_and(|e| e.contains("ring")),
+        "the reason is published: {error:?}"
+    );
+    drop(w.reg.take());
+    let left = w.xen.outstanding();
+    assert_eq!(
+        (left.ports, left.mappings, left.pages),
+        (0, 0, 0),
+        "{left:?}"
+    );
 }
