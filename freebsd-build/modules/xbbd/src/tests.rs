@@ -150,6 +150,12 @@ fn fe_dir() -> String {
     format!("/local/domain/{FE}/device/vbd/51712")
 }
 
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl Rig {
     fn new(readonly: bool, fail_flush: bool) -> Rig {
         let sim = SimHypervisor::new(SimConfig {

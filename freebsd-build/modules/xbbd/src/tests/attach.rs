@@ -386,6 +386,12 @@ struct World {
     rings: Arc<std::sync::Mutex<Vec<xen_shmem::SharedMem<'static>>>>,
 }
 
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl World {
     fn new(mode: &str, params: Option<&str>, fe_cfg: FrontendConfig) -> World {
         let sim = leak(SimHypervisor::new(SimConfig {
