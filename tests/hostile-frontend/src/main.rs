@@ -18,7 +18,7 @@
 //! `--class` is the directory under our `device/` holding the device (default `vbd` / `vif`). The
 //! real-Xen scenario uses another name, so that the domU's own xen-blkfront (loaded for other
 //! scenarios) does not claim the device first: a backend only follows its `frontend` node,
-//! whatever class directory that names. `--go KEY`: after the `START` line, wait (at most 300 s)
+//! whatever class directory that names. `--go KEY`: after the `START` line, wait (at most 600 s)
 //! until our domain's `data/KEY` exists before the first phase, so that dom0 can start the
 //! well-behaved frontend first and the attacks overlap its I/O.
 //!
@@ -160,8 +160,8 @@ fn run(o: &Options) -> Result<bool, String> {
         let path = format!("data/{key}");
         let start = std::time::Instant::now();
         while dev.xs.read(&path).is_err() {
-            if start.elapsed() >= std::time::Duration::from_secs(300) {
-                return Err(format!("{path} did not appear within 300 s"));
+            if start.elapsed() >= std::time::Duration::from_secs(600) {
+                return Err(format!("{path} did not appear within 600 s"));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
