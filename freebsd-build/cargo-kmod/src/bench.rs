@@ -1,10 +1,10 @@
-//! `cargo kmod bench [--out DIR] [--quick] [--only SUITES]`: builds the `xen-bench` crate (`benches/`) in
-//! release and runs it. It prints progress and each table as it is measured, and writes
-//! `results.md` (the tables BENCHMARKS.md quotes), `results.csv` and PNG plots into DIR
-//! (default `target/bench`). The network suite needs root (namespaces, TAP, veth) and is
+//! `cargo kmod bench [--out DIR] [--quick] [--only SUITES]`: builds the `xen-bench` crate
+//! (`benches/`) in release and runs it. It prints progress and each table as it is measured,
+//! and writes `results.md` (the tables BENCHMARKS.md quotes), `results.csv` and PNG plots into
+//! DIR (default `target/bench`). The network suite needs root (namespaces, TAP, veth) and is
 //! skipped with its reason otherwise. The `real-xen` suite boots Xen once under QEMU TCG
-//! (`xen-harness bench`: 1.5 minutes on a quiet 2-core machine, up to 20 under load; logs in
-//! DIR/real-xen) and is skipped with its reason when QEMU or Xen's tools are missing
+//! (`xen-harness bench`: 1.5 minutes on a quiet 2-core machine, 9.5 at load 10-13, more
+//! under heavier load; logs in DIR/real-xen) and is skipped with its reason when QEMU or Xen's tools are missing
 //! (`cargo kmod setup` installs them) and by `--quick`. It is never part of `cargo kmod test`,
 //! which only compiles the crate (clippy `--all-targets`). `--only ring,real-xen` runs the
 //! named suites (passed on to xen-bench; the names are checked here first, so a typo fails
