@@ -76,6 +76,10 @@ dd_attach_hostile_vif() {
         xenstore-write "$bp/frontend" "$fp" "$bp/frontend-id" "$fe" "$bp/handle" "$id" \
             "$bp/mac" "$4" "$bp/type" vif "$bp/online" 1 "$bp/state" 1
 }
+# hostile_done NAME: the domU printed DOMU DONE. Not "or the domain is gone": dom0's tools
+# crash now and then under TCG, and a crashed check must mean "wait on", not "done".
+hostile_done() { domu_log "$1" | grep -q '^DOMU DONE'; }
+hostile_line() { domu_log "$1" | grep '^DOMU dd-hostile ' | tail -n 1; }
 hostile_net_started() { domu_log "$1" | grep -q '^HOSTILE net START'; }
 hostile_net_done() { domu_log "$1" | grep -q '^HOSTILE net \(SUMMARY\|ERROR\)'; }
 
@@ -311,6 +315,20 @@ mod tests {
     #[test]
     fn scripts_agree_on_names() {
         assert!(DOMU_SCRIPT.contains("--class hostile-vbd"));
+        // Every helper dd_hostile calls is defined here (a lost definition only shows on
+        // real Xen, as "not found" from dom0's shell).
+        for f in [
+            "hostile_started",
+            "hostile_done",
+            "hostile_line",
+            "hostile_net_started",
+            "hostile_net_done",
+            "dd_attach_hostile",
+            "dd_attach_hostile_vif",
+            "dd_hostile_net",
+        ] {
+            assert!(DOM0_FUNCTIONS.contains(&format!("\n{f}() {{")), "{f}");
+        }
         assert!(DOMU_SCRIPT.contains("net --class hostile-vif"));
         assert!(DOM0_FUNCTIONS.contains("device/hostile-vif/$3"));
         assert!(DOM0_FUNCTIONS.contains("dd_hostile_net \"$a\""));
