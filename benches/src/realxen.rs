@@ -125,7 +125,14 @@ pub fn run_suite(out: &Path, reuse: bool) -> Result<RealXen, String> {
             .map_err(|e| format!("cannot run {cargo}: {e}"))?
             .to_string()
     };
-    let results = out.join("bench-x86_64/bench-results.txt");
+    // The guests' architecture is x86_64 unless the logs are of `xen-harness bench --arch
+    // i686` (passed as --real-xen-logs).
+    let dir = ["bench-x86_64", "bench-i686"]
+        .into_iter()
+        .map(|d| out.join(d))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| out.join("bench-x86_64"));
+    let results = dir.join("bench-results.txt");
     let text = std::fs::read_to_string(&results).map_err(|e| {
         format!(
             "xen-harness bench ({status}) left no {}: {e}",
@@ -137,19 +144,18 @@ pub fn run_suite(out: &Path, reuse: bool) -> Result<RealXen, String> {
     // dumped beside it: every line of theirs counts once (a line names its repetition).
     let mut text = text;
     for log in ["bench-domu.log", "bench-pvh.log"] {
-        if let Ok(more) = std::fs::read_to_string(out.join("bench-x86_64").join(log)) {
+        if let Ok(more) = std::fs::read_to_string(dir.join(log)) {
             text.push('\n');
             text.push_str(&more.replace('\r', ""));
         }
     }
     let text = unique_lines(&text);
-    let debug =
-        std::fs::read_to_string(out.join("bench-x86_64/guest-debug.log")).unwrap_or_default();
+    let debug = std::fs::read_to_string(dir.join("guest-debug.log")).unwrap_or_default();
     let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default();
     let mut r = parse(&text, &debug, &summary);
     // dom0's one-line FEAT digests were empty at times (its busybox tools crash now and then
     // under TCG); the full dumps beside them are the record: digest them here instead.
-    if let Ok(xs) = std::fs::read_to_string(out.join("bench-x86_64/bench-xenstore.txt")) {
+    if let Ok(xs) = std::fs::read_to_string(dir.join("bench-xenstore.txt")) {
         r.features.retain(|f| !f.starts_with("FEAT "));
         r.features.extend(features_of_dump(&xs));
     }
