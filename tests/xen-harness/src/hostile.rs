@@ -154,7 +154,15 @@ EOC
         # After: a fresh connection to the driver domain, the exchange again.
         dd_detach_vif "$ge" "$dd" 0
         wait_secs 5 sh -c "! xenstore-read /local/domain/$dd/backend/vif/$ge/0/state"
-        dd_attach_vif "$ge" "$dd" 0 "00:16:3e:5a:03:0$m" || echo "NOTE dd-hostile $a writing the good vif again failed"
+        # Retried: once xenstore-chmod found the directory just written gone (ENOENT).
+        for v2 in 1 2 3; do
+            dd_attach_vif "$ge" "$dd" 0 "00:16:3e:5a:03:0$m" && break
+            echo "NOTE dd-hostile $a writing the good vif again failed ($v2)"
+            xenstore-rm "/local/domain/$ge/device/vif/0" 2>/dev/null
+            xenstore-rm "/local/domain/$dd/backend/vif/$ge/0" 2>/dev/null
+            sleep 1
+        done
+        v2=
         if wait_secs 150 reported "$p/pvh-net2" "$g" && v2=$(xenstore-read "$p/pvh-net2"); then
             xenstore-write "$p/pvh-net2-ack" 1
         else
