@@ -154,6 +154,11 @@ EOC
         # After: a fresh connection to the driver domain, the exchange again.
         dd_detach_vif "$ge" "$dd" 0
         wait_secs 5 sh -c "! xenstore-read /local/domain/$dd/backend/vif/$ge/0/state"
+        # The guest's netfront tears down on the removal and may write its state once more
+        # (which creates the node again): wait until the frontend node stays gone, then
+        # remove both directories again before the new attach.
+        wait_secs 10 sh -c "! xenstore-read /local/domain/$ge/device/vif/0/state"
+        dd_detach_vif "$ge" "$dd" 0
         # Retried: once xenstore-chmod found the directory just written gone (ENOENT).
         for v2 in 1 2 3; do
             dd_attach_vif "$ge" "$dd" 0 "00:16:3e:5a:03:0$m" && break
