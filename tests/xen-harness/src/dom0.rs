@@ -776,6 +776,19 @@ dd_attach_vif() {
         xenstore-write "$bp/frontend" "$fp" "$bp/frontend-id" "$fe" "$bp/handle" "$id" \
             "$bp/mac" "$mac" "$bp/type" vif "$bp/online" 1 "$bp/state" 1
 }
+# dd_attach_vif_live FE DD DEVID MAC: dd_attach_vif for a running frontend: both directories
+# created and chmod'ed empty first, then all nodes of both in one transaction (see
+# dd_attach_vbd_live).
+dd_attach_vif_live() {
+    local fe=$1 dd=$2 id=$3 mac=$4
+    local fp=/local/domain/$1/device/vif/$3 bp=/local/domain/$2/backend/vif/$1/$3
+    xenstore-write "$fp" "" && xenstore-chmod "$fp" "n$fe" "r$dd" &&
+        xenstore-write "$bp" "" && xenstore-chmod "$bp" "n$dd" "r$fe" &&
+        xenstore-write "$bp/frontend" "$fp" "$bp/frontend-id" "$fe" "$bp/handle" "$id" \
+            "$bp/mac" "$mac" "$bp/type" vif "$bp/online" 1 "$bp/state" 1 \
+            "$fp/backend" "$bp" "$fp/backend-id" "$dd" "$fp/handle" "$id" \
+            "$fp/mac" "$mac" "$fp/state" 1
+}
 # dd_detach_vif FE DD DEVID: removes both directories (after the frontend is gone).
 dd_detach_vif() {
     xenstore-rm "/local/domain/$2/backend/vif/$1/$3" 2>/dev/null
@@ -799,6 +812,8 @@ ddnet_again() {
 ddnet_line() { domu_log "$1" | grep "^$2 " | tail -n 1; }
 ddnet_field() { ddnet_line "$1" "$2" | cut -d' ' -f2; }
 ddnet_sha() { sha256sum < "$1" | cut -c1-64; }
+# ddnet_want2 NAME: the domU asks for its second vif (or is done).
+ddnet_want2() { domu_log "$1" | grep -q -e '^NET2 WANT' -e '^DOMU DONE'; }
 
 # dd_net_linux ARCH DD NONCE: scenario dd-net. dom0 listens on 7001 (the domU's upload,
 # saved) and 7002 (3 MiB of random data, the domU's download); the Linux domU (10.99.0.3,
@@ -833,6 +848,15 @@ dd_net_linux() {
     else
         echo "NOTE dd-net $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 120 s"
     fi
+    # A second vif (handle 1) for the same domU, attached while it runs (after its transfers,
+    # when it prints NET2 WANT): 10.99.1.3 in the domU, 10.99.1.1 on xenbr0; both vifs are
+    # then served at once by the driver domain's bridge (domu.rs, net_second).
+    if wait_secs 600 ddnet_want2 "$n" && ! domu_log "$n" | grep -q '^DOMU DONE'; then
+        ip addr add 10.99.1.1/24 dev xenbr0 2>/dev/null
+        dd_attach_vif_live "$fe" "$dd" 1 "00:16:3e:5a:03:0$m" || echo "NOTE dd-net $a writing the second vif failed"
+    else
+        echo "NOTE dd-net $a the domU did not ask for a second vif"
+    fi
     domu_wait "$n" 240
     # The listeners stay until the domU is done, also when domu_wait gave up early: its clock
     # (date) and its "gone" test (xenstore-exists) are dom0 processes, which have segfaulted
@@ -860,6 +884,8 @@ dd_net_linux() {
     esac
     domu_finish "$n"
     dd_detach_vif "$fe" "$dd" 0
+    dd_detach_vif "$fe" "$dd" 1
+    ip addr del 10.99.1.1/24 dev xenbr0 2>/dev/null
     dd_report "$dd" dd-net vif "$fe" 0 -
     dump_file dd-net-xenstore.txt "/tmp/ddnet-$a.txt"
     dump_file dd-net-domu.log "/tmp/xc/guest-$n.log"

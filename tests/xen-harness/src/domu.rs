@@ -335,15 +335,53 @@ vif_reconnect() {
     done
     echo "RECONNOK 2 unbind/bind, ping 3/3 of 1400 B after each"
 }
+# A second vif (after the reconnects): dom0 attaches handle 1 while the domU runs (it asks
+# with NET2 WANT on the console); it becomes eth1 (eth0 exists), gets 10.99.1.3/24 (dom0's xenbr0 has 10.99.1.1),
+# and both vifs carry pings at the same time. arp_ignore=1: each interface answers ARP only
+# for its own address, so dom0 sends each subnet's replies to its own vif.
+net_second() {
+    local r0 r1 t1 got0 got1
+    echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore
+    echo "NET2 WANT" > /dev/hvc0
+    wait_for 1200 test -e /sys/class/net/eth1 || { echo "second vif: no eth1 within 120 s"; return 1; }
+    case "$(readlink /sys/class/net/eth1/device)" in
+    *vif-1) ;;
+    *) echo "second vif: eth1 is $(readlink /sys/class/net/eth1/device)"; return 1 ;;
+    esac
+    ip addr add 10.99.1.3/24 dev eth1 && ip link set eth1 up || { echo "second vif: cannot configure eth1"; return 1; }
+    n=0
+    while ! ping -c 1 -W 2 10.99.1.1 >/dev/null 2>&1; do
+        n=$((n + 1))
+        [ "$n" -lt 15 ] || { echo "second vif: no echo reply from 10.99.1.1 in 15 tries"; return 1; }
+    done
+    r1=$(cat /sys/class/net/eth1/statistics/rx_packets)
+    t1=$(cat /sys/class/net/eth1/statistics/tx_packets)
+    r0=$(cat /sys/class/net/eth0/statistics/rx_packets)
+    ping -c 5 -s 1400 -W 10 10.99.0.1 > /tmp/p0.out 2>&1 &
+    ping -c 5 -s 1400 -W 10 10.99.1.1 > /tmp/p1.out 2>&1
+    wait
+    got0=$(grep -o '[0-9]* packets received' /tmp/p0.out | cut -d' ' -f1)
+    got1=$(grep -o '[0-9]* packets received' /tmp/p1.out | cut -d' ' -f1)
+    [ "$got0" = 5 ] && [ "$got1" = 5 ] || { echo "second vif: ${got0:-0}/5 replies on eth0, ${got1:-0}/5 on eth1"; return 1; }
+    r1=$(($(cat /sys/class/net/eth1/statistics/rx_packets) - r1))
+    t1=$(($(cat /sys/class/net/eth1/statistics/tx_packets) - t1))
+    r0=$(($(cat /sys/class/net/eth0/statistics/rx_packets) - r0))
+    [ "$r1" -ge 5 ] && [ "$t1" -ge 5 ] && [ "$r0" -ge 5 ] || { echo "second vif: eth1 rx $r1 tx $t1, eth0 rx $r0 packets during the pings"; return 1; }
+    echo "NET2OK eth1 (vif 1) and eth0 5/5 pings at once; eth1 rx $r1 tx $t1, eth0 rx $r0"
+}
 net_check > /tmp/net.out 2>&1
 cat /tmp/net.out
 if grep -q '^NETOK ' /tmp/net.out; then
     vif_reconnect > /tmp/rec.out 2>&1
     cat /tmp/rec.out
-    if grep -q '^RECONNOK ' /tmp/rec.out; then
-        verdict dd-net PASS "reconnect 2/2; $(grep '^NETOK ' /tmp/net.out | cut -c7-)"
-    else
+    net_second > /tmp/net2.out 2>&1
+    cat /tmp/net2.out
+    if ! grep -q '^RECONNOK ' /tmp/rec.out; then
         verdict dd-net FAIL "$(tail -n 1 /tmp/rec.out)"
+    elif grep -q '^NET2OK ' /tmp/net2.out; then
+        verdict dd-net PASS "reconnect 2/2, 2 vifs; $(grep '^NETOK ' /tmp/net.out | cut -c7-)"
+    else
+        verdict dd-net FAIL "$(tail -n 1 /tmp/net2.out)"
     fi
 else
     verdict dd-net FAIL "$(tail -n 1 /tmp/net.out)"
