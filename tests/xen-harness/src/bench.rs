@@ -233,7 +233,7 @@ on_crash = "preserve"
 disk = [ 'format=raw, vdev=xvda, access=rw, script=/etc/xen/scripts/pvh-block, target=/dev/ram0' ]
 vif = [ 'mac=00:16:3e:5a:03:01, bridge=xenbr0, script=/etc/xen/scripts/pvh-vif' ]
 EOC
-    if ! xl create -p "/tmp/$n.cfg"; then
+    if ! create_paused "$n"; then
         dump_file xl.log "/var/log/xen/xl-$n.log"
         echo "CHECK bench $a FAIL xl create -p of the Linux domU failed"
         kill $lp 2>/dev/null

@@ -106,7 +106,7 @@ on_reboot = "destroy"
 on_crash = "preserve"
 EOC
     # Created (paused) while the blk attacks may still run: xl create is slow under TCG.
-    if ! xl create -p "/tmp/$g.cfg"; then
+    if ! create_paused "$g"; then
         dump_file xl.log "/var/log/xen/xl-$g.log"
         xenstore-write "/local/domain/$5/data/hostile-net-go" 1
         return
