@@ -6,6 +6,8 @@
 //! forwards the events: `MOD_LOAD` → `xenrs_<m>_load`, `MOD_QUIESCE` → `xenrs_<m>_quiesce`,
 //! `MOD_UNLOAD` → `xenrs_<m>_unload`. [`kernel_module!`](crate::kernel_module) defines those
 //! three functions (and `xenrs_<m>_stat` for the module's sysctl leaves) over a [`ModuleSlot`].
+//! The driver modules keep their attached-device count and xen.ko registration in a
+//! [`LiveDevices`], which answers their `quiesce`, `unload` and `stat`.
 //!
 //! `kldunload` sends `MOD_QUIESCE` and, unless forced, gives up when it fails; `kldunload -f`
 //! goes on to `MOD_UNLOAD` regardless. Unloading code that a callback can still enter would
@@ -15,9 +17,10 @@
 use core::cell::UnsafeCell;
 use core::ffi::c_int;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::errno::Errno;
+use alloc_crate::sync::Arc;
 
 /// What a kernel module does when it is loaded and unloaded.
 pub trait KernelModule: Sized + Send + Sync + 'static {
@@ -240,6 +243,98 @@ pub unsafe fn stat_to_c<M: KernelModule>(
     }
 }
 
+/// What a driver module keeps of what it registered with xen.ko: the count of the devices its
+/// driver has attached and the registration itself, with the [`KernelModule`] methods that only
+/// look at them.
+///
+/// The driver gets the counter ([`LiveDevices::counter`]) and moves it up on attach and down
+/// once a device is fully gone. `kldunload` is refused (`EBUSY`, with a console line naming the
+/// module and its devices) while the count is not zero: unloading would pull the devices from
+/// under their users. Unloading drops the registration, which stops the bus and detaches every
+/// device, exactly once.
+pub struct LiveDevices<R> {
+    count: Arc<AtomicUsize>,
+    registration: Option<R>,
+    /// The module's name, for the refusal.
+    module: &'static str,
+    /// What its devices are called in the refusal (`"disk(s)"`).
+    devices: &'static str,
+}
+
+impl<R> core::fmt::Debug for LiveDevices<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LiveDevices")
+            .field("module", &self.module)
+            .field(self.devices, &self.count())
+            .field("registered", &self.registration.is_some())
+            .finish()
+    }
+}
+
+impl<R> LiveDevices<R> {
+    /// No device and no registration yet; `module` and `devices` make the refusal
+    /// (`"xbd: 2 disk(s) attached; detach them first"`).
+    #[must_use]
+    pub fn new(module: &'static str, devices: &'static str) -> LiveDevices<R> {
+        LiveDevices {
+            count: Arc::new(AtomicUsize::new(0)),
+            registration: None,
+            module,
+            devices,
+        }
+    }
+
+    /// The counter the driver moves as its devices come and go.
+    #[must_use]
+    pub fn counter(&self) -> Arc<AtomicUsize> {
+        self.count.clone()
+    }
+
+    /// Keeps the driver's registration until [`LiveDevices::unregister`] (or drop).
+    #[must_use]
+    pub fn registered(mut self, registration: R) -> LiveDevices<R> {
+        self.registration = Some(registration);
+        self
+    }
+
+    /// Devices attached now.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// [`KernelModule::quiesce`]: refused while a device is attached.
+    ///
+    /// # Errors
+    /// `EBUSY` while the count is not zero, after saying so on the console.
+    pub fn quiesce(&self) -> Result<(), Errno> {
+        match self.count() {
+            0 => Ok(()),
+            n => {
+                crate::kprintln!(
+                    "{}: {n} {} attached; detach them first",
+                    self.module,
+                    self.devices
+                );
+                Err(Errno::EBUSY)
+            }
+        }
+    }
+
+    /// [`KernelModule::unload`]: drops the registration (the bus stops and every device is
+    /// detached) before the caller drops what the registration used. A second call finds
+    /// nothing left to drop.
+    pub fn unregister(&mut self) {
+        drop(self.registration.take());
+    }
+
+    /// [`KernelModule::stat`]: leaf 0 is the count of attached devices.
+    #[must_use]
+    pub fn stat(&self, which: u32) -> Option<u64> {
+        (which == 0).then(|| u64::try_from(self.count()).unwrap_or(u64::MAX))
+    }
+}
+
 /// Defines a module's `extern "C"` entry points for its C shim over a static [`ModuleSlot`].
 ///
 /// ```ignore
@@ -360,6 +455,48 @@ mod tests {
         let result = slot.with(|_| slot.unload());
         assert_eq!(result, Some(Err(Errno::EBUSY)));
         assert_eq!(slot.unload(), Ok(()));
+    }
+
+    /// A registration that counts how often it was dropped.
+    struct Registration(Arc<AtomicUsize>);
+
+    impl Drop for Registration {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn live_devices_refuse_unload_while_attached_and_unregister_once() {
+        let _kernel = crate::fake::session();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut live =
+            LiveDevices::new("demo", "widget(s)").registered(Registration(drops.clone()));
+        let counter = live.counter();
+        assert_eq!(
+            (live.count(), live.stat(0), live.stat(1)),
+            (0, Some(0), None)
+        );
+        counter.fetch_add(2, Ordering::AcqRel);
+        assert_eq!((live.count(), live.stat(0)), (2, Some(2)));
+        assert_eq!(live.quiesce(), Err(Errno::EBUSY));
+        assert!(crate::fake::console().contains("demo: 2 widget(s) attached; detach them first"));
+        counter.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(live.quiesce(), Err(Errno::EBUSY));
+        assert!(crate::fake::console().contains("demo: 1 widget(s) attached"));
+        counter.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(live.quiesce(), Ok(()));
+        assert_eq!(drops.load(Ordering::Relaxed), 0);
+        live.unregister();
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+        live.unregister();
+        drop(live);
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+        // Never registered: unregistering and dropping drop nothing.
+        let mut empty = LiveDevices::<Registration>::new("demo", "widget(s)");
+        empty.unregister();
+        drop(empty);
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
     }
 
     #[test]

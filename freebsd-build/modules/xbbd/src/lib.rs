@@ -39,9 +39,8 @@ pub mod sys;
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
-use freebsd_kpi::module::KernelModule;
+use freebsd_kpi::module::{KernelModule, LiveDevices};
 use freebsd_kpi::{kprintln, tunable, Errno};
 use xen_blkback::{BackendConfig, DataPath};
 use xen_xenbus::Role;
@@ -104,8 +103,7 @@ pub fn config_from_tunables() -> BackendConfig {
 /// The loaded xbbd.ko: the `vbd` backend driver registered with xen.ko.
 pub struct XbbdModule {
     config: BackendConfig,
-    live: Arc<AtomicUsize>,
-    registration: Option<<KernelXen as XenServices>::Reg>,
+    live: LiveDevices<<KernelXen as XenServices>::Reg>,
     _xen: Arc<KernelXen>,
 }
 
@@ -113,7 +111,7 @@ impl core::fmt::Debug for XbbdModule {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("XbbdModule")
             .field("config", &self.config)
-            .field("vbds", &self.live.load(Ordering::Acquire))
+            .field("vbds", &self.live.count())
             .finish_non_exhaustive()
     }
 }
@@ -124,14 +122,14 @@ impl KernelModule for XbbdModule {
     fn load() -> Result<XbbdModule, Errno> {
         let config = config_from_tunables();
         let xen = Arc::new(KernelXen::new()?);
-        let live = Arc::new(AtomicUsize::new(0));
+        let live = LiveDevices::new(Self::NAME, "vbd(s)");
         let kick = Arc::new(dev::KickSlot::new()?);
         let driver = dev::XbbdDriver::new(
             xen.clone(),
             config,
             Arc::new(env::DirectMap),
             kick.clone(),
-            live.clone(),
+            live.counter(),
         );
         let registration =
             xen.register_driver_with_kick(Role::Backend, Box::new(driver), Box::new(dev::on_kick))?;
@@ -144,8 +142,7 @@ impl KernelModule for XbbdModule {
         );
         Ok(XbbdModule {
             config,
-            live,
-            registration: Some(registration),
+            live: live.registered(registration),
             _xen: xen,
         })
     }
@@ -153,21 +150,15 @@ impl KernelModule for XbbdModule {
     /// Refused while a vbd is attached (`xl block-detach` it first): unloading would pull
     /// the disk from under a running guest.
     fn quiesce(&self) -> Result<(), Errno> {
-        match self.live.load(Ordering::Acquire) {
-            0 => Ok(()),
-            n => {
-                kprintln!("xbbd: {n} vbd(s) attached; detach them first");
-                Err(Errno::EBUSY)
-            }
-        }
+        self.live.quiesce()
     }
 
     fn unload(mut self) {
-        drop(self.registration.take());
+        self.live.unregister();
     }
 
     fn stat(&self, which: u32) -> Option<u64> {
-        (which == 0).then(|| self.live.load(Ordering::Acquire) as u64)
+        self.live.stat(which)
     }
 }
 

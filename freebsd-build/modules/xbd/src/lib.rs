@@ -31,9 +31,8 @@ pub mod xen;
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
-use freebsd_kpi::module::KernelModule;
+use freebsd_kpi::module::{KernelModule, LiveDevices};
 use freebsd_kpi::{kprintln, tunable, Errno};
 use xen_blkback::proto::{MAX_INDIRECT_SEGMENTS, MAX_QUEUES, MAX_RING_PAGE_ORDER};
 use xen_blkfront::FrontendConfig;
@@ -90,10 +89,9 @@ pub fn config_from_tunables() -> FrontendConfig {
 /// The loaded xbd.ko: the `vbd` frontend driver registered with xen.ko.
 pub struct XbdModule {
     config: FrontendConfig,
-    /// Attached (and removed but not yet drained) disks.
-    live: Arc<AtomicUsize>,
-    /// Dropped before `xen` at unload: the bus stops and every disk is detached.
-    registration: Option<<KernelXen as XenServices>::Reg>,
+    /// Attached (and removed but not yet drained) disks, and the registration, dropped before
+    /// `xen` at unload: the bus stops and every disk is detached.
+    live: LiveDevices<<KernelXen as XenServices>::Reg>,
     _xen: Arc<KernelXen>,
 }
 
@@ -101,7 +99,7 @@ impl core::fmt::Debug for XbdModule {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("XbdModule")
             .field("config", &self.config)
-            .field("disks", &self.live.load(Ordering::Acquire))
+            .field("disks", &self.live.count())
             .finish_non_exhaustive()
     }
 }
@@ -120,9 +118,9 @@ impl KernelModule for XbdModule {
     fn load() -> Result<XbdModule, Errno> {
         let config = config_from_tunables();
         let xen = Arc::new(KernelXen::new()?);
-        let live = Arc::new(AtomicUsize::new(0));
+        let live = LiveDevices::new(Self::NAME, "disk(s)");
         let kick = Arc::new(xen::KickSlot::new().ok_or(Errno::ENOMEM)?);
-        let driver = xen::XbdDriver::new(xen.clone(), config, live.clone(), kick.clone());
+        let driver = xen::XbdDriver::new(xen.clone(), config, live.counter(), kick.clone());
         let registration = xen.register_driver_with_hooks(
             Role::Frontend,
             Box::new(driver),
@@ -141,8 +139,7 @@ impl KernelModule for XbdModule {
         );
         Ok(XbdModule {
             config,
-            live,
-            registration: Some(registration),
+            live: live.registered(registration),
             _xen: xen,
         })
     }
@@ -150,21 +147,15 @@ impl KernelModule for XbdModule {
     /// Refused while a disk is attached: detach it first (`xl block-detach`), since
     /// unloading would fail its bios and pull the disk from under its users.
     fn quiesce(&self) -> Result<(), Errno> {
-        match self.live.load(Ordering::Acquire) {
-            0 => Ok(()),
-            n => {
-                kprintln!("xbd: {n} disk(s) attached; detach them first");
-                Err(Errno::EBUSY)
-            }
-        }
+        self.live.quiesce()
     }
 
     fn unload(mut self) {
-        drop(self.registration.take());
+        self.live.unregister();
     }
 
     fn stat(&self, which: u32) -> Option<u64> {
-        (which == 0).then(|| self.live.load(Ordering::Acquire) as u64)
+        self.live.stat(which)
     }
 }
 

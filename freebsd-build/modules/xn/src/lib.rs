@@ -33,9 +33,8 @@ pub mod xen;
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
-use freebsd_kpi::module::KernelModule;
+use freebsd_kpi::module::{KernelModule, LiveDevices};
 use freebsd_kpi::{kprintln, tunable, Errno};
 use xen_netfront::FrontendConfig;
 use xen_xenbus::Role;
@@ -75,8 +74,7 @@ pub fn config_from_tunables() -> FrontendConfig {
 /// The loaded xn.ko: the `vif` frontend driver registered with xen.ko.
 pub struct XnModule {
     config: FrontendConfig,
-    live: Arc<AtomicUsize>,
-    registration: Option<<KernelXen as XenServices>::Reg>,
+    live: LiveDevices<<KernelXen as XenServices>::Reg>,
     _xen: Arc<KernelXen>,
 }
 
@@ -84,7 +82,7 @@ impl core::fmt::Debug for XnModule {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("XnModule")
             .field("config", &self.config)
-            .field("interfaces", &self.live.load(Ordering::Acquire))
+            .field("interfaces", &self.live.count())
             .finish_non_exhaustive()
     }
 }
@@ -95,8 +93,8 @@ impl KernelModule for XnModule {
     fn load() -> Result<XnModule, Errno> {
         let config = config_from_tunables();
         let xen = Arc::new(KernelXen::new()?);
-        let live = Arc::new(AtomicUsize::new(0));
-        let driver = xen::XnDriver::new(xen.clone(), config, live.clone());
+        let live = LiveDevices::new(Self::NAME, "interface(s)");
+        let driver = xen::XnDriver::new(xen.clone(), config, live.counter());
         let registration = xen.register_driver(Role::Frontend, Box::new(driver))?;
         kprintln!(
             "xn: loaded (up to {} queue(s), sg {}, tso {}, csum {}/{})",
@@ -108,29 +106,22 @@ impl KernelModule for XnModule {
         );
         Ok(XnModule {
             config,
-            live,
-            registration: Some(registration),
+            live: live.registered(registration),
             _xen: xen,
         })
     }
 
     /// Refused while an interface exists: detach it first (`xl network-detach`).
     fn quiesce(&self) -> Result<(), Errno> {
-        match self.live.load(Ordering::Acquire) {
-            0 => Ok(()),
-            n => {
-                kprintln!("xn: {n} interface(s) attached; detach them first");
-                Err(Errno::EBUSY)
-            }
-        }
+        self.live.quiesce()
     }
 
     fn unload(mut self) {
-        drop(self.registration.take());
+        self.live.unregister();
     }
 
     fn stat(&self, which: u32) -> Option<u64> {
-        (which == 0).then(|| self.live.load(Ordering::Acquire) as u64)
+        self.live.stat(which)
     }
 }
 

@@ -31,9 +31,8 @@ pub mod xen;
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
-use freebsd_kpi::module::KernelModule;
+use freebsd_kpi::module::{KernelModule, LiveDevices};
 use freebsd_kpi::{kprintln, tunable, Errno};
 use xen_netback::config::BackendFeatures;
 use xen_netback::Limits;
@@ -86,15 +85,14 @@ pub fn config_from_tunables() -> (BackendFeatures, Limits) {
 
 /// The loaded xnb.ko: the `vif` backend driver registered with xen.ko.
 pub struct XnbModule {
-    live: Arc<AtomicUsize>,
-    registration: Option<<KernelXen as XenServices>::Reg>,
+    live: LiveDevices<<KernelXen as XenServices>::Reg>,
     _xen: Arc<KernelXen>,
 }
 
 impl core::fmt::Debug for XnbModule {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("XnbModule")
-            .field("vifs", &self.live.load(Ordering::Acquire))
+            .field("vifs", &self.live.count())
             .finish_non_exhaustive()
     }
 }
@@ -105,8 +103,8 @@ impl KernelModule for XnbModule {
     fn load() -> Result<XnbModule, Errno> {
         let (features, limits) = config_from_tunables();
         let xen = Arc::new(KernelXen::new()?);
-        let live = Arc::new(AtomicUsize::new(0));
-        let driver = xen::XnbDriver::new(xen.clone(), features, limits, live.clone());
+        let live = LiveDevices::new(Self::NAME, "vif(s)");
+        let driver = xen::XnbDriver::new(xen.clone(), features, limits, live.counter());
         let registration = xen.register_driver(Role::Backend, Box::new(driver))?;
         kprintln!(
             "xnb: loaded (up to {} queue(s) per vif, split event channels {})",
@@ -114,29 +112,22 @@ impl KernelModule for XnbModule {
             u8::from(features.split_evtchn)
         );
         Ok(XnbModule {
-            live,
-            registration: Some(registration),
+            live: live.registered(registration),
             _xen: xen,
         })
     }
 
     /// Refused while a guest vif exists (`xl network-detach` it first).
     fn quiesce(&self) -> Result<(), Errno> {
-        match self.live.load(Ordering::Acquire) {
-            0 => Ok(()),
-            n => {
-                kprintln!("xnb: {n} vif(s) attached; detach them first");
-                Err(Errno::EBUSY)
-            }
-        }
+        self.live.quiesce()
     }
 
     fn unload(mut self) {
-        drop(self.registration.take());
+        self.live.unregister();
     }
 
     fn stat(&self, which: u32) -> Option<u64> {
-        (which == 0).then(|| self.live.load(Ordering::Acquire) as u64)
+        self.live.stat(which)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use xen_blkback::BackendConfig;
@@ -657,11 +657,14 @@ fn a_vbd_attaches_serves_a_file_and_detaches_leaving_nothing() {
     // kldunload is refused while the vbd is attached.
     {
         fake_xenrs_api::reset(1);
-        let mut m = XbbdModule::load().expect("load");
-        m.live = w.live.clone();
+        let m = XbbdModule::load().expect("load");
+        // The module's count as the world's driver has it: the vbd above.
+        let count = m.live.counter();
+        count.store(w.live.load(Ordering::Acquire), Ordering::Release);
+        assert_eq!(m.stat(0), Some(1));
         assert_eq!(m.quiesce(), Err(freebsd_kpi::Errno::EBUSY));
         assert!(fake::console().contains("xbbd: 1 vbd(s) attached; detach them first"));
-        m.live = Arc::new(AtomicUsize::new(0));
+        count.store(0, Ordering::Release);
         assert_eq!(m.quiesce(), Ok(()));
         m.unload();
     }
