@@ -572,11 +572,11 @@ fn entry_points_reach_the_device_and_input_happens_unlocked() {
     assert_eq!(shim::with(|s| (s.freed, s.tx.len())), (3, 0));
     // SAFETY: as above.
     unsafe {
-        assert_eq!(sys::xenrs_xn_ioctl_mtu(raw, 9001), errno::EINVAL);
-        assert_eq!(sys::xenrs_xn_ioctl_mtu(raw, 1500), 0);
+        assert_eq!(sys::ioctl_mtu(raw, 9001), errno::EINVAL);
+        assert_eq!(sys::ioctl_mtu(raw, 1500), 0);
         sys::xenrs_xn_ioctl_caps(raw, 0x11);
         let mut v = 0;
-        assert_eq!(sys::xenrs_xn_dev_stat(raw, 0, &mut v), 0);
+        assert_eq!(sys::dev_stat(raw, 0, &mut v), 0);
         assert_eq!(v, 3);
     }
     assert_eq!(seen.lock().unwrap().as_slice(), &[61, 62, 0x11]);

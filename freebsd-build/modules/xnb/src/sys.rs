@@ -1,16 +1,14 @@
 //! The FreeBSD side of xnb.ko: the C shim's functions (`xnb_kmod.c`), the kernel
 //! implementation of [`IfKpi`], the per-vif softc (its locks and taskqueue are
 //! `freebsd_kpi`'s shared glue, which xen.ko exports), and the `extern "C"`
-//! entry points the shim calls (`if_transmit`, ioctls, sysctl leaves).
+//! entry points the shim calls (`if_transmit`, ioctls, sysctl leaves). What xn.ko has
+//! alike (the shared shim functions, the softc's `DeviceGlue`, `SIOCSIFMTU` and the sysctl
+//! leaves) comes from `ifnet_glue!` (`modules/ifnet_glue.rs`) under this module's prefix.
 //!
 //! This is the only part of the crate with `unsafe`: each block says why it holds.
 #![allow(unsafe_code)]
 
-use alloc::vec::Vec;
 use core::ffi::{c_char, c_int, c_void, CStr};
-
-use freebsd_kpi::device::{self, Again, DeviceGlue};
-use freebsd_kpi::taskqueue::Priority;
 
 use crate::vif::{IfHandle, IfKpi, MbufHandle};
 
@@ -21,38 +19,16 @@ extern "C" {
         mac: *const u8,
         mtu: c_int,
     ) -> *mut c_void;
-    fn xenrs_xnb_ifnet_destroy(ifp: *mut c_void);
-    fn xenrs_xnb_link(ifp: *mut c_void, up: c_int);
-    fn xenrs_xnb_m_copydata(m: *mut c_void, off: u32, len: u32, buf: *mut u8);
-    fn xenrs_xnb_mbuf(
-        ifp: *mut c_void,
-        data: *const u8,
-        len: u32,
-        csum_valid: c_int,
-    ) -> *mut c_void;
-    fn xenrs_xnb_input(ifp: *mut c_void, m: *mut c_void);
     fn xenrs_xnb_now_ns() -> u64;
-    fn xenrs_xnb_m_freem(m: *mut c_void);
-    fn xenrs_xnb_sysctl_attach(softc: *mut c_void, unit: u32) -> *mut c_void;
-    fn xenrs_xnb_sysctl_detach(ctx: *mut c_void);
 }
 
-/// The kernel's network stack, for the interface whose softc is `softc`.
-#[derive(Debug)]
-pub struct Kernel {
-    softc: *mut c_void,
-}
-
-// SAFETY: `softc` is an address handed to the shim only; the kernel functions may be called
-// from any thread.
-unsafe impl Send for Kernel {}
-
-/// The kernel stack with no softc, for host tests (the fakes ignore it).
-#[cfg(test)]
-pub(crate) fn kernel_for_tests() -> Kernel {
-    Kernel {
-        softc: core::ptr::null_mut(),
-    }
+include!("../../ifnet_glue.rs");
+ifnet_glue! {
+    prefix: xnb,
+    name: c"xnb",
+    queue_name: c"xnb txq",
+    enetdown: crate::vif::errno::ENETDOWN,
+    transmit: |dev, p| dev.transmit(p.m, p.len, p.offload, p.flowid, p.hashed),
 }
 
 impl IfKpi for Kernel {
@@ -73,12 +49,12 @@ impl IfKpi for Kernel {
 
     fn ifnet_destroy(&self, ifp: IfHandle) {
         // SAFETY: from ifnet_create, destroyed once (the glue forgets the handle).
-        unsafe { xenrs_xnb_ifnet_destroy(ifp.0 as *mut c_void) }
+        unsafe { shim::ifnet_destroy(ifp.0 as *mut c_void) }
     }
 
     fn link(&self, ifp: IfHandle, up: bool) {
         // SAFETY: a live ifnet.
-        unsafe { xenrs_xnb_link(ifp.0 as *mut c_void, c_int::from(up)) }
+        unsafe { shim::link(ifp.0 as *mut c_void, c_int::from(up)) }
     }
 
     fn copydata(&self, m: MbufHandle, buf: &mut [u8]) {
@@ -88,14 +64,14 @@ impl IfKpi for Kernel {
         // SAFETY: `m` is the packet if_transmit handed over (freed by the shim after this
         // returns), at least `buf.len()` bytes long (checked against m_pkthdr.len by the
         // caller); `buf` is valid for that many bytes.
-        unsafe { xenrs_xnb_m_copydata(m.0 as *mut c_void, 0, len, buf.as_mut_ptr()) }
+        unsafe { shim::m_copydata(m.0 as *mut c_void, 0, len, buf.as_mut_ptr()) }
     }
 
     fn mbuf(&self, ifp: IfHandle, data: &[u8], csum_valid: bool) -> Option<MbufHandle> {
         let len = u32::try_from(data.len()).ok()?;
         // SAFETY: a live ifnet; `data` is valid for `len` bytes during the call (copied).
         let m = unsafe {
-            xenrs_xnb_mbuf(
+            shim::mbuf(
                 ifp.0 as *mut c_void,
                 data.as_ptr(),
                 len,
@@ -107,7 +83,7 @@ impl IfKpi for Kernel {
 
     fn input(&self, ifp: IfHandle, m: MbufHandle) {
         // SAFETY: a live ifnet and an mbuf from `mbuf`, handed to the stack once.
-        unsafe { xenrs_xnb_input(ifp.0 as *mut c_void, m.0 as *mut c_void) }
+        unsafe { shim::input(ifp.0 as *mut c_void, m.0 as *mut c_void) }
     }
 
     fn now_ns(&self) -> u64 {
@@ -115,9 +91,6 @@ impl IfKpi for Kernel {
         unsafe { xenrs_xnb_now_ns() }
     }
 }
-
-/// Received mbufs waiting for `if_input` (called once the mutex is released).
-pub type Inputs = Vec<(IfHandle, MbufHandle)>;
 
 /// What the shim's entry points and the event handler reach through the softc.
 pub trait IfDevice: Send {
@@ -162,77 +135,6 @@ pub const TXQ_MAX: usize = 512;
 /// `xenrs_xnb_transmit` kept the mbuf (`XENRS_XNB_KEPT` in the shim).
 pub const KEPT: c_int = -1;
 
-/// xnb's side of the shared per-device softc ([`freebsd_kpi::device`]): the device is an
-/// [`IfDevice`], the work waiting for its lock packets from `if_transmit`, and what an event
-/// hands out received frames, passed up once the lock is released.
-#[derive(Debug)]
-pub enum Glue {}
-
-impl DeviceGlue for Glue {
-    type Dev = dyn IfDevice;
-    type Work = Deferred;
-    type Out = Inputs;
-    const NAME: &'static CStr = c"xnb";
-    const QUEUE_NAME: &'static CStr = c"xnb txq";
-    const PRIORITY: Priority = Priority::Wait;
-    const QUEUE_MAX: usize = TXQ_MAX;
-
-    fn run(dev: Option<&mut (dyn IfDevice + 'static)>, p: Deferred) {
-        if let Some(d) = dev {
-            let _ = d.transmit(p.m, p.len, p.offload, p.flowid, p.hashed);
-        }
-        // SAFETY: the mbuf if_transmit handed over and we kept; copied to the ring (or
-        // dropped) above, freed once.
-        unsafe { xenrs_xnb_m_freem(p.m.0 as *mut c_void) };
-    }
-
-    fn event(dev: &mut (dyn IfDevice + 'static), out: &mut Inputs) -> Again {
-        // Work left at a budget: run again, from the taskqueue when there is one.
-        if dev.event(out) {
-            Again::Soon
-        } else {
-            Again::No
-        }
-    }
-
-    fn finish(inputs: Inputs) {
-        pass_up(inputs);
-    }
-
-    const SYSCTL_ATTACH: unsafe extern "C" fn(*mut c_void, u32) -> *mut c_void =
-        xenrs_xnb_sysctl_attach;
-    const SYSCTL_DETACH: unsafe extern "C" fn(*mut c_void) = xenrs_xnb_sysctl_detach;
-}
-
-/// The per-interface object: `if_getsoftc()` and the softc of its sysctl leaves.
-pub type Softc = device::Softc<Glue>;
-/// An attached interface's softc, owned by the driver until [`SoftcBox::free`].
-pub type SoftcBox = device::SoftcBox<Glue>;
-/// The event handlers' way to the softc.
-pub type EventSink = device::EventSink<Glue>;
-
-/// The kernel stack for `softc`'s interface.
-pub fn kernel(softc: &SoftcBox) -> Kernel {
-    Kernel {
-        softc: softc.as_raw(),
-    }
-}
-
-/// `if_input` for each received frame, with no lock of ours held.
-fn pass_up(inputs: Inputs) {
-    for (ifp, m) in inputs {
-        // SAFETY: a live ifnet (it is destroyed only after every port is unbound, so no
-        // event is being handled) and an mbuf handed to the stack once.
-        unsafe { xenrs_xnb_input(ifp.0 as *mut c_void, m.0 as *mut c_void) }
-    }
-}
-
-fn softc_ref<'s>(softc: *mut c_void) -> &'s Softc {
-    // SAFETY: every caller is an entry point whose contract is a live softc (the ifnet's,
-    // which is destroyed before the softc is freed).
-    unsafe { Softc::from_raw(softc) }
-}
-
 /// `if_transmit`, called by the shim: [`KEPT`] (the mbuf is ours now) or an errno (the shim
 /// frees it).
 ///
@@ -258,41 +160,5 @@ pub unsafe extern "C" fn xenrs_xnb_transmit(
         Ok(()) => KEPT,
         // Too many packets wait for the device lock.
         Err(_) => crate::vif::errno::ENOBUFS,
-    }
-}
-
-/// `SIOCSIFMTU`.
-///
-/// # Safety
-/// `softc` is a live softc.
-#[no_mangle]
-pub unsafe extern "C" fn xenrs_xnb_ioctl_mtu(softc: *mut c_void, mtu: c_int) -> c_int {
-    softc_ref(softc).with(|dev| {
-        dev.as_mut()
-            .map_or(crate::vif::errno::ENETDOWN, |d| d.set_mtu(mtu))
-    })
-}
-
-/// A `dev.xnb.<unit>` leaf.
-///
-/// # Safety
-/// `softc` is a live softc; `out` is valid for a `u64` write.
-#[no_mangle]
-pub unsafe extern "C" fn xenrs_xnb_dev_stat(
-    softc: *mut c_void,
-    which: c_int,
-    out: *mut u64,
-) -> c_int {
-    let Ok(which) = u32::try_from(which) else {
-        return 2;
-    };
-    match softc_ref(softc).with(|dev| dev.as_ref().and_then(|d| d.stat(which))) {
-        Some(v) => {
-            // SAFETY: valid for a u64 write by the caller's contract.
-            unsafe { out.write(v) };
-            0
-        }
-        // ENOENT
-        None => 2,
     }
 }
