@@ -150,6 +150,70 @@ fn fe_dir() -> String {
     format!("/local/domain/{FE}/device/vbd/51712")
 }
 
+/// Dom0 with `dom0_pages` of RAM and the guest `FE`, as the tests here and in [`attach`] use
+/// them.
+fn domains(sim: &SimHypervisor, dom0_pages: u32) -> (&'static DomainHandle, &'static DomainHandle) {
+    let dom0 = leak(
+        sim.create_domain(DomainConfig {
+            ram_pages: dom0_pages,
+            ..DomainConfig::dom0()
+        })
+        .expect("dom0"),
+    );
+    let guest = leak(
+        sim.create_domain(DomainConfig {
+            domid: Some(FE),
+            ram_pages: 1536,
+            ..DomainConfig::guest()
+        })
+        .expect("guest"),
+    );
+    (dom0, guest)
+}
+
+/// A fresh image of [`SECTORS`] zero sectors, open for reading and writing.
+fn image(name: &str) -> (std::path::PathBuf, File) {
+    let path = temp_image(name);
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("image");
+    file.set_len(SECTORS * 512).expect("size");
+    (path, file)
+}
+
+/// What the toolstack writes for a vbd of guest `FE` served by dom0 from `params` (a file)
+/// with `mode`: the backend directory (dom0's, the guest may read it) and the frontend's
+/// (the guest's, dom0 may read it), both in state Initialising.
+fn put_vbd(xs: &XenstoreSim, params: &str, mode: &str) {
+    let mut d = xs.daemon();
+    let be = [Perm::new(Access::None, 0), Perm::new(Access::Read, FE)];
+    let fe = [Perm::new(Access::None, FE), Perm::new(Access::Read, 0)];
+    let (bd, fd) = (be_dir(), fe_dir());
+    for (k, v) in [
+        ("frontend", fd.as_str()),
+        ("frontend-id", "1"),
+        ("params", params),
+        ("type", "file"),
+        ("mode", mode),
+        ("state", "1"),
+    ] {
+        d.put(&format!("{bd}/{k}"), v.as_bytes(), &be);
+    }
+    for (k, v) in [
+        ("backend", bd.as_str()),
+        ("backend-id", "0"),
+        ("virtual-device", "51712"),
+        ("device-type", "disk"),
+        ("state", "1"),
+    ] {
+        d.put(&format!("{fd}/{k}"), v.as_bytes(), &fe);
+    }
+}
+
 impl Drop for Rig {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -164,59 +228,17 @@ impl Rig {
             maptrack_limit: 16384,
             ..SimConfig::default()
         });
-        let back_dom = leak(
-            sim.create_domain(DomainConfig {
-                ram_pages: 768,
-                ..DomainConfig::dom0()
-            })
-            .expect("dom0"),
-        );
-        let front_dom = leak(
-            sim.create_domain(DomainConfig {
-                domid: Some(FE),
-                ram_pages: 1536,
-                ..DomainConfig::guest()
-            })
-            .expect("guest"),
-        );
-        let path = temp_image("xbbd-glue");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("image");
-        file.set_len(SECTORS * 512).expect("size");
+        let (back_dom, front_dom) = domains(&sim, 768);
+        let (path, file) = image("xbbd-glue");
         let kicks = Rc::new(Cell::new(0));
         let xs = XenstoreSim::new();
         let mut be_xs = xs.client(0);
         let mut fe_xs = xs.client(FE);
-        {
-            let mut d = xs.daemon();
-            let be = [Perm::new(Access::None, 0), Perm::new(Access::Read, FE)];
-            let fe = [Perm::new(Access::None, FE), Perm::new(Access::Read, 0)];
-            let (bd, fd) = (be_dir(), fe_dir());
-            for (k, v) in [
-                ("frontend", fd.as_str()),
-                ("frontend-id", "1"),
-                ("params", path.to_str().unwrap()),
-                ("type", "file"),
-                ("mode", if readonly { "r" } else { "w" }),
-                ("state", "1"),
-            ] {
-                d.put(&format!("{bd}/{k}"), v.as_bytes(), &be);
-            }
-            for (k, v) in [
-                ("backend", bd.as_str()),
-                ("backend-id", "0"),
-                ("virtual-device", "51712"),
-                ("device-type", "disk"),
-                ("state", "1"),
-            ] {
-                d.put(&format!("{fd}/{k}"), v.as_bytes(), &fe);
-            }
-        }
+        put_vbd(
+            &xs,
+            path.to_str().unwrap(),
+            if readonly { "r" } else { "w" },
+        );
         // What the driver's probe does: choose the object from `params` and open it.
         let spec_path = path.clone();
         let opened = Rc::new(RefCell::new(None));

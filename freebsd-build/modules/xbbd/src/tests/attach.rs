@@ -12,14 +12,13 @@ use std::sync::Arc;
 use xen_blkback::BackendConfig;
 use xen_blkfront::{Bio, BioOp, BufSeg, Frontend, FrontendConfig};
 use xen_tests::blk::drivers::FrontDriver;
-use xen_tests::blk::file_store::temp_image;
 use xen_tests::blk::sim::{contiguous_view, take_pending, Log, SimFrontEnv};
 use xen_tests::xensim::xenstored::{SimTransport, XenstoreSim};
-use xen_tests::xensim::{DomainConfig, DomainHandle, SimConfig, SimHypervisor};
-use xen_xenbus::{Access, Bus, Perm, Role, XenbusState};
+use xen_tests::xensim::{DomainHandle, SimConfig, SimHypervisor};
+use xen_xenbus::{Bus, Role, XenbusState};
 use xenrs_api::{Registration as _, XenServices};
 
-use super::fake_xenrs_api;
+use super::{be_dir, domains, fake_xenrs_api, fe_dir, image, put_vbd, FE, SECTORS};
 use crate::dev::{on_kick, DevStat, KickSlot, XbbdDriver};
 use crate::env::SlotView;
 use crate::sys::xenrs_xbbd_dev_stat;
@@ -261,70 +260,6 @@ fn sysctl_leaves_agree_with_the_shim() {
 
 // ---------------------------------------------------------------- attached over xensim
 
-/// Dom0's xenstore connection for `HostXen` (which wants `Send`).
-struct OneThread(SimTransport);
-
-// SAFETY: the simulated machine lives on the test's thread only; HostXen's mutexes never hand
-// the transport to another thread.
-unsafe impl Send for OneThread {}
-
-impl xen_xenbus::Transport for OneThread {
-    fn send(&mut self, bytes: &[u8]) -> Result<usize, xen_xenbus::TransportError> {
-        self.0.send(bytes)
-    }
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, xen_xenbus::TransportError> {
-        self.0.recv(buf)
-    }
-    fn wait_for_event(&mut self) -> Result<(), xen_xenbus::TransportError> {
-        self.0.wait_for_event()
-    }
-}
-
-/// Dom0's memory for `HostXen`: runs of its RAM pages (contiguous, as `xenrs_pages_alloc`
-/// gives them), and slots (unused here: xbbd makes its own from RAM runs).
-struct SimMemory(&'static DomainHandle);
-
-impl xenrs_api::host::HostMemory for SimMemory {
-    fn alloc(&self, count: u32) -> Option<(xen_shmem::SharedMem<'static>, u64)> {
-        let mut gfns: Vec<u64> = Vec::new();
-        for _ in 0..count {
-            match self.0.alloc_page() {
-                Some(g) => gfns.push(g),
-                None => break,
-            }
-        }
-        gfns.sort_unstable();
-        let contiguous = gfns.len() == count as usize
-            && gfns.windows(2).all(|w| w[1] == w[0] + 1)
-            && !gfns.is_empty();
-        let view = if contiguous {
-            contiguous_view(self.0, gfns[0], count)
-        } else {
-            None
-        };
-        let Some(mem) = view else {
-            for g in gfns {
-                self.0.free_page(g);
-            }
-            return None;
-        };
-        mem.zero_all();
-        Some((mem, gfns[0]))
-    }
-    fn free(&self, gfn: u64, count: u32) {
-        for i in 0..u64::from(count) {
-            self.0.free_page(gfn + i);
-        }
-    }
-    fn reserve_slot(&self) -> Option<u64> {
-        None
-    }
-    fn view_slot(&self, _host_addr: u64) -> Option<xen_shmem::SharedMem<'static>> {
-        None
-    }
-    fn release_slot(&self, _host_addr: u64) {}
-}
-
 /// How the simulated dom0 sees a slot run: through the frames now mapped there. The views
 /// handed out (the rings: data moves by grant copy) are kept for tests that play a hostile
 /// guest on them.
@@ -357,18 +292,7 @@ fn leak<T>(v: T) -> &'static T {
     Box::leak(Box::new(v))
 }
 
-type Host = xenrs_api::host::HostXen<&'static DomainHandle, OneThread>;
-
-const FE: u16 = 1;
-const SECTORS: u64 = 4096;
-
-fn be_dir() -> String {
-    format!("/local/domain/0/backend/vbd/{FE}/51712")
-}
-
-fn fe_dir() -> String {
-    format!("/local/domain/{FE}/device/vbd/51712")
-}
+type Host = xenrs_api::sim::SimXen;
 
 /// Dom0 with xbbd registered through the xenrs API; the guest's blkfront on its own bus.
 struct World {
@@ -400,63 +324,11 @@ impl World {
             maptrack_limit: 16384,
             ..SimConfig::default()
         }));
-        let dom0 = leak(
-            sim.create_domain(DomainConfig {
-                ram_pages: 3072,
-                ..DomainConfig::dom0()
-            })
-            .expect("dom0"),
-        );
-        let guest = leak(
-            sim.create_domain(DomainConfig {
-                domid: Some(FE),
-                ram_pages: 1536,
-                ..DomainConfig::guest()
-            })
-            .expect("guest"),
-        );
-        let path = temp_image("xbbd-attach");
-        let file = std::fs::File::create(&path).expect("image");
-        file.set_len(SECTORS * 512).expect("size");
+        let (dom0, guest) = domains(sim, 3072);
+        let (path, _) = image("xbbd-attach");
         let xs = leak(XenstoreSim::new());
-        {
-            let mut d = xs.daemon();
-            let be = [Perm::new(Access::None, 0), Perm::new(Access::Read, FE)];
-            let fe = [Perm::new(Access::None, FE), Perm::new(Access::Read, 0)];
-            let (bd, fd) = (be_dir(), fe_dir());
-            for (k, v) in [
-                ("frontend", fd.as_str()),
-                ("frontend-id", "1"),
-                ("params", params.unwrap_or(path.to_str().unwrap())),
-                ("type", "file"),
-                ("mode", mode),
-                ("state", "1"),
-            ] {
-                d.put(&format!("{bd}/{k}"), v.as_bytes(), &be);
-            }
-            for (k, v) in [
-                ("backend", bd.as_str()),
-                ("backend-id", "0"),
-                ("virtual-device", "51712"),
-                ("device-type", "disk"),
-                ("state", "1"),
-            ] {
-                d.put(&format!("{fd}/{k}"), v.as_bytes(), &fe);
-            }
-        }
-        let table = xen_gnttab::GrantTable::new(
-            dom0,
-            xen_tests::xensim::grants::SimTableFrames::new(dom0),
-            4,
-        )
-        .expect("grant table");
-        let xen = Arc::new(Host::new(
-            dom0,
-            0,
-            xen_xenbus::Xs::new(OneThread(xs.connect(0)), xen_xenbus::Config::default()),
-            Box::new(table),
-            Box::new(SimMemory(dom0)),
-        ));
+        put_vbd(xs, params.unwrap_or(path.to_str().unwrap()), mode);
+        let xen = Arc::new(xenrs_api::sim::xen(dom0, xs, 4));
         let live = Arc::new(AtomicUsize::new(0));
         let rings = Arc::new(std::sync::Mutex::new(Vec::new()));
         let kick = Arc::new(KickSlot::new().expect("kick slot"));
