@@ -359,62 +359,90 @@ impl Rig {
         if !self.task_paused {
             any |= self.task();
         }
-        let mut pending = false;
-        for p in self.frontend.borrow().ports() {
-            pending |= take_pending(self.front_dom, p);
-        }
-        if pending {
-            any = true;
-            let _ = self.frontend.borrow_mut().poll();
-        }
-        any
+        any | poll_frontend(&self.frontend, self.front_dom)
     }
 
     fn run(&mut self, max: usize) {
-        let mut idle = 0;
-        for _ in 0..max {
-            if self.step() {
-                idle = 0;
-            } else {
-                idle += 1;
-                if idle >= 3 {
-                    return;
-                }
-            }
-        }
+        run_until_idle(max, || self.step());
     }
 
     fn bio(&self, op: BioOp, sector: u64, fill: Option<u8>, tag: u64) -> Bio<'static> {
-        let gfn = self.front_dom.alloc_page().expect("page");
-        let page = self.front_dom.page(gfn).expect("view");
-        page.fill(0, 4096, fill.unwrap_or(0xee)).unwrap();
-        Bio::new(
-            op,
-            sector,
-            vec![BufSeg {
-                gfn,
-                page,
-                offset: 0,
-                len: 4096,
-            }],
-            tag,
-        )
+        page_bio(self.front_dom, op, sector, fill.unwrap_or(0xee), tag)
     }
 
-    fn completions(&self) -> Vec<(u64, Result<(), xen_blkfront::BioError>, Option<u8>)> {
-        let mut out = Vec::new();
-        while let Some(c) = self.frontend.borrow_mut().pop_completion() {
-            let mut first = [0u8; 1];
-            let byte = c
-                .bio
-                .segs
-                .first()
-                .and_then(|s| s.page.copy_to_slice(0, &mut first).ok().map(|()| first[0]));
-            out.push((c.bio.tag, c.result, byte));
-        }
-        out.sort_by_key(|c| c.0);
-        out
+    fn completions(&self) -> Vec<Completion> {
+        completions(&self.frontend)
     }
+}
+
+/// Runs `step` until it found nothing to do three times in a row, at most `max` times.
+fn run_until_idle(max: usize, mut step: impl FnMut() -> bool) {
+    let mut idle = 0;
+    for _ in 0..max {
+        if step() {
+            idle = 0;
+        } else {
+            idle += 1;
+            if idle >= 3 {
+                return;
+            }
+        }
+    }
+}
+
+/// The guest's blkfront polled when one of its ports is pending; whether it was.
+fn poll_frontend(frontend: &RefCell<Frontend<'static, SimFrontEnv>>, guest: &DomainHandle) -> bool {
+    let mut pending = false;
+    for p in frontend.borrow().ports() {
+        pending |= take_pending(guest, p);
+    }
+    if pending {
+        let _ = frontend.borrow_mut().poll();
+    }
+    pending
+}
+
+/// A one-page bio of the guest's at `sector`, its page filled with `fill`.
+fn page_bio(
+    guest: &'static DomainHandle,
+    op: BioOp,
+    sector: u64,
+    fill: u8,
+    tag: u64,
+) -> Bio<'static> {
+    let gfn = guest.alloc_page().expect("page");
+    let page = guest.page(gfn).expect("view");
+    page.fill(0, 4096, fill).unwrap();
+    Bio::new(
+        op,
+        sector,
+        vec![BufSeg {
+            gfn,
+            page,
+            offset: 0,
+            len: 4096,
+        }],
+        tag,
+    )
+}
+
+/// A completed bio: its tag, its result and the first byte of its page.
+type Completion = (u64, Result<(), xen_blkfront::BioError>, Option<u8>);
+
+/// The frontend's completions so far, by tag.
+fn completions(frontend: &RefCell<Frontend<'static, SimFrontEnv>>) -> Vec<Completion> {
+    let mut out = Vec::new();
+    while let Some(c) = frontend.borrow_mut().pop_completion() {
+        let mut first = [0u8; 1];
+        let byte = c
+            .bio
+            .segs
+            .first()
+            .and_then(|s| s.page.copy_to_slice(0, &mut first).ok().map(|()| first[0]));
+        out.push((c.bio.tag, c.result, byte));
+    }
+    out.sort_by_key(|c| c.0);
+    out
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use xen_blkback::BackendConfig;
-use xen_blkfront::{Bio, BioOp, BufSeg, Frontend, FrontendConfig};
+use xen_blkfront::{Bio, BioOp, Frontend, FrontendConfig};
 use xen_tests::blk::drivers::FrontDriver;
 use xen_tests::blk::sim::{contiguous_view, take_pending, Log, SimFrontEnv};
 use xen_tests::xensim::xenstored::{SimTransport, XenstoreSim};
@@ -18,7 +18,10 @@ use xen_tests::xensim::{DomainHandle, SimConfig, SimHypervisor};
 use xen_xenbus::{Bus, Role, XenbusState};
 use xenrs_api::{Registration as _, XenServices};
 
-use super::{be_dir, domains, fake_xenrs_api, fe_dir, image, put_vbd, FE, SECTORS};
+use super::{
+    be_dir, completions, domains, fake_xenrs_api, fe_dir, image, page_bio, poll_frontend, put_vbd,
+    run_until_idle, FE, SECTORS,
+};
 use crate::dev::{on_kick, DevStat, KickSlot, XbbdDriver};
 use crate::env::SlotView;
 use crate::sys::xenrs_xbbd_dev_stat;
@@ -387,59 +390,23 @@ impl World {
             }
         }
         any |= fake::run_tasks() > 0;
-        let mut pending = false;
-        for p in self.frontend.borrow().ports() {
-            pending |= take_pending(self.guest, p);
-        }
-        if pending {
-            any = true;
-            let _ = self.frontend.borrow_mut().poll();
-        }
-        any
+        any | poll_frontend(&self.frontend, self.guest)
     }
 
     fn run(&mut self, max: usize) {
-        let mut idle = 0;
-        for _ in 0..max {
-            if self.step() {
-                idle = 0;
-            } else {
-                idle += 1;
-                if idle >= 3 {
-                    return;
-                }
-            }
-        }
+        run_until_idle(max, || self.step());
     }
 
     fn bio(&self, op: BioOp, sector: u64, fill: u8, tag: u64) -> Bio<'static> {
-        let gfn = self.guest.alloc_page().expect("page");
-        let page = self.guest.page(gfn).expect("view");
-        page.fill(0, 4096, fill).unwrap();
-        Bio::new(
-            op,
-            sector,
-            vec![BufSeg {
-                gfn,
-                page,
-                offset: 0,
-                len: 4096,
-            }],
-            tag,
-        )
+        page_bio(self.guest, op, sector, fill, tag)
     }
 
+    /// Tag, success and first byte (0 when unreadable) of each completion.
     fn completions(&self) -> Vec<(u64, bool, u8)> {
-        let mut out = Vec::new();
-        while let Some(c) = self.frontend.borrow_mut().pop_completion() {
-            let mut first = [0u8; 1];
-            if let Some(seg) = c.bio.segs.first() {
-                let _ = seg.page.copy_to_slice(0, &mut first);
-            }
-            out.push((c.bio.tag, c.result.is_ok(), first[0]));
-        }
-        out.sort_by_key(|c| c.0);
-        out
+        completions(&self.frontend)
+            .into_iter()
+            .map(|(tag, result, byte)| (tag, result.is_ok(), byte.unwrap_or(0)))
+            .collect()
     }
 
     fn softc(&self) -> usize {
