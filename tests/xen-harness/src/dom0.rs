@@ -360,7 +360,22 @@ wait_for() {
 }
 others() { xl list 2>/dev/null | awk 'NR > 1 && $1 != "Domain-0"'; }
 no_others() { [ -z "$(others)" ]; }
-gone() { ! xl domid "$1"; }
+# fails_cleanly CMD...: CMD ran and failed (status 1 to 128). dom0's programs segfault now and
+# then under TCG (status > 128); a crash is asked again, up to three times, and never reads as
+# a clean failure (a crashed `xl domid` once meant "the guest is gone" to a wait).
+fails_cleanly() {
+    local n rc
+    for n in 1 2 3; do
+        "$@" >/dev/null 2>&1
+        rc=$?
+        [ "$rc" -gt 128 ] || return $((rc == 0))
+    done
+    return 1
+}
+gone() { fails_cleanly xl domid "$1"; }
+# up_secs: whole seconds since dom0 booted, into $up, read by the shell itself: no child
+# process that could crash (a crashed `date` once ended a 90 s wait at its first round).
+up_secs() { read -r up up_rest < /proc/uptime; up=${up%.*}; }
 state_of() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }'; }
 clean_up() {
     for d in $(xl list 2>/dev/null | awk 'NR > 1 && $1 != "Domain-0" { print $2 }'); do
@@ -380,7 +395,17 @@ post_mortem() {   # domid name: registers of a crashed or stuck guest
 xenstored --pid-file /run/xenstored.pid &
 wait_for 600 test -S /run/xenstored/socket || fatal "xenstored socket never appeared"
 xen-init-dom0 || fatal "xen-init-dom0 failed"
-xenconsoled --log=guest --log-dir=/tmp/xc &
+# xenconsoled runs in the foreground (-i) of a loop that starts it again when it dies: dom0's
+# programs segfault now and then under TCG, and without xenconsoled a guest's console ring
+# fills, its writes block, and every wait on a console line runs out. A new xenconsoled picks
+# up the running domains and appends to their logs.
+(
+    while :; do
+        xenconsoled -i --log=guest --log-dir=/tmp/xc
+        echo "NOTE xenconsoled exited (status $?); started again"
+        sleep 1
+    done
+) &
 wait_for 300 pidof xenconsoled || fatal "xenconsoled did not start"
 echo "=== TOOLS UP"
 
@@ -659,12 +684,15 @@ const DD_FUNCTIONS: &str = r#"
 # is_value KEY VALUE: the xenstore node KEY holds VALUE.
 is_value() { [ "$(xenstore-read "$1" 2>/dev/null)" = "$2" ]; }
 # wait_secs SECONDS CMD...: run CMD every 0.2 s until it succeeds, for at most SECONDS of wall
-# time (wait_for counts rounds, which stretch when each CMD is slow under TCG).
+# time (wait_for counts rounds, which stretch when each CMD is slow under TCG), read by up_secs.
 wait_secs() {
-    local end=$(($(date +%s) + $1))
+    local end
+    up_secs
+    end=$((up + $1))
     shift
     while ! "$@" >/dev/null 2>&1; do
-        [ "$(date +%s)" -lt "$end" ] || return 1
+        up_secs
+        [ "$up" -lt "$end" ] || return 1
         sleep 0.2
     done
 }
@@ -723,7 +751,7 @@ domu_verdict() {
     esac
 }
 # home_gone DOMID: the domain's xenstore home is gone (xl removes it when the domain dies).
-home_gone() { ! xenstore-exists "/local/domain/$1"; }
+home_gone() { fails_cleanly xenstore-exists "/local/domain/$1"; }
 # domu_finish NAME: waits for the domU to power off (destroys it after 30 s).
 domu_finish() {
     local id
@@ -808,9 +836,9 @@ dd_detach_vif() {
 }
 # pid_gone PID: the process has exited.
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
-# ddnet_done NAME: the domU printed DOMU DONE, or xl says twice that it is gone (a dom0 tool
-# can segfault under TCG, and a crash must not read as "gone").
-ddnet_done() { domu_log "$1" | grep -q '^DOMU DONE' || { gone "$1" && gone "$1"; }; }
+# ddnet_done NAME: the domU printed DOMU DONE, or xl says it is gone (`gone` asks again when xl
+# crashed).
+ddnet_done() { domu_log "$1" | grep -q '^DOMU DONE' || gone "$1"; }
 # ddnet_again CMD...: CMD's output, CMD run up to 3 times until it prints something (a process
 # of its pipeline may segfault under TCG and leave it empty).
 ddnet_again() {
@@ -870,9 +898,9 @@ dd_net_linux() {
         echo "NOTE dd-net $a the domU did not ask for a second vif"
     fi
     domu_wait "$n" 240
-    # The listeners stay until the domU is done, also when domu_wait gave up early: its clock
-    # (date) and its "gone" test (xenstore-exists) are dom0 processes, which have segfaulted
-    # under TCG; here the wait is by rounds and "gone" must be seen twice.
+    # The listeners stay until the domU is done, also when domu_wait gave up early (its
+    # "gone" test, xenstore-exists, is a dom0 process, which has segfaulted under TCG); here
+    # the wait is by rounds and asks xl.
     wait_for 1200 ddnet_done "$n"
     wait_for 300 pid_gone "$lp"
     kill "$lp" "$sp" 2>/dev/null
@@ -1106,6 +1134,13 @@ mod tests {
         // Every paused create (the domUs, the good guests, the bench) goes through the retry
         // helper, so it must be in the prelude every script starts with.
         assert!(s.contains("\ncreate_paused() {"));
+        // xenconsoled stays in the foreground of its restart loop (a daemonised one would
+        // make the loop start a new one every second).
+        assert!(s.contains("        xenconsoled -i --log=guest --log-dir=/tmp/xc\n"));
+        // Waits read the clock with the shell's own `read` (every dom0 function is in every
+        // script): a crashed `date` ended a wait at its first round.
+        assert!(s.contains("\nup_secs() { read -r up up_rest < /proc/uptime;"));
+        assert!(!s.contains("date +%s"), "a dom0 function still runs date");
     }
 
     #[test]

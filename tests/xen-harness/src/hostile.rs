@@ -138,12 +138,14 @@ EOC
         # During: dom0 pings the good guest until the attacks end (at most 120 s). The
         # guest waits 60 s for the ack of its first result, then 90 s for the detach,
         # answering pings all along: the ack goes out after 45 s, or at the end.
-        t0=$(date +%s)
+        up_secs
+        t0=$up
         now=$t0
         while ! hostile_net_done "$h" && [ "$tries" -lt 120 ] && [ $((now - t0)) -lt 120 ]; do
             tries=$((tries + 1))
             ping -c 1 -W 2 10.99.0.2 > /dev/null 2>&1 && answered=$((answered + 1))
-            now=$(date +%s) || now=$((now + 1))
+            up_secs
+            now=$up
             if [ "$acked" = no ] && [ $((now - t0)) -ge 45 ]; then
                 xenstore-write "$p/pvh-net-ack" 1
                 acked=yes
