@@ -16,7 +16,7 @@ use alloc::vec::Vec;
 
 use xen_shmem::SharedMem;
 use xen_tests::xensim::xenstored::{SimTransport, XenstoreSim};
-use xen_tests::xensim::DomainHandle;
+use xen_tests::xensim::{DomainConfig, DomainHandle, SimHypervisor};
 use xen_xenbus::{Transport, TransportError};
 
 use crate::host::{HostMemory, HostXen};
@@ -129,6 +129,39 @@ pub fn xen(dom: &'static DomainHandle, xs: &XenstoreSim, grant_frames: u32) -> S
     )
 }
 
+/// Dom0 with `dom0_pages` pages of RAM and the guest `guest` with `guest_pages`, as the block
+/// modules' tests pair them: kept for the rest of the test process, since the page views the
+/// tests hand out must not outlive their domain.
+///
+/// # Panics
+/// When `sim` cannot make them (a test set-up error: too few machine pages, a domid taken).
+pub fn dom0_and_guest(
+    sim: &SimHypervisor,
+    dom0_pages: u32,
+    guest: u16,
+    guest_pages: u32,
+) -> (&'static DomainHandle, &'static DomainHandle) {
+    let make = |config, what| -> &'static DomainHandle {
+        Box::leak(Box::new(sim.create_domain(config).expect(what)))
+    };
+    let dom0 = make(
+        DomainConfig {
+            ram_pages: dom0_pages,
+            ..DomainConfig::dom0()
+        },
+        "dom0",
+    );
+    let guest = make(
+        DomainConfig {
+            domid: Some(guest),
+            ram_pages: guest_pages,
+            ..DomainConfig::guest()
+        },
+        "guest",
+    );
+    (dom0, guest)
+}
+
 /// Runs xenstore and xen.ko's xenbus thread ([`HostXen::pump`]) until neither has work, at
 /// most `rounds` times; whether anything ran.
 pub fn pump(xen: &SimXen, xs: &XenstoreSim, rounds: usize) -> bool {
@@ -147,7 +180,7 @@ pub fn pump(xen: &SimXen, xs: &XenstoreSim, rounds: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xen_tests::xensim::{DomainConfig, SimConfig, SimHypervisor};
+    use xen_tests::xensim::SimConfig;
 
     fn dom() -> &'static DomainHandle {
         let sim = Box::leak(Box::new(SimHypervisor::new(SimConfig::default())));
@@ -178,6 +211,18 @@ mod tests {
         mem.free(g, 3);
         mem.free(g1, 1);
         assert!(mem.alloc(0).is_none());
+    }
+
+    #[test]
+    fn dom0_and_guest_have_the_ids_and_memory_asked_for() {
+        let sim = Box::leak(Box::new(SimHypervisor::new(SimConfig::default())));
+        let (dom0, guest) = dom0_and_guest(sim, 64, 7, 32);
+        assert_eq!((dom0.domid(), guest.domid()), (0, 7));
+        // Free pages: the RAM asked for less what every domain keeps for itself.
+        let pages = |d: &DomainHandle| core::iter::from_fn(|| d.alloc_page()).take(100).count();
+        let (a, b) = (pages(dom0), pages(guest));
+        assert!(b > 0 && a < 64, "{a} {b}");
+        assert_eq!(a - b, 64 - 32);
     }
 
     #[test]

@@ -25,9 +25,9 @@ use xen_blkfront::{Bio, BioOp, BufSeg, Frontend, FrontendConfig};
 use xen_shmem::SharedMem;
 use xen_tests::blk::drivers::{BackDriver, FrontDriver};
 use xen_tests::blk::file_store::temp_image;
-use xen_tests::blk::sim::{leak, take_pending, Log, SimBackEnv, SimFrontEnv};
+use xen_tests::blk::sim::{take_pending, Log, SimBackEnv, SimFrontEnv};
 use xen_tests::xensim::xenstored::{SimTransport, XenstoreSim};
-use xen_tests::xensim::{DomainConfig, DomainHandle, SimConfig, SimHypervisor};
+use xen_tests::xensim::{DomainHandle, SimConfig, SimHypervisor};
 use xen_xenbus::{Access, Bus, Perm, Role, XenbusState};
 
 use super::*;
@@ -150,27 +150,6 @@ fn fe_dir() -> String {
     format!("/local/domain/{FE}/device/vbd/51712")
 }
 
-/// Dom0 with `dom0_pages` of RAM and the guest `FE`, as the tests here and in [`attach`] use
-/// them.
-fn domains(sim: &SimHypervisor, dom0_pages: u32) -> (&'static DomainHandle, &'static DomainHandle) {
-    let dom0 = leak(
-        sim.create_domain(DomainConfig {
-            ram_pages: dom0_pages,
-            ..DomainConfig::dom0()
-        })
-        .expect("dom0"),
-    );
-    let guest = leak(
-        sim.create_domain(DomainConfig {
-            domid: Some(FE),
-            ram_pages: 1536,
-            ..DomainConfig::guest()
-        })
-        .expect("guest"),
-    );
-    (dom0, guest)
-}
-
 /// A fresh image of [`SECTORS`] zero sectors, open for reading and writing.
 fn image(name: &str) -> (std::path::PathBuf, File) {
     let path = temp_image(name);
@@ -228,7 +207,7 @@ impl Rig {
             maptrack_limit: 16384,
             ..SimConfig::default()
         });
-        let (back_dom, front_dom) = domains(&sim, 768);
+        let (back_dom, front_dom) = xenrs_api::sim::dom0_and_guest(&sim, 768, FE, 1536);
         let (path, file) = image("xbbd-glue");
         let kicks = Rc::new(Cell::new(0));
         let xs = XenstoreSim::new();

@@ -15,9 +15,9 @@ use xen_blkback::{Backend, BackendConfig};
 use xen_blkfront::{FrontendConfig, FrontendEnv, PageRun};
 use xen_tests::blk::drivers::BackDriver;
 use xen_tests::blk::file_store::{temp_image, FileStore, Mode};
-use xen_tests::blk::sim::{leak, take_pending, Log, SimBackEnv, SimFrontEnv};
+use xen_tests::blk::sim::{take_pending, Log, SimBackEnv, SimFrontEnv};
 use xen_tests::xensim::xenstored::{SimTransport, XenstoreSim};
-use xen_tests::xensim::{DomainConfig, DomainHandle, Rng, SimConfig, SimHypervisor};
+use xen_tests::xensim::{DomainHandle, Rng, SimConfig, SimHypervisor};
 use xen_xenbus::bus::XenStore;
 use xen_xenbus::{Access, Bus, Device, Driver, Error as XsErr, Perm, Role, XenbusState};
 
@@ -378,21 +378,7 @@ impl Rig {
             maptrack_limit: 16384,
             ..SimConfig::default()
         });
-        let back_dom = leak(
-            sim.create_domain(DomainConfig {
-                ram_pages: 768,
-                ..DomainConfig::dom0()
-            })
-            .expect("dom0"),
-        );
-        let front_dom = leak(
-            sim.create_domain(DomainConfig {
-                domid: Some(FE),
-                ram_pages: 1536,
-                ..DomainConfig::guest()
-            })
-            .expect("guest"),
-        );
+        let (back_dom, front_dom) = xenrs_api::sim::dom0_and_guest(&sim, 768, FE, 1536);
         let log = Log::default();
         let store =
             FileStore::create(&temp_image("xbd-glue"), SECTORS, Mode::InOrder).expect("disk image");
@@ -993,21 +979,7 @@ impl ApiRig {
             maptrack_limit: 16384,
             ..SimConfig::default()
         });
-        let back_dom = leak(
-            sim.create_domain(DomainConfig {
-                ram_pages: 768,
-                ..DomainConfig::dom0()
-            })
-            .expect("dom0"),
-        );
-        let front_dom = leak(
-            sim.create_domain(DomainConfig {
-                domid: Some(FE),
-                ram_pages: 1536,
-                ..DomainConfig::guest()
-            })
-            .expect("guest"),
-        );
+        let (back_dom, front_dom) = xenrs_api::sim::dom0_and_guest(&sim, 768, FE, 1536);
         let store =
             FileStore::create(&temp_image("xbd-api"), SECTORS, Mode::InOrder).expect("disk image");
         let xs = XenstoreSim::new();

@@ -19,7 +19,7 @@ use xen_xenbus::{Bus, Role, XenbusState};
 use xenrs_api::{Registration as _, XenServices};
 
 use super::{
-    be_dir, completions, domains, fake_xenrs_api, fe_dir, image, page_bio, poll_frontend, put_vbd,
+    be_dir, completions, fake_xenrs_api, fe_dir, image, page_bio, poll_frontend, put_vbd,
     run_until_idle, FE, SECTORS,
 };
 use crate::dev::{on_kick, DevStat, KickSlot, XbbdDriver};
@@ -327,7 +327,7 @@ impl World {
             maptrack_limit: 16384,
             ..SimConfig::default()
         }));
-        let (dom0, guest) = domains(sim, 3072);
+        let (dom0, guest) = xenrs_api::sim::dom0_and_guest(sim, 3072, FE, 1536);
         let (path, _) = image("xbbd-attach");
         let xs = leak(XenstoreSim::new());
         put_vbd(xs, params.unwrap_or(path.to_str().unwrap()), mode);
