@@ -201,3 +201,51 @@ macro_rules! ifnet_glue {
         }
     };
 }
+
+/// The methods of the module's `IfKpi` that are one call of a shared shim function each
+/// (`ifnet_destroy`, `link`, `copydata`, `mbuf`, `input`): invoked inside
+/// `impl IfKpi for Kernel`, after `ifnet_glue!` (which declares `shim`).
+macro_rules! ifnet_kpi_shared {
+    () => {
+        fn ifnet_destroy(&self, ifp: IfHandle) {
+            // SAFETY: from ifnet_create, destroyed once (the glue forgets the handle).
+            unsafe { shim::ifnet_destroy(ifp.0 as *mut core::ffi::c_void) }
+        }
+
+        fn link(&self, ifp: IfHandle, up: bool) {
+            // SAFETY: a live ifnet.
+            unsafe { shim::link(ifp.0 as *mut core::ffi::c_void, core::ffi::c_int::from(up)) }
+        }
+
+        fn copydata(&self, m: MbufHandle, buf: &mut [u8]) {
+            let Ok(len) = u32::try_from(buf.len()) else {
+                return;
+            };
+            // SAFETY: `m` is a packet if_transmit handed over, not freed before the transmit
+            // that copies it returns, at least `buf.len()` bytes long (the caller checked it
+            // against m_pkthdr.len); `buf` is valid for that many bytes.
+            unsafe { shim::m_copydata(m.0 as *mut core::ffi::c_void, 0, len, buf.as_mut_ptr()) }
+        }
+
+        fn mbuf(&self, ifp: IfHandle, data: &[u8], csum_valid: bool) -> Option<MbufHandle> {
+            let len = u32::try_from(data.len()).ok()?;
+            // SAFETY: a live ifnet; `data` is valid for `len` bytes during the call (copied).
+            let m = unsafe {
+                shim::mbuf(
+                    ifp.0 as *mut core::ffi::c_void,
+                    data.as_ptr(),
+                    len,
+                    core::ffi::c_int::from(csum_valid),
+                )
+            };
+            (!m.is_null()).then_some(MbufHandle(m as usize))
+        }
+
+        fn input(&self, ifp: IfHandle, m: MbufHandle) {
+            // SAFETY: a live ifnet and an mbuf from `mbuf`, handed to the stack once.
+            unsafe {
+                shim::input(ifp.0 as *mut core::ffi::c_void, m.0 as *mut core::ffi::c_void);
+            }
+        }
+    };
+}

@@ -2,8 +2,9 @@
 //! implementation of [`IfKpi`], the per-interface softc (its locks and taskqueue are
 //! `freebsd_kpi`'s shared glue, which xen.ko exports), and the `extern "C"`
 //! entry points the shim calls (`if_transmit`, ioctls, sysctl leaves). What xnb.ko has
-//! alike (the shared shim functions, the softc's `DeviceGlue`, `SIOCSIFMTU` and the sysctl
-//! leaves) comes from `ifnet_glue!` (`modules/ifnet_glue.rs`) under this module's prefix.
+//! alike (the shared shim functions, the softc's `DeviceGlue`, `SIOCSIFMTU`, the sysctl
+//! leaves, the `IfKpi` methods that are one shim call each) comes from `ifnet_glue!` and
+//! `ifnet_kpi_shared!` (`modules/ifnet_glue.rs`) under this module's prefix.
 //!
 //! This is the only part of the crate with `unsafe`: each block says why it holds.
 #![allow(unsafe_code)]
@@ -66,44 +67,8 @@ impl IfKpi for Kernel {
         unsafe { xenrs_xn_ifnet_caps(ifp.0 as *mut c_void, caps, enabled) }
     }
 
-    fn ifnet_destroy(&self, ifp: IfHandle) {
-        // SAFETY: from ifnet_create, destroyed once (the glue forgets the handle).
-        unsafe { shim::ifnet_destroy(ifp.0 as *mut c_void) }
-    }
-
-    fn link(&self, ifp: IfHandle, up: bool) {
-        // SAFETY: a live ifnet.
-        unsafe { shim::link(ifp.0 as *mut c_void, c_int::from(up)) }
-    }
-
-    fn copydata(&self, m: MbufHandle, buf: &mut [u8]) {
-        let Ok(len) = u32::try_from(buf.len()) else {
-            return;
-        };
-        // SAFETY: `m` is the packet if_transmit handed over (not freed until the shim's
-        // transmit returns), at least `buf.len()` bytes long (the caller checked it against
-        // m_pkthdr.len); `buf` is valid for that many bytes.
-        unsafe { shim::m_copydata(m.0 as *mut c_void, 0, len, buf.as_mut_ptr()) }
-    }
-
-    fn mbuf(&self, ifp: IfHandle, data: &[u8], csum_valid: bool) -> Option<MbufHandle> {
-        let len = u32::try_from(data.len()).ok()?;
-        // SAFETY: a live ifnet; `data` is valid for `len` bytes during the call (copied).
-        let m = unsafe {
-            shim::mbuf(
-                ifp.0 as *mut c_void,
-                data.as_ptr(),
-                len,
-                c_int::from(csum_valid),
-            )
-        };
-        (!m.is_null()).then_some(MbufHandle(m as usize))
-    }
-
-    fn input(&self, ifp: IfHandle, m: MbufHandle) {
-        // SAFETY: a live ifnet and an mbuf from `mbuf`, handed to the stack once.
-        unsafe { shim::input(ifp.0 as *mut c_void, m.0 as *mut c_void) }
-    }
+    // ifnet_destroy, link, copydata, mbuf and input: one shared shim function each.
+    ifnet_kpi_shared!();
 
     fn ipv4(&self, ifp: IfHandle) -> Option<[u8; 4]> {
         let mut ip = [0u8; 4];
