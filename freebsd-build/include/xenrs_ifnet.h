@@ -4,8 +4,9 @@
  * xen-freebsd-rs: the mbuf and ifnet helpers the network modules (xn.ko, xnb.ko) share,
  * compiled into each shim under the module's prefix: XENRS_IFNET_GLUE(xn) defines
  * xenrs_xn_m_freem, xenrs_xn_ifnet_destroy, xenrs_xn_link, xenrs_xn_m_copydata,
- * xenrs_xn_mbuf and xenrs_xn_input, which the module's Rust (src/sys.rs) declares and its
- * host tests fake. Per-module names rather than exports of xen.ko: they are network KPI,
+ * xenrs_xn_mbuf and xenrs_xn_input, which the module's Rust declares through the
+ * ifnet_glue! macro (modules/ifnet_glue.rs, included by its src/sys.rs) and its host tests
+ * fake (modules/fake_ifnet.rs). Per-module names rather than exports of xen.ko: they are network KPI,
  * which xen.ko does not otherwise touch, and distinct names keep both modules linkable into
  * one custom kernel. See docs/FREEBSD.md, "The driver modules".
  *
