@@ -203,7 +203,7 @@ bench_feat() {
 bench_left() {
     local l
     up_secs
-    l=$((bench_end - up))
+    l=$((bench_end - up_now))
     if [ "$l" -gt 10 ]; then echo "$l"; else echo 10; fi
 }
 # bench_run ARCH DD NONCE: scenario bench (see bench.rs). Everything within 840 s, so the
@@ -212,7 +212,7 @@ bench_left() {
 bench_run() {
     local a=$1 dd=$2 n=pvh-bench-$1 fe lp= port res=/tmp/bench-results.txt
     up_secs
-    bench_end=$((up + 840))
+    bench_end=$((up_now + 840))
     ip neigh flush dev xenbr0 2>/dev/null
     rm -f /tmp/bench-hold /tmp/bench-dom0.txt /tmp/bench-xs.txt
     mkfifo /tmp/bench-hold
@@ -293,7 +293,7 @@ EOC
 bench_pvh() {
     local a=$1 n=pvh-benchc-$1 fe
     up_secs
-    bench_end=$((up + @PVH_SECS@))
+    bench_end=$((up_now + @PVH_SECS@))
     rm -f /tmp/bench-dom0c.txt
     cat > "/tmp/$n.cfg" <<EOC
 name = "$n"
@@ -374,7 +374,7 @@ mod tests {
         // disk the Linux domU's path a used.
         assert!(dom0.contains("run=bench name=$n nonce=$2 bmib=8 b4k=128 breps=3 necho=30 nreps=3"));
         assert!(dom0.contains("target=/dev/ram0' ]\nvif = [ 'mac=00:16:3e:5a:03:03,"));
-        assert!(dom0.contains("bench_end=$((up + 240))"));
+        assert!(dom0.contains("bench_end=$((up_now + 240))"));
         // dom0 waits for the lines the guest prints (tests/pvh-guest/src/bench.rs).
         for line in ["BENCHFEAT blk c", "BENCHFEAT net c", "RESULT bench"] {
             assert!(dom0.contains(&format!("bench_said_c \"$n\" '{line}'")));

@@ -373,9 +373,11 @@ fails_cleanly() {
     return 1
 }
 gone() { fails_cleanly xl domid "$1"; }
-# up_secs: whole seconds since dom0 booted, into $up, read by the shell itself: no child
-# process that could crash (a crashed `date` once ended a 90 s wait at its first round).
-up_secs() { read -r up up_rest < /proc/uptime; up=${up%.*}; }
+# up_secs: whole seconds since dom0 booted, into $up_now, read by the shell itself: no child
+# process that could crash (a crashed `date` once ended a 90 s wait at its first round). No
+# function may have a local of that name: the shell's variables are dynamically scoped (dd-net's
+# `local up` once got the time instead of its file name).
+up_secs() { read -r up_now up_rest < /proc/uptime; up_now=${up_now%.*}; }
 state_of() { xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }'; }
 clean_up() {
     for d in $(xl list 2>/dev/null | awk 'NR > 1 && $1 != "Domain-0" { print $2 }'); do
@@ -688,11 +690,11 @@ is_value() { [ "$(xenstore-read "$1" 2>/dev/null)" = "$2" ]; }
 wait_secs() {
     local end
     up_secs
-    end=$((up + $1))
+    end=$((up_now + $1))
     shift
     while ! "$@" >/dev/null 2>&1; do
         up_secs
-        [ "$up" -lt "$end" ] || return 1
+        [ "$up_now" -lt "$end" ] || return 1
         sleep 0.2
     done
 }
@@ -731,6 +733,11 @@ domu_start() {
 }
 # domu_log NAME: the domU's console so far (xenconsoled's log, without CRs).
 domu_log() { tr -d '\r' < "/tmp/xc/guest-$1.log" 2>/dev/null; }
+# domu_said NAME: for a NOTE on a stalled wait: the domU's last two console lines, the size
+# of its log and xenconsoled's pid (a guest whose console is not drained stops at its next write).
+domu_said() {
+    echo "xenconsoled '$(pidof xenconsoled)', log $(wc -c < "/tmp/xc/guest-$1.log" 2>/dev/null) B: $(domu_log "$1" | tail -n 2 | tr '\n' '|' | head -c 100)"
+}
 # domu_done NAME DOMID: the domU printed DOMU DONE or its xenstore home is gone (cheaper than
 # asking xl every round).
 domu_done() { domu_log "$1" | grep -q '^DOMU DONE' || home_gone "$2"; }
@@ -886,7 +893,7 @@ dd_net_linux() {
     if wait_for 1200 is_value "$bp/state" 4; then
         { xenstore-ls -f "/local/domain/$fe/device/vif"; xenstore-ls -f "$bp"; } > "/tmp/ddnet-$a.txt" 2>&1
     else
-        echo "NOTE dd-net $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 120 s"
+        echo "NOTE dd-net $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 120 s; $(domu_said "$n")"
     fi
     # A second vif (handle 1) for the same domU, attached while it runs (after its transfers,
     # when it prints NET2 WANT): 10.99.1.3 in the domU, 10.99.1.1 on xenbr0; both vifs are
@@ -895,7 +902,7 @@ dd_net_linux() {
         ip addr add 10.99.1.1/24 dev xenbr0 2>/dev/null
         dd_attach_vif_live "$fe" "$dd" 1 "00:16:3e:5a:03:0$m" || echo "NOTE dd-net $a writing the second vif failed"
     else
-        echo "NOTE dd-net $a the domU did not ask for a second vif"
+        echo "NOTE dd-net $a the domU did not ask for a second vif; $(domu_said "$n")"
     fi
     domu_wait "$n" 240
     # The listeners stay until the domU is done, also when domu_wait gave up early (its
@@ -965,7 +972,7 @@ dd_blk_linux() {
     if wait_secs 300 is_value "$bp/state" 4; then
         { xenstore-ls -f "/local/domain/$fe/device/vbd"; xenstore-ls -f "$bp"; } > "/tmp/ddblk-$a.txt" 2>&1
     else
-        echo "NOTE dd-blk $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 300 s"
+        echo "NOTE dd-blk $a backend state $(xenstore-read "$bp/state" 2>/dev/null) after 300 s; $(domu_said "$n")"
     fi
     # The reconnect (domu.rs, blk_reconnect): once the domU has unbound its blkfront and both
     # ends are Closed, the device is removed and, when Linux has dropped it (BLK DEVGONE),
@@ -1139,7 +1146,7 @@ mod tests {
         assert!(s.contains("        xenconsoled -i --log=guest --log-dir=/tmp/xc\n"));
         // Waits read the clock with the shell's own `read` (every dom0 function is in every
         // script): a crashed `date` ended a wait at its first round.
-        assert!(s.contains("\nup_secs() { read -r up up_rest < /proc/uptime;"));
+        assert!(s.contains("\nup_secs() { read -r up_now up_rest < /proc/uptime;"));
         assert!(!s.contains("date +%s"), "a dom0 function still runs date");
     }
 

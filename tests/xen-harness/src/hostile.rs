@@ -123,7 +123,7 @@ EOC
         kill "$sp" 2>/dev/null
     done
     ip neigh flush dev xenbr0 2>/dev/null
-    wait_secs 300 hostile_net_started "$h" || echo "NOTE dd-hostile $a no HOSTILE net START within 300 s"
+    wait_secs 300 hostile_net_started "$h" || echo "NOTE dd-hostile $a no HOSTILE net START within 300 s; $(domu_said "$h")"
     xl unpause "$ge"
     ack_xenstore "$a" "$ge" "$3" | sed 's/^CHECK xenstore/NOTE xenstore/'
     # Before: ARP, 3 pings and the UDP echo through the driver domain.
@@ -139,13 +139,13 @@ EOC
         # guest waits 60 s for the ack of its first result, then 90 s for the detach,
         # answering pings all along: the ack goes out after 45 s, or at the end.
         up_secs
-        t0=$up
+        t0=$up_now
         now=$t0
         while ! hostile_net_done "$h" && [ "$tries" -lt 120 ] && [ $((now - t0)) -lt 120 ]; do
             tries=$((tries + 1))
             ping -c 1 -W 2 10.99.0.2 > /dev/null 2>&1 && answered=$((answered + 1))
             up_secs
-            now=$up
+            now=$up_now
             if [ "$acked" = no ] && [ $((now - t0)) -ge 45 ]; then
                 xenstore-write "$p/pvh-net-ack" 1
                 acked=yes
@@ -210,7 +210,7 @@ dd_hostile() {
     [ "$a" = x86_64 ] || m=2
     dd_attach_hostile_vif "$he" "$dd" 0 "00:16:3e:5a:04:0$m" || echo "NOTE dd-hostile $a writing the vif nodes failed"
     xl unpause "$he"
-    wait_secs 150 hostile_started "$h" || echo "NOTE dd-hostile $a no HOSTILE START within 150 s"
+    wait_secs 150 hostile_started "$h" || echo "NOTE dd-hostile $a no HOSTILE START within 150 s; $(domu_said "$h")"
     # The well-behaved frontend, while the attacks go on: our PVH guest's blkfront. The
     # hostile program waits for data/hostile-go, written as the good guest is unpaused.
     cat > "/tmp/$g.cfg" <<EOC
@@ -244,7 +244,7 @@ EOC
         dump_file xl.log "/var/log/xen/xl-$g.log"
     fi
     dd_hostile_net "$a" "$dd" "$3" "$h" "$he"
-    wait_secs 240 hostile_done "$h" || echo "NOTE dd-hostile $a no DOMU DONE within 240 s"
+    wait_secs 240 hostile_done "$h" || echo "NOTE dd-hostile $a no DOMU DONE within 240 s; $(domu_said "$h")"
     hl=$(hostile_line "$h")
     [ -n "$hl" ] || hl=$(hostile_line "$h")
     domu_finish "$h"
