@@ -4,8 +4,9 @@
 //! the module is safe code that is tested on the host:
 //! * [`cpuid`]: parsing the Xen CPUID leaves (scripted in tests);
 //! * [`marshal`]: typed call → `(hypercall, args)` (recorded in tests);
-//! * `raw`: CPUID, WRMSR, hypercall page call, `vmcall`/`vmmcall` (the page path is run on the
-//!   host against a stub page that records registers);
+//! * `raw`: CPUID, WRMSR, hypercall page call, `vmcall`/`vmmcall` (the x86_64 page path is run
+//!   on the host against a stub page that records registers; the i386 page and direct sequences
+//!   are assembled with `gcc -m32` and run the same way in a 32-bit process);
 //! * [`XenPlatform`]: the [`crate::Hypervisor`] implementation gluing them together.
 
 pub mod cpuid;

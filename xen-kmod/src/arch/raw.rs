@@ -28,6 +28,62 @@ use core::arch::asm;
 use super::cpuid::Cpuid;
 use super::marshal::RawCall;
 
+// The i386 sequences are text macros rather than inline literals so that the host test
+// (`tests::i386_sequences_follow_the_abi_table`) can assemble the very same instructions with
+// `gcc -m32` and run them against a recording stub: the host suite is x86_64-only, and this
+// is the one place where a wrong register would otherwise show only on a real i386 Xen guest.
+// On entry eax points at the block `[op, a1, a2, a3, a4, a5, entry]`; ebx and esi are saved on
+// the stack and restored after the trap; the result is in eax.
+
+/// Saves ebx/esi and loads the five arguments from the block into ebx, ecx, edx, esi, edi.
+#[cfg(any(target_arch = "x86", test))]
+macro_rules! i386_load_args {
+    () => {
+        "push ebx\n\
+         push esi\n\
+         mov ebx, [eax + 4]\n\
+         mov ecx, [eax + 8]\n\
+         mov edx, [eax + 12]\n\
+         mov esi, [eax + 16]\n\
+         mov edi, [eax + 20]\n"
+    };
+}
+
+/// Restores what `i386_load_args!` saved.
+#[cfg(any(target_arch = "x86", test))]
+macro_rules! i386_restore {
+    () => {
+        "pop esi\n\
+         pop ebx"
+    };
+}
+
+/// The hypercall-page path: the entry loads the op into eax itself.
+#[cfg(any(target_arch = "x86", test))]
+macro_rules! i386_page_call {
+    () => {
+        concat!(
+            i386_load_args!(),
+            "call dword ptr [eax + 24]\n",
+            i386_restore!()
+        )
+    };
+}
+
+/// The direct path: op into eax (overwriting the block pointer, no longer needed), then trap.
+#[cfg(any(target_arch = "x86", test))]
+macro_rules! i386_direct_call {
+    ($trap:literal) => {
+        concat!(
+            i386_load_args!(),
+            "mov eax, [eax]\n",
+            $trap,
+            "\n",
+            i386_restore!()
+        )
+    };
+}
+
 /// Executes CPUID. Unprivileged and side-effect free.
 pub(super) fn cpuid(leaf: u32, subleaf: u32) -> Cpuid {
     #[cfg(target_arch = "x86")]
@@ -109,16 +165,7 @@ pub(super) unsafe fn call_via_page(page: *const u8, call: &RawCall) -> isize {
         // which lives across the asm.
         unsafe {
             asm!(
-                "push ebx",
-                "push esi",
-                "mov ebx, [eax + 4]",
-                "mov ecx, [eax + 8]",
-                "mov edx, [eax + 12]",
-                "mov esi, [eax + 16]",
-                "mov edi, [eax + 20]",
-                "call dword ptr [eax + 24]",
-                "pop esi",
-                "pop ebx",
+                i386_page_call!(),
                 inout("eax") block.as_ptr() => ret,
                 out("ecx") _,
                 out("edx") _,
@@ -178,17 +225,7 @@ pub(super) unsafe fn call_direct(amd: bool, call: &RawCall) -> isize {
         unsafe {
             if amd {
                 asm!(
-                    "push ebx",
-                    "push esi",
-                    "mov ebx, [eax + 4]",
-                    "mov ecx, [eax + 8]",
-                    "mov edx, [eax + 12]",
-                    "mov esi, [eax + 16]",
-                    "mov edi, [eax + 20]",
-                    "mov eax, [eax]",
-                    "vmmcall",
-                    "pop esi",
-                    "pop ebx",
+                    i386_direct_call!("vmmcall"),
                     inout("eax") block.as_ptr() => ret,
                     out("ecx") _,
                     out("edx") _,
@@ -196,17 +233,7 @@ pub(super) unsafe fn call_direct(amd: bool, call: &RawCall) -> isize {
                 );
             } else {
                 asm!(
-                    "push ebx",
-                    "push esi",
-                    "mov ebx, [eax + 4]",
-                    "mov ecx, [eax + 8]",
-                    "mov edx, [eax + 12]",
-                    "mov esi, [eax + 16]",
-                    "mov edi, [eax + 20]",
-                    "mov eax, [eax]",
-                    "vmcall",
-                    "pop esi",
-                    "pop ebx",
+                    i386_direct_call!("vmcall"),
                     inout("eax") block.as_ptr() => ret,
                     out("ecx") _,
                     out("edx") _,
@@ -274,7 +301,12 @@ pub(super) mod test_page {
 #[cfg(test)]
 #[cfg(target_arch = "x86_64")]
 mod tests {
+    extern crate std;
+
     use super::*;
+    use std::format;
+    use std::string::String;
+    use std::vec::Vec;
 
     #[test]
     fn page_entry_and_registers() {
@@ -307,5 +339,135 @@ mod tests {
     fn cpuid_runs() {
         // Leaf 0 always exists; the max basic leaf is at least 1 on any x86_64 CPU.
         assert!(cpuid(0, 0).eax >= 1);
+    }
+
+    /// A C string literal holding `text` (which has no quotes or backslashes) line by line.
+    fn c_lines(text: &str) -> String {
+        assert!(!text.contains(['"', '\\']), "{text}");
+        text.lines()
+            .map(|l| format!("\"{}\\n\"\n", l.trim()))
+            .collect()
+    }
+
+    /// The C program: a 128-entry stub page (entry `op` = `movl $op, %eax; jmp common`, as
+    /// Xen's page does), a `common` that records eax, ebx, ecx, edx, esi, edi and returns edi,
+    /// and one function per sequence that runs it exactly as `raw.rs` has it, with sentinels in
+    /// ebx and esi to catch a sequence that fails to restore them. Prints one line per call:
+    /// `<path> <op> eax ebx ecx edx esi edi -> ret <kept|CLOBBERED>`.
+    fn i386_program(calls: &[(u32, [u32; 5])]) -> String {
+        let page = c_lines(i386_page_call!());
+        let direct_vmcall = c_lines(&i386_direct_call!("vmcall").replace("vmcall", "call common"));
+        let direct_vmmcall =
+            c_lines(&i386_direct_call!("vmmcall").replace("vmmcall", "call common"));
+        let mut runs = String::new();
+        for (op, a) in calls {
+            runs.push_str(&format!(
+                "    run({op}u, {}u, {}u, {}u, {}u, {}u);\n",
+                a[0], a[1], a[2], a[3], a[4]
+            ));
+        }
+        format!(
+            r#"#include <stdint.h>
+#include <stdio.h>
+uint32_t rec[6];
+extern char stub_page[];
+__asm__(".text\n.balign 4096\nstub_page:\n.set hcn, 0\n.rept 128\n.balign 32\n"
+        "movl $hcn, %eax\njmp common\n.set hcn, hcn + 1\n.endr\n.balign 32\ncommon:\n"
+        "movl %eax, rec\nmovl %ebx, rec+4\nmovl %ecx, rec+8\nmovl %edx, rec+12\n"
+        "movl %esi, rec+16\nmovl %edi, rec+20\nmovl %edi, %eax\nret\n");
+#define SEQ(name, text) \
+static int32_t name(uint32_t *block, int *kept) {{ \
+    uint32_t p = (uint32_t)block, b = 0xb0b0b0b0u, s = 0x5e5e5e5eu; \
+    __asm__ volatile(".intel_syntax noprefix\n" text ".att_syntax prefix\n" \
+                     : "+a"(p), "+b"(b), "+S"(s) : : "ecx", "edx", "edi", "memory", "cc"); \
+    *kept = b == 0xb0b0b0b0u && s == 0x5e5e5e5eu; \
+    return (int32_t)p; \
+}}
+SEQ(page_call,
+{page})
+SEQ(direct_vmcall,
+{direct_vmcall})
+SEQ(direct_vmmcall,
+{direct_vmmcall})
+static void show(const char *path, uint32_t op, int32_t ret, int kept) {{
+    printf("%s %u %u %u %u %u %u %u -> %d %s\n", path, op, rec[0], rec[1], rec[2], rec[3],
+           rec[4], rec[5], ret, kept ? "kept" : "CLOBBERED");
+}}
+static void run(uint32_t op, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4, uint32_t a5) {{
+    uint32_t block[7] = {{op, a1, a2, a3, a4, a5, (uint32_t)(stub_page + 32 * op)}};
+    int kept;
+    int32_t ret = page_call(block, &kept);
+    show("page", op, ret, kept);
+    ret = direct_vmcall(block, &kept);
+    show("vmcall", op, ret, kept);
+    ret = direct_vmmcall(block, &kept);
+    show("vmmcall", op, ret, kept);
+}}
+int main(void) {{
+{runs}    return 0;
+}}
+"#
+        )
+    }
+
+    /// The i386 column of the register table in this module's docs, checked by running the
+    /// sequences `call_via_page` and `call_direct` assemble for i386 in a 32-bit process: op
+    /// in eax, arguments in ebx, ecx, edx, esi, edi, result from eax, ebx and esi preserved.
+    /// Needs `gcc -m32` (gcc-multilib), as the ABI layout tests do; fails, never skips,
+    /// without it.
+    #[test]
+    fn i386_sequences_follow_the_abi_table() {
+        let calls: Vec<(u32, [u32; 5])> = [0u32, 1, 17, 32, 127]
+            .iter()
+            .map(|&op| {
+                let base = 0x1000_0000 * (op % 7 + 1);
+                // a5 comes back as the result: -38 (ENOSYS) checks the sign on the way back.
+                (
+                    op,
+                    [
+                        base + 1,
+                        base + 2,
+                        base + 3,
+                        base + 4,
+                        0u32.wrapping_sub(38),
+                    ],
+                )
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("xen-kmod-i386-abi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let source = dir.join("abi.c");
+        let exe = dir.join("abi");
+        std::fs::write(&source, i386_program(&calls)).expect("write the C program");
+        let built = std::process::Command::new("gcc")
+            .args(["-m32", "-O1", "-fno-pic", "-no-pie", "-o"])
+            .arg(&exe)
+            .arg(&source)
+            .output()
+            .expect("run gcc (the i386 ABI test needs gcc and gcc-multilib)");
+        assert!(
+            built.status.success(),
+            "gcc -m32 failed (install gcc-multilib):\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let run = std::process::Command::new(&exe)
+            .output()
+            .expect("run the i386 program");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(run.status.success(), "{run:?}");
+        let out = String::from_utf8(run.stdout).expect("ASCII");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), calls.len() * 3, "{out}");
+        let mut at = lines.iter();
+        for (op, a) in &calls {
+            for path in ["page", "vmcall", "vmmcall"] {
+                // The documented table: eax = op; ebx, ecx, edx, esi, edi = arguments 1 to 5.
+                let want = format!(
+                    "{path} {op} {op} {} {} {} {} {} -> -38 kept",
+                    a[0], a[1], a[2], a[3], a[4]
+                );
+                assert_eq!(at.next().copied(), Some(want.as_str()), "{out}");
+            }
+        }
     }
 }
