@@ -10,7 +10,7 @@
 //! | blkif field checks | `bad_segments_and_sector_ranges` | `unknown_duplicate_wrong_op_bad_status` |
 //! | XSA-216 padding leaks | `xsa216_responses_are_zero_padded` | — |
 //! | XSA-361 grant-map failures | `xsa361_grant_map_failures_partial_and_total`, `xsa361_in_xensim` | — |
-//! | XSA-332 event storm | `xsa332_bounded_work_per_event` | — |
+//! | XSA-332 / XSA-391 event storm | `xsa332_bounded_work_per_event` | `xsa391_backend_event_storm_does_no_work` |
 //! | XSA-396 grant still mapped | — | `xsa396_*` |
 //! | XSA-403 untrusted backend | — | `xsa403_untrusted_backend_sees_only_the_data` |
 
@@ -801,6 +801,67 @@ mod tests {
             front_failure(&f)
         );
         assert_eq!(completions(&f), vec![(1, Err(BioError::Failed))]);
+    }
+
+    /// XSA-391: a backend storming the frontend with events. An event with nothing new
+    /// answered does no work (no response taken, no bio completed, nothing re-issued, no
+    /// event sent back); one poll takes at most what was answered (a ring's worth); the
+    /// device stays connected and serves bios after the storm.
+    #[test]
+    fn xsa391_backend_event_storm_does_no_work() {
+        let mut f = front(true, false);
+        let ring = f.fe.borrow().negotiated().unwrap().ring_entries as usize;
+        let extra = 8;
+        for t in 0..(ring + extra) as u64 {
+            let b = bio(&f, BioOp::Read, t * 8, &[(0, 7)], 0, t);
+            f.fe.borrow_mut().submit(b).unwrap();
+        }
+        let reqs = f.take_requests();
+        assert_eq!(reqs.len(), ring, "the ring is full, the rest waits");
+        let storm = |f: &mut FrontBench| {
+            let before = f.fe.borrow().stats();
+            for _ in 0..10_000 {
+                let r = f.poll();
+                assert_eq!(
+                    (r.responses, r.completed, r.more, r.control),
+                    (0, 0, false, false)
+                );
+            }
+            assert_eq!(f.fe.borrow().stats(), before, "a spurious event did work");
+            assert!(
+                f.take_requests().is_empty(),
+                "a spurious event issued requests"
+            );
+            assert!(front_failure(f).is_none());
+        };
+        storm(&mut f);
+        // Everything answered at once: one poll takes them all (never more than the ring
+        // holds) and issues the waiting bios into the freed slots.
+        for q in &reqs {
+            assert!(f.respond(&WireResponse {
+                id: q.id,
+                operation: 0,
+                status: 0,
+            }));
+        }
+        let r = f.poll();
+        assert_eq!((r.responses as usize, r.completed as usize), (ring, ring));
+        let rest = f.take_requests();
+        assert_eq!(rest.len(), extra);
+        // Storming again, with the response index unchanged, takes nothing twice.
+        storm(&mut f);
+        for q in &rest {
+            assert!(f.respond(&WireResponse {
+                id: q.id,
+                operation: 0,
+                status: 0,
+            }));
+        }
+        f.poll();
+        let c = completions(&f);
+        assert_eq!(c.len(), ring + extra);
+        assert!(c.iter().all(|(_, r)| r.is_ok()), "{c:?}");
+        assert_eq!(f.state(), XenbusState::Connected);
     }
 
     /// XSA-396: the backend answers but keeps the data page (the caller's own, trusted
