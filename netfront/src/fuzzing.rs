@@ -74,6 +74,17 @@ impl Memory {
     }
 }
 
+impl Memory {
+    /// TX page `id` (granted to the backend as reference `100 + id`) as the backend sees it:
+    /// what a regression test reads to check what a granted page exposes.
+    #[must_use]
+    pub fn tx_page(&self, id: usize) -> Option<SharedMem<'_>> {
+        self.tx
+            .get(id)
+            .map(|p| SharedMem::from_pages(core::slice::from_ref(p)))
+    }
+}
+
 impl Default for Memory {
     fn default() -> Self {
         Memory::new()

@@ -340,6 +340,150 @@ mod tests {
         );
     }
 
+    /// XSA-361 class (grant operations failing under a hostile frontend): a TX slot whose
+    /// grant copy fails drops its own packet, answered `ERROR` on every slot, and nothing
+    /// else; an RX buffer whose grant copy fails is answered with an error status. The queue
+    /// goes on, nothing panics.
+    #[test]
+    fn xsa361_grant_copy_failures_drop_only_their_packet() {
+        let mem = Memory::new(STAGING_PAGES);
+        let grants = FakeGrants::new(&mem.local, xen_netback::fuzzing::STAGING_BASE);
+        grants.fail.borrow_mut().extend([3, 1000]);
+        let mut h = Harness::new(&mem, &grants, all_features(), Limits::default());
+        let mut io = Record::default();
+        h.push_tx(&[
+            // A: its only slot's copy fails.
+            slot(1, 3, 0, 100, NetTxFlags::empty()),
+            // B: good.
+            slot(2, 4, 0, 200, NetTxFlags::empty()),
+            // C: its second slot's copy fails.
+            slot(3, 5, 0, 1500, NetTxFlags::MORE_DATA),
+            slot(4, 3, 0, 500, NetTxFlags::empty()),
+            // D: good, after the failures.
+            slot(5, 6, 0, 300, NetTxFlags::empty()),
+        ]);
+        h.queue.process_tx(&mut io).unwrap();
+        let lens: Vec<usize> = io.delivered.iter().map(|d| d.0).collect();
+        assert_eq!(lens, [200, 300], "only the packets whose copies succeeded");
+        assert_eq!(io.delivered[0].2[0], grant_byte(4, 0));
+        let err = NetifStatus::Error.value();
+        let ok = NetifStatus::Okay.value();
+        let rsps: Vec<_> = (0..5).map(|i| h.tx_rsp(i)).collect();
+        assert_eq!(rsps, [(1, err), (2, ok), (3, err), (4, err), (5, ok)]);
+        let st = h.queue.stats();
+        assert_eq!((st.tx_grant_errors, st.tx_dropped), (2, 2));
+        assert!(h.queue.failure().is_none());
+        // RX: the first posted buffer (gref 1000) fails, the second (1001) takes the next
+        // packet.
+        h.post_rx(2);
+        for b in [0x11u8, 0x22] {
+            h.queue
+                .enqueue_rx(&[b; 60], &PacketMeta::default())
+                .unwrap();
+        }
+        h.queue.process_rx(0).unwrap();
+        assert_eq!(h.rx_rsp_prod(), 2);
+        let rx = |i: usize| {
+            let w1 = h.rx_ring.load_relaxed_u32(64 + i * 8 + 4).unwrap();
+            i16::from_le_bytes(w1.to_le_bytes()[2..4].try_into().unwrap())
+        };
+        assert_eq!((rx(0), rx(1)), (err, 60));
+        assert_eq!(h.queue.stats().rx_grant_errors, 1);
+        assert_eq!(*grants.written.borrow(), [(1001, vec![0x22; 60])]);
+        assert!(h.queue.failure().is_none());
+    }
+
+    /// XSA-332 (a frontend's event storm against the backend): each call takes at most
+    /// `tx_budget` packets with one batched copy and asks to be called again; events with
+    /// nothing new on the ring cost no copy, no response and no delivery.
+    #[test]
+    fn xsa332_event_storm_bounded_per_call() {
+        let mem = Memory::new(STAGING_PAGES);
+        let grants = FakeGrants::new(&mem.local, xen_netback::fuzzing::STAGING_BASE);
+        let limits = Limits {
+            tx_budget: 8,
+            ..Limits::default()
+        };
+        let mut h = Harness::new(&mem, &grants, all_features(), limits);
+        let reqs: Vec<_> = (0..100)
+            .map(|i| slot(i, 1, 0, 60, NetTxFlags::empty()))
+            .collect();
+        h.push_tx(&reqs);
+        let mut io = Record::default();
+        let w = h.queue.process_tx(&mut io).unwrap();
+        assert_eq!((w.packets, w.more), (8, true));
+        assert_eq!((io.delivered.len(), grants.batches.get()), (8, 1));
+        let mut calls = 1;
+        loop {
+            let w = h.queue.process_tx(&mut io).unwrap();
+            assert!(w.packets <= 8);
+            calls += 1;
+            if !w.more {
+                break;
+            }
+        }
+        assert_eq!(io.delivered.len(), 100);
+        assert_eq!(calls, 13, "100 packets at 8 per call");
+        let (batches, rsps) = (grants.batches.get(), h.tx_rsp_prod());
+        assert_eq!(rsps, 100);
+        for _ in 0..10_000 {
+            let w = h.queue.process_tx(&mut io).unwrap();
+            assert_eq!((w.packets, w.more), (0, false));
+        }
+        assert_eq!(
+            grants.batches.get(),
+            batches,
+            "spurious events copy nothing"
+        );
+        assert_eq!(h.tx_rsp_prod(), rsps);
+        assert_eq!(io.delivered.len(), 100);
+    }
+
+    /// XSA-403: with `trusted` = 0 in the frontend's directory, a TX page granted to the
+    /// backend exposes only the packet in it: the tail of an earlier, longer packet in the
+    /// same page is zeroed. With a trusted backend the tail stays (the page is still
+    /// dedicated to that backend), which is what shows the zeroing is there. `trusted` is
+    /// read as Linux reads it: absent or unparsable means trusted, only `0` is not.
+    #[test]
+    fn xsa403_untrusted_backend_sees_no_stale_bytes() {
+        use xen_netfront::negotiate::read_trusted;
+        use xen_tests::xensim::xenstored::XenstoreSim;
+        use xen_xenbus::Store;
+
+        let xs = XenstoreSim::new();
+        let mut c = xs.client(0);
+        let fe = "/local/domain/1/device/vif/0";
+        assert!(read_trusted(&mut c, fe).unwrap(), "absent: trusted");
+        for (v, want) in [("0", false), ("1", true), ("junk", true)] {
+            c.write_str(&format!("{fe}/trusted"), v).unwrap();
+            assert_eq!(read_trusted(&mut c, fe).unwrap(), want, "trusted = {v}");
+        }
+        for untrusted in [true, false] {
+            let mem = nf::Memory::new();
+            let feat = xen_netfront::queue::Features {
+                untrusted,
+                ..nf::all_features()
+            };
+            let mut h = nf::Harness::new(&mem, feat);
+            h.queue.send(&[0xaa; 3000], &PacketMeta::default()).unwrap();
+            let (id, size, _) = h.tx_request(0);
+            assert_eq!(size, 3000);
+            h.tx_responses(&[(id, NetifStatus::Okay.value())]);
+            assert_eq!(h.queue.poll_tx(), Ok(1));
+            h.queue.send(&[0x55; 60], &PacketMeta::default()).unwrap();
+            assert_eq!(h.tx_request(1).0, id, "the freed page is reused");
+            let mut b = vec![0u8; 4096];
+            mem.tx_page(usize::from(id))
+                .unwrap()
+                .copy_to_slice(0, &mut b)
+                .unwrap();
+            assert!(b[..60].iter().all(|&x| x == 0x55));
+            let stale = b[60..].iter().filter(|&&x| x != 0).count();
+            let want = if untrusted { 0 } else { 3000 - 60 };
+            assert_eq!(stale, want, "untrusted = {untrusted}");
+        }
+    }
+
     fn inputs(seed: u64, n: usize) -> Vec<Vec<u8>> {
         let mut x = seed;
         (0..n)
