@@ -246,6 +246,25 @@ mod tests {
         }
     }
 
+    /// XSA-396: the frontend tears down while the backend still maps its rings (4 queues ×
+    /// TX and RX, plus the control ring). Every mapped page's revoke is deferred, none is
+    /// freed for reuse, and all complete once the backend has unmapped; the data pages,
+    /// only ever grant-copied, are revoked at once.
+    #[test]
+    fn xsa396_pages_the_backend_still_maps_are_not_freed() {
+        let w = World::new(4);
+        let xs = XenstoreSim::new();
+        w.toolstack(&xs, MAC, true);
+        let env = Env::new(&w);
+        let p = Pair::connect(&env, &xs, &Options::default()).unwrap();
+        let mapped = w.dom0.mappings();
+        assert_eq!(mapped, 4 * 2 + 1);
+        let (while_mapped, after) = p.release_frontend_first();
+        assert_eq!(while_mapped, mapped, "one deferred revoke per mapped page");
+        assert_eq!(after, 0, "all completed after the backend unmapped");
+        assert_eq!(w.dom0.mappings(), 0);
+    }
+
     #[test]
     fn multicast_control_reaches_the_backend() {
         let w = World::new(4);

@@ -361,6 +361,27 @@ impl<'e, 'h> Pair<'e, 'h> {
         self.fe_plat.poll_deferred();
     }
 
+    /// Releases the frontend's half *first*, while the backend still has the rings mapped
+    /// (a backend slow or unwilling to unmap), then the backend's. Returns the frontend's
+    /// deferred revokes after its own release, and after the backend's (XSA-396: a page the
+    /// backend still maps must not be freed or reused until it is unmapped).
+    pub fn release_frontend_first(mut self) -> (usize, usize) {
+        self.front.clear();
+        self.front_ctrl = None;
+        if let Some(r) = self.fe_res.take() {
+            r.release(&mut self.fe_plat);
+        }
+        self.fe_plat.poll_deferred();
+        let while_mapped = self.fe_plat.deferred;
+        self.back.clear();
+        self.ctrl = None;
+        if let Some(r) = self.be_res.take() {
+            r.release(&mut self.be_plat);
+        }
+        self.fe_plat.poll_deferred();
+        (while_mapped, self.fe_plat.deferred)
+    }
+
     /// The environment.
     #[must_use]
     pub fn env(&self) -> &'e Env<'h> {
