@@ -345,6 +345,38 @@ pub fn run(
     reattach(&mut d, domid, nonce, &probes, &removes, report);
 }
 
+/// `run=busy busy=blk` (scenario `destroy`): the disk connected, then 64 KiB written and read
+/// back, round after round (each counted in `data/pvh-counter`), until the toolstack destroys
+/// the domain with requests in flight. Returns the rounds done when 120 s passed without that.
+///
+/// # Errors
+/// The disk did not connect, or a round failed (its data did not read back).
+pub fn busy(
+    ev: Events,
+    xs: &mut GuestXs,
+    gt: &'static Gnttab,
+    domid: u16,
+    nonce: &str,
+) -> Result<u64, String> {
+    let pool: &'static PagePool = Box::leak(Box::new(PagePool::new()));
+    let (mut d, started, _counters) = start(ev, xs, gt, domid, pool);
+    started?;
+    d.run_until(60_000, |d| d.fe.borrow().is_connected())
+        .map_err(|e| format!("connecting: {e}"))?;
+    d.xs.write_str("data/pvh-busy", "blk")
+        .map_err(|e| format!("write data/pvh-busy: {e}"))?;
+    let deadline = Deadline::after_ms(&ev.si, 120_000);
+    let mut rounds: u64 = 0;
+    while !deadline.passed(&ev.si) {
+        rounds += 1;
+        // 64 places of 128 sectors (the first 4 MiB), two tags per round.
+        write_and_verify(&mut d, nonce, (rounds % 64) * 128, 2 * rounds)
+            .map_err(|e| format!("round {rounds}: {e}"))?;
+        let _ = d.xs.write_str("data/pvh-counter", &format!("{rounds}"));
+    }
+    Ok(rounds)
+}
+
 /// What the frontend's platform and driver count: errors logged, probes, removes.
 pub(crate) struct Counters {
     pub(crate) errors: Rc<Cell<u32>>,

@@ -268,8 +268,25 @@ fn xenstore(g: &mut Guest, xs: &mut GuestXs, name: &str, nonce: &str) -> Option<
     }
 }
 
-/// `run=busy`: keep the console and xenstore busy until destroyed (at most 120 s).
-fn busy(g: &mut Guest, xs: &mut GuestXs) -> ! {
+/// `run=busy`: keep the console and xenstore busy until destroyed (at most 120 s); with
+/// `busy=blk`, the disk instead ([`blk::busy`]).
+fn busy(g: &mut Guest, xs: &mut GuestXs, blk: Option<(&'static gnt::Gnttab, u16, &str)>) -> ! {
+    if let Some((gt, domid, nonce)) = blk {
+        e9!("busy: disk I/O until destroyed");
+        let ev = g.ev;
+        match blk::busy(ev, xs, gt, domid, nonce) {
+            Ok(n) => g.report(
+                "busy",
+                false,
+                format_args!("still running after 120 s ({n} rounds of disk I/O): not destroyed"),
+            ),
+            Err(e) => {
+                let _ = xs.write_str("data/pvh-busy", &format!("FAIL: {e}"));
+                g.report("busy", false, format_args!("disk I/O: {e}"));
+            }
+        }
+        g.shutdown(xen_sys::native::SHUTDOWN_poweroff)
+    }
     if let Err(e) = xs.write_str("data/pvh-busy", "1") {
         g.report("busy", false, format_args!("write data/pvh-busy: {e}"));
         g.shutdown(xen_sys::native::SHUTDOWN_crash);
@@ -332,7 +349,12 @@ pub fn guest_main(si: &arch::StartInfo) -> ! {
         }
     }
     if run == "busy" {
-        busy(&mut g, &mut xs);
+        let blk = match (arg(si.cmdline, "busy"), &gt, domid) {
+            (Some("blk"), Some(_), Some(d)) => u16::try_from(d).ok(),
+            _ => None,
+        };
+        let gt: Option<&'static gnt::Gnttab> = gt.map(|gt| &*Box::leak(Box::new(gt)));
+        busy(&mut g, &mut xs, blk.zip(gt).map(|(d, gt)| (gt, d, nonce)));
     }
     if run == "dd" {
         let backends = arg(si.cmdline, "dd").unwrap_or("blk");

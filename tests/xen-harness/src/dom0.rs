@@ -221,13 +221,16 @@ pub fn build(
 /// The xl configuration of one run's guest.
 fn guest_config(run: &Run) -> String {
     let disk = match run.kind {
-        // One RAM disk per architecture (brd rd_nr=2), so each run starts from zeroes and dom0
-        // never has stale page cache for it. `target=` must come last.
-        RunKind::Blk => format!(
+        // One RAM disk per architecture and run (brd rd_nr=4), so each run starts from zeroes
+        // and dom0 never has stale page cache for it. `target=` must come last. The busy run
+        // (scenario destroy) keeps its disk busy until it is destroyed.
+        RunKind::Blk | RunKind::Busy => format!(
             "disk = [ 'format=raw, vdev=xvda, access=rw, script=/etc/xen/scripts/pvh-block, target=/dev/ram{}' ]\n",
-            match run.arch {
-                Arch::X86_64 => 0,
-                Arch::I686 => 1,
+            match (run.kind, run.arch) {
+                (RunKind::Blk, Arch::X86_64) => 0,
+                (RunKind::Blk, _) => 1,
+                (_, Arch::X86_64) => 2,
+                _ => 3,
             }
         ),
         RunKind::Net => format!(
@@ -254,6 +257,7 @@ fn guest_config(run: &Run) -> String {
     let (memory, extra_args) = match run.kind {
         // 16 MiB RAM disk + 8 MiB for the 32-bit frontend's disk + the backends' heap.
         RunKind::Dd => (128, format!(" dd={}", DD_BACKENDS.join(","))),
+        RunKind::Busy => (64, " busy=blk".to_string()),
         _ => (64, String::new()),
     };
     format!(
@@ -335,7 +339,7 @@ fatal() { echo "=== FATAL $*"; reboot -f; }
 for m in MODULES; do
     insmod /lib/modules/$m.ko || fatal "insmod $m failed"
 done
-insmod /lib/modules/brd.ko rd_nr=2 rd_size=16384 || fatal "insmod brd failed"
+insmod /lib/modules/brd.ko rd_nr=4 rd_size=16384 || fatal "insmod brd failed"
 for m in llc stp bridge; do
     insmod /lib/modules/$m.ko || fatal "insmod $m failed"
 done
@@ -405,6 +409,9 @@ clean_up() {
 }
 dump_file() { echo "=== FILE $1"; cat "$2" 2>/dev/null; echo; echo "=== ENDFILE $1"; }
 moved() { v=$(xenstore-read "$1") && [ "$v" != "$2" ]; }
+file_moved() { local f; f=$(cat "$1") && [ -n "$f" ] && [ "$f" != "$2" ]; }   # FILE OLD
+# vbd_gone DOMID: dom0's blkback let go of the domain's disk (its device and directory gone).
+vbd_gone() { ! test -e "/sys/bus/xen-backend/devices/vbd-$1-51712" && ! xenstore-read "/local/domain/0/backend/vbd/$1" >/dev/null 2>&1; }
 reported() { xenstore-read "$1" || gone "$2"; }   # KEY NAME: the key exists or the guest is gone
 udp_listening() { grep -q ':15B3 ' /proc/net/udp; }   # 5555
 post_mortem() {   # domid name: registers of a crashed or stuck guest
@@ -507,17 +514,22 @@ run_busy() {    # ARCH NONCE
     local a=$1 nonce=$2 name=pvh-busy-$1 id=busy-$1
     echo "=== RUN $id BEGIN"
     if create_guest "$id" "$name"; then
-        local p=/local/domain/$d/data
+        local p=/local/domain/$d/data busy= st=/sys/bus/xen-backend/devices/vbd-$d-51712
         ack_xenstore "$a" "$d" "$nonce" | sed 's/^CHECK xenstore/NOTE xenstore/'
-        if ! wait_for 600 xenstore-read "$p/pvh-busy"; then
-            echo "CHECK destroy $a FAIL the guest never wrote data/pvh-busy"
+        # The guest writes data/pvh-busy once its disk is connected and its I/O loop runs.
+        wait_for 900 xenstore-read "$p/pvh-busy" && busy=$(xenstore-read "$p/pvh-busy")
+        if [ "$busy" != blk ]; then
+            echo "CHECK destroy $a FAIL the guest's disk I/O did not start: '$(echo "$busy" | head -c 60)'"
             post_mortem "$d" "$name"
             clean_up
         else
-            local c1 c2
+            local c1 c2 w1 w2
             c1=$(xenstore-read "$p/pvh-counter")
+            w1=$(cat "$st/statistics/wr_req" 2>/dev/null)
             wait_for 100 moved "$p/pvh-counter" "$c1"
+            wait_for 100 file_moved "$st/statistics/wr_req" "$w1"
             c2=$(xenstore-read "$p/pvh-counter")
+            w2=$(cat "$st/statistics/wr_req" 2>/dev/null)
             local how="xl destroy"
             if ! xl destroy "$name"; then
                 # xl itself has crashed here under TCG (a segfault in ld.so); try once more.
@@ -527,11 +539,13 @@ run_busy() {    # ARCH NONCE
             if ! gone "$name" && ! wait_for 100 gone "$name"; then
                 echo "CHECK destroy $a FAIL $how did not remove $name"
                 clean_up
-            elif wait_for 100 gone "$name" && wait_for 100 no_others; then
-                echo "CHECK destroy $a PASS $how mid-I/O (counter $c1 -> $c2); only Domain-0 left"
-            else
-                echo "CHECK destroy $a FAIL after xl destroy: $(others | tr '\n' ';')"
+            elif ! { wait_for 100 no_others && wait_for 100 vbd_gone "$d"; }; then
+                echo "CHECK destroy $a FAIL after xl destroy: $(others | tr '\n' ';') vbd $(ls -d "$st" 2>/dev/null)"
                 clean_up
+            elif [ "$w1" = "$w2" ] || [ -z "$w2" ]; then
+                echo "CHECK destroy $a FAIL blkback's wr_req did not move ('$w1' -> '$w2'): not mid-I/O"
+            else
+                echo "CHECK destroy $a PASS $how mid-disk-I/O (rounds $c1->$c2, wr_req $w1->$w2); vbd gone; only Domain-0 left"
             fi
         fi
         dump_file guest-console.log "/tmp/xc/guest-$name.log"
@@ -1267,7 +1281,10 @@ mod tests {
         assert!(s.contains("run_basic x86_64 n1\n"));
         assert!(s.contains("run_busy i686 n2\n"));
         assert!(s.contains("kernel = \"/guests/pvh-guest-i686\""));
-        assert!(s.contains("cmdline = \"run=busy name=pvh-busy-i686 nonce=n2\""));
+        assert!(s.contains("cmdline = \"run=busy name=pvh-busy-i686 nonce=n2 busy=blk\""));
+        // The busy guest (scenario destroy) is destroyed mid-disk-I/O on a RAM disk of its own.
+        assert!(s.contains("target=/dev/ram3' ]\n"));
+        assert!(s.contains("rd_nr=4 "));
         assert!(s.contains("for m in xen-evtchn xen-privcmd xenfs"));
         assert!(s.trim_end().ends_with("reboot -f"));
         // Every paused create (the domUs, the good guests, the bench) goes through the retry

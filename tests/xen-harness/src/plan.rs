@@ -183,7 +183,7 @@ impl Scenario {
             Scenario::Gnttab => "xen-gnttab GrantTable on frames placed by XENMEM_add_to_physmap; GNTTABOP_copy through a self-granted page",
             Scenario::Upcall => "HVMOP_set_evtchn_upcall_vector + IDT + LAPIC deliver an IPI event channel, twice",
             Scenario::Shutdown => "SCHEDOP_shutdown(poweroff): the domain disappears, xl list holds only Domain-0",
-            Scenario::Destroy => "xl destroy of a guest busy with console and xenstore I/O: no zombie domain",
+            Scenario::Destroy => "xl destroy of a guest in the middle of disk I/O (xen-blkback): no zombie domain, the vbd released",
             Scenario::Blk => "xen-blkfront vs Linux xen-blkback on a RAM disk: 64 KiB written, read back, verified by dom0",
             Scenario::BlkReattach => "xl block-detach + block-attach while the guest runs: reconnect, old data read back, new data written, dom0 verifies",
             Scenario::Net => "xen-netfront vs Linux xen-netback on a bridge: ARP, ICMP echo both ways, UDP echo via dom0",
