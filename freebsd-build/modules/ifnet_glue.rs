@@ -14,6 +14,8 @@
 /// - `shim`: the shared shim functions under the module's prefix (`shim::input` is
 ///   `xenrs_<m>_input`, ...), for the module's `IfKpi` implementation and the glue below;
 /// - `Kernel` (the kernel's network stack for one softc), `kernel`, `kernel_for_tests`;
+/// - `KickSlot` and `on_kick`: how a device that found a protocol violation gets a run on
+///   xen.ko's xenbus thread to report it;
 /// - `Inputs`, `Glue` (the [`DeviceGlue`](freebsd_kpi::device::DeviceGlue)) and the `Softc`,
 ///   `SoftcBox` and `EventSink` types over it;
 /// - the entry points the shim calls with a softc: `SIOCSIFMTU` (`xenrs_<m>_ioctl_mtu`) and
@@ -137,6 +139,53 @@ macro_rules! ifnet_glue {
             ) -> *mut core::ffi::c_void = shim::sysctl_attach;
             const SYSCTL_DETACH: unsafe extern "C" fn(*mut core::ffi::c_void) =
                 shim::sysctl_detach;
+        }
+
+        /// Where the devices find the registration's [`xenrs_api::Kicker`] (set once the
+        /// driver is registered): a request for a run on xen.ko's xenbus thread, where a
+        /// device that found a protocol violation in its event or transmit path reports it
+        /// (its xenstore `error` node, `Closing`), which needs the store.
+        #[derive(Debug)]
+        pub struct KickSlot(freebsd_kpi::sync::Mutex<Option<xenrs_api::Kicker>>);
+
+        impl KickSlot {
+            /// An empty slot; `None` when the kernel has no memory for its mutex.
+            pub fn new() -> Option<KickSlot> {
+                freebsd_kpi::sync::Mutex::new($name, None).ok().map(KickSlot)
+            }
+
+            /// Records the kicker (the registration's, once it exists).
+            pub fn set(&self, k: xenrs_api::Kicker) {
+                self.0.with(|slot| *slot = Some(k));
+            }
+
+            /// Asks for a xenbus-thread run, if registered (the mutex is not held while
+            /// asking).
+            pub fn kick(&self) {
+                if let Some(k) = self.0.with(|slot| slot.clone()) {
+                    k.kick();
+                }
+            }
+        }
+
+        /// The registration's kick function: every connected device looks at its other end
+        /// again, which makes one that failed report it; for a healthy device it changes
+        /// nothing (connected to a connected peer).
+        pub fn on_kick<S: xen_xenbus::bus::XenStore + ?Sized>(
+            bus: &mut xen_xenbus::Bus<S>,
+            xs: &mut S,
+        ) {
+            let names: alloc::vec::Vec<alloc::string::String> = bus
+                .devices()
+                .filter(|d| d.state() == xen_xenbus::XenbusState::Connected)
+                .map(|d| alloc::string::String::from(d.nodename()))
+                .collect();
+            for name in names {
+                let _ = bus.with_device(xs, &name, |driver, xs, dev| {
+                    let state = dev.otherend_state();
+                    driver.otherend_changed(xs, dev, state)
+                });
+            }
         }
 
         /// The per-interface object: `if_getsoftc()` and the softc of its sysctl leaves.

@@ -251,6 +251,7 @@ static const struct xenrs_sysctl_leaf xn_kmod_leaves[] = {
 	{ "queues", "Queues connected" },
 	{ "connections", "Connections to the backend" },
 	{ "link", "Link up (1) or down (0)" },
+	{ "failed", "The backend broke the protocol: device failed (1)" },
 };
 
 XENRS_SYSCTL_DEV(xn, xn_kmod_leaves,

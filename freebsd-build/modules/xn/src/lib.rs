@@ -94,8 +94,14 @@ impl KernelModule for XnModule {
         let config = config_from_tunables();
         let xen = Arc::new(KernelXen::new()?);
         let live = LiveDevices::new(Self::NAME, "interface(s)");
-        let driver = xen::XnDriver::new(xen.clone(), config, live.counter());
-        let registration = xen.register_driver(Role::Frontend, Box::new(driver))?;
+        let kick = Arc::new(xen::KickSlot::new().ok_or(Errno::ENOMEM)?);
+        let driver = xen::XnDriver::new(xen.clone(), config, live.counter(), kick.clone());
+        let registration = xen.register_driver_with_kick(
+            Role::Frontend,
+            Box::new(driver),
+            Box::new(xen::on_kick),
+        )?;
+        kick.set(xenrs_api::Registration::kicker(&registration));
         kprintln!(
             "xn: loaded (up to {} queue(s), sg {}, tso {}, csum {}/{})",
             config.queues,

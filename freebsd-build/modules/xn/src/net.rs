@@ -23,6 +23,21 @@
 //! connected; after a reconnection the glue sends a gratuitous ARP for the interface's first
 //! IPv4 address, so the bridge behind the new backend learns where the MAC lives.
 //!
+//! # A backend that breaks the protocol
+//!
+//! The netfront core stops a queue for good when the backend writes something no correct
+//! backend writes (a TX response for an id not in flight, a runaway `rsp_prod`, a malformed RX
+//! response: [`FrontError`]). The glue looks for such a failure after every event and every
+//! transmit, and fails the whole device at the first one (the backend can no longer be
+//! trusted with any queue): the reason is logged once (`xn<N>: queue <q>: ...; device
+//! failed`), the link goes down (`if_transmit` answers `ENETDOWN`, later events do nothing),
+//! and `sysctl dev.xn.<N>.failed` reads 1. Reporting it needs the store, which the event and
+//! transmit contexts must not use: [`XnIf::needs_report`] makes the caller ask for a run on
+//! xen.ko's xenbus thread, where [`XnIf::otherend_changed`] releases the queues, writes the
+//! reason to the device's xenstore `error` node and switches to `Closing`. Once the backend
+//! closes too the device goes to `Closed` and stays there (no reconnection) until the
+//! toolstack removes it (`xl network-detach`).
+//!
 //! # Contexts
 //!
 //! `if_input` must not be called with the interface's lock held (the stack may transmit a
@@ -32,8 +47,9 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use freebsd_kpi::kprintln;
 use xen_netfront::negotiate::{self, FrontendConfig};
-use xen_netfront::{FrontendPlatform, Queue, Resources, SendError};
+use xen_netfront::{FrontError, FrontendPlatform, Queue, Resources, SendError};
 use xen_netif::{csum, Csum, Gso, GsoKind, PacketMeta, MAX_PACKET};
 use xen_xenbus::bus::XenStore;
 use xen_xenbus::{Device, Error as XsErr, XenbusState};
@@ -200,11 +216,12 @@ pub enum DevStat {
     Queues = 7,
     Connections = 8,
     Link = 9,
+    Failed = 10,
 }
 
 impl DevStat {
     /// Every leaf, by index; the names as in the shim.
-    pub const ALL: [(DevStat, &'static str); 10] = [
+    pub const ALL: [(DevStat, &'static str); 11] = [
         (DevStat::TxPackets, "tx_packets"),
         (DevStat::TxBytes, "tx_bytes"),
         (DevStat::TxDropped, "tx_dropped"),
@@ -215,6 +232,7 @@ impl DevStat {
         (DevStat::Queues, "queues"),
         (DevStat::Connections, "connections"),
         (DevStat::Link, "link"),
+        (DevStat::Failed, "failed"),
     ];
 }
 
@@ -233,6 +251,31 @@ pub struct GlueStats {
     pub connections: u64,
     /// Queue counters of connections that ended.
     pub past: xen_netfront::Stats,
+}
+
+/// A queue the backend broke (see the module docs): the device is failed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The queue's number.
+    pub queue: u16,
+    /// What the backend did.
+    pub error: FrontError,
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "queue {}: ", self.queue)?;
+        match self.error {
+            FrontError::Ring(fault) => write!(f, "ring violation: {fault}"),
+            FrontError::BadTxId(id) => {
+                write!(f, "backend answered TX id {id}, which is not in flight")
+            }
+            FrontError::UnexpectedNull => {
+                f.write_str("backend sent a NULL TX response with no extra slot outstanding")
+            }
+            FrontError::Rx(rx) => write!(f, "malformed RX response ({rx:?})"),
+        }
+    }
 }
 
 struct Conn<'a, P: FrontendPlatform<'a>> {
@@ -255,6 +298,9 @@ pub struct XnIf<'a, P: FrontendPlatform<'a>, K: IfKpi> {
     more: bool,
     scratch: Vec<u8>,
     stats: GlueStats,
+    failure: Option<Failure>,
+    /// The failure is in the store (`error`, `Closing`).
+    reported: bool,
 }
 
 impl<'a, P: FrontendPlatform<'a>, K: IfKpi> core::fmt::Debug for XnIf<'a, P, K> {
@@ -264,6 +310,7 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> core::fmt::Debug for XnIf<'a, P, K> 
             .field("link", &self.link)
             .field("queues", &self.conn.as_ref().map_or(0, |c| c.queues.len()))
             .field("stats", &self.stats)
+            .field("failure", &self.failure)
             .finish_non_exhaustive()
     }
 }
@@ -286,7 +333,20 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
             more: false,
             scratch: vec![0; MAX_PACKET],
             stats: GlueStats::default(),
+            failure: None,
+            reported: false,
         }
+    }
+
+    /// The backend's protocol violation that failed the device, if any.
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure
+    }
+
+    /// The device failed and the store does not say so yet: the caller asks for a run of
+    /// [`XnIf::otherend_changed`] on the xenbus thread (a kick).
+    pub fn needs_report(&self) -> bool {
+        self.failure.is_some() && !self.reported
     }
 
     /// The ifnet, once created.
@@ -337,6 +397,7 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
             DevStat::Queues => self.conn.as_ref().map_or(0, |c| c.queues.len() as u64),
             DevStat::Connections => self.stats.connections,
             DevStat::Link => u64::from(self.link),
+            DevStat::Failed => u64::from(self.failure.is_some()),
         })
     }
 
@@ -354,6 +415,8 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
         hashed: bool,
     ) -> i32 {
         let r = self.try_transmit(m, len, offload, tso_segsz, flowid, hashed);
+        // Sending (or reclaiming to make room) may have met a violation.
+        self.check_failure();
         match r {
             Ok(()) => 0,
             Err(e) => {
@@ -406,7 +469,9 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
         let Some(ifp) = self.ifp else {
             return out;
         };
-        let Some(conn) = self.conn.as_mut() else {
+        // A failed device's queues are not looked at again, whatever the backend writes.
+        let Some(conn) = self.conn.as_mut().filter(|_| self.failure.is_none()) else {
+            self.more = false;
             return out;
         };
         let kpi = &self.kpi;
@@ -438,7 +503,44 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
             more |= work.is_ok_and(|w| w.more);
         }
         self.more = more;
+        self.check_failure();
         out
+    }
+
+    /// Fails the device at the first queue the core stopped (see the module docs): logs the
+    /// reason once and takes the link down. The rest needs the store ([`XnIf::needs_report`]).
+    fn check_failure(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        let Some(f) = self.conn.as_ref().and_then(|c| {
+            c.queues.iter().find_map(|q| {
+                q.failure().map(|error| Failure {
+                    queue: q.index(),
+                    error,
+                })
+            })
+        }) else {
+            return;
+        };
+        self.failure = Some(f);
+        self.more = false;
+        kprintln!("xn{}: {f}; device failed", self.unit);
+        self.link_down();
+    }
+
+    /// Reports a failure to the store once: queues released, reason in `error`, `Closing`.
+    fn report<S: XenStore + ?Sized>(&mut self, xs: &mut S, dev: &mut Device) -> Result<(), XsErr> {
+        let Some(f) = self.failure.filter(|_| !self.reported) else {
+            return Ok(());
+        };
+        self.reported = true;
+        self.disconnect();
+        dev.write_node(xs, "error", &alloc::format!("{f}"))?;
+        if dev.state().can_switch_to(XenbusState::Closing) {
+            dev.switch_state(xs, XenbusState::Closing)?;
+        }
+        Ok(())
     }
 
     /// Whether the last [`XnIf::event`] stopped at a queue's budget with frames left: the
@@ -501,6 +603,17 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
         dev: &mut Device,
         state: XenbusState,
     ) -> Result<(), XsErr> {
+        if self.failure.is_some() {
+            // Failed for good: report it (once), close when the backend does, never start
+            // again.
+            self.report(xs, dev)?;
+            if matches!(state, XenbusState::Closing | XenbusState::Closed)
+                && dev.state() == XenbusState::Closing
+            {
+                dev.switch_state(xs, XenbusState::Closed)?;
+            }
+            return Ok(());
+        }
         match state {
             XenbusState::InitWait if dev.state() == XenbusState::Initialising => {
                 self.connect(xs, dev)
@@ -597,6 +710,10 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
                 r.release(&mut self.plat);
             }
         }
+        self.link_down();
+    }
+
+    fn link_down(&mut self) {
         if self.link {
             self.link = false;
             if let Some(ifp) = self.ifp {

@@ -239,6 +239,8 @@ struct Rig {
         xen_netback::Connection<'static, SimBackend<'static, 'static>>,
         SimBackend<'static, 'static>,
     )>,
+    /// What the guest published at the last connection (its rings' grants).
+    info: Option<be_config::FrontendInfo>,
 }
 
 const MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x01, 0x02, 0x03];
@@ -273,6 +275,7 @@ impl Rig {
                 ..BackendFeatures::default()
             },
             back: None,
+            info: None,
         };
         rig.settle();
         rig
@@ -320,6 +323,7 @@ impl Rig {
         )
         .unwrap();
         self.back = Some((conn, plat));
+        self.info = Some(info);
         self.be_state("4");
     }
 
@@ -666,12 +670,20 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         ctrl_ring: false,
         ..FrontendConfig::default()
     };
+    let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
     let reg = xen
-        .register_driver(
+        .register_driver_with_kick(
             Role::Frontend,
-            Box::new(xen::XnDriver::new(xen.clone(), cfg, live.clone())),
+            Box::new(xen::XnDriver::new(
+                xen.clone(),
+                cfg,
+                live.clone(),
+                kick.clone(),
+            )),
+            Box::new(xen::on_kick),
         )
         .expect("register");
+    kick.set(xenrs_api::Registration::kicker(&reg));
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };
@@ -747,6 +759,8 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
 
     // Detach (kldunload xn): nothing fires afterwards, nothing is left.
     drop(reg);
+    // The module's own reference to the kick slot goes with it at unload.
+    drop(kick);
     assert_eq!(shim::with(|s| (s.ifnets.len(), s.destroyed)), (0, 1));
     assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 0);
     conn.queues[0]
@@ -776,4 +790,137 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         ),
         (0, 0, 0)
     );
+}
+
+// ---------------------------------------------------------------- a hostile backend
+
+/// A second mapping, by dom0, of the TX ring of queue `q` the guest granted: what a backend
+/// that writes whatever it likes sees.
+fn hostile_tx_ring(
+    dom0: &'static xen_tests::xensim::DomainHandle,
+    hub: &'static xen_tests::net::sim::Hub<'static>,
+    guest: u16,
+    info: &be_config::FrontendInfo,
+    q: usize,
+) -> (
+    SimBackend<'static, 'static>,
+    xen_gnttab::ForeignMapping,
+    xen_shmem::SharedMem<'static>,
+) {
+    use xen_netback::BackendPlatform as _;
+    let mut plat = SimBackend::new(dom0, hub);
+    let (m, mem) = plat
+        .map_ring(guest, info.queues[q].tx_ring_ref)
+        .expect("map the guest's TX ring");
+    (plat, m, mem)
+}
+
+/// Writes a TX response `(id, status OKAY)` at the next response slot and publishes it.
+fn forge_tx_response(ring: &xen_shmem::SharedMem<'_>, id: u16) {
+    use xen_ring::sring::{HEADER_SIZE, RSP_PROD};
+    // netif_tx: a request is 12 bytes, the union slot as well; one page holds 256.
+    let rsp_prod = ring.load_acquire_u32(RSP_PROD).unwrap();
+    let slot = HEADER_SIZE + usize::try_from(rsp_prod % 256).unwrap() * 12;
+    let mut rsp = [0u8; 4];
+    rsp[..2].copy_from_slice(&id.to_le_bytes());
+    ring.copy_from_slice(slot, &rsp).unwrap();
+    ring.store_release_u32(RSP_PROD, rsp_prod.wrapping_add(1))
+        .unwrap();
+}
+
+fn console_count(needle: &str) -> usize {
+    fake::console().matches(needle).count()
+}
+
+#[test]
+fn a_backend_answering_an_unknown_tx_id_fails_the_device_once_and_for_good() {
+    use xen_netback::BackendPlatform as _;
+    let _kernel = fake::session();
+    let mut rig = Rig::new(FrontendConfig {
+        queues: 2,
+        ctrl_ring: false,
+        ..FrontendConfig::default()
+    });
+    rig.backend_connect();
+    let w = rig.env.world;
+    let info = rig.info.clone().expect("connected");
+    let (mut hplat, hmap, ring) =
+        hostile_tx_ring(&w.dom0, &rig.env.be_hub, w.guest.domid(), &info, 0);
+    // One packet in flight on queue 0 (dom0 does not answer it), then a response for an id
+    // the frontend never used.
+    let frame = tcp_frame(100, false);
+    assert_eq!(rig.transmit(&frame, 0, 0, 0), 0);
+    forge_tx_response(&ring, 200);
+    assert!(
+        rig.xn.borrow().failure().is_none(),
+        "nothing seen before an event"
+    );
+    let up = rig.xn.borrow_mut().event();
+    assert!(up.is_empty());
+    assert_eq!(
+        rig.xn.borrow().failure(),
+        Some(net::Failure {
+            queue: 0,
+            error: xen_netfront::FrontError::BadTxId(200)
+        })
+    );
+    let line = "xn0: queue 0: backend answered TX id 200, which is not in flight; device failed";
+    assert_eq!(console_count(line), 1, "{}", fake::console());
+    // Link down at once; transmit refuses; the failure is a sysctl.
+    assert!(!rig.xn.borrow().link());
+    assert_eq!(shim::with(|s| s.links.clone()), vec![true, false]);
+    assert_eq!(rig.xn.borrow().stat(DevStat::Link as u32), Some(0));
+    assert_eq!(rig.xn.borrow().stat(DevStat::Failed as u32), Some(1));
+    assert_eq!(rig.transmit(&frame, 0, 0, 1), errno::ENETDOWN);
+    // The store is the xenbus thread's: nothing written from the event path.
+    assert!(rig.xn.borrow().needs_report());
+    assert_eq!(rig.fe_state(), XenbusState::Connected);
+
+    // More garbage and more events change nothing and log nothing more.
+    forge_tx_response(&ring, 201);
+    for _ in 0..10 {
+        assert!(rig.xn.borrow_mut().event().is_empty());
+    }
+    assert!(!rig.xn.borrow().more());
+    assert_eq!(console_count("device failed"), 1);
+    assert_eq!(
+        rig.xn.borrow().failure().map(|f| f.error),
+        Some(xen_netfront::FrontError::BadTxId(200))
+    );
+
+    // The kick's run on the xenbus thread: queues released, reason in `error`, Closing.
+    xen::on_kick(&mut rig.fe_bus, &mut rig.fe_xs);
+    rig.settle();
+    let fd = w.fe_dir();
+    assert_eq!(rig.fe_state(), XenbusState::Closing);
+    assert_eq!(
+        rig.be_xs.read_string(&format!("{fd}/error")).unwrap(),
+        "queue 0: backend answered TX id 200, which is not in flight"
+    );
+    assert!(!rig.xn.borrow().needs_report());
+    assert_eq!(rig.xn.borrow().stat(DevStat::Queues as u32), Some(0));
+    // A second kick does nothing more.
+    rig.be_xs
+        .write_str(&format!("{fd}/error"), "read by the toolstack")
+        .unwrap();
+    xen::on_kick(&mut rig.fe_bus, &mut rig.fe_xs);
+    rig.settle();
+    assert_eq!(
+        rig.be_xs.read_string(&format!("{fd}/error")).unwrap(),
+        "read by the toolstack"
+    );
+    assert_eq!(console_count("device failed"), 1);
+
+    // The backend closes: the device closes too and does not start again.
+    hplat.unmap_ring(hmap);
+    rig.backend_close();
+    assert_eq!(rig.fe_state(), XenbusState::Closed);
+    let bd = w.be_dir();
+    be_config::publish(&mut rig.be_xs, &bd, &rig.features).unwrap();
+    rig.be_state("2");
+    assert_eq!(rig.fe_state(), XenbusState::Closed);
+    assert_eq!(rig.xn.borrow().stat(DevStat::Connections as u32), Some(1));
+    assert_eq!(rig.transmit(&frame, 0, 0, 0), errno::ENETDOWN);
+    rig.xn.borrow_mut().detach();
+    assert_eq!(shim::with(|s| (s.ifnets.len(), s.destroyed)), (0, 1));
 }

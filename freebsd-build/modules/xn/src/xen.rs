@@ -5,6 +5,9 @@
 //! Contexts and locking as in xbd (see `xbd/src/xen.rs`): xenbus callbacks, event handlers
 //! and `if_transmit` meet at the interface's sx lock: xenbus callbacks hold it (and may sleep),
 //! `if_transmit` and the event handler only try it and leave their work to its holder.
+//! A backend's protocol violation found there is reported from the xenbus thread: the
+//! interface kicks the registration ([`KickSlot`]) and [`on_kick`] looks at every connected
+//! device again (see `net.rs`, "A backend that breaks the protocol").
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -22,6 +25,7 @@ use xen_xenbus::{Device, Driver, Error as XsErr, XenbusState};
 use xenrs_api::{BindFlags, Pages, XenServices};
 
 use crate::net::{IfHandle, MbufHandle, XnIf};
+pub use crate::sys::{on_kick, KickSlot};
 use crate::sys::{EventSink, IfDevice, Inputs, Kernel, SoftcBox};
 
 /// The netfront core's platform over xen.ko's services.
@@ -30,6 +34,7 @@ pub struct XenNetPlatform<X: XenServices + Send + 'static> {
     /// Pages handed out, by frame.
     pages: BTreeMap<u64, Pages>,
     sink: Arc<EventSink>,
+    kick: Arc<KickSlot>,
 }
 
 impl<X: XenServices + Send + 'static> fmt::Debug for XenNetPlatform<X> {
@@ -41,12 +46,14 @@ impl<X: XenServices + Send + 'static> fmt::Debug for XenNetPlatform<X> {
 }
 
 impl<X: XenServices + Send + 'static> XenNetPlatform<X> {
-    /// The platform of one interface; its ports' events go to `sink`.
-    pub fn new(xen: Arc<X>, sink: Arc<EventSink>) -> Self {
+    /// The platform of one interface; its ports' events go to `sink`, its requests for a
+    /// xenbus-thread run to `kick`.
+    pub fn new(xen: Arc<X>, sink: Arc<EventSink>, kick: Arc<KickSlot>) -> Self {
         XenNetPlatform {
             xen,
             pages: BTreeMap::new(),
             sink,
+            kick,
         }
     }
 
@@ -119,6 +126,16 @@ impl<X: XenServices + Send + 'static> FrontendPlatform<'static> for XenNetPlatfo
 /// An interface of the kernel.
 pub type KernelIf<X> = XnIf<'static, XenNetPlatform<X>, Kernel>;
 
+impl<X: XenServices + Send + 'static> KernelIf<X> {
+    /// A violation found here is reported from the xenbus thread (the store is not ours to
+    /// use in this context): ask for a run there until it is.
+    fn kick_if_failed(&mut self) {
+        if self.needs_report() {
+            self.platform().kick.kick();
+        }
+    }
+}
+
 impl<X: XenServices + Send + 'static> IfDevice for KernelIf<X> {
     fn transmit(
         &mut self,
@@ -129,7 +146,9 @@ impl<X: XenServices + Send + 'static> IfDevice for KernelIf<X> {
         flowid: u32,
         hashed: bool,
     ) -> i32 {
-        XnIf::transmit(self, m, len, offload, segsz, flowid, hashed)
+        let r = XnIf::transmit(self, m, len, offload, segsz, flowid, hashed);
+        self.kick_if_failed();
+        r
     }
 
     fn set_mtu(&mut self, mtu: i32) -> i32 {
@@ -147,6 +166,7 @@ impl<X: XenServices + Send + 'static> IfDevice for KernelIf<X> {
     fn event(&mut self, out: &mut Inputs) -> bool {
         let got: Vec<(IfHandle, MbufHandle)> = XnIf::event(self);
         out.extend(got);
+        self.kick_if_failed();
         XnIf::more(self)
     }
 
@@ -167,6 +187,7 @@ pub struct XnDriver<X: XenServices + Send + 'static> {
     cfg: FrontendConfig,
     units: BTreeMap<String, Unit>,
     live: Arc<AtomicUsize>,
+    kick: Arc<KickSlot>,
 }
 
 impl<X: XenServices + Send + 'static> fmt::Debug for XnDriver<X> {
@@ -178,13 +199,20 @@ impl<X: XenServices + Send + 'static> fmt::Debug for XnDriver<X> {
 }
 
 impl<X: XenServices + Send + 'static> XnDriver<X> {
-    /// A driver whose interfaces use `cfg`; `live` counts them.
-    pub fn new(xen: Arc<X>, cfg: FrontendConfig, live: Arc<AtomicUsize>) -> Self {
+    /// A driver whose interfaces use `cfg`; `live` counts them; `kick` is the
+    /// registration's (see [`on_kick`]).
+    pub fn new(
+        xen: Arc<X>,
+        cfg: FrontendConfig,
+        live: Arc<AtomicUsize>,
+        kick: Arc<KickSlot>,
+    ) -> Self {
         XnDriver {
             xen,
             cfg,
             units: BTreeMap::new(),
             live,
+            kick,
         }
     }
 
@@ -219,7 +247,7 @@ impl<X: XenServices + Send + 'static, S: XenStore + ?Sized> Driver<S> for XnDriv
         let unit = self.free_unit();
         let softc = SoftcBox::new(unit).ok_or(XsErr::BadValue)?;
         let sink = Arc::new(EventSink::default());
-        let plat = XenNetPlatform::new(self.xen.clone(), sink.clone());
+        let plat = XenNetPlatform::new(self.xen.clone(), sink.clone(), self.kick.clone());
         let ifc: KernelIf<X> = XnIf::new(plat, self.cfg, crate::sys::kernel(&softc), unit);
         softc.with(|d| *d = Some(Box::new(ifc)));
         softc.connect(&sink);
