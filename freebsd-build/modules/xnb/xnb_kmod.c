@@ -165,6 +165,7 @@ static const struct xenrs_sysctl_leaf xnb_kmod_leaves[] = {
 	{ "queues", "Queues connected" },
 	{ "connections", "Connections of the frontend" },
 	{ "link", "Link up (1) or down (0)" },
+	{ "violations", "Connections the frontend broke the protocol on (each failed the vif)" },
 };
 
 XENRS_SYSCTL_DEV(xnb, xnb_kmod_leaves,

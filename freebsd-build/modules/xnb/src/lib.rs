@@ -104,8 +104,12 @@ impl KernelModule for XnbModule {
         let (features, limits) = config_from_tunables();
         let xen = Arc::new(KernelXen::new()?);
         let live = LiveDevices::new(Self::NAME, "vif(s)");
-        let driver = xen::XnbDriver::new(xen.clone(), features, limits, live.counter());
-        let registration = xen.register_driver(Role::Backend, Box::new(driver))?;
+        let kick = Arc::new(xen::KickSlot::new().ok_or(Errno::ENOMEM)?);
+        let driver =
+            xen::XnbDriver::new(xen.clone(), features, limits, live.counter(), kick.clone());
+        let registration =
+            xen.register_driver_with_kick(Role::Backend, Box::new(driver), Box::new(xen::on_kick))?;
+        kick.set(xenrs_api::Registration::kicker(&registration));
         kprintln!(
             "xnb: loaded (up to {} queue(s) per vif, split event channels {})",
             features.max_queues,

@@ -498,17 +498,21 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         ctrl_ring: false,
         ..BackendFeatures::default()
     };
+    let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
     let reg = xen
-        .register_driver(
+        .register_driver_with_kick(
             Role::Backend,
             Box::new(xen::XnbDriver::new(
                 xen.clone(),
                 features,
                 Limits::default(),
                 live.clone(),
+                kick.clone(),
             )),
+            Box::new(xen::on_kick),
         )
         .expect("register");
+    kick.set(xenrs_api::Registration::kicker(&reg));
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };
@@ -595,6 +599,8 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
 
     // Detach (kldunload xnb): nothing fires afterwards, nothing is left mapped or bound.
     drop(reg);
+    // The module's own reference to the kick slot goes with it at unload.
+    drop(kick);
     assert_eq!(
         shim::with(|s| (s.ifnets.contains_key(&ifp), s.destroyed)),
         (false, 1)
@@ -630,4 +636,185 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     );
     setup.queues.clear();
     setup.resources.release(&mut fe_plat);
+}
+
+// ---------------------------------------------------------------- a hostile frontend
+
+/// A second mapping, by dom0, of ring `which` ("tx" or "rx") of queue `q` the guest granted:
+/// where a frontend that writes whatever it likes puts its indices.
+fn hostile_ring(
+    rig: &mut Rig,
+    q: usize,
+    which: &str,
+) -> (
+    SimBackend<'static, 'static>,
+    xen_gnttab::ForeignMapping,
+    xen_shmem::SharedMem<'static>,
+) {
+    use xen_netback::BackendPlatform as _;
+    let w = rig.env.world;
+    let info = xen_netback::config::read_frontend(
+        &mut rig.be_xs,
+        &w.fe_dir(),
+        &BackendFeatures {
+            max_queues: 2,
+            ctrl_ring: false,
+            ..BackendFeatures::default()
+        },
+    )
+    .expect("the guest's keys");
+    let keys = &info.queues[q];
+    let gref = if which == "tx" {
+        keys.tx_ring_ref
+    } else {
+        keys.rx_ring_ref
+    };
+    let mut plat = SimBackend::new(&w.dom0, &rig.env.be_hub);
+    let (m, mem) = plat.map_ring(w.guest.domid(), gref).expect("map");
+    (plat, m, mem)
+}
+
+/// Moves the ring's `req_prod` far beyond what the ring can hold.
+fn runaway_req_prod(ring: &xen_shmem::SharedMem<'_>) {
+    use xen_ring::sring::REQ_PROD;
+    let p = ring.load_acquire_u32(REQ_PROD).unwrap();
+    ring.store_release_u32(REQ_PROD, p.wrapping_add(100_000))
+        .unwrap();
+}
+
+fn console_count(needle: &str) -> usize {
+    fake::console().matches(needle).count()
+}
+
+#[test]
+fn a_runaway_tx_req_prod_fails_the_vif_once_and_a_fresh_connection_works() {
+    use xen_netback::BackendPlatform as _;
+    let _kernel = fake::session();
+    let mut rig = Rig::new();
+    rig.frontend_connect();
+    let g = rig.env.world.guest.domid();
+    let (mut hplat, hmap, ring) = hostile_ring(&mut rig, 0, "tx");
+    runaway_req_prod(&ring);
+    assert!(rig.vif.borrow().failure().is_none());
+    assert!(rig.vif.borrow_mut().event().is_empty());
+    let f = rig.vif.borrow().failure().expect("failed");
+    assert_eq!(f.queue, 0);
+    assert!(
+        matches!(
+            f.error,
+            xen_netback::QueueError::Ring(xen_ring::Fault::RequestOverflow { .. })
+        ),
+        "{f:?}"
+    );
+    let reason = format!("{f}");
+    assert!(
+        reason.starts_with("queue 0: ring violation: frontend req_prod"),
+        "{reason}"
+    );
+    let line = format!("xnb{g}.0: {reason}; vif failed");
+    assert_eq!(console_count(&line), 1, "{}", fake::console());
+    // Link down at once; the bridge's frames are refused; counted.
+    assert!(!rig.vif.borrow().link());
+    assert_eq!(shim::with(|s| s.links.clone()), vec![true, false]);
+    assert_eq!(rig.vif.borrow().stat(DevStat::Violations as u32), Some(1));
+    assert_eq!(rig.vif.borrow().stat(DevStat::Link as u32), Some(0));
+    assert_eq!(
+        rig.bridge_transmit(&udp_frame(64, false), 0, 1),
+        errno::ENETDOWN
+    );
+    // The other queue is not looked at either, whatever the guest sends; nothing more is
+    // logged.
+    rig.guest_send(1, &udp_frame(50, false), &PacketMeta::default());
+    runaway_req_prod(&ring);
+    for _ in 0..10 {
+        assert!(rig.vif.borrow_mut().event().is_empty());
+    }
+    assert!(!rig.vif.borrow().more());
+    assert_eq!(console_count("vif failed"), 1);
+    assert_eq!(shim::with(|s| s.input.len()), 0);
+    // Nothing in the store from the event path.
+    assert!(rig.vif.borrow().needs_report());
+    assert_eq!(rig.be_state(), XenbusState::Connected);
+
+    // The kick's run on the xenbus thread: rings unmapped, reason in `error`, Closing.
+    xen::on_kick(&mut rig.be_bus, &mut rig.be_xs);
+    rig.settle();
+    let bd = rig.env.world.be_dir();
+    assert_eq!(rig.be_state(), XenbusState::Closing);
+    assert_eq!(
+        rig.fe_xs.read_string(&format!("{bd}/error")).unwrap(),
+        reason
+    );
+    assert!(!rig.vif.borrow().needs_report());
+    assert_eq!(rig.vif.borrow().stat(DevStat::Queues as u32), Some(0));
+    xen::on_kick(&mut rig.be_bus, &mut rig.be_xs);
+    rig.settle();
+    assert_eq!(rig.be_state(), XenbusState::Closing);
+    assert_eq!(console_count("vif failed"), 1);
+
+    // The guest closes and starts again: a fresh connection carries frames both ways.
+    hplat.unmap_ring(hmap);
+    rig.frontend_close();
+    assert_eq!(rig.be_state(), XenbusState::Closed);
+    rig.fe_write_state("1");
+    assert_eq!(rig.be_state(), XenbusState::InitWait);
+    rig.frontend_connect();
+    assert!(rig.vif.borrow().failure().is_none());
+    assert_eq!(shim::with(|s| s.links.clone()), vec![true, false, true]);
+    assert_eq!(rig.vif.borrow().stat(DevStat::Violations as u32), Some(1));
+    let frame = udp_frame(80, false);
+    assert_eq!(rig.bridge_transmit(&frame, 0, 0), 0);
+    assert_eq!(
+        rig.guest_rx().into_iter().map(|g| g.0).collect::<Vec<_>>(),
+        vec![frame.clone()]
+    );
+    rig.guest_send(0, &frame, &PacketMeta::default());
+    assert_eq!(rig.vif.borrow_mut().event().len(), 1);
+    rig.vif.borrow_mut().detach();
+}
+
+#[test]
+fn a_runaway_rx_req_prod_found_on_transmit_fails_the_vif() {
+    use xen_netback::BackendPlatform as _;
+    let _kernel = fake::session();
+    let mut rig = Rig::new();
+    rig.frontend_connect();
+    let frame = udp_frame(64, false);
+    assert_eq!(rig.bridge_transmit(&frame, 0, 0), 0);
+    assert_eq!(rig.guest_rx().len(), 1);
+    let (mut hplat, hmap, ring) = hostile_ring(&mut rig, 0, "rx");
+    runaway_req_prod(&ring);
+    // The bridge's frame for queue 0 meets the guest's RX ring: the frame is dropped and the
+    // vif fails, from the transmit path.
+    assert_eq!(rig.bridge_transmit(&frame, 0, 0), errno::ENETDOWN);
+    let f = rig.vif.borrow().failure().expect("failed");
+    assert_eq!(f.queue, 0);
+    assert!(
+        matches!(
+            f.error,
+            xen_netback::QueueError::Ring(xen_ring::Fault::RequestOverflow { .. })
+        ),
+        "{f:?}"
+    );
+    assert_eq!(console_count("vif failed"), 1);
+    assert_eq!(shim::with(|s| s.links.clone()), vec![true, false]);
+    // Every later frame, for any queue, is refused without touching a ring.
+    for flow in 0..4 {
+        assert_eq!(rig.bridge_transmit(&frame, 0, flow), errno::ENETDOWN);
+    }
+    assert_eq!(
+        rig.vif.borrow().stat(DevStat::ToGuestDropped as u32),
+        Some(5)
+    );
+    assert_eq!(console_count("vif failed"), 1);
+    // The guest closing first also gets the report written before the vif closes.
+    hplat.unmap_ring(hmap);
+    rig.frontend_close();
+    assert_eq!(rig.be_state(), XenbusState::Closed);
+    let bd = rig.env.world.be_dir();
+    assert_eq!(
+        rig.fe_xs.read_string(&format!("{bd}/error")).unwrap(),
+        format!("{f}")
+    );
+    rig.vif.borrow_mut().detach();
 }

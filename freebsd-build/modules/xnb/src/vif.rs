@@ -18,6 +18,22 @@
 //!
 //! As in xn: `if_input` only with the vif's lock released ([`XnbIf::event`] returns the
 //! mbufs); the bridge's `if_transmit` only tries the lock.
+//!
+//! # A frontend that breaks the protocol
+//!
+//! The netback core stops a queue for good when the guest writes something no correct
+//! frontend writes (a runaway `req_prod`, a TX packet with an extra of unknown type or too
+//! many slots, one published in part: [`QueueError`]). The glue looks for such a failure
+//! after every event and every transmit, and fails the whole vif at the first one (Linux's
+//! netback disables the vif alike): the reason is logged once (`xnb<domid>.<handle>: queue
+//! <q>: ...; vif failed`), the link goes down (the bridge's `if_transmit` answers `ENETDOWN`,
+//! later events do nothing), and `sysctl dev.xnb.<N>.violations` counts it. Reporting it needs
+//! the store, which the event and transmit contexts must not use: [`XnbIf::needs_report`]
+//! makes the caller ask for a run on xen.ko's xenbus thread, where [`XnbIf::otherend_changed`]
+//! unmaps the rings, unbinds the ports, writes the reason to the backend's xenstore `error`
+//! node and switches to `Closing`. The guest may start again (its `Closed`, then
+//! `Initialising`): a new connection is a fresh start, made only of what the guest publishes
+//! then, and the vif carries frames again.
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -25,8 +41,10 @@ use alloc::vec::Vec;
 use core::ffi::CStr;
 use core::fmt::Write as _;
 
+use freebsd_kpi::kprintln;
 use xen_netback::config::{self as be_config, BackendFeatures};
-use xen_netback::{BackendPlatform, Connection, Limits, NetIo, Offloads, RxRefused};
+use xen_netback::{BackendPlatform, Connection, Limits, NetIo, Offloads, QueueError, RxRefused};
+use xen_netif::tx::TxFault;
 use xen_netif::{Csum, PacketMeta, MAX_PACKET};
 use xen_xenbus::bus::XenStore;
 use xen_xenbus::{Device, Error as XsErr, XenbusState};
@@ -122,11 +140,12 @@ pub enum DevStat {
     Queues = 6,
     Connections = 7,
     Link = 8,
+    Violations = 9,
 }
 
 impl DevStat {
     /// Every leaf, by index; the names as in the shim.
-    pub const ALL: [(DevStat, &'static str); 9] = [
+    pub const ALL: [(DevStat, &'static str); 10] = [
         (DevStat::Domid, "domid"),
         (DevStat::Handle, "handle"),
         (DevStat::ToGuestPackets, "to_guest_packets"),
@@ -136,6 +155,7 @@ impl DevStat {
         (DevStat::Queues, "queues"),
         (DevStat::Connections, "connections"),
         (DevStat::Link, "link"),
+        (DevStat::Violations, "violations"),
     ];
 }
 
@@ -152,6 +172,37 @@ pub struct GlueStats {
     pub from_guest_dropped: u64,
     /// Connections made.
     pub connections: u64,
+    /// Connections the frontend broke the protocol on (each failed the vif).
+    pub violations: u64,
+}
+
+/// A queue the frontend broke (see the module docs): the vif is failed until the guest
+/// connects again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The queue's number.
+    pub queue: u16,
+    /// What the frontend did.
+    pub error: QueueError,
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "queue {}: ", self.queue)?;
+        match self.error {
+            QueueError::Ring(fault) => write!(f, "ring violation: {fault}"),
+            QueueError::Tx(TxFault::TooManySlots) => {
+                f.write_str("TX packet of more slots than netif allows")
+            }
+            QueueError::Tx(TxFault::TooManyExtras) => {
+                f.write_str("TX packet of more extra slots than netif allows")
+            }
+            QueueError::Tx(TxFault::BadExtraType(t)) => {
+                write!(f, "TX extra slot of unknown type {t}")
+            }
+            QueueError::Tx(TxFault::Incomplete) => f.write_str("TX packet published in part"),
+        }
+    }
 }
 
 /// Frames from the guest, as mbufs for `if_input` (after the lock is released).
@@ -197,6 +248,9 @@ pub struct XnbIf<'a, P: BackendPlatform<'a>, K: IfKpi> {
     more: bool,
     scratch: Vec<u8>,
     stats: GlueStats,
+    failure: Option<Failure>,
+    /// The failure is in the store (`error`, `Closing`).
+    reported: bool,
 }
 
 impl<'a, P: BackendPlatform<'a>, K: IfKpi> core::fmt::Debug for XnbIf<'a, P, K> {
@@ -206,6 +260,7 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> core::fmt::Debug for XnbIf<'a, P, K> 
             .field("handle", &self.handle)
             .field("link", &self.link)
             .field("stats", &self.stats)
+            .field("failure", &self.failure)
             .finish_non_exhaustive()
     }
 }
@@ -231,7 +286,20 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
             more: false,
             scratch: vec![0; MAX_PACKET],
             stats: GlueStats::default(),
+            failure: None,
+            reported: false,
         }
+    }
+
+    /// The frontend's protocol violation that failed the current connection, if any.
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure
+    }
+
+    /// The vif failed and the store does not say so yet: the caller asks for a run of
+    /// [`XnbIf::otherend_changed`] on the xenbus thread (a kick).
+    pub fn needs_report(&self) -> bool {
+        self.failure.is_some() && !self.reported
     }
 
     /// The interface, once created.
@@ -256,6 +324,11 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
         self.stats
     }
 
+    /// The platform.
+    pub fn platform(&mut self) -> &mut P {
+        &mut self.plat
+    }
+
     /// Leaf `which` of `dev.xnb.<unit>`.
     pub fn stat(&self, which: u32) -> Option<u64> {
         let (stat, _) = DevStat::ALL.get(usize::try_from(which).ok()?)?;
@@ -269,6 +342,7 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
             DevStat::Queues => self.conn.as_ref().map_or(0, |c| c.queues.len() as u64),
             DevStat::Connections => self.stats.connections,
             DevStat::Link => u64::from(self.link),
+            DevStat::Violations => self.stats.violations,
         })
     }
 
@@ -283,7 +357,16 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
         flowid: u32,
         hashed: bool,
     ) -> i32 {
-        match self.try_transmit(m, len, offload, flowid, hashed) {
+        let r = self.try_transmit(m, len, offload, flowid, hashed);
+        // Moving frames into the guest's buffers may have met a violation, which drops
+        // what the queue held, this frame included.
+        self.check_failure();
+        let r = if self.failure.is_some() {
+            r.and(Err(errno::ENETDOWN))
+        } else {
+            r
+        };
+        match r {
             Ok(()) => {
                 self.stats.to_guest += 1;
                 0
@@ -352,7 +435,12 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
     /// once the lock is released), and frames queued for the guest moved into its buffers.
     pub fn event(&mut self) -> Vec<(IfHandle, MbufHandle)> {
         let mut out = Vec::new();
-        let (Some(ifp), Some(conn)) = (self.ifp, self.conn.as_mut()) else {
+        // A failed vif's queues are not looked at again, whatever the guest writes.
+        let (Some(ifp), Some(conn)) = (
+            self.ifp,
+            self.conn.as_mut().filter(|_| self.failure.is_none()),
+        ) else {
+            self.more = false;
             return out;
         };
         let now = self.kpi.now_ns();
@@ -371,7 +459,47 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
             more |= tx.is_ok_and(|w| w.more) || rx.is_ok_and(|w| w.more);
         }
         self.more = more;
+        self.check_failure();
         out
+    }
+
+    /// Fails the vif at the first queue the core stopped (see the module docs): logs the
+    /// reason once and takes the link down. The rest needs the store
+    /// ([`XnbIf::needs_report`]).
+    fn check_failure(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        let Some(f) = self.conn.as_ref().and_then(|c| {
+            c.queues.iter().find_map(|q| {
+                q.failure().map(|error| Failure {
+                    queue: q.index(),
+                    error,
+                })
+            })
+        }) else {
+            return;
+        };
+        self.failure = Some(f);
+        self.reported = false;
+        self.more = false;
+        self.stats.violations += 1;
+        kprintln!("{}: {f}; vif failed", self.name().unwrap_or("xnb"));
+        self.set_link(false);
+    }
+
+    /// Reports a failure to the store once: rings unmapped, reason in `error`, `Closing`.
+    fn report<S: XenStore + ?Sized>(&mut self, xs: &mut S, dev: &mut Device) -> Result<(), XsErr> {
+        let Some(f) = self.failure.filter(|_| !self.reported) else {
+            return Ok(());
+        };
+        self.reported = true;
+        self.disconnect();
+        dev.write_node(xs, "error", &alloc::format!("{f}"))?;
+        if dev.state().can_switch_to(XenbusState::Closing) {
+            dev.switch_state(xs, XenbusState::Closing)?;
+        }
+        Ok(())
     }
 
     /// Whether the last [`XnbIf::event`] stopped at a budget with work left: the caller runs
@@ -426,6 +554,7 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
         dev: &mut Device,
         state: XenbusState,
     ) -> Result<(), XsErr> {
+        self.report(xs, dev)?;
         match state {
             XenbusState::Connected if dev.state() == XenbusState::InitWait => {
                 let fe = alloc::string::String::from(dev.otherend());
@@ -434,6 +563,9 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
                 let conn =
                     xen_netback::connect(&mut self.plat, dev.otherend_id(), &info, self.limits)
                         .map_err(|_| XsErr::BadValue)?;
+                // A fresh start: what failed before belonged to the old rings.
+                self.failure = None;
+                self.reported = false;
                 self.conn = Some(conn);
                 dev.switch_state(xs, XenbusState::Connected)?;
                 self.stats.connections += 1;

@@ -6,6 +6,9 @@
 //! Contexts and locking as in xn: xenbus callbacks, event handlers and the bridge's
 //! `if_transmit` meet at the vif's sx lock: xenbus callbacks hold it (and may sleep),
 //! `if_transmit` and the event handler only try it and leave their work to its holder.
+//! A frontend's protocol violation found there is reported from the xenbus thread: the vif
+//! kicks the registration ([`KickSlot`]) and [`on_kick`] looks at every connected vif again
+//! (see `vif.rs`, "A frontend that breaks the protocol").
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -22,6 +25,7 @@ use xen_xenbus::bus::XenStore;
 use xen_xenbus::{Device, Driver, Error as XsErr, XenbusState};
 use xenrs_api::{BindFlags, Mapped, Pages, XenServices};
 
+pub use crate::sys::{on_kick, KickSlot};
 use crate::sys::{EventSink, IfDevice, Inputs, Kernel, SoftcBox};
 use crate::vif::{MbufHandle, XnbIf};
 
@@ -30,6 +34,7 @@ pub struct XenBackPlatform<X: XenServices + Send + 'static> {
     xen: Arc<X>,
     pages: BTreeMap<u64, Pages>,
     sink: Arc<EventSink>,
+    kick: Arc<KickSlot>,
 }
 
 impl<X: XenServices + Send + 'static> fmt::Debug for XenBackPlatform<X> {
@@ -41,12 +46,14 @@ impl<X: XenServices + Send + 'static> fmt::Debug for XenBackPlatform<X> {
 }
 
 impl<X: XenServices + Send + 'static> XenBackPlatform<X> {
-    /// The platform of one vif; its ports' events go to `sink`.
-    pub fn new(xen: Arc<X>, sink: Arc<EventSink>) -> Self {
+    /// The platform of one vif; its ports' events go to `sink`, its requests for a
+    /// xenbus-thread run to `kick`.
+    pub fn new(xen: Arc<X>, sink: Arc<EventSink>, kick: Arc<KickSlot>) -> Self {
         XenBackPlatform {
             xen,
             pages: BTreeMap::new(),
             sink,
+            kick,
         }
     }
 }
@@ -124,6 +131,16 @@ impl<X: XenServices + Send + 'static> BackendPlatform<'static> for XenBackPlatfo
 /// A vif of the kernel.
 pub type KernelVif<X> = XnbIf<'static, XenBackPlatform<X>, Kernel>;
 
+impl<X: XenServices + Send + 'static> KernelVif<X> {
+    /// A violation found here is reported from the xenbus thread (the store is not ours to
+    /// use in this context): ask for a run there until it is.
+    fn kick_if_failed(&mut self) {
+        if self.needs_report() {
+            self.platform().kick.kick();
+        }
+    }
+}
+
 impl<X: XenServices + Send + 'static> IfDevice for KernelVif<X> {
     fn transmit(
         &mut self,
@@ -133,7 +150,9 @@ impl<X: XenServices + Send + 'static> IfDevice for KernelVif<X> {
         flowid: u32,
         hashed: bool,
     ) -> i32 {
-        XnbIf::transmit(self, m, len, offload, flowid, hashed)
+        let r = XnbIf::transmit(self, m, len, offload, flowid, hashed);
+        self.kick_if_failed();
+        r
     }
 
     fn set_mtu(&mut self, mtu: i32) -> i32 {
@@ -146,6 +165,7 @@ impl<X: XenServices + Send + 'static> IfDevice for KernelVif<X> {
 
     fn event(&mut self, out: &mut Inputs) -> bool {
         out.extend(XnbIf::event(self));
+        self.kick_if_failed();
         XnbIf::more(self)
     }
 
@@ -167,6 +187,7 @@ pub struct XnbDriver<X: XenServices + Send + 'static> {
     limits: Limits,
     units: BTreeMap<String, Unit>,
     live: Arc<AtomicUsize>,
+    kick: Arc<KickSlot>,
 }
 
 impl<X: XenServices + Send + 'static> fmt::Debug for XnbDriver<X> {
@@ -178,12 +199,14 @@ impl<X: XenServices + Send + 'static> fmt::Debug for XnbDriver<X> {
 }
 
 impl<X: XenServices + Send + 'static> XnbDriver<X> {
-    /// A driver offering `features` within `limits`; `live` counts its vifs.
+    /// A driver offering `features` within `limits`; `live` counts its vifs; `kick` is the
+    /// registration's (see [`on_kick`]).
     pub fn new(
         xen: Arc<X>,
         features: BackendFeatures,
         limits: Limits,
         live: Arc<AtomicUsize>,
+        kick: Arc<KickSlot>,
     ) -> Self {
         XnbDriver {
             xen,
@@ -191,6 +214,7 @@ impl<X: XenServices + Send + 'static> XnbDriver<X> {
             limits,
             units: BTreeMap::new(),
             live,
+            kick,
         }
     }
 
@@ -225,7 +249,7 @@ impl<X: XenServices + Send + 'static, S: XenStore + ?Sized> Driver<S> for XnbDri
         let unit = self.free_unit();
         let softc = SoftcBox::new(unit).ok_or(XsErr::BadValue)?;
         let sink = Arc::new(EventSink::default());
-        let plat = XenBackPlatform::new(self.xen.clone(), sink.clone());
+        let plat = XenBackPlatform::new(self.xen.clone(), sink.clone(), self.kick.clone());
         let vif: KernelVif<X> =
             XnbIf::new(plat, self.features, self.limits, crate::sys::kernel(&softc));
         softc.with(|d| *d = Some(Box::new(vif)));
