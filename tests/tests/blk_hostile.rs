@@ -803,6 +803,72 @@ mod tests {
         assert_eq!(completions(&f), vec![(1, Err(BioError::Failed))]);
     }
 
+    /// Flush and barrier toggled off on a writable disk: a backend that offers neither gets
+    /// no flush or barrier request (refused locally, writes still served); one that offers
+    /// them but answers `BLKIF_RSP_EOPNOTSUPP` fails that bio with "not supported", the
+    /// device stays up, and the frontend stops asking.
+    #[test]
+    fn flush_and_barrier_unoffered_or_refused() {
+        let mut f = FrontBench::new(FrontendConfig::default(), true);
+        assert!(f.connect(RawBackConfig {
+            flush: false,
+            ..RawBackConfig::default()
+        }));
+        let d = f.fe.borrow().disk().unwrap();
+        assert!(!d.flush && !d.barrier && !d.readonly, "{d:?}");
+        let refused =
+            |f: &FrontBench, b: Bio<'static>| f.fe.borrow_mut().submit(b).map_err(|(_, e)| e);
+        assert_eq!(refused(&f, Bio::flush(1)), Err(BioError::NotSupported));
+        let b = bio(&f, BioOp::Barrier, 0, &[(0, 7)], 0x44, 2);
+        assert_eq!(refused(&f, b), Err(BioError::NotSupported));
+        assert!(
+            f.take_requests().is_empty(),
+            "a refused bio reached the ring"
+        );
+        let b = bio(&f, BioOp::Write, 0, &[(0, 7)], 0x44, 3);
+        f.fe.borrow_mut().submit(b).unwrap();
+        let q = f.take_requests();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].operation, BlkifOp::Write.value());
+
+        for (op, wire) in [
+            (BioOp::Flush, BlkifOp::FlushDiskcache),
+            (BioOp::Barrier, BlkifOp::WriteBarrier),
+        ] {
+            let mut f = front(true, false);
+            let d = f.fe.borrow().disk().unwrap();
+            assert!(d.flush && d.barrier, "{d:?}");
+            let b = if op == BioOp::Flush {
+                Bio::flush(1)
+            } else {
+                bio(&f, op, 0, &[(0, 7)], 0x44, 1)
+            };
+            f.fe.borrow_mut().submit(b).unwrap();
+            let q = f.take_requests();
+            assert_eq!(q.len(), 1);
+            assert_eq!(q[0].operation, wire.value());
+            assert!(f.respond(&WireResponse {
+                id: q[0].id,
+                operation: q[0].operation,
+                status: BlkifStatus::Eopnotsupp.value(),
+            }));
+            f.poll();
+            assert_eq!(completions(&f), vec![(1, Err(BioError::NotSupported))]);
+            assert!(front_failure(&f).is_none(), "{:?}", front_failure(&f));
+            assert_eq!(f.state(), XenbusState::Connected);
+            let d = f.fe.borrow().disk().unwrap();
+            assert!(!d.barrier, "{op:?}: barrier still used: {d:?}");
+            assert_eq!(d.flush, op == BioOp::Barrier, "{op:?}: {d:?}");
+            let again = if op == BioOp::Flush {
+                Bio::flush(2)
+            } else {
+                bio(&f, op, 0, &[(0, 7)], 0x44, 2)
+            };
+            assert_eq!(refused(&f, again), Err(BioError::NotSupported));
+            assert!(f.take_requests().is_empty());
+        }
+    }
+
     /// XSA-391: a backend storming the frontend with events. An event with nothing new
     /// answered does no work (no response taken, no bio completed, nothing re-issued, no
     /// event sent back); one poll takes at most what was answered (a ring's worth); the
