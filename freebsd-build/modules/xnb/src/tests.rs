@@ -818,3 +818,253 @@ fn a_runaway_rx_req_prod_found_on_transmit_fails_the_vif() {
     );
     rig.vif.borrow_mut().detach();
 }
+
+/// The toolstack's nodes of vif `handle` of the guest (`World::toolstack` makes vif 0).
+fn toolstack_vif(world: &xen_tests::net::pair::World, xs: &XenstoreSim, handle: u32, mac: &str) {
+    use xen_xenbus::{Access, Perm};
+    let fe = world.guest.domid();
+    let fd = format!("/local/domain/{fe}/device/vif/{handle}");
+    let bd = format!("/local/domain/0/backend/vif/{fe}/{handle}");
+    let fperm = [Perm::new(Access::None, fe), Perm::new(Access::Read, 0)];
+    let bperm = [Perm::new(Access::None, 0), Perm::new(Access::Read, fe)];
+    let mut d = xs.daemon();
+    for (k, v) in [
+        ("backend", bd.as_str()),
+        ("backend-id", "0"),
+        ("mac", mac),
+        ("handle", &handle.to_string()),
+        ("trusted", "1"),
+        ("state", "1"),
+    ] {
+        d.put(&format!("{fd}/{k}"), v.as_bytes(), &fperm);
+    }
+    for (k, v) in [
+        ("frontend", fd.as_str()),
+        ("frontend-id", &fe.to_string()),
+        ("mac", mac),
+        ("state", "1"),
+    ] {
+        d.put(&format!("{bd}/{k}"), v.as_bytes(), &bperm);
+    }
+}
+
+#[test]
+fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
+    use std::sync::Arc;
+    use xenrs_api::XenServices;
+    let _kernel = fake::session();
+    shim::reset();
+    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(2));
+    let xs = xen_tests::net::bus::leak(XenstoreSim::new());
+    world.toolstack(xs, "00:16:3e:0a:0b:0c", true);
+    toolstack_vif(world, xs, 1, "00:16:3e:0a:0b:0d");
+    let (dom0, guest) = (&world.dom0, &world.guest);
+    let g = guest.domid();
+    let xen = Arc::new(xenrs_api::sim::xen(dom0, xs, 4));
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let features = BackendFeatures {
+        max_queues: 1,
+        ctrl_ring: false,
+        ..BackendFeatures::default()
+    };
+    let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
+    let reg = xen
+        .register_driver_with_kick(
+            Role::Backend,
+            Box::new(xen::XnbDriver::new(
+                xen.clone(),
+                features,
+                Limits::default(),
+                live.clone(),
+                kick.clone(),
+            )),
+            Box::new(xen::on_kick),
+        )
+        .expect("register");
+    kick.set(xenrs_api::Registration::kicker(&reg));
+    let pump = |n: usize| {
+        xenrs_api::sim::pump(&xen, xs, n);
+    };
+    pump(16);
+    assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 2);
+    let ifp_of = |name: &str| {
+        shim::with(|s| {
+            s.ifnets
+                .iter()
+                .find(|(_, v)| v.1 == name)
+                .map(|(i, _)| (*i, s.softcs[i]))
+        })
+        .expect("ifnet")
+    };
+    let (_, softc0) = ifp_of(&format!("xnb{g}.0"));
+    let (_, softc1) = ifp_of(&format!("xnb{g}.1"));
+
+    // The guest's netfront for both vifs, by hand.
+    let fe_hub = xen_tests::net::bus::leak(xen_tests::net::sim::Hub::new(guest));
+    let fe_table = xen_tests::net::bus::leak(
+        xen_gnttab::GrantTable::new(
+            guest,
+            xen_tests::xensim::grants::SimTableFrames::new(guest),
+            8,
+        )
+        .expect("guest grant table"),
+    );
+    let mut xsg = xs.client(g);
+    let cfg = FrontendConfig {
+        queues: 1,
+        ctrl_ring: false,
+        ..FrontendConfig::default()
+    };
+    let mut fronts = Vec::new();
+    for h in 0..2 {
+        let fd = format!("/local/domain/{g}/device/vif/{h}");
+        let bd = format!("/local/domain/0/backend/vif/{g}/{h}");
+        let offer = negotiate::read_offer(&mut xsg, &bd).unwrap();
+        let mut plat = SimFrontend::new(guest, fe_hub, fe_table);
+        let setup = negotiate::setup(&mut plat, 0, &offer, &cfg, true).unwrap();
+        negotiate::publish(
+            &mut xsg,
+            &fd,
+            &setup.keys,
+            setup.split,
+            setup.ctrl_keys,
+            &offer,
+            &cfg,
+        )
+        .unwrap();
+        xsg.write_str(&format!("{fd}/state"), "4").unwrap();
+        fronts.push((setup, plat, fd, bd));
+    }
+    pump(16);
+    for (_, _, _, bd) in &fronts {
+        assert_eq!(xsg.read_string(&format!("{bd}/state")).unwrap(), "4");
+    }
+
+    // The guest breaks vif 0: its TX ring's req_prod runs away.
+    let fd0 = fronts[0].2.clone();
+    let gref = xsg
+        .read_string(&format!("{fd0}/tx-ring-ref"))
+        .unwrap()
+        .parse::<u32>()
+        .unwrap();
+    // A second mapping by dom0 of the page the guest granted: the guest's writes, seen.
+    let slots = xen_tests::xensim::grants::SimForeignMemory::new(dom0);
+    let hostile =
+        xen_gnttab::ForeignMapping::map(dom0, &slots, &[(g, gref)], false).expect("map the ring");
+    let ring = hostile
+        .page(&slots, 0)
+        .and_then(|p| p.writable())
+        .expect("ring page");
+    let frame = udp_frame(90, false);
+    fronts[1].0.queues[0]
+        .send(&frame, &PacketMeta::default())
+        .unwrap();
+    // A send (which notifies), then the runaway index over what it published.
+    fronts[0].0.queues[0]
+        .send(&frame, &PacketMeta::default())
+        .unwrap();
+    runaway_req_prod(&ring);
+    for port in 1..64 {
+        if xen_tests::blk::sim::take_pending(dom0, port) {
+            xen.deliver(port);
+        }
+    }
+    fake::run_tasks();
+    assert_eq!(console_count("vif failed"), 1, "{}", fake::console());
+    assert_eq!(
+        console_count(&format!("xnb{g}.0: queue 0: ring violation")),
+        1
+    );
+    // vif 1's frame went up, vif 0's did not.
+    let inputs = shim::with(|s| s.input.clone());
+    assert_eq!(inputs.len(), 1);
+    assert_eq!(shim::with(|s| s.rx[&inputs[0]].0.clone()), frame);
+    // The task kicked the registration: xen.ko's xenbus thread reports the failure.
+    pump(16);
+    let bd0 = fronts[0].3.clone();
+    let bd1 = fronts[1].3.clone();
+    assert_eq!(xsg.read_string(&format!("{bd0}/state")).unwrap(), "5");
+    assert!(xsg
+        .read_string(&format!("{bd0}/error"))
+        .unwrap()
+        .starts_with("queue 0: ring violation: frontend req_prod"));
+    assert_eq!(xsg.read_string(&format!("{bd1}/state")).unwrap(), "4");
+    assert!(xsg.read_string(&format!("{bd1}/error")).is_err());
+    let dev_stat = |softc: usize, which: DevStat| {
+        let mut v = 0;
+        // SAFETY: a softc the fake ifnet_create recorded, live until detach; `v` is a u64.
+        let rc = unsafe { sys::dev_stat(softc as *mut _, which as i32, &mut v) };
+        assert_eq!(rc, 0);
+        v
+    };
+    assert_eq!(
+        (
+            dev_stat(softc0, DevStat::Violations),
+            dev_stat(softc0, DevStat::Link),
+            dev_stat(softc0, DevStat::Queues)
+        ),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        (
+            dev_stat(softc1, DevStat::Violations),
+            dev_stat(softc1, DevStat::Link),
+            dev_stat(softc1, DevStat::Queues)
+        ),
+        (0, 1, 1)
+    );
+    // vif 1 carries frames both ways still.
+    let m = shim::mbuf(&frame);
+    let len = u32::try_from(frame.len()).unwrap();
+    // SAFETY: vif 1's live softc; the fake's mbuf.
+    let rc = unsafe { sys::xenrs_xnb_transmit(softc1 as *mut _, m as *mut _, len, 0, 0, 0) };
+    assert_eq!(rc, sys::KEPT);
+    let mut got = Vec::new();
+    let _ = fronts[1].0.queues[0].poll_rx(|d, _| got.push(d.to_vec()));
+    assert_eq!(got, vec![frame.clone()]);
+    // vif 0 refuses the bridge's frames; a storm of events from it does nothing.
+    let m = shim::mbuf(&frame);
+    // SAFETY: vif 0's live softc; the fake's mbuf.
+    let rc = unsafe { sys::xenrs_xnb_transmit(softc0 as *mut _, m as *mut _, len, 0, 0, 0) };
+    assert_eq!(rc, sys::KEPT);
+    assert_eq!(dev_stat(softc0, DevStat::ToGuestDropped), 1);
+    for _ in 0..3 {
+        runaway_req_prod(&ring);
+        for port in 1..64 {
+            xen.deliver(port);
+        }
+        fake::run_tasks();
+        pump(4);
+    }
+    assert_eq!(console_count("vif failed"), 1);
+
+    // Unload: nothing left behind, the failed vif included.
+    let _ = hostile.unmap(dom0, &slots);
+    drop(reg);
+    drop(kick);
+    assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 0);
+    let left = xen.outstanding();
+    assert_eq!(
+        (
+            left.ports,
+            left.mappings,
+            left.pages,
+            left.grants,
+            left.registrations
+        ),
+        (0, 0, 0, 0, 0),
+        "{left:?}"
+    );
+    assert_eq!(
+        (
+            fake::locks_out(),
+            shim::with(|s| s.sysctl_live),
+            fake::taskqueues().len()
+        ),
+        (0, 0, 0)
+    );
+    for (mut setup, mut plat, _, _) in fronts {
+        setup.queues.clear();
+        setup.resources.release(&mut plat);
+    }
+}
