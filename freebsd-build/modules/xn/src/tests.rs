@@ -924,3 +924,221 @@ fn a_backend_answering_an_unknown_tx_id_fails_the_device_once_and_for_good() {
     rig.xn.borrow_mut().detach();
     assert_eq!(shim::with(|s| (s.ifnets.len(), s.destroyed)), (0, 1));
 }
+
+/// The toolstack's nodes of vif `handle` of the guest (`World::toolstack` makes vif 0).
+fn toolstack_vif(world: &xen_tests::net::pair::World, xs: &XenstoreSim, handle: u32, mac: &str) {
+    use xen_xenbus::{Access, Perm};
+    let fe = world.guest.domid();
+    let fd = format!("/local/domain/{fe}/device/vif/{handle}");
+    let bd = format!("/local/domain/0/backend/vif/{fe}/{handle}");
+    let fperm = [Perm::new(Access::None, fe), Perm::new(Access::Read, 0)];
+    let bperm = [Perm::new(Access::None, 0), Perm::new(Access::Read, fe)];
+    let mut d = xs.daemon();
+    for (k, v) in [
+        ("backend", bd.as_str()),
+        ("backend-id", "0"),
+        ("mac", mac),
+        ("handle", &handle.to_string()),
+        ("trusted", "1"),
+        ("state", "1"),
+    ] {
+        d.put(&format!("{fd}/{k}"), v.as_bytes(), &fperm);
+    }
+    for (k, v) in [
+        ("frontend", fd.as_str()),
+        ("frontend-id", &fe.to_string()),
+        ("mac", mac),
+        ("state", "1"),
+    ] {
+        d.put(&format!("{bd}/{k}"), v.as_bytes(), &bperm);
+    }
+}
+
+#[test]
+fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
+    use xen_netback::BackendPlatform as _;
+    use xenrs_api::XenServices;
+    let _kernel = fake::session();
+    shim::reset();
+    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(2));
+    let xs = xen_tests::net::bus::leak(XenstoreSim::new());
+    world.toolstack(xs, "00:16:3e:01:02:03", true);
+    toolstack_vif(world, xs, 1, "00:16:3e:01:02:04");
+    let guest = &world.guest;
+    let g = guest.domid();
+    let xen = Arc::new(xenrs_api::sim::xen(guest, xs, 8));
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cfg = FrontendConfig {
+        queues: 1,
+        ctrl_ring: false,
+        ..FrontendConfig::default()
+    };
+    let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
+    let reg = xen
+        .register_driver_with_kick(
+            Role::Frontend,
+            Box::new(xen::XnDriver::new(
+                xen.clone(),
+                cfg,
+                live.clone(),
+                kick.clone(),
+            )),
+            Box::new(xen::on_kick),
+        )
+        .expect("register");
+    kick.set(xenrs_api::Registration::kicker(&reg));
+    let pump = |n: usize| {
+        xenrs_api::sim::pump(&xen, xs, n);
+    };
+    pump(16);
+    assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 2);
+    let softc_of = |last: u8| {
+        shim::with(|s| {
+            s.ifnets
+                .iter()
+                .find(|(_, v)| v.0[5] == last)
+                .map(|(i, _)| s.softcs[i])
+        })
+        .expect("ifnet")
+    };
+    let (softc0, softc1) = (softc_of(3), softc_of(4));
+
+    // Dom0's netback for both vifs, by hand.
+    let be_hub = xen_tests::net::bus::leak(xen_tests::net::sim::Hub::new(&world.dom0));
+    let mut xs0 = xs.client(0);
+    let features = BackendFeatures {
+        max_queues: 1,
+        ctrl_ring: false,
+        ..BackendFeatures::default()
+    };
+    let dirs: Vec<(String, String)> = (0..2)
+        .map(|h| {
+            (
+                format!("/local/domain/{g}/device/vif/{h}"),
+                format!("/local/domain/0/backend/vif/{g}/{h}"),
+            )
+        })
+        .collect();
+    for (_, bd) in &dirs {
+        be_config::publish(&mut xs0, bd, &features).unwrap();
+        xs0.write_str(&format!("{bd}/state"), "2").unwrap();
+    }
+    pump(16);
+    let mut be_plat = SimBackend::new(&world.dom0, be_hub);
+    let mut conns = Vec::new();
+    let mut infos = Vec::new();
+    for (fd, bd) in &dirs {
+        assert_eq!(xs0.read_string(&format!("{fd}/state")).unwrap(), "4");
+        let info = be_config::read_frontend(&mut xs0, fd, &features).unwrap();
+        conns.push(xen_netback::connect(&mut be_plat, g, &info, Limits::default()).unwrap());
+        infos.push(info);
+        xs0.write_str(&format!("{bd}/state"), "4").unwrap();
+    }
+    pump(16);
+    let transmit = |softc: usize, frame: &[u8]| {
+        let m = shim::mbuf(frame);
+        let len = u32::try_from(frame.len()).unwrap();
+        // SAFETY: a softc the fake ifnet_create recorded (live until detach); the fake's mbuf.
+        unsafe { sys::xenrs_xn_transmit(softc as *mut _, m as *mut _, len, 0, 0, 0, 0) }
+    };
+    let dev_stat = |softc: usize, which: DevStat| {
+        let mut v = 0;
+        // SAFETY: a live softc, as above; `v` is a u64.
+        let rc = unsafe { sys::dev_stat(softc as *mut _, which as i32, &mut v) };
+        assert_eq!(rc, 0);
+        v
+    };
+
+    // Dom0 breaks vif 0: a packet is in flight, and the answer names an id never used.
+    let frame = tcp_frame(120, false);
+    assert_eq!(transmit(softc0, &frame), sys::KEPT);
+    let (hmap, ring) = be_plat.map_ring(g, infos[0].queues[0].tx_ring_ref).unwrap();
+    forge_tx_response(&ring, 77);
+    // Both vifs get an event; vif 1 has a frame for the guest.
+    conns[1].queues[0]
+        .enqueue_rx(&frame, &PacketMeta::default())
+        .unwrap();
+    let _ = conns[1].queues[0].process_rx(0);
+    for port in 1..64 {
+        if xen_tests::blk::sim::take_pending(guest, port) {
+            xen.deliver(port);
+        }
+    }
+    // Make sure vif 0's port fired too: the forged response came with no notification.
+    for port in 1..64 {
+        xen.deliver(port);
+    }
+    fake::run_tasks();
+    let line = "queue 0: backend answered TX id 77, which is not in flight; device failed";
+    assert_eq!(console_count(line), 1, "{}", fake::console());
+    assert_eq!(console_count("device failed"), 1);
+    let inputs = shim::with(|s| s.input.clone());
+    assert_eq!(inputs.len(), 1, "vif 1's frame went up");
+    // The task kicked the registration: xen.ko's xenbus thread reports the failure.
+    pump(16);
+    let (fd0, fd1) = (&dirs[0].0, &dirs[1].0);
+    assert_eq!(xs0.read_string(&format!("{fd0}/state")).unwrap(), "5");
+    assert_eq!(
+        xs0.read_string(&format!("{fd0}/error")).unwrap(),
+        "queue 0: backend answered TX id 77, which is not in flight"
+    );
+    assert_eq!(xs0.read_string(&format!("{fd1}/state")).unwrap(), "4");
+    assert!(xs0.read_string(&format!("{fd1}/error")).is_err());
+    assert_eq!(
+        (
+            dev_stat(softc0, DevStat::Failed),
+            dev_stat(softc0, DevStat::Link),
+            dev_stat(softc0, DevStat::Queues)
+        ),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        (
+            dev_stat(softc1, DevStat::Failed),
+            dev_stat(softc1, DevStat::Link),
+            dev_stat(softc1, DevStat::Queues)
+        ),
+        (0, 1, 1)
+    );
+    // vif 1 still sends; vif 0 drops.
+    assert_eq!(transmit(softc1, &frame), sys::KEPT);
+    let mut io = Collect::default();
+    let _ = conns[1].queues[0].process_tx(&mut io);
+    assert_eq!(io.packets.len(), 1);
+    assert_eq!(io.packets[0].1, frame);
+    let dropped = dev_stat(softc0, DevStat::TxDropped);
+    assert_eq!(transmit(softc0, &frame), sys::KEPT);
+    assert_eq!(dev_stat(softc0, DevStat::TxDropped), dropped + 1);
+    // More garbage and events change nothing.
+    forge_tx_response(&ring, 78);
+    for port in 1..64 {
+        xen.deliver(port);
+    }
+    fake::run_tasks();
+    pump(4);
+    assert_eq!(console_count("device failed"), 1);
+
+    // Unload: nothing left behind, the failed interface included.
+    be_plat.unmap_ring(hmap);
+    drop(reg);
+    drop(kick);
+    assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 0);
+    for mut c in conns {
+        c.queues.clear();
+        c.resources.release(&mut be_plat);
+    }
+    let left = xen.outstanding();
+    assert_eq!(
+        (left.ports, left.grants, left.pages, left.registrations),
+        (0, 0, 0, 0),
+        "{left:?}"
+    );
+    assert_eq!(
+        (
+            fake::locks_out(),
+            shim::with(|s| s.sysctl_live),
+            fake::taskqueues().len()
+        ),
+        (0, 0, 0)
+    );
+}
