@@ -1068,3 +1068,49 @@ fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
         setup.resources.release(&mut plat);
     }
 }
+
+#[test]
+fn a_tx_extra_of_unknown_type_on_queue_1_fails_the_vif_with_that_reason() {
+    use xen_netback::BackendPlatform as _;
+    use xen_ring::sring::{HEADER_SIZE, REQ_PROD};
+    let _kernel = fake::session();
+    let mut rig = Rig::new();
+    rig.frontend_connect();
+    let g = rig.env.world.guest.domid();
+    let (mut hplat, hmap, ring) = hostile_ring(&mut rig, 1, "tx");
+    // A request that says an extra follows (NETTXF_extra_info), then an extra of type 9
+    // (netif knows 1..=5), published together. netif_tx slots are 12 bytes, 256 a page.
+    let p = ring.load_acquire_u32(REQ_PROD).unwrap();
+    let slot = |i: u32| HEADER_SIZE + usize::try_from(i % 256).unwrap() * 12;
+    let mut req = [0u8; 12];
+    req[6..8].copy_from_slice(&8u16.to_le_bytes());
+    req[10..12].copy_from_slice(&60u16.to_le_bytes());
+    ring.copy_from_slice(slot(p), &req).unwrap();
+    let mut extra = [0u8; 12];
+    extra[0] = 9;
+    ring.copy_from_slice(slot(p + 1), &extra).unwrap();
+    ring.store_release_u32(REQ_PROD, p + 2).unwrap();
+    assert!(rig.vif.borrow_mut().event().is_empty());
+    assert_eq!(
+        rig.vif.borrow().failure(),
+        Some(vif::Failure {
+            queue: 1,
+            error: xen_netback::QueueError::Tx(xen_netif::tx::TxFault::BadExtraType(9))
+        })
+    );
+    let line = format!("xnb{g}.0: queue 1: TX extra slot of unknown type 9; vif failed");
+    assert_eq!(console_count(&line), 1, "{}", fake::console());
+    assert!(!rig.vif.borrow().link());
+    xen::on_kick(&mut rig.be_bus, &mut rig.be_xs);
+    rig.settle();
+    let bd = rig.env.world.be_dir();
+    assert_eq!(rig.be_state(), XenbusState::Closing);
+    assert_eq!(
+        rig.fe_xs.read_string(&format!("{bd}/error")).unwrap(),
+        "queue 1: TX extra slot of unknown type 9"
+    );
+    hplat.unmap_ring(hmap);
+    rig.frontend_close();
+    assert_eq!(rig.be_state(), XenbusState::Closed);
+    rig.vif.borrow_mut().detach();
+}
