@@ -1142,3 +1142,51 @@ fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
         (0, 0, 0)
     );
 }
+
+#[test]
+fn a_violation_found_while_reclaiming_on_transmit_fails_the_device() {
+    use xen_netback::BackendPlatform as _;
+    let _kernel = fake::session();
+    let mut rig = Rig::new(FrontendConfig {
+        queues: 1,
+        ctrl_ring: false,
+        ..FrontendConfig::default()
+    });
+    rig.backend_connect();
+    let w = rig.env.world;
+    let info = rig.info.clone().expect("connected");
+    let (mut hplat, hmap, ring) =
+        hostile_tx_ring(&w.dom0, &rig.env.be_hub, w.guest.domid(), &info, 0);
+    let frame = tcp_frame(100, false);
+    assert_eq!(rig.transmit(&frame, 0, 0, 0), 0);
+    // The forged answer waits unread (no event); the ring fills (dom0 answers nothing) until
+    // a send finds no room, reclaims, and meets it.
+    forge_tx_response(&ring, 300);
+    let mut sent = 1;
+    let mut last = 0;
+    for _ in 0..1000 {
+        last = rig.transmit(&frame, 0, 0, 0);
+        if last != 0 {
+            break;
+        }
+        sent += 1;
+    }
+    assert_eq!(last, errno::ENETDOWN, "after {sent} packets");
+    assert!(sent > 1);
+    assert_eq!(
+        rig.xn.borrow().failure().map(|f| f.error),
+        Some(xen_netfront::FrontError::BadTxId(300))
+    );
+    assert_eq!(console_count("xn0: queue 0: backend answered TX id 300"), 1);
+    assert!(!rig.xn.borrow().link());
+    assert!(rig.xn.borrow().needs_report());
+    assert_eq!(rig.transmit(&frame, 0, 0, 0), errno::ENETDOWN);
+    assert_eq!(console_count("device failed"), 1);
+    xen::on_kick(&mut rig.fe_bus, &mut rig.fe_xs);
+    rig.settle();
+    assert_eq!(rig.fe_state(), XenbusState::Closing);
+    hplat.unmap_ring(hmap);
+    rig.backend_close();
+    assert_eq!(rig.fe_state(), XenbusState::Closed);
+    rig.xn.borrow_mut().detach();
+}
