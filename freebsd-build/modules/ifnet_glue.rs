@@ -293,7 +293,10 @@ macro_rules! ifnet_kpi_shared {
         fn input(&self, ifp: IfHandle, m: MbufHandle) {
             // SAFETY: a live ifnet and an mbuf from `mbuf`, handed to the stack once.
             unsafe {
-                shim::input(ifp.0 as *mut core::ffi::c_void, m.0 as *mut core::ffi::c_void);
+                shim::input(
+                    ifp.0 as *mut core::ffi::c_void,
+                    m.0 as *mut core::ffi::c_void,
+                );
             }
         }
     };
