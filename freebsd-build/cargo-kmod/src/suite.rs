@@ -42,7 +42,11 @@ fn steps(arches: &[Arch]) -> Vec<Step> {
     let mut steps = vec![
         Step {
             name: "fmt".into(),
-            run: Box::new(|| Tally::one(host_cargo(&["fmt", "--all", "--", "--check"]))),
+            run: Box::new(|| {
+                Tally::one(
+                    host_cargo(&["fmt", "--all", "--", "--check"]) && included_files_formatted(),
+                )
+            }),
         },
         Step {
             name: "clippy".into(),
@@ -82,6 +86,33 @@ fn steps(arches: &[Arch]) -> Vec<Step> {
 }
 
 /// Runs `cargo <args>` with the host toolchain in the workspace; true when it succeeded.
+/// Source files the modules `include!` (shared glue and host fakes): `cargo fmt` only
+/// reaches files named by `mod` (also through `#[path]`), so these are checked with rustfmt
+/// itself (rustfmt.toml's settings apply, found from the workspace root).
+const INCLUDED_SOURCES: &[&str] = &[
+    "freebsd-build/modules/fake_ifnet.rs",
+    "freebsd-build/modules/ifnet_glue.rs",
+];
+
+fn included_files_formatted() -> bool {
+    let root = workspace_root();
+    let missing: Vec<&&str> = INCLUDED_SOURCES
+        .iter()
+        .filter(|f| !root.join(f).is_file())
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("fmt: included sources not found: {missing:?}");
+        return false;
+    }
+    Command::new("rustfmt")
+        .args(["--edition", "2021", "--check"])
+        .args(INCLUDED_SOURCES)
+        .current_dir(&root)
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
 fn host_cargo(args: &[&str]) -> bool {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     Command::new(cargo)
@@ -245,6 +276,34 @@ pub fn test_command(options: &Options) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_included_module_source_is_format_checked() {
+        let modules = super::workspace_root().join("freebsd-build/modules");
+        let mut included = Vec::new();
+        for entry in std::fs::read_dir(&modules).expect("modules dir") {
+            let src = entry.expect("entry").path().join("src");
+            for file in ["sys.rs", "tests.rs", "lib.rs"] {
+                let text = std::fs::read_to_string(src.join(file)).unwrap_or_default();
+                for part in text.split("include!(\"").skip(1) {
+                    let rel = part.split('"').next().unwrap_or_default();
+                    let path = src.join(rel).canonicalize().expect("included file exists");
+                    included.push(path);
+                }
+            }
+        }
+        assert!(!included.is_empty(), "the modules include shared sources");
+        let root = super::workspace_root();
+        for path in included {
+            assert!(
+                super::INCLUDED_SOURCES
+                    .iter()
+                    .any(|f| root.join(f).canonicalize().ok().as_ref() == Some(&path)),
+                "{} is include!d but not in INCLUDED_SOURCES",
+                path.display()
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
