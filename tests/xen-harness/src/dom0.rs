@@ -363,15 +363,21 @@ wait_for() {
         sleep 0.1
     done
 }
-# watched_crash ROUND: every 20th round, whether the domain named by $watch_domu (set by a
-# scenario for its Linux domU, empty otherwise) crashed: every wait of the scenario then ends
-# at once instead of running out its time. Said once per crash.
+# watched_crash ROUND: every 20th round, whether the domain a scenario watches (its Linux
+# domU: $watch_domu, domid $watch_domid; none when empty) crashed: every wait of the scenario
+# then ends at once instead of running out its time. A triple fault makes Xen shut the domain
+# down as "reboot" and xl then destroys it (on_reboot), so the sign is Xen's log (tcg_crash),
+# read while the dump is still in its ring, or xl's "crashed" state. Said once per domain.
 watched_crash() {
-    [ -n "$watch_domu" ] && [ $(($1 % 20)) = 0 ] || return 1
-    crashed "$watch_domu" || return 1
-    [ "$watch_said" = "$watch_domu" ] ||
-        echo "NOTE $watch_domu crashed (xl list state $(state_of "$watch_domu")): its scenario's waits end"
-    watch_said=$watch_domu
+    [ -n "$watch_domid" ] && [ $(($1 % 20)) = 0 ] || return 1
+    if tcg_crash "$watch_domid"; then
+        tcg_crashed=yes
+    elif ! crashed "$watch_domu"; then
+        return 1
+    fi
+    [ "$watch_said" = "$watch_domid" ] ||
+        echo "NOTE $watch_domu (d$watch_domid) crashed (emulator: $tcg_crashed): its scenario's waits end"
+    watch_said=$watch_domid
 }
 others() { xl list 2>/dev/null | awk 'NR > 1 && $1 != "Domain-0"'; }
 no_others() { [ -z "$(others)" ]; }
@@ -796,7 +802,14 @@ home_gone() { fails_cleanly xenstore-exists "/local/domain/$1"; }
 # domu_finish NAME: waits for the domU to power off (destroys it after 30 s).
 domu_finish() {
     local id
-    [ "$1" != "$watch_domu" ] || watch_domu=
+    if [ "$1" = "$watch_domu" ]; then
+        # Xen destroys a domU that triple-faulted (as a reboot): ask its log by the domid.
+        if tcg_crash "$watch_domid"; then
+            echo "NOTE domU $1 (d$watch_domid) crashed with Xen's own registers (a QEMU TCG fault)"
+            tcg_crashed=yes
+        fi
+        watch_domu= watch_domid=
+    fi
     id=$(xl domid "$1" 2>/dev/null) || return 0
     if tcg_crash "$id"; then
         echo "NOTE domU $1 (d$id) crashed with Xen's own registers (a QEMU TCG fault)"
@@ -928,7 +941,7 @@ dd_net_linux() {
         return
     fi
     fe=$d
-    watch_domu=$n
+    watch_domu=$n watch_domid=$d
     bp=/local/domain/$dd/backend/vif/$fe/0
     echo "NOTE dd-net $a Linux PVH domU d$fe, driver domain d$dd"
     dd_attach_vif "$fe" "$dd" 0 "00:16:3e:5a:02:0$m" || echo "NOTE dd-net $a writing the vif nodes failed"
@@ -1007,7 +1020,7 @@ dd_blk_linux() {
         return
     fi
     fe=$d
-    watch_domu=$n
+    watch_domu=$n watch_domid=$d
     bp=/local/domain/$dd/backend/vbd/$fe/51712
     fp=/local/domain/$fe/device/vbd/51712
     echo "NOTE dd-blk $a Linux PVH domU d$fe, driver domain d$dd"
@@ -1094,7 +1107,7 @@ dd_step() {
     for try in 1 2; do
         tcg_crashed=no
         "$@"
-        watch_domu=
+        watch_domu= watch_domid=
         [ "$tcg_crashed" = yes ] && [ "$try" = 1 ] || return 0
         echo "NOTE dd $2 $1: a domain crashed under QEMU TCG (above); the scenario runs again"
         for f in /tmp/xc/guest-pvh-dd?*-"$2".log; do
@@ -1215,7 +1228,14 @@ mod tests {
     fn crash_checks_read_xl_as_dom0_does() {
         let s = init_script(&[], &[Scenario::DdHostile]);
         let mut fns = String::new();
-        for f in ["fails_cleanly", "gone", "state_of", "crashed", "tcg_crash"] {
+        for f in [
+            "fails_cleanly",
+            "gone",
+            "state_of",
+            "crashed",
+            "tcg_crash",
+            "watched_crash",
+        ] {
             fns.push_str(&shell_fn(&s, f));
         }
         // A fake xl: Xen's log with a triple fault of d4 holding Xen's own registers (the
@@ -1246,6 +1266,23 @@ mod tests {
         assert!(!check("", "tcg_crash 6"), "d6 never faulted");
         assert!(check("XL_STATE=---sc-", "crashed g"));
         assert!(!check("XL_STATE=-b----", "crashed g"));
+        // A watched domain's crash ends waits (checked every 20th round) and, when it is the
+        // emulator's, asks for the scenario to run again.
+        let watched = "watch_domu=g watch_domid=4 XL_STATE=-b----";
+        assert!(check(
+            watched,
+            "watched_crash 40 && [ \"$tcg_crashed\" = yes ]"
+        ));
+        assert!(!check(watched, "watched_crash 39"), "not a 20th round");
+        assert!(!check(
+            "watch_domu=g watch_domid=6 XL_STATE=-b----",
+            "watched_crash 40"
+        ));
+        assert!(check(
+            "watch_domu=g watch_domid=6 XL_STATE=---sc-",
+            "watched_crash 40 && [ \"$tcg_crashed\" != yes ]"
+        ));
+        assert!(!check("watch_domu= watch_domid=", "watched_crash 40"));
         assert!(check("XL_DOMID_RC=1", "gone g"));
         assert!(!check("XL_DOMID_RC=0", "gone g"));
         assert!(

@@ -204,7 +204,7 @@ dd_hostile() {
         return
     fi
     he=$d
-    watch_domu=$h
+    watch_domu=$h watch_domid=$d
     echo "NOTE dd-hostile $a hostile Linux domU d$he, driver domain d$dd"
     dd_attach_hostile "$he" "$dd" 51712 ram:1M || echo "NOTE dd-hostile $a writing the nodes failed"
     m=1
