@@ -310,7 +310,7 @@ disk = [ 'format=raw, vdev=xvda, access=rw, script=/etc/xen/scripts/pvh-block, t
 vif = [ 'mac=00:16:3e:5a:03:03, bridge=xenbr0, script=/etc/xen/scripts/pvh-vif' ]
 EOC
     ip neigh flush dev xenbr0 2>/dev/null
-    if ! xl create "/tmp/$n.cfg"; then
+    if ! create_tries "$n"; then
         dump_file xl.log "/var/log/xen/xl-$n.log"
         echo "NOTE bench $a xl create of the PVH guest failed"
         return

@@ -442,21 +442,23 @@ xen-init-dom0 || fatal "xen-init-dom0 failed"
 wait_for 300 pidof xenconsoled || fatal "xenconsoled did not start"
 echo "=== TOOLS UP"
 
-# create_paused NAME: xl create -p of /tmp/NAME.cfg, up to three times. dom0's tools segfault
-# now and then under TCG; once xl's domain-monitoring child died after the domain was made, so
-# a failed try destroys whatever it left before the next.
-create_paused() {
+# create_tries NAME [-p]: xl create [-p] of /tmp/NAME.cfg, up to three times. dom0's tools
+# segfault now and then under TCG; xl's domain-monitoring child has died after the domain was
+# made (paused or not), so a failed try destroys whatever it left before the next.
+create_tries() {
     local n
     for n in 1 2 3; do
-        xl create -p "/tmp/$1.cfg" && return 0
-        echo "NOTE xl create -p $1 failed (try $n of 3)"
+        xl create $2 "/tmp/$1.cfg" && return 0
+        echo "NOTE xl create $2 $1 failed (try $n of 3)"
         xl destroy "$1" 2>/dev/null
     done
     return 1
 }
-# create_guest ID NAME: xl create; prints the DOMID marker; returns the domid in $d.
+# create_paused NAME: create_tries with -p (the caller writes devices, then unpauses).
+create_paused() { create_tries "$1" -p; }
+# create_guest ID NAME: xl create (create_tries); prints the DOMID marker; the domid in $d.
 create_guest() {
-    if ! xl create "/tmp/$2.cfg"; then
+    if ! create_tries "$2"; then
         dump_file xl.log "/var/log/xen/xl-$2.log"
         return 1
     fi
@@ -1327,6 +1329,9 @@ mod tests {
         // Every paused create (the domUs, the good guests, the bench) goes through the retry
         // helper, so it must be in the prelude every script starts with.
         assert!(s.contains("\ncreate_paused() {"));
+        // ... and so does every other create: xl create is run in create_tries only.
+        assert!(!s.contains("xl create \"/tmp") && !s.contains("xl create -p \"/tmp"));
+        assert!(s.contains("        xl create $2 \"/tmp/$1.cfg\" && return 0\n"));
         // xenconsoled stays in the foreground of its restart loop (a daemonised one would
         // make the loop start a new one every second).
         assert!(s.contains("        xenconsoled -i --log=guest --log-dir=/tmp/xc\n"));

@@ -226,7 +226,7 @@ on_poweroff = "destroy"
 on_reboot = "destroy"
 on_crash = "preserve"
 EOC
-    if xl create -p "/tmp/$g.cfg"; then
+    if create_paused "$g"; then
         ge=$(xl domid "$g")
         dd_attach_vbd "$ge" "$dd" 51712 ram:1M || echo "NOTE dd-hostile $a writing the good vbd failed"
         xenstore-write "/local/domain/$he/data/hostile-go" 1
