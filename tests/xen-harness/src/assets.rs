@@ -77,6 +77,36 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `apt-get download PACKAGE` into `dir`, up to four times, 5, 10 and 15 s apart: a
+/// fresh-clone `cargo kmod bench` once lost its whole real-Xen suite to one failed download
+/// ("Temporary failure resolving 'deb.debian.org'"), which worked again a minute later.
+fn download(dir: &Path, package: &str) -> Result<(), String> {
+    let what = format!("apt-get download {package}");
+    let mut last = String::new();
+    for attempt in 1..=4 {
+        if attempt > 1 {
+            std::thread::sleep(std::time::Duration::from_secs(5 * (attempt - 1)));
+        }
+        let out = Command::new("apt-get")
+            .arg("download")
+            .arg(package)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("{what}: cannot run: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = format!(
+            "{what} failed ({}): {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        println!("xen-harness: try {attempt} of 4: {last}");
+    }
+    Err(last)
+}
+
 /// The concrete kernel package `linux-image-amd64` depends on (e.g. `linux-image-6.1.0-56-amd64`).
 fn kernel_package() -> Result<String, String> {
     if let Ok(name) = std::env::var("XEN_HARNESS_KERNEL_PACKAGE") {
@@ -135,13 +165,7 @@ fn unpack(cache: &Path, package: &str) -> Result<(), String> {
         Some(deb) => deb,
         None => {
             println!("xen-harness: downloading {package} (apt-get download)");
-            run(
-                Command::new("apt-get")
-                    .arg("download")
-                    .arg(package)
-                    .current_dir(&debs),
-                &format!("apt-get download {package}"),
-            )?;
+            download(&debs, package)?;
             find_deb().ok_or_else(|| format!("apt-get download {package} left no .deb"))?
         }
     };
