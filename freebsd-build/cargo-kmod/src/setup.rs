@@ -229,11 +229,38 @@ fn ensure_ziglang(allow_install: bool) -> Result<(), String> {
     };
     // Debian's pip refuses to touch an "externally managed" Python unless told; with
     // --target nothing of the system's changes, so saying so is safe.
-    if install(&[]) || install(&["--break-system-packages"]) {
-        Ok(())
-    } else {
-        Err(format!("pip install {ZIGLANG} failed"))
+    retried(&format!("pip install {ZIGLANG}"), NET_RETRY_DELAYS, || {
+        if install(&[]) || install(&["--break-system-packages"]) {
+            Ok(())
+        } else {
+            Err(format!("pip install {ZIGLANG} failed"))
+        }
+    })
+}
+
+/// Seconds to wait before the second and third try of a step that needs the network: DNS has
+/// failed here for a moment ("Temporary failure resolving 'deb.debian.org'"), and one such
+/// moment must not fail a whole `cargo kmod test`.
+const NET_RETRY_DELAYS: &[u64] = &[5, 10];
+
+/// Runs `step`, and again after each of `delays` (seconds) while it fails; the last error.
+fn retried<T>(
+    what: &str,
+    delays: &[u64],
+    mut step: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let mut result = step();
+    for delay in delays {
+        match &result {
+            Ok(_) => break,
+            Err(error) => {
+                println!("cargo kmod: {what}: {error}; trying again in {delay} s");
+                std::thread::sleep(std::time::Duration::from_secs(*delay));
+            }
+        }
+        result = step();
     }
+    result
 }
 
 /// Concurrency Kit's headers: FreeBSD's `net/if_var.h` (the network modules' shims) includes
@@ -266,14 +293,18 @@ fn ensure_ck(allow_install: bool) -> Result<(), String> {
     );
     std::fs::create_dir_all(&tools)
         .map_err(|error| format!("cannot create {}: {error}", tools.display()))?;
-    let download = Command::new("apt-get")
-        .args(["download", "libck-dev"])
-        .current_dir(&tools)
-        .status()
-        .is_ok_and(|status| status.success());
-    if !download {
-        return Err("apt-get download libck-dev failed".into());
-    }
+    retried("apt-get download libck-dev", NET_RETRY_DELAYS, || {
+        let downloaded = Command::new("apt-get")
+            .args(["download", "libck-dev"])
+            .current_dir(&tools)
+            .status()
+            .is_ok_and(|status| status.success());
+        if downloaded {
+            Ok(())
+        } else {
+            Err("apt-get download libck-dev failed".into())
+        }
+    })?;
     let deb = std::fs::read_dir(&tools)
         .map_err(|error| format!("cannot list {}: {error}", tools.display()))?
         .filter_map(Result::ok)
@@ -392,16 +423,22 @@ fn ensure_packages(packages: &[Package], allow_install: bool) -> Result<(), Stri
 }
 
 fn run_apt(args: &[&str]) -> Result<(), String> {
-    let status = Command::new("apt-get")
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .map_err(|error| format!("cannot run apt-get: {error}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("apt-get {} failed ({status})", args.join(" ")))
-    }
+    retried(
+        &format!("apt-get {}", args.join(" ")),
+        NET_RETRY_DELAYS,
+        || {
+            let status = Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .map_err(|error| format!("cannot run apt-get: {error}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("apt-get {} failed ({status})", args.join(" ")))
+            }
+        },
+    )
 }
 
 fn effective_uid_is_root() -> bool {
@@ -410,4 +447,41 @@ fn effective_uid_is_root() -> bool {
         .output()
         .map(|output| output.stdout.trim_ascii() == b"0")
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::retried;
+
+    #[test]
+    fn a_failing_step_is_tried_once_more_per_delay_and_stops_at_success() {
+        let mut calls = 0;
+        let got = retried("step", &[0, 0], || {
+            calls += 1;
+            if calls < 3 {
+                Err(format!("failure {calls}"))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(got, Ok(3));
+        let mut calls = 0;
+        let got: Result<(), String> = retried("step", &[0, 0], || {
+            calls += 1;
+            Err(format!("failure {calls}"))
+        });
+        assert_eq!(
+            got,
+            Err("failure 3".to_string()),
+            "the last error, after 3 tries"
+        );
+        let mut calls = 0;
+        assert_eq!(
+            retried("step", &[0, 0], || {
+                calls += 1;
+                Ok::<_, String>(calls)
+            }),
+            Ok(1)
+        );
+    }
 }
