@@ -131,7 +131,10 @@ fn tcp_once(from: &str, to: &str, addr: &str, bytes: usize) -> Result<f64, Strin
             Ok(n)
         });
         let _ = rx.recv_timeout(Duration::from_secs(10));
-        let client = (|| -> Result<f64, String> {
+        // The sender runs on a thread of its own too: setns moves the calling thread for good,
+        // and the bench's main thread must stay in the host's namespace (the real-Xen suite
+        // after this one downloads packages: from inside a test namespace, DNS failed).
+        let client = s.spawn(move || -> Result<f64, String> {
             sys::enter_netns(from).map_err(|e| format!("setns: {e}"))?;
             let sock = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
             let start = Instant::now();
@@ -154,7 +157,8 @@ fn tcp_once(from: &str, to: &str, addr: &str, bytes: usize) -> Result<f64, Strin
             c.read_exact(&mut ack)
                 .map_err(|e| format!("receiver's end mark: {e}"))?;
             Ok(start.elapsed().as_secs_f64() * 1e9)
-        })();
+        });
+        let client = client.join().map_err(|_| "sender panicked".to_string())?;
         let got = server
             .join()
             .map_err(|_| "receiver panicked".to_string())??;
@@ -203,7 +207,8 @@ fn udp_once(from: &str, to: &str, addr: &str, secs: f64) -> Result<(u64, u64, f6
             Ok(n)
         });
         let _ = rx.recv_timeout(Duration::from_secs(10));
-        let client = (|| -> Result<(u64, f64), String> {
+        // On a thread of its own, as in tcp_once.
+        let client = s.spawn(move || -> Result<(u64, f64), String> {
             sys::enter_netns(from).map_err(|e| format!("setns: {e}"))?;
             let u = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
             u.connect(addr).map_err(|e| format!("connect: {e}"))?;
@@ -219,8 +224,10 @@ fn udp_once(from: &str, to: &str, addr: &str, secs: f64) -> Result<(u64, u64, f6
                 }
             }
             Ok((sent, start.elapsed().as_secs_f64() * 1e9))
-        })();
+        });
+        let client = client.join();
         done.store(true, Ordering::Relaxed);
+        let client = client.map_err(|_| "sender panicked".to_string())?;
         let got = server
             .join()
             .map_err(|_| "receiver panicked".to_string())??;
@@ -406,6 +413,29 @@ fn sample(per: &mut [f64], items: u64) -> Sample {
 /// Why it could not run (not root, no `ip`, a device that could not be created) or a
 /// repetition that failed (lost TCP bytes, a failed queue).
 pub fn run_suite(scale: &Scale) -> Result<NetResult, String> {
+    let result = run_in_namespaces(scale);
+    // Every setns happens on a thread of its own; should one ever run on this thread, the
+    // suites after this one (the real-Xen suite downloads packages) would run inside a test
+    // namespace without DNS, as they once did.
+    if !in_host_namespace() {
+        return Err("the bench's own thread was left in a test network namespace".into());
+    }
+    result
+}
+
+/// This thread's network namespace is init's.
+fn in_host_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/thread-self/ns/net"),
+        std::fs::read_link("/proc/1/ns/net"),
+    ) {
+        (Ok(mine), Ok(init)) => mine == init,
+        // Not readable (no /proc, or not allowed to look at init): nothing to compare.
+        _ => true,
+    }
+}
+
+fn run_in_namespaces(scale: &Scale) -> Result<NetResult, String> {
     if !sys::is_root() {
         return Err("needs root (network namespaces, TAP and veth devices)".into());
     }
