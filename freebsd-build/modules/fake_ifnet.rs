@@ -2,7 +2,8 @@
 // `include/xenrs_ifnet.h`, `XENRS_SYSCTL_DEV` in `include/xenrs_glue.h`), for their host tests:
 // `include!`d into each test crate's `shim` module, then `fake_ifnet!(xn, <ifnet record>)`
 // defines the state they record (plus the crate's own fields), `with`/`reset`/`mbuf`, and the
-// `#[no_mangle]` fakes under the module's prefix.
+// `#[no_mangle]` fakes under the module's prefix. Also the xenstore set-up both crates' tests of
+// a second interface need (`toolstack_vif`).
 
 /// `fake_ifnet!(prefix, IfnetRecord, { extra_field: Type, ... })`.
 macro_rules! fake_ifnet {
@@ -149,4 +150,39 @@ macro_rules! fake_ifnet {
             with(|s| s.sysctl_live -= 1);
         }
     };
+}
+
+/// The toolstack's nodes of vif `handle` of the guest (`World::toolstack` makes vif 0), so a
+/// test can attach a second interface beside it.
+pub fn toolstack_vif(
+    world: &xen_tests::net::pair::World,
+    xs: &xen_tests::xensim::xenstored::XenstoreSim,
+    handle: u32,
+    mac: &str,
+) {
+    use xen_xenbus::{Access, Perm};
+    let fe = world.guest.domid();
+    let fd = format!("/local/domain/{fe}/device/vif/{handle}");
+    let bd = format!("/local/domain/0/backend/vif/{fe}/{handle}");
+    let fperm = [Perm::new(Access::None, fe), Perm::new(Access::Read, 0)];
+    let bperm = [Perm::new(Access::None, 0), Perm::new(Access::Read, fe)];
+    let mut d = xs.daemon();
+    for (k, v) in [
+        ("backend", bd.as_str()),
+        ("backend-id", "0"),
+        ("mac", mac),
+        ("handle", &handle.to_string()),
+        ("trusted", "1"),
+        ("state", "1"),
+    ] {
+        d.put(&format!("{fd}/{k}"), v.as_bytes(), &fperm);
+    }
+    for (k, v) in [
+        ("frontend", fd.as_str()),
+        ("frontend-id", &fe.to_string()),
+        ("mac", mac),
+        ("state", "1"),
+    ] {
+        d.put(&format!("{bd}/{k}"), v.as_bytes(), &bperm);
+    }
 }

@@ -177,6 +177,51 @@ pub fn pump(xen: &SimXen, xs: &XenstoreSim, rounds: usize) -> bool {
     any
 }
 
+/// A module's load through the API, as its `MOD_LOAD` does it: registers `driver` in `role`
+/// with `on_kick` as the kick function, hands the registration's kicker to `set_kicker` (the
+/// module's kick slot, which the driver holds), then [`pump`]s 16 rounds so the bus settles.
+/// The network modules' tests of a device failed by a hostile peer all start so.
+///
+/// # Panics
+/// When the registration is refused (a test set-up error).
+pub fn load_with_kick(
+    xen: &SimXen,
+    xs: &XenstoreSim,
+    role: xen_xenbus::Role,
+    driver: Box<dyn xen_xenbus::Driver<crate::host::HostStore<SimXs>> + Send>,
+    on_kick: crate::KickFn<crate::host::HostStore<SimXs>>,
+    set_kicker: impl FnOnce(crate::Kicker),
+) -> crate::host::HostReg<SimXs> {
+    use crate::{Registration as _, XenServices as _};
+    let reg = xen
+        .register_driver_with_kick(role, driver, on_kick)
+        .expect("register");
+    set_kicker(reg.kicker());
+    pump(xen, xs, 16);
+    reg
+}
+
+/// Delivers, as xen.ko's upcall would, every event of ports `1..64` that `dom` has pending
+/// (each one's pending bit is taken); the ports' handlers run. How many pending ports had a
+/// handler.
+pub fn deliver_pending(xen: &SimXen, dom: &DomainHandle) -> usize {
+    let mut delivered = 0;
+    for port in 1..64 {
+        if xen_tests::blk::sim::take_pending(dom, port) && xen.deliver(port) {
+            delivered += 1;
+        }
+    }
+    delivered
+}
+
+/// Delivers an event on every port `1..64`, pending or not: a peer's storm of notifications,
+/// or one that a forged ring index came without.
+pub fn deliver_all(xen: &SimXen) {
+    for port in 1..64 {
+        xen.deliver(port);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -654,15 +654,21 @@ fn work_left_at_a_budget_runs_again_from_the_taskqueue() {
 
 // ---------------------------------------------------------------- through the xenrs API
 
-#[test]
-fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
-    use xenrs_api::XenServices;
-    let _kernel = fake::session();
-    shim::reset();
-    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(1));
-    let xs = xen_tests::net::bus::leak(XenstoreSim::new());
-    world.toolstack(xs, "00:16:3e:01:02:03", true);
-    let guest = &world.guest;
+/// xn.ko as its load through the xenrs API leaves it, over the simulated services of `guest`.
+struct Loaded {
+    xen: Arc<xenrs_api::sim::SimXen>,
+    /// The driver's count of live devices.
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    kick: Arc<xen::KickSlot>,
+    reg: xenrs_api::host::HostReg<xenrs_api::sim::SimXs>,
+}
+
+/// Loads xn.ko through the simulated xenrs API in `guest` (one queue, no control ring; the
+/// kick runs `xen::on_kick`), the bus settled.
+fn load_through_the_api(
+    guest: &'static xen_tests::xensim::DomainHandle,
+    xs: &'static XenstoreSim,
+) -> Loaded {
     let xen = Arc::new(xenrs_api::sim::xen(guest, xs, 8));
     let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cfg = FrontendConfig {
@@ -671,23 +677,40 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         ..FrontendConfig::default()
     };
     let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
-    let reg = xen
-        .register_driver_with_kick(
-            Role::Frontend,
-            Box::new(xen::XnDriver::new(
-                xen.clone(),
-                cfg,
-                live.clone(),
-                kick.clone(),
-            )),
-            Box::new(xen::on_kick),
-        )
-        .expect("register");
-    kick.set(xenrs_api::Registration::kicker(&reg));
+    let driver = xen::XnDriver::new(xen.clone(), cfg, live.clone(), kick.clone());
+    let reg = xenrs_api::sim::load_with_kick(
+        &xen,
+        xs,
+        Role::Frontend,
+        Box::new(driver),
+        Box::new(xen::on_kick),
+        |k| kick.set(k),
+    );
+    Loaded {
+        xen,
+        live,
+        kick,
+        reg,
+    }
+}
+
+#[test]
+fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
+    let _kernel = fake::session();
+    shim::reset();
+    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(1));
+    let xs = xen_tests::net::bus::leak(XenstoreSim::new());
+    world.toolstack(xs, "00:16:3e:01:02:03", true);
+    let guest = &world.guest;
+    let Loaded {
+        xen,
+        live,
+        kick,
+        reg,
+    } = load_through_the_api(guest, xs);
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };
-    pump(16);
     let (ifp, softc) =
         shim::with(|s| s.softcs.iter().next().map(|(i, s)| (*i, *s))).expect("ifnet");
     assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 1);
@@ -739,13 +762,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         .enqueue_rx(&plain, &PacketMeta::default())
         .unwrap();
     let _ = conn.queues[0].process_rx(0);
-    let mut delivered = 0;
-    for port in 1..64 {
-        if xen_tests::blk::sim::take_pending(guest, port) && xen.deliver(port) {
-            delivered += 1;
-        }
-    }
-    assert!(delivered > 0);
+    assert!(xenrs_api::sim::deliver_pending(&xen, guest) > 0);
     // The handler only queued the work; the interface's taskqueue thread runs it.
     assert_eq!(shim::with(|s| s.input.len()), 0);
     assert_eq!(fake::run_tasks(), 1);
@@ -925,72 +942,26 @@ fn a_backend_answering_an_unknown_tx_id_fails_the_device_once_and_for_good() {
     assert_eq!(shim::with(|s| (s.ifnets.len(), s.destroyed)), (0, 1));
 }
 
-/// The toolstack's nodes of vif `handle` of the guest (`World::toolstack` makes vif 0).
-fn toolstack_vif(world: &xen_tests::net::pair::World, xs: &XenstoreSim, handle: u32, mac: &str) {
-    use xen_xenbus::{Access, Perm};
-    let fe = world.guest.domid();
-    let fd = format!("/local/domain/{fe}/device/vif/{handle}");
-    let bd = format!("/local/domain/0/backend/vif/{fe}/{handle}");
-    let fperm = [Perm::new(Access::None, fe), Perm::new(Access::Read, 0)];
-    let bperm = [Perm::new(Access::None, 0), Perm::new(Access::Read, fe)];
-    let mut d = xs.daemon();
-    for (k, v) in [
-        ("backend", bd.as_str()),
-        ("backend-id", "0"),
-        ("mac", mac),
-        ("handle", &handle.to_string()),
-        ("trusted", "1"),
-        ("state", "1"),
-    ] {
-        d.put(&format!("{fd}/{k}"), v.as_bytes(), &fperm);
-    }
-    for (k, v) in [
-        ("frontend", fd.as_str()),
-        ("frontend-id", &fe.to_string()),
-        ("mac", mac),
-        ("state", "1"),
-    ] {
-        d.put(&format!("{bd}/{k}"), v.as_bytes(), &bperm);
-    }
-}
-
 #[test]
 fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
     use xen_netback::BackendPlatform as _;
-    use xenrs_api::XenServices;
     let _kernel = fake::session();
     shim::reset();
     let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(2));
     let xs = xen_tests::net::bus::leak(XenstoreSim::new());
     world.toolstack(xs, "00:16:3e:01:02:03", true);
-    toolstack_vif(world, xs, 1, "00:16:3e:01:02:04");
+    shim::toolstack_vif(world, xs, 1, "00:16:3e:01:02:04");
     let guest = &world.guest;
     let g = guest.domid();
-    let xen = Arc::new(xenrs_api::sim::xen(guest, xs, 8));
-    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let cfg = FrontendConfig {
-        queues: 1,
-        ctrl_ring: false,
-        ..FrontendConfig::default()
-    };
-    let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
-    let reg = xen
-        .register_driver_with_kick(
-            Role::Frontend,
-            Box::new(xen::XnDriver::new(
-                xen.clone(),
-                cfg,
-                live.clone(),
-                kick.clone(),
-            )),
-            Box::new(xen::on_kick),
-        )
-        .expect("register");
-    kick.set(xenrs_api::Registration::kicker(&reg));
+    let Loaded {
+        xen,
+        live,
+        kick,
+        reg,
+    } = load_through_the_api(guest, xs);
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };
-    pump(16);
     assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 2);
     let softc_of = |last: u8| {
         shim::with(|s| {
@@ -1059,15 +1030,9 @@ fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
         .enqueue_rx(&frame, &PacketMeta::default())
         .unwrap();
     let _ = conns[1].queues[0].process_rx(0);
-    for port in 1..64 {
-        if xen_tests::blk::sim::take_pending(guest, port) {
-            xen.deliver(port);
-        }
-    }
+    let _ = xenrs_api::sim::deliver_pending(&xen, guest);
     // Make sure vif 0's port fired too: the forged response came with no notification.
-    for port in 1..64 {
-        xen.deliver(port);
-    }
+    xenrs_api::sim::deliver_all(&xen);
     fake::run_tasks();
     let line = "queue 0: backend answered TX id 77, which is not in flight; device failed";
     assert_eq!(console_count(line), 1, "{}", fake::console());
@@ -1111,9 +1076,7 @@ fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
     assert_eq!(dev_stat(softc0, DevStat::TxDropped), dropped + 1);
     // More garbage and events change nothing.
     forge_tx_response(&ring, 78);
-    for port in 1..64 {
-        xen.deliver(port);
-    }
+    xenrs_api::sim::deliver_all(&xen);
     fake::run_tasks();
     pump(4);
     assert_eq!(console_count("device failed"), 1);

@@ -481,42 +481,69 @@ fn a_guest_that_stops_taking_frames_stalls_its_vif_and_recovers() {
 
 // ---------------------------------------------------------------- through the xenrs API
 
+/// xnb.ko as its load through the xenrs API leaves it, over the simulated services of `dom0`.
+struct Loaded {
+    xen: std::sync::Arc<xenrs_api::sim::SimXen>,
+    /// The driver's count of live devices.
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    kick: std::sync::Arc<xen::KickSlot>,
+    reg: xenrs_api::host::HostReg<xenrs_api::sim::SimXs>,
+}
+
+/// Loads xnb.ko through the simulated xenrs API in `dom0` (one queue, no control ring, default limits; the
+/// kick runs `xen::on_kick`), the bus settled.
+fn load_through_the_api(
+    dom0: &'static xen_tests::xensim::DomainHandle,
+    xs: &'static XenstoreSim,
+) -> Loaded {
+    let xen = std::sync::Arc::new(xenrs_api::sim::xen(dom0, xs, 4));
+    let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let features = BackendFeatures {
+        max_queues: 1,
+        ctrl_ring: false,
+        ..BackendFeatures::default()
+    };
+    let kick = std::sync::Arc::new(xen::KickSlot::new().expect("kick slot"));
+    let driver = xen::XnbDriver::new(
+        xen.clone(),
+        features,
+        Limits::default(),
+        live.clone(),
+        kick.clone(),
+    );
+    let reg = xenrs_api::sim::load_with_kick(
+        &xen,
+        xs,
+        Role::Backend,
+        Box::new(driver),
+        Box::new(xen::on_kick),
+        |k| kick.set(k),
+    );
+    Loaded {
+        xen,
+        live,
+        kick,
+        reg,
+    }
+}
+
 #[test]
 fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
-    use std::sync::Arc;
-    use xenrs_api::XenServices;
     let _kernel = fake::session();
     shim::reset();
     let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(1));
     let xs = xen_tests::net::bus::leak(XenstoreSim::new());
     world.toolstack(xs, "00:16:3e:0a:0b:0c", true);
     let dom0 = &world.dom0;
-    let xen = Arc::new(xenrs_api::sim::xen(dom0, xs, 4));
-    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let features = BackendFeatures {
-        max_queues: 1,
-        ctrl_ring: false,
-        ..BackendFeatures::default()
-    };
-    let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
-    let reg = xen
-        .register_driver_with_kick(
-            Role::Backend,
-            Box::new(xen::XnbDriver::new(
-                xen.clone(),
-                features,
-                Limits::default(),
-                live.clone(),
-                kick.clone(),
-            )),
-            Box::new(xen::on_kick),
-        )
-        .expect("register");
-    kick.set(xenrs_api::Registration::kicker(&reg));
+    let Loaded {
+        xen,
+        live,
+        kick,
+        reg,
+    } = load_through_the_api(dom0, xs);
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };
-    pump(16);
     let (ifp, softc) =
         shim::with(|s| s.softcs.iter().next().map(|(i, s)| (*i, *s))).expect("ifnet");
     assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 1);
@@ -567,13 +594,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     setup.queues[0]
         .send(&frame, &PacketMeta::default())
         .unwrap();
-    let mut delivered = 0;
-    for port in 1..64 {
-        if xen_tests::blk::sim::take_pending(dom0, port) && xen.deliver(port) {
-            delivered += 1;
-        }
-    }
-    assert!(delivered > 0);
+    assert!(xenrs_api::sim::deliver_pending(&xen, dom0) > 0);
     // The handler only queued the work; the interface's taskqueue thread runs it.
     assert_eq!(shim::with(|s| s.input.len()), 0);
     assert_eq!(fake::run_tasks(), 1);
@@ -819,73 +840,25 @@ fn a_runaway_rx_req_prod_found_on_transmit_fails_the_vif() {
     rig.vif.borrow_mut().detach();
 }
 
-/// The toolstack's nodes of vif `handle` of the guest (`World::toolstack` makes vif 0).
-fn toolstack_vif(world: &xen_tests::net::pair::World, xs: &XenstoreSim, handle: u32, mac: &str) {
-    use xen_xenbus::{Access, Perm};
-    let fe = world.guest.domid();
-    let fd = format!("/local/domain/{fe}/device/vif/{handle}");
-    let bd = format!("/local/domain/0/backend/vif/{fe}/{handle}");
-    let fperm = [Perm::new(Access::None, fe), Perm::new(Access::Read, 0)];
-    let bperm = [Perm::new(Access::None, 0), Perm::new(Access::Read, fe)];
-    let mut d = xs.daemon();
-    for (k, v) in [
-        ("backend", bd.as_str()),
-        ("backend-id", "0"),
-        ("mac", mac),
-        ("handle", &handle.to_string()),
-        ("trusted", "1"),
-        ("state", "1"),
-    ] {
-        d.put(&format!("{fd}/{k}"), v.as_bytes(), &fperm);
-    }
-    for (k, v) in [
-        ("frontend", fd.as_str()),
-        ("frontend-id", &fe.to_string()),
-        ("mac", mac),
-        ("state", "1"),
-    ] {
-        d.put(&format!("{bd}/{k}"), v.as_bytes(), &bperm);
-    }
-}
-
 #[test]
 fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
-    use std::sync::Arc;
-    use xenrs_api::XenServices;
     let _kernel = fake::session();
     shim::reset();
     let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(2));
     let xs = xen_tests::net::bus::leak(XenstoreSim::new());
     world.toolstack(xs, "00:16:3e:0a:0b:0c", true);
-    toolstack_vif(world, xs, 1, "00:16:3e:0a:0b:0d");
+    shim::toolstack_vif(world, xs, 1, "00:16:3e:0a:0b:0d");
     let (dom0, guest) = (&world.dom0, &world.guest);
     let g = guest.domid();
-    let xen = Arc::new(xenrs_api::sim::xen(dom0, xs, 4));
-    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let features = BackendFeatures {
-        max_queues: 1,
-        ctrl_ring: false,
-        ..BackendFeatures::default()
-    };
-    let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
-    let reg = xen
-        .register_driver_with_kick(
-            Role::Backend,
-            Box::new(xen::XnbDriver::new(
-                xen.clone(),
-                features,
-                Limits::default(),
-                live.clone(),
-                kick.clone(),
-            )),
-            Box::new(xen::on_kick),
-        )
-        .expect("register");
-    kick.set(xenrs_api::Registration::kicker(&reg));
+    let Loaded {
+        xen,
+        live,
+        kick,
+        reg,
+    } = load_through_the_api(dom0, xs);
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };
-    pump(16);
     assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 2);
     let ifp_of = |name: &str| {
         shim::with(|s| {
@@ -964,11 +937,7 @@ fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
         .send(&frame, &PacketMeta::default())
         .unwrap();
     runaway_req_prod(&ring);
-    for port in 1..64 {
-        if xen_tests::blk::sim::take_pending(dom0, port) {
-            xen.deliver(port);
-        }
-    }
+    let _ = xenrs_api::sim::deliver_pending(&xen, dom0);
     fake::run_tasks();
     assert_eq!(console_count("vif failed"), 1, "{}", fake::console());
     assert_eq!(
@@ -1030,9 +999,7 @@ fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
     assert_eq!(dev_stat(softc0, DevStat::ToGuestDropped), 1);
     for _ in 0..3 {
         runaway_req_prod(&ring);
-        for port in 1..64 {
-            xen.deliver(port);
-        }
+        xenrs_api::sim::deliver_all(&xen);
         fake::run_tasks();
         pump(4);
     }
