@@ -8,6 +8,9 @@
 // A macro and not a shared crate, because the C names carry the module's prefix (distinct
 // names let both modules link into one custom kernel) and each module's device trait and
 // queued packet are its own: xn's packet carries the TSO segment size, xnb's does not.
+//
+// Last, the two steps of failing a device at a peer's protocol violation that both modules take
+// alike (`latch_failure`, `report_failure`): plain generic functions, in each `sys` module.
 
 /// Defines, in the including `sys` module:
 ///
@@ -300,4 +303,37 @@ macro_rules! ifnet_kpi_shared {
             }
         }
     };
+}
+
+/// The first failure `failed` finds among `queues`, unless `slot` holds one already (a device
+/// keeps the reason it failed for first): stored in `slot`, and returned, only when new. The
+/// queues are not looked at once a failure is held.
+pub(crate) fn latch_failure<Q, F: Copy>(
+    slot: &mut Option<F>,
+    queues: &[Q],
+    failed: impl FnMut(&Q) -> Option<F>,
+) -> Option<F> {
+    if slot.is_some() {
+        return None;
+    }
+    let f = queues.iter().find_map(failed)?;
+    *slot = Some(f);
+    Some(f)
+}
+
+/// Tells the store that the device failed, after the caller released what the peer shared:
+/// `reason` in the device's `error` node, then `Closing` where its state allows that.
+///
+/// # Errors
+/// The store's.
+pub(crate) fn report_failure<S: xen_xenbus::bus::XenStore + ?Sized>(
+    xs: &mut S,
+    dev: &mut xen_xenbus::Device,
+    reason: &dyn core::fmt::Display,
+) -> Result<(), xen_xenbus::Error> {
+    dev.write_node(xs, "error", &alloc::format!("{reason}"))?;
+    if dev.state().can_switch_to(xen_xenbus::XenbusState::Closing) {
+        dev.switch_state(xs, xen_xenbus::XenbusState::Closing)?;
+    }
+    Ok(())
 }

@@ -508,39 +508,22 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
     }
 
     /// Fails the device at the first queue the core stopped (see the module docs): logs the
-    /// reason once and takes the link down. The rest needs the store ([`XnIf::needs_report`]).
+    /// reason once and takes the link down. The rest needs the store ([`XnIf::needs_report`]):
+    /// [`XnIf::otherend_changed`] reports it.
     fn check_failure(&mut self) {
-        if self.failure.is_some() {
-            return;
-        }
-        let Some(f) = self.conn.as_ref().and_then(|c| {
-            c.queues.iter().find_map(|q| {
-                q.failure().map(|error| Failure {
-                    queue: q.index(),
-                    error,
-                })
+        let queues = self.conn.as_ref().map_or(&[][..], |c| &c.queues[..]);
+        let first = |q: &Queue<'a, P::Hv>| {
+            let error = q.failure()?;
+            Some(Failure {
+                queue: q.index(),
+                error,
             })
-        }) else {
-            return;
         };
-        self.failure = Some(f);
-        self.more = false;
-        kprintln!("xn{}: {f}; device failed", self.unit);
-        self.link_down();
-    }
-
-    /// Reports a failure to the store once: queues released, reason in `error`, `Closing`.
-    fn report<S: XenStore + ?Sized>(&mut self, xs: &mut S, dev: &mut Device) -> Result<(), XsErr> {
-        let Some(f) = self.failure.filter(|_| !self.reported) else {
-            return Ok(());
-        };
-        self.reported = true;
-        self.disconnect();
-        dev.write_node(xs, "error", &alloc::format!("{f}"))?;
-        if dev.state().can_switch_to(XenbusState::Closing) {
-            dev.switch_state(xs, XenbusState::Closing)?;
+        if let Some(f) = crate::sys::latch_failure(&mut self.failure, queues, first) {
+            self.more = false;
+            kprintln!("xn{}: {f}; device failed", self.unit);
+            self.link_down();
         }
-        Ok(())
     }
 
     /// Whether the last [`XnIf::event`] stopped at a queue's budget with frames left: the
@@ -604,9 +587,13 @@ impl<'a, P: FrontendPlatform<'a>, K: IfKpi> XnIf<'a, P, K> {
         state: XenbusState,
     ) -> Result<(), XsErr> {
         if self.failure.is_some() {
-            // Failed for good: report it (once), close when the backend does, never start
-            // again.
-            self.report(xs, dev)?;
+            // Failed for good: report it (once: queues released, the reason in `error`,
+            // `Closing`), close when the backend does, never start again.
+            if let Some(f) = self.failure.filter(|_| !self.reported) {
+                self.reported = true;
+                self.disconnect();
+                crate::sys::report_failure(xs, dev, &f)?;
+            }
             if matches!(state, XenbusState::Closing | XenbusState::Closed)
                 && dev.state() == XenbusState::Closing
             {

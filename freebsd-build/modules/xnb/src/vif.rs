@@ -465,41 +465,23 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
 
     /// Fails the vif at the first queue the core stopped (see the module docs): logs the
     /// reason once and takes the link down. The rest needs the store
-    /// ([`XnbIf::needs_report`]).
+    /// ([`XnbIf::needs_report`]): [`XnbIf::otherend_changed`] reports it.
     fn check_failure(&mut self) {
-        if self.failure.is_some() {
-            return;
-        }
-        let Some(f) = self.conn.as_ref().and_then(|c| {
-            c.queues.iter().find_map(|q| {
-                q.failure().map(|error| Failure {
-                    queue: q.index(),
-                    error,
-                })
+        let queues = self.conn.as_ref().map_or(&[][..], |c| &c.queues[..]);
+        let first = |q: &xen_netback::Queue<'_, _>| {
+            let error = q.failure()?;
+            Some(Failure {
+                queue: q.index(),
+                error,
             })
-        }) else {
-            return;
         };
-        self.failure = Some(f);
-        self.reported = false;
-        self.more = false;
-        self.stats.violations += 1;
-        kprintln!("{}: {f}; vif failed", self.name().unwrap_or("xnb"));
-        self.set_link(false);
-    }
-
-    /// Reports a failure to the store once: rings unmapped, reason in `error`, `Closing`.
-    fn report<S: XenStore + ?Sized>(&mut self, xs: &mut S, dev: &mut Device) -> Result<(), XsErr> {
-        let Some(f) = self.failure.filter(|_| !self.reported) else {
-            return Ok(());
-        };
-        self.reported = true;
-        self.disconnect();
-        dev.write_node(xs, "error", &alloc::format!("{f}"))?;
-        if dev.state().can_switch_to(XenbusState::Closing) {
-            dev.switch_state(xs, XenbusState::Closing)?;
+        if let Some(f) = crate::sys::latch_failure(&mut self.failure, queues, first) {
+            self.reported = false;
+            self.more = false;
+            self.stats.violations += 1;
+            kprintln!("{}: {f}; vif failed", self.name().unwrap_or("xnb"));
+            self.set_link(false);
         }
-        Ok(())
     }
 
     /// Whether the last [`XnbIf::event`] stopped at a budget with work left: the caller runs
@@ -554,7 +536,12 @@ impl<'a, P: BackendPlatform<'a>, K: IfKpi> XnbIf<'a, P, K> {
         dev: &mut Device,
         state: XenbusState,
     ) -> Result<(), XsErr> {
-        self.report(xs, dev)?;
+        // A failure is reported once: rings unmapped, the reason in `error`, `Closing`.
+        if let Some(f) = self.failure.filter(|_| !self.reported) {
+            self.reported = true;
+            self.disconnect();
+            crate::sys::report_failure(xs, dev, &f)?;
+        }
         match state {
             XenbusState::Connected if dev.state() == XenbusState::InitWait => {
                 let fe = alloc::string::String::from(dev.otherend());
