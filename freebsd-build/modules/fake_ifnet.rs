@@ -2,8 +2,9 @@
 // `include/xenrs_ifnet.h`, `XENRS_SYSCTL_DEV` in `include/xenrs_glue.h`), for their host tests:
 // `include!`d into each test crate's `shim` module, then `fake_ifnet!(xn, <ifnet record>)`
 // defines the state they record (plus the crate's own fields), `with`/`reset`/`mbuf`, and the
-// `#[no_mangle]` fakes under the module's prefix. Also the xenstore set-up both crates' tests of
-// a second interface need (`toolstack_vif`).
+// `#[no_mangle]` fakes under the module's prefix. Also what both crates' tests of the device
+// glue share: the xenstore set-up of a second interface (`toolstack_vif`), the reads of
+// `dev.<m>.<unit>` leaves (`dev_stat`) and the check that an unload left nothing (`assert_unloaded`).
 
 /// `fake_ifnet!(prefix, IfnetRecord, { extra_field: Type, ... })`.
 macro_rules! fake_ifnet {
@@ -185,4 +186,27 @@ pub fn toolstack_vif(
     ] {
         d.put(&format!("{bd}/{k}"), v.as_bytes(), &bperm);
     }
+}
+
+/// Leaf `which` (the module's `DevStat` number) of `dev.<m>.<unit>` of a live softc, read
+/// through the entry point its sysctl handler calls.
+pub fn dev_stat(softc: usize, which: i32) -> u64 {
+    let mut v = 0;
+    // SAFETY: a softc the fake ifnet_create recorded, live until detach (the caller's test
+    // holds it so); `v` is a u64.
+    let rc = unsafe { crate::sys::dev_stat(softc as *mut _, which, &mut v) };
+    assert_eq!(rc, 0, "leaf {which}");
+    v
+}
+
+/// What a module's unload leaves: no lock held, no sysctl context, no taskqueue.
+pub fn assert_unloaded() {
+    assert_eq!(
+        (
+            freebsd_kpi::fake::locks_out(),
+            with(|s| s.sysctl_live),
+            freebsd_kpi::fake::taskqueues().len()
+        ),
+        (0, 0, 0)
+    );
 }

@@ -799,14 +799,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         (0, 0, 0, 0),
         "{left:?}"
     );
-    assert_eq!(
-        (
-            fake::locks_out(),
-            shim::with(|s| s.sysctl_live),
-            fake::taskqueues().len()
-        ),
-        (0, 0, 0)
-    );
+    shim::assert_unloaded();
 }
 
 // ---------------------------------------------------------------- a hostile backend
@@ -1012,13 +1005,7 @@ fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
         // SAFETY: a softc the fake ifnet_create recorded (live until detach); the fake's mbuf.
         unsafe { sys::xenrs_xn_transmit(softc as *mut _, m as *mut _, len, 0, 0, 0, 0) }
     };
-    let dev_stat = |softc: usize, which: DevStat| {
-        let mut v = 0;
-        // SAFETY: a live softc, as above; `v` is a u64.
-        let rc = unsafe { sys::dev_stat(softc as *mut _, which as i32, &mut v) };
-        assert_eq!(rc, 0);
-        v
-    };
+    let dev_stat = |softc: usize, which: DevStat| shim::dev_stat(softc, which as i32);
 
     // Dom0 breaks vif 0: a packet is in flight, and the answer names an id never used.
     let frame = tcp_frame(120, false);
@@ -1049,22 +1036,9 @@ fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
     );
     assert_eq!(xs0.read_string(&format!("{fd1}/state")).unwrap(), "4");
     assert!(xs0.read_string(&format!("{fd1}/error")).is_err());
-    assert_eq!(
-        (
-            dev_stat(softc0, DevStat::Failed),
-            dev_stat(softc0, DevStat::Link),
-            dev_stat(softc0, DevStat::Queues)
-        ),
-        (1, 0, 0)
-    );
-    assert_eq!(
-        (
-            dev_stat(softc1, DevStat::Failed),
-            dev_stat(softc1, DevStat::Link),
-            dev_stat(softc1, DevStat::Queues)
-        ),
-        (0, 1, 1)
-    );
+    let leaves = [DevStat::Failed, DevStat::Link, DevStat::Queues];
+    assert_eq!(leaves.map(|w| dev_stat(softc0, w)), [1, 0, 0]);
+    assert_eq!(leaves.map(|w| dev_stat(softc1, w)), [0, 1, 1]);
     // vif 1 still sends; vif 0 drops.
     assert_eq!(transmit(softc1, &frame), sys::KEPT);
     let mut io = Collect::default();
@@ -1096,14 +1070,7 @@ fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
         (0, 0, 0, 0),
         "{left:?}"
     );
-    assert_eq!(
-        (
-            fake::locks_out(),
-            shim::with(|s| s.sysctl_live),
-            fake::taskqueues().len()
-        ),
-        (0, 0, 0)
-    );
+    shim::assert_unloaded();
 }
 
 #[test]

@@ -647,14 +647,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         (0, 0, 0, 0, 0),
         "{left:?}"
     );
-    assert_eq!(
-        (
-            fake::locks_out(),
-            shim::with(|s| s.sysctl_live),
-            fake::taskqueues().len()
-        ),
-        (0, 0, 0)
-    );
+    shim::assert_unloaded();
     setup.queues.clear();
     setup.resources.release(&mut fe_plat);
 }
@@ -959,29 +952,10 @@ fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
         .starts_with("queue 0: ring violation: frontend req_prod"));
     assert_eq!(xsg.read_string(&format!("{bd1}/state")).unwrap(), "4");
     assert!(xsg.read_string(&format!("{bd1}/error")).is_err());
-    let dev_stat = |softc: usize, which: DevStat| {
-        let mut v = 0;
-        // SAFETY: a softc the fake ifnet_create recorded, live until detach; `v` is a u64.
-        let rc = unsafe { sys::dev_stat(softc as *mut _, which as i32, &mut v) };
-        assert_eq!(rc, 0);
-        v
-    };
-    assert_eq!(
-        (
-            dev_stat(softc0, DevStat::Violations),
-            dev_stat(softc0, DevStat::Link),
-            dev_stat(softc0, DevStat::Queues)
-        ),
-        (1, 0, 0)
-    );
-    assert_eq!(
-        (
-            dev_stat(softc1, DevStat::Violations),
-            dev_stat(softc1, DevStat::Link),
-            dev_stat(softc1, DevStat::Queues)
-        ),
-        (0, 1, 1)
-    );
+    let dev_stat = |softc: usize, which: DevStat| shim::dev_stat(softc, which as i32);
+    let leaves = [DevStat::Violations, DevStat::Link, DevStat::Queues];
+    assert_eq!(leaves.map(|w| dev_stat(softc0, w)), [1, 0, 0]);
+    assert_eq!(leaves.map(|w| dev_stat(softc1, w)), [0, 1, 1]);
     // vif 1 carries frames both ways still.
     let m = shim::mbuf(&frame);
     let len = u32::try_from(frame.len()).unwrap();
@@ -1022,14 +996,7 @@ fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
         (0, 0, 0, 0, 0),
         "{left:?}"
     );
-    assert_eq!(
-        (
-            fake::locks_out(),
-            shim::with(|s| s.sysctl_live),
-            fake::taskqueues().len()
-        ),
-        (0, 0, 0)
-    );
+    shim::assert_unloaded();
     for (mut setup, mut plat, _, _) in fronts {
         setup.queues.clear();
         setup.resources.release(&mut plat);
