@@ -527,6 +527,67 @@ fn load_through_the_api(
     }
 }
 
+/// The guest's side of its netfront in the xenrs-API tests: its event hub and its grant table
+/// (8 frames), kept for the rest of the test process like the domains.
+fn guest_front_parts(
+    guest: &'static xen_tests::xensim::DomainHandle,
+) -> (
+    &'static xen_tests::net::sim::Hub<'static>,
+    &'static xen_tests::net::sim::SimGrantTable<'static>,
+) {
+    let hub = xen_tests::net::bus::leak(xen_tests::net::sim::Hub::new(guest));
+    let table = xen_tests::net::bus::leak(
+        xen_gnttab::GrantTable::new(
+            guest,
+            xen_tests::xensim::grants::SimTableFrames::new(guest),
+            8,
+        )
+        .expect("guest grant table"),
+    );
+    (hub, table)
+}
+
+/// A netfront the guest drives by hand, and its platform.
+type GuestFront = (
+    negotiate::Setup<'static, SimFrontend<'static, 'static>>,
+    SimFrontend<'static, 'static>,
+);
+
+/// The guest's netfront for the vif whose nodes are `fd` and `bd`, by hand (one queue, no
+/// control ring): the backend's offer read, the queue set up over `parts`
+/// ([`guest_front_parts`]), its keys published and `Connected` written.
+fn guest_front_connect(
+    xsg: &mut xen_xenbus::Xs<xen_tests::xensim::xenstored::SimTransport>,
+    guest: &'static xen_tests::xensim::DomainHandle,
+    (hub, table): (
+        &'static xen_tests::net::sim::Hub<'static>,
+        &'static xen_tests::net::sim::SimGrantTable<'static>,
+    ),
+    fd: &str,
+    bd: &str,
+) -> GuestFront {
+    let cfg = FrontendConfig {
+        queues: 1,
+        ctrl_ring: false,
+        ..FrontendConfig::default()
+    };
+    let offer = negotiate::read_offer(xsg, bd).unwrap();
+    let mut plat = SimFrontend::new(guest, hub, table);
+    let setup = negotiate::setup(&mut plat, 0, &offer, &cfg, true).unwrap();
+    negotiate::publish(
+        xsg,
+        fd,
+        &setup.keys,
+        setup.split,
+        setup.ctrl_keys,
+        &offer,
+        &cfg,
+    )
+    .unwrap();
+    xsg.write_str(&format!("{fd}/state"), "4").unwrap();
+    (setup, plat)
+}
+
 #[test]
 fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     let _kernel = fake::session();
@@ -550,36 +611,10 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
 
     // The guest's netfront, by hand.
     let guest = &world.guest;
-    let fe_hub = xen_tests::net::bus::leak(xen_tests::net::sim::Hub::new(guest));
-    let fe_table = xen_tests::net::bus::leak(
-        xen_gnttab::GrantTable::new(
-            guest,
-            xen_tests::xensim::grants::SimTableFrames::new(guest),
-            8,
-        )
-        .expect("guest grant table"),
-    );
+    let fe_parts = guest_front_parts(guest);
     let mut xsg = xs.client(guest.domid());
     let (fd, bd) = (world.fe_dir(), world.be_dir());
-    let cfg = FrontendConfig {
-        queues: 1,
-        ctrl_ring: false,
-        ..FrontendConfig::default()
-    };
-    let offer = negotiate::read_offer(&mut xsg, &bd).unwrap();
-    let mut fe_plat = SimFrontend::new(guest, fe_hub, fe_table);
-    let mut setup = negotiate::setup(&mut fe_plat, 0, &offer, &cfg, true).unwrap();
-    negotiate::publish(
-        &mut xsg,
-        &fd,
-        &setup.keys,
-        setup.split,
-        setup.ctrl_keys,
-        &offer,
-        &cfg,
-    )
-    .unwrap();
-    xsg.write_str(&format!("{fd}/state"), "4").unwrap();
+    let (mut setup, mut fe_plat) = guest_front_connect(&mut xsg, guest, fe_parts, &fd, &bd);
     pump(16);
     assert_eq!(xsg.read_string(&format!("{bd}/state")).unwrap(), "4");
     assert_eq!(shim::with(|s| s.links.clone()), vec![true]);
@@ -866,39 +901,13 @@ fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
     let (_, softc1) = ifp_of(&format!("xnb{g}.1"));
 
     // The guest's netfront for both vifs, by hand.
-    let fe_hub = xen_tests::net::bus::leak(xen_tests::net::sim::Hub::new(guest));
-    let fe_table = xen_tests::net::bus::leak(
-        xen_gnttab::GrantTable::new(
-            guest,
-            xen_tests::xensim::grants::SimTableFrames::new(guest),
-            8,
-        )
-        .expect("guest grant table"),
-    );
+    let fe_parts = guest_front_parts(guest);
     let mut xsg = xs.client(g);
-    let cfg = FrontendConfig {
-        queues: 1,
-        ctrl_ring: false,
-        ..FrontendConfig::default()
-    };
     let mut fronts = Vec::new();
     for h in 0..2 {
         let fd = format!("/local/domain/{g}/device/vif/{h}");
         let bd = format!("/local/domain/0/backend/vif/{g}/{h}");
-        let offer = negotiate::read_offer(&mut xsg, &bd).unwrap();
-        let mut plat = SimFrontend::new(guest, fe_hub, fe_table);
-        let setup = negotiate::setup(&mut plat, 0, &offer, &cfg, true).unwrap();
-        negotiate::publish(
-            &mut xsg,
-            &fd,
-            &setup.keys,
-            setup.split,
-            setup.ctrl_keys,
-            &offer,
-            &cfg,
-        )
-        .unwrap();
-        xsg.write_str(&format!("{fd}/state"), "4").unwrap();
+        let (setup, plat) = guest_front_connect(&mut xsg, guest, fe_parts, &fd, &bd);
         fronts.push((setup, plat, fd, bd));
     }
     pump(16);
