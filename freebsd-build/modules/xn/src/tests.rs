@@ -804,25 +804,32 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
 
 // ---------------------------------------------------------------- a hostile backend
 
-/// A second mapping, by dom0, of the TX ring of queue `q` the guest granted: what a backend
-/// that writes whatever it likes sees.
-fn hostile_tx_ring(
-    dom0: &'static xen_tests::xensim::DomainHandle,
-    hub: &'static xen_tests::net::sim::Hub<'static>,
-    guest: u16,
-    info: &be_config::FrontendInfo,
-    q: usize,
+/// A rig of `queues` queues (no control ring) connected to dom0's netback, and a second
+/// mapping, by dom0, of the TX ring of queue 0 the guest granted (what a backend that writes
+/// whatever it likes sees), to forge answers on: `(rig, the mapping's platform, the mapping,
+/// the ring page)`.
+fn rig_with_hostile_tx_ring(
+    queues: u32,
 ) -> (
+    Rig,
     SimBackend<'static, 'static>,
     xen_gnttab::ForeignMapping,
     xen_shmem::SharedMem<'static>,
 ) {
     use xen_netback::BackendPlatform as _;
-    let mut plat = SimBackend::new(dom0, hub);
+    let mut rig = Rig::new(FrontendConfig {
+        queues,
+        ctrl_ring: false,
+        ..FrontendConfig::default()
+    });
+    rig.backend_connect();
+    let env = rig.env;
+    let info = rig.info.clone().expect("connected");
+    let mut plat = SimBackend::new(&env.world.dom0, &env.be_hub);
     let (m, mem) = plat
-        .map_ring(guest, info.queues[q].tx_ring_ref)
+        .map_ring(env.world.guest.domid(), info.queues[0].tx_ring_ref)
         .expect("map the guest's TX ring");
-    (plat, m, mem)
+    (rig, plat, m, mem)
 }
 
 /// Writes a TX response `(id, status OKAY)` at the next response slot and publishes it.
@@ -846,16 +853,8 @@ fn console_count(needle: &str) -> usize {
 fn a_backend_answering_an_unknown_tx_id_fails_the_device_once_and_for_good() {
     use xen_netback::BackendPlatform as _;
     let _kernel = fake::session();
-    let mut rig = Rig::new(FrontendConfig {
-        queues: 2,
-        ctrl_ring: false,
-        ..FrontendConfig::default()
-    });
-    rig.backend_connect();
+    let (mut rig, mut hplat, hmap, ring) = rig_with_hostile_tx_ring(2);
     let w = rig.env.world;
-    let info = rig.info.clone().expect("connected");
-    let (mut hplat, hmap, ring) =
-        hostile_tx_ring(&w.dom0, &rig.env.be_hub, w.guest.domid(), &info, 0);
     // One packet in flight on queue 0 (dom0 does not answer it), then a response for an id
     // the frontend never used.
     let frame = tcp_frame(100, false);
@@ -1077,16 +1076,7 @@ fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
 fn a_violation_found_while_reclaiming_on_transmit_fails_the_device() {
     use xen_netback::BackendPlatform as _;
     let _kernel = fake::session();
-    let mut rig = Rig::new(FrontendConfig {
-        queues: 1,
-        ctrl_ring: false,
-        ..FrontendConfig::default()
-    });
-    rig.backend_connect();
-    let w = rig.env.world;
-    let info = rig.info.clone().expect("connected");
-    let (mut hplat, hmap, ring) =
-        hostile_tx_ring(&w.dom0, &rig.env.be_hub, w.guest.domid(), &info, 0);
+    let (mut rig, mut hplat, hmap, ring) = rig_with_hostile_tx_ring(1);
     let frame = tcp_frame(100, false);
     assert_eq!(rig.transmit(&frame, 0, 0, 0), 0);
     // The forged answer waits unread (no event); the ring fills (dom0 answers nothing) until
