@@ -694,6 +694,18 @@ fn load_through_the_api(
     }
 }
 
+/// What xn.ko's unload through the xenrs API must leave: no port, grant, page or
+/// registration of the simulated services, and nothing of the kernel's ([`shim::assert_unloaded`]).
+fn assert_all_released(xen: &xenrs_api::sim::SimXen) {
+    let left = xen.outstanding();
+    assert_eq!(
+        (left.ports, left.grants, left.pages, left.registrations),
+        (0, 0, 0, 0),
+        "{left:?}"
+    );
+    shim::assert_unloaded();
+}
+
 #[test]
 fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     let _kernel = fake::session();
@@ -793,13 +805,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     assert_eq!(shim::with(|s| s.input.len()), 1);
     conn.queues.clear();
     conn.resources.release(&mut be_plat);
-    let left = xen.outstanding();
-    assert_eq!(
-        (left.ports, left.grants, left.pages, left.registrations),
-        (0, 0, 0, 0),
-        "{left:?}"
-    );
-    shim::assert_unloaded();
+    assert_all_released(&xen);
 }
 
 // ---------------------------------------------------------------- a hostile backend
@@ -1063,13 +1069,7 @@ fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
         c.queues.clear();
         c.resources.release(&mut be_plat);
     }
-    let left = xen.outstanding();
-    assert_eq!(
-        (left.ports, left.grants, left.pages, left.registrations),
-        (0, 0, 0, 0),
-        "{left:?}"
-    );
-    shim::assert_unloaded();
+    assert_all_released(&xen);
 }
 
 #[test]

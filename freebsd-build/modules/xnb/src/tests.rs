@@ -588,6 +588,24 @@ fn guest_front_connect(
     (setup, plat)
 }
 
+/// What xnb.ko's unload through the xenrs API must leave: no port, grant, page, foreign mapping or
+/// registration of the simulated services, and nothing of the kernel's ([`shim::assert_unloaded`]).
+fn assert_all_released(xen: &xenrs_api::sim::SimXen) {
+    let left = xen.outstanding();
+    assert_eq!(
+        (
+            left.ports,
+            left.mappings,
+            left.pages,
+            left.grants,
+            left.registrations
+        ),
+        (0, 0, 0, 0, 0),
+        "{left:?}"
+    );
+    shim::assert_unloaded();
+}
+
 #[test]
 fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     let _kernel = fake::session();
@@ -670,19 +688,7 @@ fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
         );
     }
     assert_eq!(shim::with(|s| s.input.len()), 1);
-    let left = xen.outstanding();
-    assert_eq!(
-        (
-            left.ports,
-            left.mappings,
-            left.pages,
-            left.grants,
-            left.registrations
-        ),
-        (0, 0, 0, 0, 0),
-        "{left:?}"
-    );
-    shim::assert_unloaded();
+    assert_all_released(&xen);
     setup.queues.clear();
     setup.resources.release(&mut fe_plat);
 }
@@ -993,19 +999,7 @@ fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
     drop(reg);
     drop(kick);
     assert_eq!(live.load(std::sync::atomic::Ordering::Acquire), 0);
-    let left = xen.outstanding();
-    assert_eq!(
-        (
-            left.ports,
-            left.mappings,
-            left.pages,
-            left.grants,
-            left.registrations
-        ),
-        (0, 0, 0, 0, 0),
-        "{left:?}"
-    );
-    shim::assert_unloaded();
+    assert_all_released(&xen);
     for (mut setup, mut plat, _, _) in fronts {
         setup.queues.clear();
         setup.resources.release(&mut plat);
