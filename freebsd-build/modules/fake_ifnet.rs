@@ -3,8 +3,9 @@
 // `include!`d into each test crate's `shim` module, then `fake_ifnet!(xn, <ifnet record>)`
 // defines the state they record (plus the crate's own fields), `with`/`reset`/`mbuf`, and the
 // `#[no_mangle]` fakes under the module's prefix. Also what both crates' tests of the device
-// glue share: the xenstore set-up of a second interface (`toolstack_vif`), the reads of
-// `dev.<m>.<unit>` leaves (`dev_stat`) and the check that an unload left nothing (`assert_unloaded`).
+// glue share: the xenstore set-up of a second interface (`toolstack_vif`), the module's load
+// through the simulated xenrs API (`load_through_the_api`), the reads of `dev.<m>.<unit>`
+// leaves (`dev_stat`) and the check that an unload left nothing (`assert_unloaded`).
 
 /// `fake_ifnet!(prefix, IfnetRecord, { extra_field: Type, ... })`.
 macro_rules! fake_ifnet {
@@ -209,4 +210,55 @@ pub fn assert_unloaded() {
         ),
         (0, 0, 0)
     );
+}
+
+/// A network module loaded through the simulated xenrs API ([`load_through_the_api`]): dom0
+/// and the guest (kept for the rest of the test process), the store, the services, the
+/// driver's count of live devices, its kick slot and its registration.
+pub type Loaded = (
+    &'static xen_tests::net::pair::World,
+    &'static xen_tests::xensim::xenstored::XenstoreSim,
+    std::sync::Arc<xenrs_api::sim::SimXen>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<crate::xen::KickSlot>,
+    xenrs_api::host::HostReg<xenrs_api::sim::SimXs>,
+);
+
+/// The toolstack's vifs of a fresh guest, one a MAC of `macs` (handles 0, 1, ...), and the
+/// module loaded through the simulated xenrs API of the domain `side` picks (with
+/// `grant_frames` grant frames) in `role`: `driver` makes the driver from the services, the
+/// count of live devices and the kick slot; the kick runs `xen::on_kick`. The bus settled.
+pub fn load_through_the_api(
+    macs: &[&str],
+    side: fn(&'static xen_tests::net::pair::World) -> &'static xen_tests::xensim::DomainHandle,
+    grant_frames: u32,
+    role: xen_xenbus::Role,
+    driver: impl FnOnce(
+        std::sync::Arc<xenrs_api::sim::SimXen>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        std::sync::Arc<crate::xen::KickSlot>,
+    ) -> Box<
+        dyn xen_xenbus::Driver<xenrs_api::host::HostStore<xenrs_api::sim::SimXs>> + Send,
+    >,
+) -> Loaded {
+    use std::sync::Arc;
+    let vifs = u32::try_from(macs.len()).expect("a few vifs");
+    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(vifs));
+    let xs = xen_tests::net::bus::leak(xen_tests::xensim::xenstored::XenstoreSim::new());
+    world.toolstack(xs, macs[0], true);
+    for (handle, mac) in (1..).zip(&macs[1..]) {
+        toolstack_vif(world, xs, handle, mac);
+    }
+    let xen = Arc::new(xenrs_api::sim::xen(side(world), xs, grant_frames));
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let kick = Arc::new(crate::xen::KickSlot::new().expect("kick slot"));
+    let reg = xenrs_api::sim::load_with_kick(
+        &xen,
+        xs,
+        role,
+        driver(xen.clone(), live.clone(), kick.clone()),
+        Box::new(crate::xen::on_kick),
+        |k| kick.set(k),
+    );
+    (world, xs, xen, live, kick, reg)
 }

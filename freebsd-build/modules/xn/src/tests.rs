@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use xen_netback::config::{self as be_config, BackendFeatures};
 use xen_netback::Limits;
@@ -654,44 +653,21 @@ fn work_left_at_a_budget_runs_again_from_the_taskqueue() {
 
 // ---------------------------------------------------------------- through the xenrs API
 
-/// xn.ko as its load through the xenrs API leaves it, over the simulated services of `guest`.
-struct Loaded {
-    xen: Arc<xenrs_api::sim::SimXen>,
-    /// The driver's count of live devices.
-    live: Arc<std::sync::atomic::AtomicUsize>,
-    kick: Arc<xen::KickSlot>,
-    reg: xenrs_api::host::HostReg<xenrs_api::sim::SimXs>,
-}
-
-/// Loads xn.ko through the simulated xenrs API in `guest` (one queue, no control ring; the
-/// kick runs `xen::on_kick`), the bus settled.
-fn load_through_the_api(
-    guest: &'static xen_tests::xensim::DomainHandle,
-    xs: &'static XenstoreSim,
-) -> Loaded {
-    let xen = Arc::new(xenrs_api::sim::xen(guest, xs, 8));
-    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// xn.ko loaded through the simulated xenrs API in the guest (8 grant frames; one queue, no
+/// control ring), over the toolstack's vifs of `macs`.
+fn load_xn(macs: &[&str]) -> shim::Loaded {
     let cfg = FrontendConfig {
         queues: 1,
         ctrl_ring: false,
         ..FrontendConfig::default()
     };
-    let kick = Arc::new(xen::KickSlot::new().expect("kick slot"));
-    let driver = xen::XnDriver::new(xen.clone(), cfg, live.clone(), kick.clone());
-    let reg = xenrs_api::sim::load_with_kick(
-        &xen,
-        xs,
+    shim::load_through_the_api(
+        macs,
+        |w| &w.guest,
+        8,
         Role::Frontend,
-        Box::new(driver),
-        Box::new(xen::on_kick),
-        |k| kick.set(k),
-    );
-    Loaded {
-        xen,
-        live,
-        kick,
-        reg,
-    }
+        |xen, live, kick| Box::new(xen::XnDriver::new(xen, cfg, live, kick)),
+    )
 }
 
 /// What xn.ko's unload through the xenrs API must leave: no port, grant, page or
@@ -710,16 +686,8 @@ fn assert_all_released(xen: &xenrs_api::sim::SimXen) {
 fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     let _kernel = fake::session();
     shim::reset();
-    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(1));
-    let xs = xen_tests::net::bus::leak(XenstoreSim::new());
-    world.toolstack(xs, "00:16:3e:01:02:03", true);
+    let (world, xs, xen, live, kick, reg) = load_xn(&["00:16:3e:01:02:03"]);
     let guest = &world.guest;
-    let Loaded {
-        xen,
-        live,
-        kick,
-        reg,
-    } = load_through_the_api(guest, xs);
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };
@@ -945,18 +913,9 @@ fn through_the_xenrs_api_a_violation_fails_only_its_interface_via_the_kick() {
     use xen_netback::BackendPlatform as _;
     let _kernel = fake::session();
     shim::reset();
-    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(2));
-    let xs = xen_tests::net::bus::leak(XenstoreSim::new());
-    world.toolstack(xs, "00:16:3e:01:02:03", true);
-    shim::toolstack_vif(world, xs, 1, "00:16:3e:01:02:04");
+    let (world, xs, xen, live, kick, reg) = load_xn(&["00:16:3e:01:02:03", "00:16:3e:01:02:04"]);
     let guest = &world.guest;
     let g = guest.domid();
-    let Loaded {
-        xen,
-        live,
-        kick,
-        reg,
-    } = load_through_the_api(guest, xs);
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };

@@ -481,50 +481,29 @@ fn a_guest_that_stops_taking_frames_stalls_its_vif_and_recovers() {
 
 // ---------------------------------------------------------------- through the xenrs API
 
-/// xnb.ko as its load through the xenrs API leaves it, over the simulated services of `dom0`.
-struct Loaded {
-    xen: std::sync::Arc<xenrs_api::sim::SimXen>,
-    /// The driver's count of live devices.
-    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    kick: std::sync::Arc<xen::KickSlot>,
-    reg: xenrs_api::host::HostReg<xenrs_api::sim::SimXs>,
-}
-
-/// Loads xnb.ko through the simulated xenrs API in `dom0` (one queue, no control ring, default limits; the
-/// kick runs `xen::on_kick`), the bus settled.
-fn load_through_the_api(
-    dom0: &'static xen_tests::xensim::DomainHandle,
-    xs: &'static XenstoreSim,
-) -> Loaded {
-    let xen = std::sync::Arc::new(xenrs_api::sim::xen(dom0, xs, 4));
-    let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// xnb.ko loaded through the simulated xenrs API in dom0 (4 grant frames; one queue, no
+/// control ring, default limits), over the toolstack's vifs of `macs`.
+fn load_xnb(macs: &[&str]) -> shim::Loaded {
     let features = BackendFeatures {
         max_queues: 1,
         ctrl_ring: false,
         ..BackendFeatures::default()
     };
-    let kick = std::sync::Arc::new(xen::KickSlot::new().expect("kick slot"));
-    let driver = xen::XnbDriver::new(
-        xen.clone(),
-        features,
-        Limits::default(),
-        live.clone(),
-        kick.clone(),
-    );
-    let reg = xenrs_api::sim::load_with_kick(
-        &xen,
-        xs,
+    shim::load_through_the_api(
+        macs,
+        |w| &w.dom0,
+        4,
         Role::Backend,
-        Box::new(driver),
-        Box::new(xen::on_kick),
-        |k| kick.set(k),
-    );
-    Loaded {
-        xen,
-        live,
-        kick,
-        reg,
-    }
+        |xen, live, kick| {
+            Box::new(xen::XnbDriver::new(
+                xen,
+                features,
+                Limits::default(),
+                live,
+                kick,
+            ))
+        },
+    )
 }
 
 /// The guest's side of its netfront in the xenrs-API tests: its event hub and its grant table
@@ -610,16 +589,8 @@ fn assert_all_released(xen: &xenrs_api::sim::SimXen) {
 fn attach_traffic_detach_through_the_xenrs_api_leaves_nothing_behind() {
     let _kernel = fake::session();
     shim::reset();
-    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(1));
-    let xs = xen_tests::net::bus::leak(XenstoreSim::new());
-    world.toolstack(xs, "00:16:3e:0a:0b:0c", true);
+    let (world, xs, xen, live, kick, reg) = load_xnb(&["00:16:3e:0a:0b:0c"]);
     let dom0 = &world.dom0;
-    let Loaded {
-        xen,
-        live,
-        kick,
-        reg,
-    } = load_through_the_api(dom0, xs);
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };
@@ -878,18 +849,9 @@ fn a_runaway_rx_req_prod_found_on_transmit_fails_the_vif() {
 fn through_the_xenrs_api_a_violation_fails_only_its_vif_via_the_kick() {
     let _kernel = fake::session();
     shim::reset();
-    let world = xen_tests::net::bus::leak(xen_tests::net::pair::World::new(2));
-    let xs = xen_tests::net::bus::leak(XenstoreSim::new());
-    world.toolstack(xs, "00:16:3e:0a:0b:0c", true);
-    shim::toolstack_vif(world, xs, 1, "00:16:3e:0a:0b:0d");
+    let (world, xs, xen, live, kick, reg) = load_xnb(&["00:16:3e:0a:0b:0c", "00:16:3e:0a:0b:0d"]);
     let (dom0, guest) = (&world.dom0, &world.guest);
     let g = guest.domid();
-    let Loaded {
-        xen,
-        live,
-        kick,
-        reg,
-    } = load_through_the_api(dom0, xs);
     let pump = |n: usize| {
         xenrs_api::sim::pump(&xen, xs, n);
     };
