@@ -5,7 +5,8 @@
 // `#[no_mangle]` fakes under the module's prefix. Also what both crates' tests of the device
 // glue share: the xenstore set-up of a second interface (`toolstack_vif`), the module's load
 // through the simulated xenrs API (`load_through_the_api`), the reads of `dev.<m>.<unit>`
-// leaves (`dev_stat`) and the check that an unload left nothing (`assert_unloaded`).
+// leaves (`dev_stat`), the check that an unload left nothing (`assert_unloaded`) and the count
+// of a line in the console (`console_count`).
 
 /// `fake_ifnet!(prefix, IfnetRecord, { extra_field: Type, ... })`.
 macro_rules! fake_ifnet {
@@ -261,4 +262,9 @@ pub fn load_through_the_api(
         |k| kick.set(k),
     );
     (world, xs, xen, live, kick, reg)
+}
+
+/// How often `needle` stands in the fake kernel's console: a device logs its failure once.
+pub fn console_count(needle: &str) -> usize {
+    freebsd_kpi::fake::console().matches(needle).count()
 }

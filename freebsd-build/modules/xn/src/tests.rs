@@ -19,6 +19,7 @@ use xen_xenbus::{Bus, Device, Driver, Error as XsErr, Role, Store, XenbusState};
 use super::*;
 use crate::net::{caps, errno, tx, DevStat, IfHandle, MbufHandle, XnIf};
 use freebsd_kpi::fake;
+use shim::console_count;
 
 #[path = "../../fake_xenrs_api.rs"]
 mod fake_xenrs_api;
@@ -817,10 +818,6 @@ fn forge_tx_response(ring: &xen_shmem::SharedMem<'_>, id: u16) {
     ring.copy_from_slice(slot, &rsp).unwrap();
     ring.store_release_u32(RSP_PROD, rsp_prod.wrapping_add(1))
         .unwrap();
-}
-
-fn console_count(needle: &str) -> usize {
-    fake::console().matches(needle).count()
 }
 
 #[test]

@@ -19,6 +19,7 @@ use xen_xenbus::{Bus, Device, Driver, Error as XsErr, Role, Store, XenbusState};
 use super::*;
 use crate::vif::{errno, tx, DevStat, MbufHandle, XnbIf};
 use freebsd_kpi::fake;
+use shim::console_count;
 
 #[path = "../../fake_xenrs_api.rs"]
 mod fake_xenrs_api;
@@ -706,10 +707,6 @@ fn runaway_req_prod(ring: &xen_shmem::SharedMem<'_>) {
     let p = ring.load_acquire_u32(REQ_PROD).unwrap();
     ring.store_release_u32(REQ_PROD, p.wrapping_add(100_000))
         .unwrap();
-}
-
-fn console_count(needle: &str) -> usize {
-    fake::console().matches(needle).count()
 }
 
 #[test]
