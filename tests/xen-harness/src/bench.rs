@@ -56,6 +56,10 @@ pub const NET_REPS: u32 = 3;
 pub const NET_ECHO: u32 = 30;
 /// Seconds the PVH guest's part may take (after the Linux domU's, which has 840).
 pub const PVH_SECS: u32 = 240;
+/// Memory of the bench's Linux domU (MiB): it has two disks (dom0's and the driver domain's),
+/// and xen-blkfront with the image's module parameters allocates about 65 MiB up front for
+/// each (`domu::MODULE_ARGS`); with 192 MiB a fresh-clone run's domU died of OOM in its insmod.
+pub const DOMU_MEMORY_MIB: u32 = crate::domu::DD_BLK_MEMORY_MIB + 128;
 
 /// The domU script (sourced by the domU's `/init` with `$nonce`, `verdict` and `wait_for`).
 const DOMU_SCRIPT: &str = r#"
@@ -227,7 +231,7 @@ type = "pvh"
 kernel = "/guests/linux-vmlinuz"
 ramdisk = "/guests/linux-domu.cpio"
 cmdline = "console=hvc0 loglevel=6 script=bench nonce=$3"
-memory = 192
+memory = @DOMU_MIB@
 vcpus = 2
 tsc_mode = "native"
 on_poweroff = "destroy"
@@ -346,6 +350,7 @@ fn sized(text: &str) -> String {
         .replace("@NET_REPS@", &NET_REPS.to_string())
         .replace("@NET_ECHO@", &NET_ECHO.to_string())
         .replace("@PVH_SECS@", &PVH_SECS.to_string())
+        .replace("@DOMU_MIB@", &DOMU_MEMORY_MIB.to_string())
 }
 
 /// dom0's functions with the sizes filled in.
@@ -370,7 +375,7 @@ mod tests {
     fn scripts_agree_on_names_and_sizes() {
         let domu = String::from_utf8(domu_files().remove(0).2).unwrap();
         let dom0 = dom0_functions();
-        for placeholder in ["@BLK_", "@NET_", "@PVH_"] {
+        for placeholder in ["@BLK_", "@NET_", "@PVH_", "@DOMU_"] {
             assert!(!domu.contains(placeholder) && !dom0.contains(placeholder));
         }
         assert!(domu.contains("MIB=8 K4=128 REPS=3 NMIB=2 NREPS=3 NECHO=30"));
@@ -379,6 +384,8 @@ mod tests {
         assert!(dom0.contains("run=bench name=$n nonce=$2 bmib=8 b4k=128 breps=3 necho=30 nreps=3"));
         assert!(dom0.contains("target=/dev/ram0' ]\nvif = [ 'mac=00:16:3e:5a:03:03,"));
         assert!(dom0.contains("bench_end=$((up_now + 240))"));
+        // Room for xen-blkfront's up-front allocation on both of its disks.
+        assert!(dom0.contains("memory = 384\n"));
         // dom0 waits for the lines the guest prints (tests/pvh-guest/src/bench.rs).
         for line in ["BENCHFEAT blk c", "RESULT bench"] {
             assert!(dom0.contains(&format!("bench_said_c \"$n\" '{line}'")));
