@@ -1100,20 +1100,20 @@ EOC
 # run_dd ARCH NONCE "SCENARIOS": the driver domain (our PVH guest with run=dd) and, one after
 # the other, the frontends of the selected scenarios; then data/dd-stop and the driver
 # domain powers off.
-# dd_step FUNCTION ARCH DD NONCE: one driver-domain scenario, run once more when one of its
-# domains crashed with Xen's own registers (tcg_crash: a fault of the emulator, which no guest
-# and no backend can cause); the second run's CHECK and RESULT lines are the verdict. The first
-# run's console logs are kept beside the new ones (.try1).
+# dd_step FUNCTION ARCH DD NONCE: one driver-domain scenario, run again (up to three runs) when
+# one of its domains crashed with Xen's own registers (tcg_crash: a fault of the emulator, which
+# no guest and no backend can cause; twice in a row it has hit a Linux domU at boot); the last
+# run's CHECK and RESULT lines are the verdict. Earlier runs' consoles are kept (.try1, .try2).
 dd_step() {
     local try f
-    for try in 1 2; do
+    for try in 1 2 3; do
         tcg_crashed=no
         "$@"
         watch_domu= watch_domid=
-        [ "$tcg_crashed" = yes ] && [ "$try" = 1 ] || return 0
+        [ "$tcg_crashed" = yes ] && [ "$try" -lt 3 ] || return 0
         echo "NOTE dd $2 $1: a domain crashed under QEMU TCG (above); the scenario runs again"
         for f in /tmp/xc/guest-pvh-dd?*-"$2".log; do
-            mv "$f" "$f.try1" 2>/dev/null
+            mv "$f" "$f.try$try" 2>/dev/null
         done
     done
 }
