@@ -370,7 +370,7 @@ wait_for() {
 # read while the dump is still in its ring, or xl's "crashed" state. Said once per domain.
 watched_crash() {
     [ -n "$watch_domid" ] && [ $(($1 % 20)) = 0 ] || return 1
-    if tcg_crash "$watch_domid"; then
+    if tcg_crash "$watch_domid" || boot_crash "$watch_domid" "$watch_domu"; then
         tcg_crashed=yes
     elif ! crashed "$watch_domu"; then
         return 1
@@ -407,6 +407,10 @@ crashed() { case "$(state_of "$1")" in *c*) return 0 ;; *) return 1 ;; esac; }
 # the saved state: the emulator (QEMU TCG's nested SVM) handed the guest the hypervisor's
 # registers, which no guest code can cause. Seen for Linux domUs, at boot and mid-run.
 tcg_crash() { xl dmesg 2>/dev/null | grep -A6 "d$1v[0-9]* Triple fault" | grep -q 'RIP: *e008:'; }
+# boot_crash DOMID NAME: Xen reported a triple fault of DOMID before the domain printed anything
+# on its console: its kernel died before setting up its console, so before any PV device (ours
+# included) existed. Seen for Linux domUs at boot, with a guest's own registers in the dump.
+boot_crash() { [ ! -s "/tmp/xc/guest-$2.log" ] && xl dmesg 2>/dev/null | grep -q "d$1v[0-9]* Triple fault"; }
 clean_up() {
     for d in $(xl list 2>/dev/null | awk 'NR > 1 && $1 != "Domain-0" { print $2 }'); do
         xl destroy "$d"
@@ -806,8 +810,8 @@ domu_finish() {
     local id
     if [ "$1" = "$watch_domu" ]; then
         # Xen destroys a domU that triple-faulted (as a reboot): ask its log by the domid.
-        if tcg_crash "$watch_domid"; then
-            echo "NOTE domU $1 (d$watch_domid) crashed with Xen's own registers (a QEMU TCG fault)"
+        if tcg_crash "$watch_domid" || boot_crash "$watch_domid" "$1"; then
+            echo "NOTE domU $1 (d$watch_domid) crashed with Xen's own registers or before its console (a QEMU TCG fault)"
             tcg_crashed=yes
         fi
         watch_domu= watch_domid=
@@ -1236,6 +1240,7 @@ mod tests {
             "state_of",
             "crashed",
             "tcg_crash",
+            "boot_crash",
             "watched_crash",
         ] {
             fns.push_str(&shell_fn(&s, f));
@@ -1266,6 +1271,26 @@ mod tests {
             "d5's dump is a guest's own fault"
         );
         assert!(!check("", "tcg_crash 6"), "d6 never faulted");
+        // A triple fault before the guest's first console byte is the emulator's too.
+        let log = std::env::temp_dir().join(format!("xc-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&log);
+        std::fs::create_dir_all(&log).expect("temp dir");
+        std::fs::write(log.join("guest-spoke.log"), "Linux version").expect("log");
+        let at = |cond: &str| cond.replace("/tmp/xc", &log.display().to_string());
+        let boot = shell_fn(&s, "boot_crash");
+        let fns_here = fns.replace(&boot, &at(&boot));
+        let check_here =
+            |env: &str, cond: &str| dom0_shell(&format!("{fns_here}{fake}{env}\n{cond}"));
+        assert!(
+            check_here("", "boot_crash 5 silent"),
+            "d5 died before its console"
+        );
+        assert!(
+            !check_here("", "boot_crash 5 spoke"),
+            "d5 had printed: its own fault"
+        );
+        assert!(!check_here("", "boot_crash 6 silent"), "d6 never faulted");
+        let _ = std::fs::remove_dir_all(&log);
         assert!(check("XL_STATE=---sc-", "crashed g"));
         assert!(!check("XL_STATE=-b----", "crashed g"));
         // A watched domain's crash ends waits (checked every 20th round) and, when it is the
